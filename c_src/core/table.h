@@ -1,0 +1,108 @@
+/* table.h - the segmented hash table that holds worker entries.
+ *
+ * The table maps canonical key bytes to caller-owned entries. It is split into 2^k segments,
+ * each an open-addressing (linear probing, backward-shift delete) array of entry pointers
+ * guarded by its own reader-writer lock, so readers on different schedulers rarely touch
+ * the same lock and a growing segment stops only its own keys. The segment is chosen by the
+ * top bits of the key hash, the slot by the low bits.
+ *
+ * Entries are allocated by the caller with a table_entry as their first member (the NIF
+ * makes them resources, the C node and the tests malloc them). The table holds one
+ * reference to each entry it stores and gives it back through ops->release once the entry
+ * has left the table (always called with no segment lock held).
+ *
+ * Memory per entry held by the table: one pointer slot (8 bytes) at a load factor between
+ * 3/8 and 3/4, i.e. 11 to 22 bytes, plus the caller's entry (table_entry is 24 bytes). */
+#ifndef SHOAL_TABLE_H
+#define SHOAL_TABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct table_entry {
+    uint64_t hash;            /* keyhash_hash64(key, klen) */
+    const unsigned char *key; /* canonical key bytes, owned by the entry, immutable */
+    uint32_t klen;            /* key length in bytes */
+    uint32_t user;            /* free for the caller */
+} table_entry;
+
+typedef struct table_ops {
+    /* The table no longer references `e`: free it or drop a reference. Required. */
+    void (*release)(void *ctx, table_entry *e);
+    void *ctx;
+} table_ops;
+
+typedef struct table table;
+
+/* What a table_update_fn or table_fold_fn asks the table to do with the entry it saw. */
+typedef enum table_action {
+    TABLE_KEEP = 0, /* leave the slot as it is */
+    TABLE_PUT,      /* store *replacement (insert when absent, replace when present) */
+    TABLE_DELETE    /* remove the current entry (no-op when absent) */
+} table_action;
+
+/* Called with the segment's read lock held; must not call back into the table. */
+typedef void (*table_visit_fn)(void *ctx, const table_entry *e);
+/* Called with the segment's write lock held; `cur` is NULL when the key is absent. To PUT,
+ * set *replacement to a new entry with the same hash and key bytes. Must not call back into
+ * the table, block, or allocate from the BEAM in a way that can wait on a lock. */
+typedef table_action (*table_update_fn)(void *ctx, table_entry *cur, table_entry **replacement);
+/* Called during table_fold with the segment's lock held (write lock when the fold may
+ * delete); may return only TABLE_KEEP or TABLE_DELETE. */
+typedef table_action (*table_fold_fn)(void *ctx, table_entry *e);
+
+/* table_new - create a table with 2^segments_log2 segments (0..16; 8 is a good default).
+ * Returns 0 and sets *out, SHOAL_EINVAL for a bad segments_log2 or NULL ops/release, or
+ * SHOAL_ENOMEM. The caller frees it with table_free. */
+int table_new(table **out, unsigned segments_log2, const table_ops *ops);
+
+/* table_free - release every entry (ops->release) and free the table. NULL is a no-op.
+ * No other thread may use the table during or after the call. */
+void table_free(table *t);
+
+/* table_get - look the key up under the segment's read lock; when found, call
+ * fn(ctx, entry) before unlocking (copy out what you need there). Returns 0 when found,
+ * SHOAL_ENOENT otherwise. */
+int table_get(table *t, uint64_t hash, const void *key, size_t klen, table_visit_fn fn,
+              void *ctx);
+
+/* table_update - atomically read-modify-write one key under the segment's write lock: fn
+ * sees the current entry (or NULL) and decides. Replaced or deleted entries are released
+ * after the lock is dropped. Returns 0, or SHOAL_ENOMEM if a PUT needed the segment to grow
+ * and that failed (then nothing changed and the replacement is NOT released: it is still
+ * the caller's). */
+int table_update(table *t, uint64_t hash, const void *key, size_t klen, table_update_fn fn,
+                 void *ctx);
+
+/* table_insert_new - insert `e` if its key is absent (the spawn claim). Returns 0 when
+ * inserted (the table now owns e), SHOAL_EEXIST when the key is taken (e stays the
+ * caller's), or SHOAL_ENOMEM. */
+int table_insert_new(table *t, table_entry *e);
+
+/* table_remove_entry - remove `e` only if the slot for its key holds exactly `e` (so a stale
+ * owner can never delete a successor). Returns 0 when removed (and released), SHOAL_ENOENT
+ * otherwise. */
+int table_remove_entry(table *t, table_entry *e);
+
+/* table_count - entries in the table; a consistent snapshot per segment, summed. */
+size_t table_count(const table *t);
+
+/* table_memory - bytes the table itself uses (segments and slot arrays), entries excluded. */
+size_t table_memory(const table *t);
+
+/* Resumable position for table_fold. Start from {0, 0}. */
+typedef struct table_cursor {
+    uint32_t segment;
+    uint32_t slot;
+} table_cursor;
+
+/* table_fold - visit entries from *cur on, at most `budget` slots in all, calling fn on each
+ * entry (write-locking a segment when `may_delete` is non-zero, read-locking otherwise).
+ * Entries are visited at most once per complete fold, as long as no insert happens
+ * concurrently in the same segment (an insert that grows a segment may make the fold see
+ * an entry twice or miss a new one; the NIF only promises a snapshot per segment).
+ * Updates *cur. Returns 1 while slots remain, 0 when the fold is complete. */
+int table_fold(table *t, table_cursor *cur, size_t budget, int may_delete, table_fold_fn fn,
+               void *ctx);
+
+#endif
