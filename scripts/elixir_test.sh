@@ -9,4 +9,4 @@ if [ -z "$MIX_REBAR3" ]; then echo "elixir_test: rebar3 not found (make deps)" >
 export MIX_REBAR3 MIX_ENV=test
 # Shoal is a path dependency: nothing to fetch, so no Hex and no network; mix recompiles it
 # (rebar3 bare compile, which runs the `make c` pre-hook in the repo root) when it changed.
-mix test --color "$@"
+mix test "$@"

@@ -1,0 +1,572 @@
+%% shoal_bench: Shoal against what a user would pick instead, in one run, on the same keys.
+%%
+%% Four questions, each answered with both sides and their ratio:
+%%   1. key -> pid: shoal:whereis/2 vs ets:lookup/2 (plain set, read_concurrency set),
+%%      Elixir Registry.lookup/2 (unique, partitions = schedulers) and pg:get_members/2,
+%%      with 200 k and 1 M live processes, 1 and 2 concurrent readers.
+%%   2. starting 1 M workers: shoal (sync from one caller, async, many callers) vs a
+%%      simple_one_for_one supervisor whose workers register in ETS, and vs Elixir
+%%      DynamicSupervisor + Registry ({:via, Registry, ...} names).
+%%   3. a routed shoal:call/3 vs gen_server:call/2 on the pid in hand.
+%%   4. bytes per idle worker, registry entry included.
+%%
+%% This module is also the worker of every side: a shoal_worker (init/2), a gen_server
+%% (init/1 with a {gs, ...} argument) and the baseline supervisor (init/1 with {sup, ...}),
+%% so every side runs the same callback code.
+%%
+%% scripts/bench.sh compiles and runs it; SHOAL_BENCH_N scales it down (default 1000000).
+-module(shoal_bench).
+
+-export([main/0, main/1]).
+%% shoal_worker
+-export([init/2, handle_call/3, handle_cast/2, handle_info/2]).
+%% gen_server and supervisor (the baselines)
+-export([init/1]).
+
+-define(POOL, shoal_bench_pool).
+-define(REG, shoal_bench_registry).
+-define(PG, shoal_bench_pg).
+-define(RUNS, 5).
+-define(WAIT_MS, 180000).
+
+%%% ---------------------------------------------------------------------------------------
+%%% Worker callbacks (shoal_worker, gen_server, supervisor)
+
+init(Key, _Args) -> {ok, Key}.
+
+init({gs, plain, Key}) ->
+    {ok, Key};
+init({gs, ets, Tab, Key}) ->
+    %% The classic hand-rolled registry: the worker claims its key in init.
+    case ets:insert_new(Tab, {Key, self()}) of
+        true -> {ok, Key};
+        false -> ignore
+    end;
+init({sup, ChildStart}) ->
+    {ok, {#{strategy => simple_one_for_one, intensity => 0, period => 1},
+          [#{id => worker, start => ChildStart, restart => temporary, type => worker}]}}.
+
+handle_call(ping, _From, S) -> {reply, pong, S};
+handle_call(_Msg, _From, S) -> {reply, ok, S}.
+
+handle_cast(_Msg, S) -> {noreply, S}.
+
+handle_info(_Msg, S) -> {noreply, S}.
+
+%%% ---------------------------------------------------------------------------------------
+%%% Entry point
+
+main() -> main([]).
+
+main(_) ->
+    N = env_int("SHOAL_BENCH_N", 1000000),
+    Small = env_int("SHOAL_BENCH_SMALL", max(1, N div 5)),
+    Out = env_str("SHOAL_BENCH_OUT", "bench/results/single_node.md"),
+    process_flag(trap_exit, true),
+    ok = io:setopts(standard_io, [{encoding, unicode}]),
+    ok = io:setopts(standard_error, [{encoding, unicode}]),
+    {ok, _} = application:ensure_all_started(shoal),
+    {ok, _} = application:ensure_all_started(elixir),
+    rand:seed(exsss, {17, 42, 4711}),
+    T0 = erlang:monotonic_time(millisecond),
+    log("shoal bench: N=~b (small point ~b), ~b schedulers, OTP ~s, Elixir ~s",
+        [N, Small, erlang:system_info(schedulers_online), erlang:system_info(otp_release),
+         elixir_vsn()]),
+    Keys = shuffled_keys(N),
+    Lookup = guard(fun() -> lookup_section(Keys, Small, N) end),
+    Start = guard(fun() -> start_section(Keys, N) end),
+    Elapsed = (erlang:monotonic_time(millisecond) - T0) / 1000,
+    Md = unicode:characters_to_binary(report(N, Small, Lookup, Start, Elapsed)),
+    io:put_chars(["\n", Md]),
+    ok = filelib:ensure_dir(Out),
+    ok = file:write_file(Out, Md),
+    log("wrote ~s (~.1f s)", [Out, Elapsed]),
+    ok.
+
+%%% ---------------------------------------------------------------------------------------
+%%% 1 + 3: key -> pid lookups, and routed calls, with Small and then N live processes
+
+lookup_section(Keys, Small, N) ->
+    ok = start_pool(?POOL),
+    {ok, _} = 'Elixir.Registry':start_link([{keys, unique}, {name, ?REG},
+                                             {partitions, erlang:system_info(schedulers)}]),
+    {ok, _} = pg:start_link(?PG),
+    Plain = ets:new(bench_plain, [set, public]),
+    Rc = ets:new(bench_rc, [set, public, {read_concurrency, true}]),
+    Tabs = #{plain => Plain, rc => Rc},
+    {SmallKeys, RestKeys} = lists:split(Small, Keys),
+    Holders1 = fill(SmallKeys, Tabs),
+    R1 = {Small, lookups(list_to_tuple(SmallKeys), Small, {Plain, Rc})},
+    Holders2 = fill(RestKeys, Tabs),
+    R2 = {N, lookups(list_to_tuple(Keys), N, {Plain, Rc})},
+    Call = guard(fun() -> calls(hd(Keys)) end),
+    log("lookups: tearing down", []),
+    [exit(P, kill) || P <- Holders1 ++ Holders2],
+    ets:delete(Plain),
+    ets:delete(Rc),
+    stop_proc(whereis(?REG)),
+    stop_proc(whereis(?PG)),
+    _ = stop_pool(?POOL),
+    wait_procs_settle(),
+    #{points => [R1, R2], call => Call}.
+
+%% Adds Keys to every side: shoal workers, and one plain receive-loop process per key that
+%% registers itself in Registry, joins pg, and is entered in both ETS tables.
+fill(Keys, #{plain := Plain, rc := Rc}) ->
+    Have = shoal:count(?POOL),
+    Want = Have + length(Keys),
+    log("filling to ~b live processes per side", [Want]),
+    Par = 2 * erlang:system_info(schedulers_online),
+    {Tsh, _} = timer:tc(fun() ->
+                                par_foreach(Keys, Par, fun(K) -> ok = shoal:ensure_started_async(?POOL, K) end),
+                                ok = wait_count(Want)
+                        end),
+    Self = self(),
+    {Tb, Holders} =
+        timer:tc(fun() ->
+                         Ps = par_map(Keys, Par,
+                                      fun(K) ->
+                                              P = spawn(fun() -> holder(Self, K) end),
+                                              true = ets:insert(Plain, {K, P}),
+                                              true = ets:insert(Rc, {K, P}),
+                                              P
+                                      end),
+                         [receive {registered, P} -> ok end || P <- Ps],
+                         Ps
+                 end),
+    log("  shoal ~.1f s, baselines (spawn + Registry + pg + ETS) ~.1f s", [Tsh / 1.0e6, Tb / 1.0e6]),
+    Holders.
+
+holder(Parent, Key) ->
+    {ok, _} = 'Elixir.Registry':register(?REG, Key, undefined),
+    ok = pg:join(?PG, Key, self()),
+    Parent ! {registered, self()},
+    receive stop -> ok end.
+
+lookups(KeyT, Live, Tabs) ->
+    Ops = env_int("SHOAL_BENCH_LOOKUP_OPS", 2000000),
+    SlowOps = max(1, Ops div 4),
+    Variants = [{loop_overhead, "(loop overhead, no lookup)", Ops},
+                {shoal, "shoal:whereis/2", Ops},
+                {ets_plain, "ets:lookup/2, set", Ops},
+                {ets_rc, "ets:lookup/2, set, read_concurrency", Ops},
+                {registry, "Elixir Registry.lookup/2", SlowOps},
+                {pg, "pg:get_members/2", SlowOps}],
+    check_sides_agree(KeyT, Tabs),
+    [begin
+         R1 = median_ns(fun() -> readers(1, V, KeyT, Tabs, VOps) end, VOps),
+         R2 = median_ns(fun() -> readers(2, V, KeyT, Tabs, VOps) end, VOps),
+         log("  ~b live  ~-40s 1 reader ~7.1f ns/op, 2 readers ~7.1f ns/op",
+             [Live, Label, R1, R2]),
+         {V, Label, R1, R2}
+     end
+     || {V, Label, VOps} <- Variants].
+
+%% Every side must resolve the same key to a live process, or the timings mean nothing.
+check_sides_agree(KeyT, {Plain, Rc}) ->
+    Size = tuple_size(KeyT),
+    Sample = [element(rand:uniform(Size), KeyT) || _ <- lists:seq(1, 1000)],
+    lists:foreach(
+      fun(K) ->
+              P = shoal:whereis(?POOL, K),
+              true = is_pid(P) andalso is_process_alive(P),
+              [{K, B}] = ets:lookup(Plain, K),
+              [{K, B}] = ets:lookup(Rc, K),
+              [{B, _}] = 'Elixir.Registry':lookup(?REG, K),
+              [B] = pg:get_members(?PG, K)
+      end, Sample).
+
+%% Runs Ops lookups in each of R reader processes at once; returns the wall time in ns.
+readers(R, V, KeyT, Tabs, Ops) ->
+    Self = self(),
+    Size = tuple_size(KeyT),
+    Pids = [spawn_link(fun() ->
+                               Off = (I - 1) * (Size div R) + rand:uniform(Size),
+                               receive go -> ok end,
+                               ok = loop(V, Ops, Off, KeyT, Size, Tabs),
+                               Self ! {done, self()}
+                       end) || I <- lists:seq(1, R)],
+    erlang:garbage_collect(),
+    T0 = erlang:monotonic_time(nanosecond),
+    [P ! go || P <- Pids],
+    [receive {done, P} -> ok end || P <- Pids],
+    erlang:monotonic_time(nanosecond) - T0.
+
+%% One tight loop per side so that no fun call sits between the loop and the lookup.
+loop(_, 0, _, _, _, _) -> ok;
+loop(loop_overhead, I, Off, KeyT, Size, Tabs) ->
+    _ = id(element((I + Off) rem Size + 1, KeyT)),
+    loop(loop_overhead, I - 1, Off, KeyT, Size, Tabs);
+loop(shoal, I, Off, KeyT, Size, Tabs) ->
+    _ = shoal:whereis(?POOL, element((I + Off) rem Size + 1, KeyT)),
+    loop(shoal, I - 1, Off, KeyT, Size, Tabs);
+loop(ets_plain, I, Off, KeyT, Size, {Plain, _} = Tabs) ->
+    _ = ets:lookup(Plain, element((I + Off) rem Size + 1, KeyT)),
+    loop(ets_plain, I - 1, Off, KeyT, Size, Tabs);
+loop(ets_rc, I, Off, KeyT, Size, {_, Rc} = Tabs) ->
+    _ = ets:lookup(Rc, element((I + Off) rem Size + 1, KeyT)),
+    loop(ets_rc, I - 1, Off, KeyT, Size, Tabs);
+loop(registry, I, Off, KeyT, Size, Tabs) ->
+    _ = 'Elixir.Registry':lookup(?REG, element((I + Off) rem Size + 1, KeyT)),
+    loop(registry, I - 1, Off, KeyT, Size, Tabs);
+loop(pg, I, Off, KeyT, Size, Tabs) ->
+    _ = pg:get_members(?PG, element((I + Off) rem Size + 1, KeyT)),
+    loop(pg, I - 1, Off, KeyT, Size, Tabs).
+
+id(X) -> X.
+
+%% A routed call against a gen_server:call on the same pid, with the pool full.
+calls(Key) ->
+    Ops = env_int("SHOAL_BENCH_CALL_OPS", 300000),
+    {ok, Pid} = shoal:ensure_started(?POOL, Key),
+    pong = shoal:call(?POOL, Key, ping),
+    pong = gen_server:call(Pid, ping),
+    Routed = median_ns(fun() -> timed(fun() -> call_loop(Ops, Key) end) end, Ops),
+    Direct = median_ns(fun() -> timed(fun() -> gs_loop(Ops, Pid) end) end, Ops),
+    log("  shoal:call ~b ns/op, gen_server:call ~b ns/op", [round(Routed), round(Direct)]),
+    {Routed, Direct}.
+
+call_loop(0, _) -> ok;
+call_loop(I, Key) -> pong = shoal:call(?POOL, Key, ping), call_loop(I - 1, Key).
+
+gs_loop(0, _) -> ok;
+gs_loop(I, Pid) -> pong = gen_server:call(Pid, ping), gs_loop(I - 1, Pid).
+
+%%% ---------------------------------------------------------------------------------------
+%%% 2 + 4: starting N workers, and what each one costs at rest
+
+start_section(Keys, N) ->
+    Par = 2 * erlang:system_info(schedulers_online),
+    Cases =
+        [{"shoal, ensure_started/2, 1 caller", fun() -> shoal_start(Keys, N, sync) end},
+         {"shoal, ensure_started_async/2, 1 caller", fun() -> shoal_start(Keys, N, async) end},
+         {io_lib:format("shoal, ensure_started/2, ~b callers", [Par]),
+          fun() -> shoal_start(Keys, N, {par, Par}) end},
+         {"simple_one_for_one + ETS, 1 caller", fun() -> sup_ets_start(Keys, N, 1) end},
+         {io_lib:format("simple_one_for_one + ETS, ~b callers", [Par]),
+          fun() -> sup_ets_start(Keys, N, Par) end},
+         {"DynamicSupervisor + Registry, 1 caller", fun() -> dynsup_start(Keys, N, 1) end},
+         {io_lib:format("DynamicSupervisor + Registry, ~b callers", [Par]),
+          fun() -> dynsup_start(Keys, N, Par) end}],
+    [begin
+         log("start: ~s", [Label]),
+         R = guard(F),
+         case R of
+             {ok, {Secs, Bytes, StopSecs}} ->
+                 log("  ~.2f s (~b workers/s), ~b bytes/worker, teardown ~.1f s",
+                     [Secs, round(N / Secs), round(Bytes), StopSecs]);
+             _ -> ok
+         end,
+         {lists:flatten(Label), R}
+     end || {Label, F} <- Cases].
+
+%% Returns {StartSeconds, BytesPerWorker, TeardownSeconds}.
+shoal_start(Keys, N, Mode) ->
+    Before = mem_at_rest(),
+    ok = start_pool(?POOL),
+    T = timed(fun() ->
+                      case Mode of
+                          sync ->
+                              lists:foreach(fun(K) -> {ok, _} = shoal:ensure_started(?POOL, K) end, Keys);
+                          async ->
+                              lists:foreach(fun(K) -> ok = shoal:ensure_started_async(?POOL, K) end, Keys),
+                              ok = wait_count(N);
+                          {par, Par} ->
+                              par_foreach(Keys, Par, fun(K) -> {ok, _} = shoal:ensure_started(?POOL, K) end)
+                      end
+              end),
+    N = shoal:count(?POOL),
+    Bytes = (mem_at_rest() - Before) / N,
+    Stop = timed(fun() -> ok = stop_pool(?POOL) end),
+    wait_procs_settle(),
+    {T / 1.0e9, Bytes, Stop / 1.0e9}.
+
+sup_ets_start(Keys, N, Par) ->
+    Before = mem_at_rest(),
+    Tab = ets:new(bench_sup_ets, [set, public, {read_concurrency, true}]),
+    {ok, Sup} = supervisor:start_link(?MODULE, {sup, {gen_server, start_link, [?MODULE]}}),
+    Ensure = fun(K) ->
+                     case ets:lookup(Tab, K) of
+                         [{_, P}] -> P;
+                         [] -> {ok, P} = supervisor:start_child(Sup, [{gs, ets, Tab, K}, []]), P
+                     end
+             end,
+    T = timed(fun() -> par_foreach(Keys, Par, Ensure) end),
+    N = ets:info(Tab, size),
+    Bytes = (mem_at_rest() - Before) / N,
+    Stop = timed(fun() -> stop_proc(Sup), ets:delete(Tab) end),
+    wait_procs_settle(),
+    {T / 1.0e9, Bytes, Stop / 1.0e9}.
+
+dynsup_start(Keys, N, Par) ->
+    Before = mem_at_rest(),
+    {ok, Reg} = 'Elixir.Registry':start_link([{keys, unique}, {name, ?REG},
+                                               {partitions, erlang:system_info(schedulers)}]),
+    {ok, Sup} = 'Elixir.DynamicSupervisor':start_link([{strategy, one_for_one}]),
+    Ensure = fun(K) ->
+                     case 'Elixir.Registry':lookup(?REG, K) of
+                         [{P, _}] -> P;
+                         [] ->
+                             Name = {via, 'Elixir.Registry', {?REG, K}},
+                             Spec = #{id => K, restart => temporary,
+                                      start => {gen_server, start_link,
+                                                [Name, ?MODULE, {gs, plain, K}, []]}},
+                             {ok, P} = 'Elixir.DynamicSupervisor':start_child(Sup, Spec),
+                             P
+                     end
+             end,
+    T = timed(fun() -> par_foreach(Keys, Par, Ensure) end),
+    N = 'Elixir.Registry':count(?REG),
+    Bytes = (mem_at_rest() - Before) / N,
+    Stop = timed(fun() -> stop_proc(Sup), stop_proc(Reg) end),
+    wait_procs_settle(),
+    {T / 1.0e9, Bytes, Stop / 1.0e9}.
+
+%% erlang:memory(total) after every process has been garbage collected.
+mem_at_rest() ->
+    [erlang:garbage_collect(P) || P <- processes()],
+    erlang:memory(total).
+
+%%% ---------------------------------------------------------------------------------------
+%%% Report
+
+report(N, Small, Lookup, Start, Elapsed) ->
+    {ok, Host} = inet:gethostname(),
+    [io_lib:format("# Shoal single-node benchmark~n~n", []),
+     io_lib:format("`make bench` (scripts/bench.sh, bench/shoal_bench.erl), one run, all sides on the "
+                   "same keys. ~s, ~b schedulers, ~s, OTP ~s, Elixir ~s, shoal ~s, "
+                   "N = ~b, whole run ~b s. Numbers on these 2-vCPU machines drift by ±30% from "
+                   "run to run; the ratios are what to read.~n~n",
+                   [Host, erlang:system_info(schedulers_online), mem_total(),
+                    erlang:system_info(otp_release), elixir_vsn(), git_rev(), N, round(Elapsed)]),
+     report_lookups(Lookup, Small),
+     report_calls(Lookup),
+     report_start(Start, N),
+     report_memory(Start)].
+
+report_lookups({ok, #{points := Points}}, _) ->
+    Ops = env_int("SHOAL_BENCH_LOOKUP_OPS", 2000000),
+    ["## Key -> pid\n\n",
+     io_lib:format("~s keys in random order (a pre-shuffled tuple), every key live on every side; "
+                   "~b lookups per reader per run (a quarter of that for Registry and pg), median of ~b "
+                   "runs. ns/op is wall time / lookups per reader, loop included (its cost is the first "
+                   "row). \"× slower\" is that side's ns/op over shoal's.~n~n",
+                   [case env_str("SHOAL_BENCH_KEYS", "int") of "bin" -> "Binary (`<<\"user:N\">>`)"; _ -> "Integer" end,
+                    Ops, ?RUNS]),
+     [begin
+          {shoal, _, S1, S2} = lists:keyfind(shoal, 1, Rows),
+          [io_lib:format("### ~s live processes per side~n~n", [thousands(Live)]),
+           "| lookup | 1 reader ns/op | × slower than shoal | 2 readers ns/op | × slower than shoal |\n",
+           "|---|---:|---:|---:|---:|\n",
+           [io_lib:format("| ~s | ~.1f | ~s | ~.1f | ~s |~n",
+                          [Label, R1, ratio_cell(V, R1, S1), R2, ratio_cell(V, R2, S2)])
+            || {V, Label, R1, R2} <- Rows],
+           "\n"]
+      end || {Live, Rows} <- Points],
+     lookup_verdict(Points)];
+report_lookups(Err, _) ->
+    ["## Key -> pid\n\nFAILED: ", io_lib:format("~p", [Err]), "\n\n"].
+
+ratio_cell(loop_overhead, _, _) -> "";
+ratio_cell(shoal, _, _) -> "1.00";
+ratio_cell(_, R, S) -> io_lib:format("~.2f", [R / S]).
+
+lookup_verdict(Points) ->
+    Lines =
+        [begin
+             Get = fun(V) -> element(3, lists:keyfind(V, 1, Rows)) end,
+             Get2 = fun(V) -> element(4, lists:keyfind(V, 1, Rows)) end,
+             BestEts1 = min(Get(ets_plain), Get(ets_rc)),
+             BestEts2 = min(Get2(ets_plain), Get2(ets_rc)),
+             io_lib:format("- ~s live: shoal is ~.2f× / ~.2f× faster than the best ETS variant "
+                           "(1 / 2 readers; target ≥ 2×) and ~.1f× / ~.1f× faster than Registry "
+                           "(target ≥ 10×).~n",
+                           [thousands(Live), BestEts1 / Get(shoal), BestEts2 / Get2(shoal),
+                            Get(registry) / Get(shoal), Get2(registry) / Get2(shoal)])
+         end || {Live, Rows} <- Points],
+    [Lines, "\n"].
+
+report_calls({ok, #{call := {ok, {Routed, Direct}}}}) ->
+    ["## Routed call\n\n",
+     "`shoal:call(Pool, Key, ping)` (key -> pid in the NIF, then the call) against "
+     "`gen_server:call(Pid, ping)` on the same worker pid, one caller, full pool, median of runs.\n\n",
+     "| call | ns/op | ratio |\n|---|---:|---:|\n",
+     io_lib:format("| gen_server:call/2, pid in hand | ~b | 1.00 |~n", [round(Direct)]),
+     io_lib:format("| shoal:call/3 | ~b | ~.2f (target ≤ 1.15) |~n~n", [round(Routed), Routed / Direct])];
+report_calls({ok, #{call := Err}}) ->
+    ["## Routed call\n\nFAILED: ", io_lib:format("~p", [Err]), "\n\n"];
+report_calls(_) -> [].
+
+report_start({ok, Rows}, N) ->
+    Secs = [{L, S} || {L, {ok, {S, _, _}}} <- Rows],
+    ShoalBest = lists:min([S || {"shoal" ++ _, S} <- Secs] ++ [infinity]),
+    BaseBest = lists:min([S || {L, S} <- Secs, not lists:prefix("shoal", L)] ++ [infinity]),
+    ["## Starting ", thousands(N), " workers\n\n",
+     "Each side ensures every key is started, in the same random order: shoal through its API; "
+     "the baselines look the key up first and start a child when it is absent (the worker claims "
+     "its ETS row in init / registers its `{:via, Registry, ...}` name). Teardown is stopping the "
+     "pool / killing the supervisor, waited for until the processes are gone.\n\n",
+     "| how | seconds | workers/s | shoal's best is × faster | teardown s |\n|---|---:|---:|---:|---:|\n",
+     [case R of
+          {ok, {S, _, Stop}} ->
+              io_lib:format("| ~s | ~.2f | ~s | ~s | ~.1f |~n",
+                            [L, S, thousands(round(N / S)),
+                             case L of "shoal" ++ _ -> ""; _ -> io_lib:format("~.2f", [S / ShoalBest]) end,
+                             Stop]);
+          Err ->
+              io_lib:format("| ~s | FAILED: ~s | | | |~n", [L, oneline(Err)])
+      end || {L, R} <- Rows],
+     case {ShoalBest, BaseBest} of
+         {infinity, _} -> "\n";
+         {_, infinity} -> "\n";
+         _ -> io_lib:format("~nshoal's best: ~s workers in ~.2f s (target < 5 s), ~.2f× the best baseline.~n~n",
+                            [thousands(N), ShoalBest, BaseBest / ShoalBest])
+     end];
+report_start(Err, _) ->
+    ["## Starting workers\n\nFAILED: ", io_lib:format("~p", [Err]), "\n\n"].
+
+report_memory({ok, Rows}) ->
+    Mem = [{L, B} || {L, {ok, {_, B, _}}} <- Rows],
+    Pick = fun(Prefix) ->
+                   case [B || {L, B} <- Mem, lists:prefix(Prefix, L)] of [] -> undefined; Bs -> lists:min(Bs) end
+           end,
+    Shoal = Pick("shoal"),
+    Sides = [{"shoal (worker + NIF table entry + pool bookkeeping)", Shoal},
+             {"simple_one_for_one child + ETS row", Pick("simple_one_for_one")},
+             {"DynamicSupervisor child + Registry entry", Pick("DynamicSupervisor")}],
+    ["## Memory per idle worker\n\n",
+     "`erlang:memory(total)` after the start run minus before it, divided by the workers, every "
+     "process garbage collected first (lowest of the runs per side). Supervisor, table and "
+     "registry bookkeeping included.\n\n",
+     "| side | bytes/worker | ratio to shoal |\n|---|---:|---:|\n",
+     [case B of
+          undefined -> io_lib:format("| ~s | FAILED | |~n", [L]);
+          _ when Shoal =:= undefined -> io_lib:format("| ~s | ~b | |~n", [L, round(B)]);
+          _ -> io_lib:format("| ~s | ~b | ~.2f |~n", [L, round(B), B / Shoal])
+      end || {L, B} <- Sides],
+     "\n"];
+report_memory(_) -> [].
+
+%%% ---------------------------------------------------------------------------------------
+%%% Helpers
+
+start_pool(Pool) ->
+    Segs = env_int("SHOAL_BENCH_SEGMENTS", 0),
+    Opts0 = #{worker => ?MODULE},
+    Opts = case Segs of 0 -> Opts0; _ -> Opts0#{segments => Segs} end,
+    {ok, _} = shoal:start_pool(Pool, Opts),
+    ok.
+
+stop_pool(Pool) -> shoal:stop_pool(Pool).
+
+%% Stops a process we started linked (we trap exits) and waits until it is gone.
+stop_proc(undefined) -> ok;
+stop_proc(Pid) ->
+    Ref = erlang:monitor(process, Pid),
+    exit(Pid, shutdown),
+    receive {'DOWN', Ref, process, Pid, _} -> ok end,
+    receive {'EXIT', Pid, _} -> ok after 0 -> ok end.
+
+%% Waits until the process count stops falling (children of a stopped supervisor are
+%% killed asynchronously) so that the next scenario starts from a quiet VM.
+wait_procs_settle() -> wait_procs_settle(erlang:system_info(process_count), 0).
+
+wait_procs_settle(_, Stable) when Stable >= 3 -> flush_exits();
+wait_procs_settle(Last, Stable) ->
+    timer:sleep(100),
+    case erlang:system_info(process_count) of
+        Last -> wait_procs_settle(Last, Stable + 1);
+        Now -> wait_procs_settle(Now, 0)
+    end.
+
+flush_exits() -> receive {'EXIT', _, _} -> flush_exits() after 0 -> ok end.
+
+wait_count(Want) -> wait_count(Want, erlang:monotonic_time(millisecond) + ?WAIT_MS).
+
+wait_count(Want, Deadline) ->
+    case shoal:count(?POOL) of
+        C when C >= Want -> ok;
+        C ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> error({timeout_waiting_for_count, C, Want});
+                false -> timer:sleep(2), wait_count(Want, Deadline)
+            end
+    end.
+
+%% Applies F to every element of L from Par processes (contiguous slices); waits for all.
+par_foreach(L, 1, F) -> lists:foreach(F, L);
+par_foreach(L, Par, F) -> _ = par_map(L, Par, F), ok.
+
+par_map(L, Par, F) ->
+    Self = self(),
+    Slices = slices(L, Par),
+    Pids = [spawn_link(fun() -> Self ! {self(), [F(X) || X <- S]} end) || S <- Slices],
+    lists:append([receive {P, R} -> R end || P <- Pids]).
+
+slices(L, Par) ->
+    Len = max(1, (length(L) + Par - 1) div Par),
+    slices_(L, Len).
+
+slices_([], _) -> [];
+slices_(L, Len) when length(L) =< Len -> [L];
+slices_(L, Len) -> {H, T} = lists:split(Len, L), [H | slices_(T, Len)].
+
+%% Integer keys by default; SHOAL_BENCH_KEYS=bin gives binaries like <<"user:42">>.
+shuffled_keys(N) ->
+    Key = case env_str("SHOAL_BENCH_KEYS", "int") of
+              "bin" -> fun(I) -> <<"user:", (integer_to_binary(I))/binary>> end;
+              _ -> fun(I) -> I end
+          end,
+    [K || {_, K} <- lists:sort([{rand:uniform(), Key(I)} || I <- lists:seq(1, N)])].
+
+timed(F) ->
+    T0 = erlang:monotonic_time(nanosecond),
+    F(),
+    erlang:monotonic_time(nanosecond) - T0.
+
+%% Median over ?RUNS runs of F() (nanoseconds for Ops operations), as ns per operation.
+median_ns(F, Ops) ->
+    Ts = lists:sort([F() || _ <- lists:seq(1, ?RUNS)]),
+    lists:nth((?RUNS + 1) div 2, Ts) / Ops.
+
+guard(F) ->
+    try {ok, F()}
+    catch C:R:St ->
+            log("FAILED: ~p:~p~n~p", [C, R, lists:sublist(St, 6)]),
+            {error, {C, R}}
+    end.
+
+oneline(T) -> re:replace(io_lib:format("~0p", [T]), "\\|", "/", [global, {return, list}]).
+
+log(Fmt, Args) -> io:format(standard_error, "[bench] " ++ Fmt ++ "~n", Args).
+
+env_int(Name, Default) ->
+    case os:getenv(Name) of
+        false -> Default;
+        "" -> Default;
+        S -> list_to_integer(lists:filter(fun(C) -> C =/= $_ end, S))
+    end.
+
+env_str(Name, Default) ->
+    case os:getenv(Name) of false -> Default; "" -> Default; S -> S end.
+
+elixir_vsn() ->
+    case application:get_key(elixir, vsn) of {ok, V} -> V; _ -> "?" end.
+
+git_rev() ->
+    case os:cmd("git rev-parse --short HEAD 2>/dev/null") of
+        "" -> "?";
+        S -> string:trim(S)
+    end.
+
+mem_total() ->
+    case file:read_file("/proc/meminfo") of
+        {ok, <<"MemTotal:", Rest/binary>>} ->
+            [Kb | _] = string:lexemes(binary_to_list(Rest), " \n"),
+            io_lib:format("~b GB RAM", [round(list_to_integer(Kb) / 1048576)]);
+        _ -> "? RAM"
+    end.
+
+thousands(N) when is_integer(N), N >= 1000000, N rem 1000000 =:= 0 -> io_lib:format("~b M", [N div 1000000]);
+thousands(N) when is_integer(N), N >= 1000, N rem 1000 =:= 0 -> io_lib:format("~b k", [N div 1000]);
+thousands(N) when is_integer(N) -> integer_to_list(N).
