@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make demo`: Shoal on one node — a million workers with a progress bar, a million routed
+# calls, a thousand crashes that heal on the next call, idle offloading, the stats.
+#   SHOAL_DEMO_N=100000 make demo     # smaller (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EBIN=_build/default/lib/shoal/ebin
+[ -f "$EBIN/shoal.beam" ] || rebar3 compile
+mkdir -p build/demo
+erlc -o build/demo +debug_info demo/shoal_demo.erl
+exec erl -noshell +P 4000000 -pa "$EBIN" -pa build/demo \
+    -eval 'case shoal_demo:main() of ok -> halt(0); _ -> halt(1) end.'
