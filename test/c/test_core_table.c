@@ -1,0 +1,732 @@
+/* test_core_table.c - CUnit suite for the segmented worker table (table.h).
+ *
+ * Written from the header's contract, not from table.c: each test names the promise it pins
+ * (a lost claim leaves the entry with the caller, a stale owner cannot remove its successor,
+ * every entry that leaves is released exactly once, a fold visits each entry once, counts stay
+ * exact through growth and under concurrent use). Entries are malloc'd test_entry structs
+ * whose release callback counts instead of freeing where a test needs to inspect them after. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keyhash.h"
+#include "shoal_err.h"
+#include "table.h"
+#include "test_core.h"
+
+typedef struct test_entry {
+    table_entry base;          /* first member, as the table requires */
+    unsigned char keybuf[8];   /* the key bytes base.key points at */
+    uint64_t id;               /* the key as a number */
+    uint64_t check;            /* id-derived value, to detect a torn or wrong entry */
+    atomic_int released;       /* times ops->release was called on this entry */
+} test_entry;
+
+typedef struct release_counter {
+    atomic_size_t releases; /* total release calls */
+    int free_on_release;    /* free the entry in the callback (big tests) */
+} release_counter;
+
+static uint64_t check_of(uint64_t id) { return id * 0x9E3779B97F4A7C15ULL ^ 0x5151; }
+
+static void make_key(unsigned char kb[8], uint64_t id)
+{
+    for (int i = 0; i < 8; i++)
+        kb[i] = (unsigned char)(id >> (8 * i));
+}
+
+static test_entry *entry_new(uint64_t id)
+{
+    test_entry *e = calloc(1, sizeof *e);
+    if (e == NULL) /* also called from worker threads, where CUnit must not be used */
+        abort();
+    make_key(e->keybuf, id);
+    e->base.key = e->keybuf;
+    e->base.klen = sizeof e->keybuf;
+    e->base.hash = keyhash_hash64(e->keybuf, sizeof e->keybuf);
+    e->id = id;
+    e->check = check_of(id);
+    atomic_init(&e->released, 0);
+    return e;
+}
+
+static void count_release(void *ctx, table_entry *te)
+{
+    release_counter *rc = ctx;
+    test_entry *e = (test_entry *)te;
+    atomic_fetch_add(&rc->releases, 1);
+    if (rc->free_on_release)
+        free(e);
+    else
+        atomic_fetch_add(&e->released, 1);
+}
+
+static table *new_table(unsigned log2, release_counter *rc, table_ops *ops)
+{
+    table *t = NULL;
+    atomic_init(&rc->releases, 0);
+    rc->free_on_release = 0;
+    ops->release = count_release;
+    ops->ctx = rc;
+    CU_ASSERT_EQUAL_FATAL(table_new(&t, log2, ops), 0);
+    CU_ASSERT_FATAL(t != NULL);
+    return t;
+}
+
+/* table_get helpers: copy out the entry pointer seen under the lock. */
+static void visit_copy(void *ctx, const table_entry *e) { *(const table_entry **)ctx = e; }
+
+static const table_entry *get_id(table *t, uint64_t id, int *rc)
+{
+    unsigned char kb[8];
+    const table_entry *seen = NULL;
+    make_key(kb, id);
+    *rc = table_get(t, keyhash_hash64(kb, 8), kb, 8, visit_copy, &seen);
+    return seen;
+}
+
+/* table_update driven by a small script: what to return and what to put. */
+typedef struct update_script {
+    table_action action;     /* what fn returns */
+    table_entry *put;        /* replacement for TABLE_PUT */
+    const table_entry *seen; /* what fn saw as cur */
+    int calls;               /* how many times fn ran */
+} update_script;
+
+static table_action scripted(void *ctx, table_entry *cur, table_entry **replacement)
+{
+    update_script *s = ctx;
+    s->seen = cur;
+    s->calls++;
+    if (s->action == TABLE_PUT)
+        *replacement = s->put;
+    return s->action;
+}
+
+static int update_id(table *t, uint64_t id, update_script *s)
+{
+    unsigned char kb[8];
+    make_key(kb, id);
+    return table_update(t, keyhash_hash64(kb, 8), kb, 8, scripted, s);
+}
+
+/* ---- construction ---------------------------------------------------------------------- */
+
+static void test_new_rejects_bad_arguments(void)
+{
+    release_counter rc = {0};
+    table_ops ops = {count_release, &rc};
+    table_ops no_release = {NULL, &rc};
+    table *t = (table *)0x1;
+    CU_ASSERT_EQUAL(table_new(&t, 17, &ops), SHOAL_EINVAL);
+    CU_ASSERT_EQUAL(table_new(&t, 1000, &ops), SHOAL_EINVAL);
+    CU_ASSERT_EQUAL(table_new(&t, 8, NULL), SHOAL_EINVAL);
+    CU_ASSERT_EQUAL(table_new(&t, 8, &no_release), SHOAL_EINVAL);
+    for (unsigned log2 = 0; log2 <= 16; log2 += 4) {
+        t = NULL;
+        CU_ASSERT_EQUAL(table_new(&t, log2, &ops), 0);
+        CU_ASSERT(t != NULL);
+        CU_ASSERT_EQUAL(table_count(t), 0);
+        CU_ASSERT(table_memory(t) > 0);
+        table_free(t);
+    }
+    table_free(NULL); /* a no-op */
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
+}
+
+/* ---- single-key operations ------------------------------------------------------------ */
+
+static void test_insert_new_claims_a_key_once(void)
+{
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(2, &rc, &ops);
+    test_entry *a = entry_new(42), *b = entry_new(42);
+    int r;
+
+    CU_ASSERT_EQUAL(table_insert_new(t, &a->base), 0);
+    CU_ASSERT_EQUAL(table_count(t), 1);
+    /* The losing claim stays the caller's: not stored, not released. */
+    CU_ASSERT_EQUAL(table_insert_new(t, &b->base), SHOAL_EEXIST);
+    CU_ASSERT_EQUAL(table_count(t), 1);
+    CU_ASSERT_EQUAL(atomic_load(&b->released), 0);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
+    CU_ASSERT_PTR_EQUAL(get_id(t, 42, &r), &a->base);
+    CU_ASSERT_EQUAL(r, 0);
+    /* Re-inserting the very same entry is a lost claim too. */
+    CU_ASSERT_EQUAL(table_insert_new(t, &a->base), SHOAL_EEXIST);
+    CU_ASSERT_EQUAL(table_count(t), 1);
+
+    table_free(t);
+    CU_ASSERT_EQUAL(atomic_load(&a->released), 1);
+    CU_ASSERT_EQUAL(atomic_load(&b->released), 0);
+    free(a);
+    free(b);
+}
+
+static void test_get_finds_only_present_keys(void)
+{
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(4, &rc, &ops);
+    test_entry *e[100];
+    int r;
+
+    for (int i = 0; i < 100; i++) {
+        e[i] = entry_new((uint64_t)i * 7);
+        CU_ASSERT_EQUAL(table_insert_new(t, &e[i]->base), 0);
+    }
+    for (int i = 0; i < 100; i++) {
+        CU_ASSERT_PTR_EQUAL(get_id(t, (uint64_t)i * 7, &r), &e[i]->base);
+        CU_ASSERT_EQUAL(r, 0);
+    }
+    /* Absent keys: ENOENT and the visitor is not called. */
+    for (uint64_t id = 1; id < 700; id += 7) {
+        const table_entry *seen = get_id(t, id, &r);
+        CU_ASSERT_EQUAL(r, SHOAL_ENOENT);
+        CU_ASSERT_PTR_NULL(seen);
+    }
+    /* Same hash, different key bytes: the table must compare the key, not only the hash. */
+    unsigned char other[8];
+    const table_entry *seen = NULL;
+    make_key(other, 12345);
+    CU_ASSERT_EQUAL(table_get(t, e[3]->base.hash, other, 8, visit_copy, &seen), SHOAL_ENOENT);
+    CU_ASSERT_PTR_NULL(seen);
+    /* Same bytes, shorter length: a different key. */
+    CU_ASSERT_EQUAL(table_get(t, e[3]->base.hash, e[3]->keybuf, 7, visit_copy, &seen),
+                    SHOAL_ENOENT);
+    table_free(t);
+    for (int i = 0; i < 100; i++) {
+        CU_ASSERT_EQUAL(atomic_load(&e[i]->released), 1);
+        free(e[i]);
+    }
+}
+
+static void test_update_put_delete_keep(void)
+{
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(3, &rc, &ops);
+    test_entry *a = entry_new(7), *b = entry_new(7);
+    update_script s = {0};
+    int r;
+
+    /* KEEP on an absent key: fn sees NULL, nothing happens. */
+    s = (update_script){.action = TABLE_KEEP};
+    CU_ASSERT_EQUAL(update_id(t, 7, &s), 0);
+    CU_ASSERT_EQUAL(s.calls, 1);
+    CU_ASSERT_PTR_NULL(s.seen);
+    CU_ASSERT_EQUAL(table_count(t), 0);
+
+    /* DELETE on an absent key: a no-op that succeeds. */
+    s = (update_script){.action = TABLE_DELETE};
+    CU_ASSERT_EQUAL(update_id(t, 7, &s), 0);
+    CU_ASSERT_PTR_NULL(s.seen);
+    CU_ASSERT_EQUAL(table_count(t), 0);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
+
+    /* PUT on an absent key inserts. */
+    s = (update_script){.action = TABLE_PUT, .put = &a->base};
+    CU_ASSERT_EQUAL(update_id(t, 7, &s), 0);
+    CU_ASSERT_PTR_NULL(s.seen);
+    CU_ASSERT_EQUAL(table_count(t), 1);
+    CU_ASSERT_PTR_EQUAL(get_id(t, 7, &r), &a->base);
+
+    /* KEEP on a present key: fn sees it, it stays. */
+    s = (update_script){.action = TABLE_KEEP};
+    CU_ASSERT_EQUAL(update_id(t, 7, &s), 0);
+    CU_ASSERT_PTR_EQUAL(s.seen, &a->base);
+    CU_ASSERT_PTR_EQUAL(get_id(t, 7, &r), &a->base);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
+
+    /* PUT on a present key replaces and releases the old entry exactly once. */
+    s = (update_script){.action = TABLE_PUT, .put = &b->base};
+    CU_ASSERT_EQUAL(update_id(t, 7, &s), 0);
+    CU_ASSERT_PTR_EQUAL(s.seen, &a->base);
+    CU_ASSERT_EQUAL(table_count(t), 1);
+    CU_ASSERT_PTR_EQUAL(get_id(t, 7, &r), &b->base);
+    CU_ASSERT_EQUAL(atomic_load(&a->released), 1);
+    CU_ASSERT_EQUAL(atomic_load(&b->released), 0);
+
+    /* DELETE on a present key removes and releases it. */
+    s = (update_script){.action = TABLE_DELETE};
+    CU_ASSERT_EQUAL(update_id(t, 7, &s), 0);
+    CU_ASSERT_PTR_EQUAL(s.seen, &b->base);
+    CU_ASSERT_EQUAL(table_count(t), 0);
+    get_id(t, 7, &r);
+    CU_ASSERT_EQUAL(r, SHOAL_ENOENT);
+    CU_ASSERT_EQUAL(atomic_load(&b->released), 1);
+
+    table_free(t);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 2);
+    CU_ASSERT_EQUAL(atomic_load(&a->released), 1);
+    CU_ASSERT_EQUAL(atomic_load(&b->released), 1);
+    free(a);
+    free(b);
+}
+
+static void test_remove_entry_removes_only_that_entry(void)
+{
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(1, &rc, &ops);
+    test_entry *old = entry_new(9), *successor = entry_new(9), *absent = entry_new(10);
+    int r;
+
+    CU_ASSERT_EQUAL(table_insert_new(t, &old->base), 0);
+    /* The old owner goes; a successor takes the key (PUT replaces and releases old). */
+    update_script s = {.action = TABLE_PUT, .put = &successor->base};
+    CU_ASSERT_EQUAL(update_id(t, 9, &s), 0);
+    CU_ASSERT_EQUAL(atomic_load(&old->released), 1);
+    /* The stale owner's late removal must not delete the successor. */
+    CU_ASSERT_EQUAL(table_remove_entry(t, &old->base), SHOAL_ENOENT);
+    CU_ASSERT_PTR_EQUAL(get_id(t, 9, &r), &successor->base);
+    CU_ASSERT_EQUAL(atomic_load(&successor->released), 0);
+    CU_ASSERT_EQUAL(atomic_load(&old->released), 1);
+    /* A key that is not there at all. */
+    CU_ASSERT_EQUAL(table_remove_entry(t, &absent->base), SHOAL_ENOENT);
+    /* The successor removes itself: gone and released once; a second try is ENOENT. */
+    CU_ASSERT_EQUAL(table_remove_entry(t, &successor->base), 0);
+    CU_ASSERT_EQUAL(atomic_load(&successor->released), 1);
+    CU_ASSERT_EQUAL(table_count(t), 0);
+    get_id(t, 9, &r);
+    CU_ASSERT_EQUAL(r, SHOAL_ENOENT);
+    CU_ASSERT_EQUAL(table_remove_entry(t, &successor->base), SHOAL_ENOENT);
+    table_free(t);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 2);
+    CU_ASSERT_EQUAL(atomic_load(&absent->released), 0);
+    free(old);
+    free(successor);
+    free(absent);
+}
+
+static void test_free_releases_every_entry_once(void)
+{
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(5, &rc, &ops);
+    enum { N = 5000 };
+    test_entry **e = malloc(N * sizeof *e);
+    CU_ASSERT_FATAL(e != NULL);
+    for (int i = 0; i < N; i++) {
+        e[i] = entry_new((uint64_t)i);
+        CU_ASSERT_EQUAL(table_insert_new(t, &e[i]->base), 0);
+    }
+    CU_ASSERT_EQUAL(table_count(t), N);
+    table_free(t);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), N);
+    int bad = 0;
+    for (int i = 0; i < N; i++) {
+        bad += atomic_load(&e[i]->released) != 1;
+        free(e[i]);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    free(e);
+}
+
+/* ---- growth --------------------------------------------------------------------------- */
+
+static void grow_to_a_million(unsigned log2)
+{
+    enum { N = 1000000 };
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(log2, &rc, &ops);
+    rc.free_on_release = 1;
+    size_t mem_empty = table_memory(t);
+    int failed_insert = 0, missing = 0, wrong = 0, failed_remove = 0;
+
+    for (uint64_t i = 0; i < N; i++)
+        failed_insert += table_insert_new(t, &entry_new(i * 2654435761u)->base) != 0;
+    CU_ASSERT_EQUAL(failed_insert, 0);
+    CU_ASSERT_EQUAL(table_count(t), N);
+    for (uint64_t i = 0; i < N; i++) {
+        int r;
+        const test_entry *e = (const test_entry *)get_id(t, i * 2654435761u, &r);
+        missing += r != 0;
+        wrong += r == 0 && (e->id != i * 2654435761u || e->check != check_of(e->id));
+    }
+    CU_ASSERT_EQUAL(missing, 0);
+    CU_ASSERT_EQUAL(wrong, 0);
+    /* The header's budget: one 8-byte slot per entry at a load factor of at least 3/8 (at
+     * most ~21.3 bytes per entry), plus fixed per-segment overhead. */
+    size_t mem = table_memory(t);
+    CHECKF(mem >= (size_t)N * 8, "table_memory %zu below one slot per entry", mem);
+    CHECKF(mem <= (size_t)N * 22 + mem_empty + 64 * 1024,
+           "table_memory %zu above 22 bytes per entry for %d entries (empty: %zu)", mem, N,
+           mem_empty);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
+
+    /* Delete everything, half by exact entry and half by key. */
+    for (uint64_t i = 0; i < N; i++) {
+        int r;
+        if (i % 2) {
+            table_entry *e = (table_entry *)get_id(t, i * 2654435761u, &r);
+            failed_remove += r != 0 || table_remove_entry(t, e) != 0;
+        } else {
+            update_script s = {.action = TABLE_DELETE};
+            failed_remove += update_id(t, i * 2654435761u, &s) != 0 || s.seen == NULL;
+        }
+    }
+    CU_ASSERT_EQUAL(failed_remove, 0);
+    CU_ASSERT_EQUAL(table_count(t), 0);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), N);
+    table_free(t);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), N);
+}
+
+static void test_growth_to_a_million_entries(void) { grow_to_a_million(8); }
+
+static void test_growth_of_a_single_segment(void) { grow_to_a_million(0); }
+
+/* ---- fold ---------------------------------------------------------------------------- */
+
+typedef struct fold_state {
+    unsigned *visits; /* per id: times seen */
+    size_t n;         /* ids are 0..n-1 */
+    int bad;          /* entries the fold should not have shown */
+    int delete_even;  /* delete entries with an even id */
+} fold_state;
+
+static table_action fold_visit(void *ctx, table_entry *te)
+{
+    fold_state *f = ctx;
+    test_entry *e = (test_entry *)te;
+    if (e->id >= f->n || e->check != check_of(e->id)) {
+        f->bad++;
+        return TABLE_KEEP;
+    }
+    f->visits[e->id]++;
+    return f->delete_even && e->id % 2 == 0 ? TABLE_DELETE : TABLE_KEEP;
+}
+
+static void fill(table *t, test_entry **e, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        e[i] = entry_new(i);
+        CU_ASSERT_EQUAL(table_insert_new(t, &e[i]->base), 0);
+    }
+}
+
+static void test_fold_visits_every_entry_once(void)
+{
+    enum { N = 20000 };
+    static const size_t budgets[] = {1, 7, 100, 4096, (size_t)-1};
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(6, &rc, &ops);
+    test_entry **e = malloc(N * sizeof *e);
+    fold_state f = {.visits = calloc(N, sizeof(unsigned)), .n = N};
+    CU_ASSERT_FATAL(e != NULL && f.visits != NULL);
+    fill(t, e, N);
+
+    for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
+        table_cursor cur = {0, 0};
+        size_t calls = 0;
+        memset(f.visits, 0, N * sizeof(unsigned));
+        while (table_fold(t, &cur, budgets[b], 0, fold_visit, &f) == 1)
+            CU_ASSERT_FATAL(++calls < 100000000);
+        int not_once = 0;
+        for (size_t i = 0; i < N; i++)
+            not_once += f.visits[i] != 1;
+        CHECKF(not_once == 0, "budget %zu: %d entries not visited exactly once", budgets[b],
+               not_once);
+        if (budgets[b] == (size_t)-1)
+            CU_ASSERT_EQUAL(calls, 0); /* an unlimited budget finishes in one call */
+    }
+    CU_ASSERT_EQUAL(f.bad, 0);
+    CU_ASSERT_EQUAL(table_count(t), N);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
+
+    /* An empty table folds to completion at once. */
+    table *empty = new_table(4, &rc, &ops);
+    table_cursor cur = {0, 0};
+    int guard = 0;
+    while (table_fold(empty, &cur, 1000, 0, fold_visit, &f) == 1 && ++guard < 1000)
+        ;
+    CU_ASSERT(guard < 1000);
+    table_free(empty);
+
+    table_free(t);
+    for (size_t i = 0; i < N; i++)
+        free(e[i]);
+    free(e);
+    free(f.visits);
+}
+
+static void test_fold_deleting_half_by_predicate(void)
+{
+    enum { N = 20000 };
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(3, &rc, &ops);
+    test_entry **e = malloc(N * sizeof *e);
+    fold_state f = {.visits = calloc(N, sizeof(unsigned)), .n = N, .delete_even = 1};
+    CU_ASSERT_FATAL(e != NULL && f.visits != NULL);
+    fill(t, e, N);
+
+    table_cursor cur = {0, 0};
+    while (table_fold(t, &cur, 333, 1, fold_visit, &f) == 1)
+        ;
+    /* The header allows an entry to be seen twice while deleting (backward shift moves
+     * entries); what must hold is the final content. */
+    int unseen = 0;
+    for (size_t i = 0; i < N; i++)
+        unseen += f.visits[i] == 0;
+    CU_ASSERT_EQUAL(unseen, 0);
+    CU_ASSERT_EQUAL(f.bad, 0);
+    CU_ASSERT_EQUAL(table_count(t), N / 2);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), N / 2);
+    int wrong = 0;
+    for (size_t i = 0; i < N; i++) {
+        int r;
+        get_id(t, i, &r);
+        wrong += (i % 2 == 0) ? r != SHOAL_ENOENT : r != 0;
+        wrong += atomic_load(&e[i]->released) != (i % 2 == 0);
+    }
+    CU_ASSERT_EQUAL(wrong, 0);
+
+    /* A second, read-only fold sees exactly the odd half once each. */
+    memset(f.visits, 0, N * sizeof(unsigned));
+    f.delete_even = 0;
+    cur = (table_cursor){0, 0};
+    while (table_fold(t, &cur, 1000, 0, fold_visit, &f) == 1)
+        ;
+    int not_once = 0;
+    for (size_t i = 0; i < N; i++)
+        not_once += f.visits[i] != (i % 2 == 1);
+    CU_ASSERT_EQUAL(not_once, 0);
+
+    table_free(t);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), N);
+    for (size_t i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(atomic_load(&e[i]->released), 1);
+        free(e[i]);
+    }
+    free(e);
+    free(f.visits);
+}
+
+/* ---- concurrency --------------------------------------------------------------------- */
+
+enum { MT_THREADS = 4, MT_KEYS = 512, MT_OPS = 60000 };
+
+typedef struct mt_shared {
+    table *t;
+    atomic_size_t taken;    /* entries the table took ownership of */
+    atomic_size_t bad_gets; /* get returned an entry for another key, or a torn one */
+} mt_shared;
+
+typedef struct mt_thread {
+    mt_shared *sh;
+    uint64_t seed;
+    test_entry **mine; /* every entry this thread allocated (freed at the end) */
+    size_t n_mine;
+    pthread_t tid;
+} mt_thread;
+
+typedef struct mt_get {
+    uint64_t want;            /* the id looked up */
+    const table_entry *seen;  /* the entry found */
+    int bad;                  /* it was not a live entry for that id */
+} mt_get;
+
+/* Runs under the segment's read lock: the entry is in the table, so it cannot have been
+ * released yet (release comes after removal). */
+static void mt_visit(void *ctx, const table_entry *te)
+{
+    mt_get *g = ctx;
+    const test_entry *e = (const test_entry *)te;
+    g->seen = te;
+    if (e->id != g->want || e->check != check_of(e->id) || te->klen != 8 ||
+        atomic_load(&e->released) != 0)
+        g->bad = 1;
+}
+
+/* Replace when present, insert when absent; remember whether the table took it. */
+typedef struct mt_put {
+    table_entry *e;
+    int taken;
+} mt_put;
+
+static table_action mt_put_fn(void *ctx, table_entry *cur, table_entry **replacement)
+{
+    mt_put *p = ctx;
+    (void)cur;
+    *replacement = p->e;
+    p->taken = 1;
+    return TABLE_PUT;
+}
+
+static table_action mt_delete_fn(void *ctx, table_entry *cur, table_entry **replacement)
+{
+    (void)ctx;
+    (void)replacement;
+    return cur ? TABLE_DELETE : TABLE_KEEP;
+}
+
+static void *mt_worker(void *arg)
+{
+    mt_thread *th = arg;
+    mt_shared *sh = th->sh;
+    uint64_t x = th->seed;
+    test_entry *last_seen[MT_KEYS] = {0};
+
+    for (int op = 0; op < MT_OPS; op++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        uint64_t id = x % MT_KEYS;
+        unsigned char kb[8];
+        make_key(kb, id);
+        uint64_t h = keyhash_hash64(kb, 8);
+        switch ((x >> 32) % 6) {
+        case 0: { /* claim */
+            test_entry *e = entry_new(id);
+            th->mine[th->n_mine++] = e;
+            if (table_insert_new(sh->t, &e->base) == 0) {
+                atomic_fetch_add(&sh->taken, 1);
+                last_seen[id] = e;
+            }
+            break;
+        }
+        case 1: { /* put */
+            test_entry *e = entry_new(id);
+            mt_put p = {&e->base, 0};
+            th->mine[th->n_mine++] = e;
+            if (table_update(sh->t, h, kb, 8, mt_put_fn, &p) == 0 && p.taken) {
+                atomic_fetch_add(&sh->taken, 1);
+                last_seen[id] = e;
+            }
+            break;
+        }
+        case 2: /* delete by key */
+            table_update(sh->t, h, kb, 8, mt_delete_fn, NULL);
+            break;
+        case 3: /* remove a possibly stale entry: only succeeds if it is still current */
+            if (last_seen[id])
+                table_remove_entry(sh->t, &last_seen[id]->base);
+            break;
+        default: { /* get */
+            mt_get g = {id, NULL, 0};
+            if (table_get(sh->t, h, kb, 8, mt_visit, &g) == 0) {
+                if (g.bad || g.seen == NULL)
+                    atomic_fetch_add(&sh->bad_gets, 1);
+                else /* entries are freed only after the threads end */
+                    last_seen[id] = (test_entry *)g.seen;
+            }
+            break;
+        }
+        }
+    }
+    return NULL;
+}
+
+static table_action count_visit(void *ctx, table_entry *te)
+{
+    fold_state *f = ctx;
+    test_entry *e = (test_entry *)te;
+    if (e->id >= f->n || atomic_load(&e->released) != 0)
+        f->bad++;
+    else
+        f->visits[e->id]++;
+    return TABLE_KEEP;
+}
+
+static void test_concurrent_mixed_operations(void)
+{
+    release_counter rc;
+    table_ops ops;
+    mt_shared sh;
+    mt_thread th[MT_THREADS];
+    sh.t = new_table(2, &rc, &ops); /* few segments: threads collide on locks and keys */
+    atomic_init(&sh.taken, 0);
+    atomic_init(&sh.bad_gets, 0);
+
+    for (int i = 0; i < MT_THREADS; i++) {
+        th[i].sh = &sh;
+        th[i].seed = 0x1234567ULL * (uint64_t)(i + 1) + 99;
+        th[i].mine = malloc(MT_OPS * sizeof *th[i].mine);
+        th[i].n_mine = 0;
+        CU_ASSERT_FATAL(th[i].mine != NULL);
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i].tid, NULL, mt_worker, &th[i]), 0);
+    }
+    for (int i = 0; i < MT_THREADS; i++)
+        pthread_join(th[i].tid, NULL);
+
+    CU_ASSERT_EQUAL(atomic_load(&sh.bad_gets), 0);
+    /* Whatever the interleaving: entries held = entries taken - entries released, each key
+     * at most once, and every held entry is found by get and is not released. */
+    size_t held = table_count(sh.t);
+    size_t taken = atomic_load(&sh.taken), released = atomic_load(&rc.releases);
+    CHECKF(held == taken - released, "count %zu, taken %zu, released %zu", held, taken,
+           released);
+    CU_ASSERT(held <= MT_KEYS);
+    fold_state f = {.visits = calloc(MT_KEYS, sizeof(unsigned)), .n = MT_KEYS};
+    CU_ASSERT_FATAL(f.visits != NULL);
+    table_cursor cur = {0, 0};
+    while (table_fold(sh.t, &cur, 64, 0, count_visit, &f) == 1)
+        ;
+    size_t visited = 0;
+    int dup = 0, lost = 0;
+    for (uint64_t id = 0; id < MT_KEYS; id++) {
+        int r;
+        visited += f.visits[id];
+        dup += f.visits[id] > 1;
+        get_id(sh.t, id, &r);
+        lost += (r == 0) != (f.visits[id] == 1);
+    }
+    CU_ASSERT_EQUAL(f.bad, 0);
+    CU_ASSERT_EQUAL(dup, 0);
+    CU_ASSERT_EQUAL(lost, 0);
+    CU_ASSERT_EQUAL(visited, held);
+
+    table_free(sh.t);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), taken);
+    /* Each entry the table took was released exactly once; the others never. */
+    size_t twice = 0, total_released = 0;
+    for (int i = 0; i < MT_THREADS; i++) {
+        for (size_t j = 0; j < th[i].n_mine; j++) {
+            int n = atomic_load(&th[i].mine[j]->released);
+            twice += n > 1;
+            total_released += (size_t)n;
+            free(th[i].mine[j]);
+        }
+        free(th[i].mine);
+    }
+    CU_ASSERT_EQUAL(twice, 0);
+    CU_ASSERT_EQUAL(total_released, taken);
+    free(f.visits);
+}
+
+CU_ErrorCode test_core_register_table(void)
+{
+    CU_pSuite s = CU_add_suite("table", NULL, NULL);
+    if (s == NULL)
+        return CU_get_error();
+    static const struct {
+        const char *name;
+        CU_TestFunc fn;
+    } tests[] = {
+        {"table_new rejects bad arguments", test_new_rejects_bad_arguments},
+        {"insert_new claims a key once (EEXIST keeps the entry with the caller)",
+         test_insert_new_claims_a_key_once},
+        {"get finds only present keys, comparing key bytes", test_get_finds_only_present_keys},
+        {"update: PUT inserts/replaces, DELETE removes, KEEP keeps", test_update_put_delete_keep},
+        {"remove_entry removes only that exact entry", test_remove_entry_removes_only_that_entry},
+        {"table_free releases every entry once", test_free_releases_every_entry_once},
+        {"growth to 1,000,000 entries, all found, then all deleted",
+         test_growth_to_a_million_entries},
+        {"growth of a single segment to 1,000,000 entries", test_growth_of_a_single_segment},
+        {"fold visits every entry once, at any budget", test_fold_visits_every_entry_once},
+        {"fold deleting half by predicate", test_fold_deleting_half_by_predicate},
+        {"4 threads of mixed insert/get/delete stay consistent",
+         test_concurrent_mixed_operations},
+    };
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+        if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL)
+            return CU_get_error();
+    return CUE_SUCCESS;
+}
