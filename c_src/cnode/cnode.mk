@@ -1,0 +1,68 @@
+# cnode.mk - build, test, fuzz and bench targets of the Shoal C node (included by Makefile).
+SHOAL_CNODE_MK := 1
+
+CN_DIR     := c_src/cnode
+CN_BUILD   := $(BUILD)/cnode
+CN_LIB_SRC := $(CN_DIR)/md5.c $(CN_DIR)/wire.c $(CN_DIR)/map.c $(CN_DIR)/node.c \
+              $(CN_DIR)/dist.c $(CN_DIR)/proc.c $(CN_DIR)/echo.c
+CN_HDR     := $(wildcard $(CN_DIR)/*.h) include/shoal.h
+CN_CFLAGS  := $(CFLAGS_COMMON) -I$(CN_DIR) -I$(EI_DIR)/include
+CN_LIBS    := -L$(EI_DIR)/lib -lei -luv -pthread
+CN_OBJ     := $(patsubst $(CN_DIR)/%.c,$(CN_BUILD)/%.o,$(CN_LIB_SRC))
+CN_LIB     := priv/libshoal_cnode.a
+CN_BIN     := priv/shoal_cnode
+CN_TEST_SRC := $(wildcard test/c/test_cnode*.c)
+CN_FUZZ_SECS ?= 20
+
+.PHONY: cnode cnode-test cnode-unit cnode-asan cnode-fuzz-smoke cnode-valgrind cnode-bench fuzz
+
+cnode: $(CN_LIB) $(CN_BIN)
+
+$(CN_BUILD)/%.o: $(CN_DIR)/%.c $(CN_HDR)
+	@mkdir -p $(CN_BUILD)
+	$(CC) $(CN_CFLAGS) -c -o $@ $<
+
+$(CN_LIB): $(CN_OBJ)
+	@mkdir -p priv
+	rm -f $@ && ar rcs $@ $^
+
+$(CN_BIN): $(CN_BUILD)/main.o $(CN_LIB)
+	$(CC) -o $@ $^ $(CN_LIBS)
+
+$(CN_BUILD)/test_cnode: $(CN_TEST_SRC) $(CN_LIB_SRC) $(CN_HDR)
+	@mkdir -p $(CN_BUILD)
+	$(CC) $(CN_CFLAGS) -o $@ $(CN_TEST_SRC) $(CN_LIB_SRC) -lcunit $(CN_LIBS)
+
+$(CN_BUILD)/test_cnode_asan: $(CN_TEST_SRC) $(CN_LIB_SRC) $(CN_HDR)
+	@mkdir -p $(CN_BUILD)
+	$(CC) $(CN_CFLAGS) $(SAN) -o $@ $(CN_TEST_SRC) $(CN_LIB_SRC) -lcunit $(CN_LIBS)
+
+$(CN_BUILD)/fuzz_frame: $(CN_DIR)/fuzz_frame.c $(CN_DIR)/wire.c $(CN_DIR)/md5.c $(CN_HDR)
+	@mkdir -p $(CN_BUILD)
+	clang $(CSTD) $(WARN) -g -O1 -I$(CN_DIR) -Iinclude -I$(EI_DIR)/include \
+	    -fsanitize=fuzzer,address,undefined -o $@ $(CN_DIR)/fuzz_frame.c $(CN_DIR)/wire.c \
+	    $(CN_DIR)/md5.c -L$(EI_DIR)/lib -lei -pthread
+
+cnode-unit: $(CN_BUILD)/test_cnode
+	$(CN_BUILD)/test_cnode
+
+cnode-asan: $(CN_BUILD)/test_cnode_asan
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(CN_BUILD)/test_cnode_asan
+
+cnode-fuzz-smoke: $(CN_BUILD)/fuzz_frame
+	@mkdir -p $(CN_BUILD)/corpus
+	$(CN_BUILD)/fuzz_frame -max_total_time=$(CN_FUZZ_SECS) -max_len=4096 \
+	    $(CN_BUILD)/corpus $(CN_DIR)/fuzz_seeds
+
+cnode-valgrind: $(CN_BIN)
+	bash test/c/cnode_valgrind.sh
+
+cnode-test: cnode cnode-unit cnode-asan cnode-fuzz-smoke cnode-valgrind
+
+fuzz: $(CN_BUILD)/fuzz_frame
+	@mkdir -p $(CN_BUILD)/corpus
+	$(CN_BUILD)/fuzz_frame -max_total_time=$${FUZZ_SECS:-600} -max_len=65536 \
+	    $(CN_BUILD)/corpus $(CN_DIR)/fuzz_seeds
+
+cnode-bench: cnode
+	bash bench/cnode_bench.sh
