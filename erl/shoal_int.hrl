@@ -1,0 +1,31 @@
+%% Internal records shared by the shoal modules. Not part of the public API.
+
+%% A pool's configuration, kept in persistent_term under {shoal_pool, Pool}: read on every
+%% call, written only when the pool starts or stops.
+-record(shoal_cfg, {
+    pool         :: atom(),
+    table        :: shoal_nif:table(),
+    counters     :: counters:counters_ref(),
+    meter        :: shoal_nif:meter(),
+    worker       :: module(),
+    args         :: term(),
+    segs         :: tuple(),                 %% registered names of the segment processes
+    restart      :: temporary | transient | permanent,
+    idle_timeout :: timeout(),
+    has_load     :: boolean(),
+    has_idle     :: boolean(),
+    trap_exit    :: boolean(),                %% worker exports terminate/2
+    spawn_opts   :: [term()],
+    table_bits   :: 0..16                    %% log2 of the table's lock segments
+}).
+
+-define(PT_KEY(Pool), {shoal_pool, Pool}).
+
+%% Counter slots in #shoal_cfg.counters.
+-define(C_SPAWNS, 1).
+-define(C_NORMAL_EXITS, 2).
+-define(C_CRASHES, 3).
+-define(C_IDLE_OFFLOADS, 4).
+-define(C_CALL_TIMEOUTS, 5).
+-define(C_RESTARTS, 6).
+-define(C_COUNT, 6).

@@ -1,0 +1,103 @@
+%% @doc A segment: one of a pool's N lightweight supervisors.
+%%
+%% Workers are spawned by their callers (never by a pool server) and link themselves to
+%% the segment their key hashes to, so no single process sees every spawn. The segment
+%% traps exits: it counts normal exits and crashes (feeding the pool's failure meter),
+%% restarts workers when the pool's `restart' option asks for it, and on shutdown stops
+%% every linked worker (shutdown, then kill after a grace period) like a supervisor does.
+-module(shoal_segment).
+-behaviour(gen_server).
+
+-include("shoal_int.hrl").
+
+-export([start_link/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-define(SHUTDOWN_GRACE, 5000).
+
+-record(seg, {pool :: atom(), parent :: pid(), keys = #{} :: #{pid() => term()}}).
+
+-spec start_link(atom(), atom()) -> {ok, pid()} | {error, term()}.
+start_link(Pool, Name) -> gen_server:start_link({local, Name}, ?MODULE, {Pool, self()}, []).
+
+%% @private
+-spec init({atom(), pid()}) -> {ok, #seg{}}.
+init({Pool, Parent}) ->
+    process_flag(trap_exit, true),
+    {ok, #seg{pool = Pool, parent = Parent}}.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), #seg{}) -> {reply, term(), #seg{}}.
+handle_call(_Req, _From, S) -> {reply, {error, unknown_call}, S}.
+
+%% @private Workers of restartable pools tell the segment their key.
+-spec handle_cast(term(), #seg{}) -> {noreply, #seg{}}.
+handle_cast({track, Pid, Key}, #seg{keys = Keys} = S) ->
+    {noreply, S#seg{keys = Keys#{Pid => Key}}};
+handle_cast(_Msg, S) -> {noreply, S}.
+
+%% @private
+-spec handle_info(term(), #seg{}) -> {noreply, #seg{}} | {stop, term(), #seg{}}.
+handle_info({'EXIT', Parent, Reason}, #seg{parent = Parent} = S) ->
+    {stop, Reason, S};
+handle_info({'EXIT', Pid, Reason}, #seg{pool = Pool, keys = Keys} = S) ->
+    {Key, Keys1} = case maps:take(Pid, Keys) of
+                       {K, Rest} -> {{ok, K}, Rest};
+                       error -> {none, Keys}
+                   end,
+    case persistent_term:get(?PT_KEY(Pool), undefined) of
+        #shoal_cfg{} = Cfg -> exited(Cfg, Key, Reason);
+        undefined -> ok
+    end,
+    {noreply, S#seg{keys = Keys1}};
+handle_info(_Info, S) -> {noreply, S}.
+
+exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Key, Reason) ->
+    Crash = is_crash(Reason),
+    case Crash of
+        true -> counters:add(C, ?C_CRASHES, 1), shoal_nif:meter_add(M, 1);
+        false -> counters:add(C, ?C_NORMAL_EXITS, 1)
+    end,
+    Again = case Restart of
+                permanent -> not shoal_initiated(Reason);
+                transient -> Crash;
+                temporary -> false
+            end,
+    case {Again, Key} of
+        {true, {ok, K}} ->
+            counters:add(C, ?C_RESTARTS, 1),
+            _ = shoal:spawn_async(Cfg, K),
+            ok;
+        _ -> ok
+    end.
+
+is_crash(normal) -> false;
+is_crash(shutdown) -> false;
+is_crash({shutdown, _}) -> false;
+is_crash(_) -> true.
+
+%% Exits Shoal itself asked for (offload, stop_worker, migration) are never restarted.
+shoal_initiated({shutdown, shoal_offloaded}) -> true;
+shoal_initiated({shutdown, shoal_stopped}) -> true;
+shoal_initiated({shutdown, {shoal_moved, _}}) -> true;
+shoal_initiated(_) -> false.
+
+%% @private Stop every linked worker: shutdown first, kill whoever is left after the grace.
+-spec terminate(term(), #seg{}) -> ok.
+terminate(_Reason, #seg{parent = Parent}) ->
+    {links, Links} = process_info(self(), links),
+    Workers = [P || P <- Links, is_pid(P), P =/= Parent],
+    [exit(P, shutdown) || P <- Workers],
+    Deadline = erlang:monotonic_time(millisecond) + ?SHUTDOWN_GRACE,
+    Left = await_exits(maps:from_list([{P, true} || P <- Workers]), Deadline),
+    [exit(P, kill) || P <- maps:keys(Left)],
+    _ = await_exits(Left, erlang:monotonic_time(millisecond) + 1000),
+    ok.
+
+await_exits(Left, _Deadline) when map_size(Left) =:= 0 -> Left;
+await_exits(Left, Deadline) ->
+    Wait = max(0, Deadline - erlang:monotonic_time(millisecond)),
+    receive
+        {'EXIT', P, _} -> await_exits(maps:remove(P, Left), Deadline)
+    after Wait -> Left
+    end.

@@ -1,0 +1,192 @@
+%% @doc The process around a user's shoal_worker module: a gen_server that runs the lazy
+%% `load', offloads itself when idle, and hands queued messages on when it stops.
+%%
+%% Workers are spawned by the caller that claimed the key (never by a pool server) and
+%% link to their segment (shoal_segment), which is their supervisor: it is recorded as the
+%% gen_server parent, so a segment shutdown stops the worker like a supervisor would.
+-module(shoal_worker_proc).
+-behaviour(gen_server).
+
+-include("shoal_int.hrl").
+
+-export([spawn_worker/3, init_it/5]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, handle_continue/2,
+         terminate/2, code_change/3]).
+
+-record(w, {cfg :: #shoal_cfg{},
+            key :: term(),
+            st :: term(),
+            loaded :: boolean(),
+            user_timeout = false :: boolean()}).
+
+%% @doc Spawn the worker for Key. `Ack' is `none', or `{Pid, Ref}' to be sent
+%% `{'$shoal_started', Ref, ok | {error, Reason}}' once init/2 has run.
+-spec spawn_worker(#shoal_cfg{}, term(), none | {pid(), reference()}) -> pid().
+spawn_worker(#shoal_cfg{segs = Segs, spawn_opts = SOpts} = Cfg, Key, Ack) ->
+    Seg = element(erlang:phash2(Key, tuple_size(Segs)) + 1, Segs),
+    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, Seg, self(), Ack], SOpts).
+
+%% @private
+-spec init_it(#shoal_cfg{}, term(), atom(), pid(), none | {pid(), reference()}) -> no_return().
+init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Trap,
+                   has_load = HasLoad, idle_timeout = Idle} = Cfg, Key, SegName, Spawner, Ack) ->
+    SegPid = case whereis(SegName) of
+                 undefined -> exit({shutdown, pool_stopping});
+                 P -> P
+             end,
+    put('$ancestors', [SegPid]),
+    link(SegPid),
+    Trap andalso process_flag(trap_exit, true),
+    Result = try Mod:init(Key, Args) of
+                 {ok, St} -> {ok, St};
+                 {stop, Reason} -> {stop, Reason};
+                 Other -> {stop, {bad_return_value, Other}}
+             catch
+                 Class:Reason:Stack -> {stop, {Class, Reason, Stack}}
+             end,
+    case Result of
+        {ok, State} ->
+            ack(Ack, ok),
+            Restart =/= temporary andalso gen_server:cast(SegPid, {track, self(), Key}),
+            still_wanted(Cfg, Key, Spawner),
+            W = #w{cfg = Cfg, key = Key, st = State, loaded = not HasLoad},
+            gen_server:enter_loop(?MODULE, [], W, Idle);
+        {stop, Why} ->
+            ack(Ack, {error, Why}),
+            exit(Why)
+    end.
+
+ack(none, _) -> ok;
+ack({Pid, Ref}, Result) -> Pid ! {'$shoal_started', Ref, Result}, ok.
+
+%% A worker whose spawner died before registering it is reachable by nobody: leave.
+still_wanted(#shoal_cfg{table = T}, Key, Spawner) ->
+    Self = self(),
+    case shoal_nif:lookup(T, Key) of
+        {active, Self, _} -> ok;
+        {claimed, Spawner} -> ok;
+        _ -> exit(normal)
+    end.
+
+%% @private Never called: workers enter the loop through init_it/5.
+-spec init(term()) -> ignore.
+init(_) -> ignore.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), #w{}) -> term().
+handle_call('$shoal_stop', _From, W) ->
+    unregister_self(W),
+    {stop, {shutdown, shoal_stopped}, ok, W};
+handle_call(Msg, From, W0) ->
+    with_loaded(W0, fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
+                            ret(Mod:handle_call(Msg, From, St), W)
+                    end).
+
+%% @private
+-spec handle_cast(term(), #w{}) -> term().
+handle_cast(Msg, W0) ->
+    with_loaded(W0, fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
+                            ret(Mod:handle_cast(Msg, St), W)
+                    end).
+
+%% @private
+-spec handle_info(term(), #w{}) -> term().
+handle_info(timeout, #w{user_timeout = false} = W) ->
+    idle(W);
+handle_info(Info, W0) ->
+    with_loaded(W0#w{user_timeout = false},
+                fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
+                        case erlang:function_exported(Mod, handle_info, 2) of
+                            true -> ret(Mod:handle_info(Info, St), W);
+                            false -> ret({noreply, St}, W)
+                        end
+                end).
+
+%% @private
+-spec handle_continue(term(), #w{}) -> term().
+handle_continue(C, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
+    ret(Mod:handle_continue(C, St), W).
+
+%% @private
+-spec terminate(term(), #w{}) -> ok.
+terminate(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} = W) ->
+    case erlang:function_exported(Mod, terminate, 2) andalso Loaded of
+        true -> _ = Mod:terminate(Reason, St), ok;
+        false -> ok
+    end,
+    case Reason of
+        {shutdown, shoal_stopped} -> reroute_mailbox(W#w.cfg, W#w.key);
+        {shutdown, shoal_offloaded} -> reroute_mailbox(W#w.cfg, W#w.key);
+        _ -> ok
+    end.
+
+%% @private
+-spec code_change(term(), #w{}, term()) -> {ok, #w{}}.
+code_change(_Old, W, _Extra) -> {ok, W}.
+
+%% --- internals --------------------------------------------------------------------------
+
+with_loaded(#w{loaded = true} = W, Fun) -> Fun(W);
+with_loaded(#w{cfg = #shoal_cfg{worker = Mod}, key = Key, st = St} = W, Fun) ->
+    case Mod:load(Key, St) of
+        {ok, St1} -> Fun(W#w{st = St1, loaded = true});
+        {error, Reason} -> {stop, {shutdown, {load_failed, Reason}}, W};
+        Other -> {stop, {bad_return_value, Other}, W}
+    end.
+
+ret({reply, R, S}, #w{cfg = #shoal_cfg{idle_timeout = I}} = W) -> {reply, R, W#w{st = S}, I};
+ret({reply, R, S, X}, W) -> {reply, R, W#w{st = S, user_timeout = is_integer(X)}, X};
+ret({noreply, S}, #w{cfg = #shoal_cfg{idle_timeout = I}} = W) -> {noreply, W#w{st = S}, I};
+ret({noreply, S, X}, W) -> {noreply, W#w{st = S, user_timeout = is_integer(X)}, X};
+ret({stop, Why, R, S}, W) -> {stop, Why, R, W#w{st = S}};
+ret({stop, Why, S}, W) -> {stop, Why, W#w{st = S}};
+ret(Other, W) -> {stop, {bad_return_value, Other}, W}.
+
+idle(#w{cfg = #shoal_cfg{has_idle = HasIdle, worker = Mod, idle_timeout = I}, st = St} = W) ->
+    case HasIdle of
+        true ->
+            case Mod:idle(St) of
+                {keep, St1} -> {noreply, W#w{st = St1}, I};
+                {offload, St1} -> offload(W#w{st = St1});
+                Other -> {stop, {bad_return_value, Other}, W}
+            end;
+        false ->
+            offload(W)
+    end.
+
+%% Leave the table first, so nobody new finds us; a message that slipped in between the
+%% timeout and that moment cancels the offload if the key is still free.
+offload(#w{cfg = #shoal_cfg{table = T, counters = C, idle_timeout = I}, key = Key} = W) ->
+    unregister_self(W),
+    case process_info(self(), message_queue_len) of
+        {message_queue_len, 0} ->
+            counters:add(C, ?C_IDLE_OFFLOADS, 1),
+            {stop, {shutdown, shoal_offloaded}, W};
+        _ ->
+            case shoal_nif:register(T, Key, self()) of
+                {ok, _} -> {noreply, W, I};
+                {error, _} ->
+                    counters:add(C, ?C_IDLE_OFFLOADS, 1),
+                    {stop, {shutdown, shoal_offloaded}, W}
+            end
+    end.
+
+unregister_self(#w{cfg = #shoal_cfg{table = T}, key = Key}) ->
+    _ = shoal_nif:unregister(T, Key, self()),
+    ok.
+
+%% After terminate/2 ran (the state is saved), what is still queued goes to the key's next
+%% incarnation, spawned if need be: calls keep their From, so their callers get the reply.
+reroute_mailbox(Cfg, Key) ->
+    receive
+        {'$gen_call', _From, _Msg} = M -> forward(Cfg, Key, M), reroute_mailbox(Cfg, Key);
+        {'$gen_cast', _Msg} = M -> forward(Cfg, Key, M), reroute_mailbox(Cfg, Key)
+    after 0 -> ok
+    end.
+
+forward(Cfg, Key, M) ->
+    try shoal:resolve(Cfg, Key) of
+        {ok, Pid} -> Pid ! M, ok;
+        _ -> ok
+    catch _:_ -> ok
+    end.
