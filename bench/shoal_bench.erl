@@ -131,11 +131,15 @@ fill(Keys, #{plain := Plain, rc := Rc}) ->
                                               true = ets:insert(Rc, {K, P}),
                                               P
                                       end),
-                         [receive {registered, P} -> ok end || P <- Ps],
+                         %% Count the acks: matching them pid by pid would scan the mailbox.
+                         ok = await_n(registered, length(Ps)),
                          Ps
                  end),
     log("  shoal ~.1f s, baselines (spawn + Registry + pg + ETS) ~.1f s", [Tsh / 1.0e6, Tb / 1.0e6]),
     Holders.
+
+await_n(_, 0) -> ok;
+await_n(Tag, N) -> receive {Tag, _} -> await_n(Tag, N - 1) end.
 
 holder(Parent, Key) ->
     {ok, _} = 'Elixir.Registry':register(?REG, Key, undefined),
@@ -180,12 +184,15 @@ check_sides_agree(KeyT, {Plain, Rc}) ->
 readers(R, V, KeyT, Tabs, Ops) ->
     Self = self(),
     Size = tuple_size(KeyT),
-    Pids = [spawn_link(fun() ->
-                               Off = (I - 1) * (Size div R) + rand:uniform(Size),
-                               receive go -> ok end,
-                               ok = loop(V, Ops, Off, KeyT, Size, Tabs),
-                               Self ! {done, self()}
-                       end) || I <- lists:seq(1, R)],
+    Scheds = erlang:system_info(schedulers_online),
+    %% One reader per scheduler: a run this short ends before load balancing would move a
+    %% second reader off the scheduler it was spawned on.
+    Pids = [spawn_opt(fun() ->
+                              Off = (I - 1) * (Size div R) + rand:uniform(Size),
+                              receive go -> ok end,
+                              ok = loop(V, Ops, Off, KeyT, Size, Tabs),
+                              Self ! {done, self()}
+                      end, [link, {scheduler, (I - 1) rem Scheds + 1}]) || I <- lists:seq(1, R)],
     erlang:garbage_collect(),
     T0 = erlang:monotonic_time(nanosecond),
     [P ! go || P <- Pids],

@@ -9,7 +9,9 @@ defmodule ShoalTest do
 
   setup context do
     pool = :"elixir_pool_#{System.unique_integer([:positive])}"
-    opts = Map.merge(%{worker: CounterWorker, args: [test_pid: self()]}, context[:pool_opts] || %{})
+    extra = context[:pool_opts] || %{}
+    args = [test_pid: self()] ++ Map.get(extra, :args, [])
+    opts = Map.merge(%{worker: CounterWorker}, extra) |> Map.put(:args, args)
 
     if context[:no_pool] do
       {:ok, pool: pool, opts: opts}
@@ -66,6 +68,8 @@ defmodule ShoalTest do
       {:ok, pid} = :shoal.ensure_started(pool, "dave")
       send(pid, {:add, 7})
       assert :shoal.call(pool, "dave", :get) == 7
+      # and the worker is a GenServer to anyone holding its pid
+      assert GenServer.call(pid, {:add, 1}) == 8
     end
 
     test "call_existing and cast_existing never spawn", %{pool: pool} do
@@ -199,6 +203,28 @@ defmodule ShoalTest do
       eventually(fn -> :shoal.whereis(pool, "kim") != pid end)
       new = :shoal.call(pool, "kim", :self)
       assert is_pid(new) and new != pid
+    end
+
+    @tag pool_opts: %{restart: :permanent}
+    test "restart: :permanent brings a killed worker back without waiting for a message",
+         %{pool: pool} do
+      {:ok, pid} = :shoal.ensure_started(pool, "pat")
+      Process.exit(pid, :kill)
+      new = eventually(fn -> pid_or_nil(:shoal.whereis(pool, "pat")) |> then(&(&1 != pid && &1)) end)
+      assert is_pid(new) and Process.alive?(new)
+      assert :shoal.call(pool, "pat", :get) == 0
+    end
+
+    @tag pool_opts: %{restart: :transient}
+    test "restart: :transient restarts a crash but not a normal stop", %{pool: pool} do
+      {:ok, pid} = :shoal.ensure_started(pool, "quinn")
+      Process.exit(pid, :kill)
+      eventually(fn -> pid_or_nil(:shoal.whereis(pool, "quinn")) |> then(&(&1 != pid && &1)) end)
+
+      assert :shoal.call(pool, "quinn", :stop) == :ok
+      eventually(fn -> :shoal.whereis(pool, "quinn") == :undefined end)
+      Process.sleep(100)
+      assert :shoal.whereis(pool, "quinn") == :undefined
     end
 
     @tag pool_opts: %{idle_timeout: 150, args: [keep_idle: ["liam"]]}
