@@ -14,6 +14,8 @@
  *
  * Everything here returns in well under a millisecond except dump/purge, which walk the
  * table in slices of FOLD_BUDGET slots and reschedule themselves (enif_schedule_nif). */
+#define _GNU_SOURCE /* dladdr */
+#include <dlfcn.h>
 #include <erl_nif.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -622,7 +624,8 @@ static table_action claim_fn(void *ctx, table_entry *cur, table_entry **repl)
     nentry *e = (nentry *)cur;
     if (e->state == ST_CLAIMED) {
         if (enif_compare_pids(&e->pid, &c->self) == 0) {
-            c->result = 0; /* already ours */
+            c->result = 0; /* already ours: our new entry is not needed */
+            c->mine = NULL;
             return TABLE_KEEP;
         }
         c->result = 1;
@@ -1153,10 +1156,23 @@ static int open_types(ErlNifEnv *env, ErlNifResourceFlags flags)
     return 0;
 }
 
+/* Keep this copy of the library mapped for the life of the VM. Tables store a pointer to
+ * entry_release (table_ops) and outlive the library instance that made them: after an
+ * upgrade to a library at another path (a release upgrade), purging the old module would
+ * otherwise unmap code that old tables still call. 0 or -1. */
+static int pin_library(void)
+{
+    Dl_info info;
+    if (dladdr((void *)&entry_release, &info) == 0 || info.dli_fname == NULL) return -1;
+    return dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE) != NULL ? 0 : -1;
+}
+
+/* The instance counter is the first loaded copy's: priv points to it across upgrades,
+ * whichever path the new copy was loaded from. */
 static int on_load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info)
 {
     (void)info;
-    if (open_types(env, ERL_NIF_RT_CREATE) != 0) return -1;
+    if (pin_library() != 0 || open_types(env, ERL_NIF_RT_CREATE) != 0) return -1;
     atomic_fetch_add(&load_count, 1);
     *priv = &load_count;
     return 0;
@@ -1165,8 +1181,9 @@ static int on_load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info)
 static int on_upgrade(ErlNifEnv *env, void **priv, void **old_priv, ERL_NIF_TERM info)
 {
     (void)info;
-    if (open_types(env, ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER) != 0) return -1;
-    atomic_fetch_add(&load_count, 1);
+    if (pin_library() != 0 || open_types(env, ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER) != 0)
+        return -1;
+    atomic_fetch_add((atomic_int *)*old_priv, 1);
     *priv = *old_priv;
     return 0;
 }
@@ -1174,8 +1191,7 @@ static int on_upgrade(ErlNifEnv *env, void **priv, void **old_priv, ERL_NIF_TERM
 static void on_unload(ErlNifEnv *env, void *priv)
 {
     (void)env;
-    (void)priv;
-    atomic_fetch_sub(&load_count, 1);
+    atomic_fetch_sub((atomic_int *)priv, 1);
 }
 
 /* load_info() -> number of loaded instances of this library (tests check upgrades). */
@@ -1183,7 +1199,7 @@ static ERL_NIF_TERM nif_load_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 {
     (void)argc;
     (void)argv;
-    return enif_make_int(env, atomic_load(&load_count));
+    return enif_make_int(env, atomic_load((atomic_int *)enif_priv_data(env)));
 }
 
 static ErlNifFunc funcs[] = {

@@ -1,0 +1,63 @@
+%% @doc A shoal_worker for the test suites, with every optional callback exported and its
+%% behaviour driven by the pool's `args' (a map):
+%%   notify => Pid        sent {shoal_test, Event, Key, self()} for init, load,
+%%                        {terminate, Reason} and idle
+%%   fail_init => [Key]   init/2 returns {stop, init_failed} for these keys
+%%   fail_load => [Key]   load/2 returns {error, no_such_record} for these keys
+%%   idle => keep | offload (default offload)
+%% The state counts what `{add, N}' casts added; `get' returns it.
+-module(shoal_test_worker).
+-behaviour(shoal_worker).
+
+-export([init/2, handle_call/3, handle_cast/2, handle_info/2, load/2, idle/1,
+         terminate/2]).
+
+init(Key, Args) ->
+    notify(Args, init, Key),
+    case lists:member(Key, opt(fail_init, Args, [])) of
+        true -> {stop, init_failed};
+        false -> {ok, #{key => Key, args => Args, n => 0, loaded => false}}
+    end.
+
+load(Key, #{args := Args} = St) ->
+    notify(Args, load, Key),
+    case lists:member(Key, opt(fail_load, Args, [])) of
+        true -> {error, no_such_record};
+        false -> {ok, St#{loaded => true}}
+    end.
+
+idle(#{key := Key, args := Args} = St) ->
+    notify(Args, idle, Key),
+    case opt(idle, Args, offload) of
+        keep -> {keep, St};
+        offload -> {offload, St}
+    end.
+
+handle_call(ping, _From, St) -> {reply, {pong, self()}, St};
+handle_call(get, _From, #{n := N} = St) -> {reply, N, St};
+handle_call(loaded, _From, #{loaded := L} = St) -> {reply, L, St};
+handle_call({echo, X}, _From, St) -> {reply, X, St};
+handle_call(noreply, _From, St) -> {noreply, St};
+handle_call({stop, Reason}, _From, St) -> {stop, Reason, ok, St};
+handle_call({crash, Reason}, _From, _St) -> exit(Reason);
+handle_call({block, Pid}, _From, St) ->
+    Pid ! {blocked, self()},
+    receive unblock -> {reply, unblocked, St} end.
+
+handle_cast({add, K}, #{n := N} = St) -> {noreply, St#{n => N + K}};
+handle_cast({crash, Reason}, _St) -> exit(Reason);
+handle_cast({stop, Reason}, St) -> {stop, Reason, St}.
+
+handle_info(_Info, St) -> {noreply, St}.
+
+terminate(Reason, #{key := Key, args := Args}) ->
+    notify(Args, {terminate, Reason}, Key).
+
+notify(Args, Event, Key) ->
+    case opt(notify, Args, undefined) of
+        Pid when is_pid(Pid) -> Pid ! {shoal_test, Event, Key, self()}, ok;
+        _ -> ok
+    end.
+
+opt(K, Args, Default) when is_map(Args) -> maps:get(K, Args, Default);
+opt(_, _, Default) -> Default.
