@@ -16,8 +16,12 @@
          call/3, call/4, cast/3, call_existing/3, call_existing/4, cast_existing/3,
          ensure_started/2, ensure_started_async/2, whereis/2, count/1, stop_worker/2,
          stats/1]).
-%% Used by shoal_segment and shoal_worker_proc.
--export([resolve/2, spawn_async/2]).
+%% The cluster.
+-export([nodes/1, lookup/2, count/2, migrate/3, drain/2, undrain/2, set_target/3,
+         rebalance/1, health/1]).
+%% Used by the other shoal modules.
+-export([cfg/1, resolve/2, resolve_local/3, spawn_async/2, spawn_claimed/3, await_started/2,
+         await_claim/6]).
 
 -export_type([pool/0, key/0, options/0, stats/0]).
 
@@ -29,7 +33,8 @@
                      restart => temporary | transient | permanent,
                      idle_timeout => timeout(),
                      table_segments_log2 => 0..16,
-                     spawn_opts => [term()]}.
+                     spawn_opts => [term()],
+                     handoff_grace => non_neg_integer()}.
 -type stats() :: #{live := non_neg_integer(),
                    spawns := non_neg_integer(),
                    normal_exits := non_neg_integer(),
@@ -51,7 +56,10 @@
 %% `transient': restarted at once after a crash; `permanent': after any exit Shoal did not
 %% ask for), `idle_timeout' (ms without a message before a worker is offloaded, default
 %% `infinity'), `table_segments_log2' (lock segments of the table, default 8),
-%% `spawn_opts' (for the worker processes).
+%% `spawn_opts' (for the worker processes), `handoff_grace' (ms a migrated worker keeps
+%% forwarding to its successor, default 5000).
+%%
+%% Starting a pool of the same name on connected nodes forms one cluster-wide pool.
 -spec start_pool(pool(), options()) -> {ok, pid()} | {error, term()}.
 start_pool(Pool, Opts) ->
     case shoal_pool:validate(Pool, Opts) of
@@ -199,7 +207,102 @@ stats(Pool) ->
       call_timeouts => counters:get(C, ?C_CALL_TIMEOUTS),
       restarts => counters:get(C, ?C_RESTARTS)}.
 
+%%% The cluster ---------------------------------------------------------------------------
+
+%% @doc The member nodes of the pool, as this node sees them.
+-spec nodes(pool()) -> [node(), ...].
+nodes(Pool) -> shoal_cluster:members(cfg(Pool, nodes, [Pool])).
+
+%% @doc Where the worker for `Key' lives, from this node's replica.
+-spec lookup(pool(), key()) -> {ok, node(), pid()} | {error, not_found}.
+lookup(Pool, Key) ->
+    case whereis(Pool, Key) of
+        undefined -> {error, not_found};
+        Pid -> {ok, node(Pid), Pid}
+    end.
+
+%% @doc The number of live workers of the pool on `Node' (a local read).
+-spec count(pool(), node()) -> non_neg_integer().
+count(Pool, Node) ->
+    #shoal_cfg{table = T} = cfg(Pool, count, [Pool, Node]),
+    case Node =:= node() of
+        true -> shoal_nif:count(T, local);
+        false -> shoal_nif:count(T, Node)
+    end.
+
+%% @doc Move the worker for `Key' to `Node' with its state (handoff/1, takeover/3).
+%% Messages that reach the old process meanwhile are handed to the new one.
+-spec migrate(pool(), key(), node()) -> {ok, pid()} | {error, term()}.
+migrate(Pool, Key, Node) ->
+    Cfg = cfg(Pool, migrate, [Pool, Key, Node]),
+    case lists:member(Node, shoal_cluster:members(Cfg)) of
+        false -> {error, {not_a_member, Node}};
+        true ->
+            case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
+                undefined -> {error, not_found};
+                Pid when node(Pid) =:= Node -> {ok, Pid};
+                Pid ->
+                    try gen_server:call(Pid, {'$shoal_migrate', Node}, 60000)
+                    catch exit:{Reason, _} -> {error, Reason}
+                    end
+            end
+    end.
+
+%% @doc Stop placing new workers on `Node' and move its workers to the other members,
+%% keeping their state. Returns once `Node' holds no worker of the pool.
+-spec drain(pool(), node()) -> ok | {error, term()}.
+drain(Pool, Node) ->
+    Cfg = cfg(Pool, drain, [Pool, Node]),
+    case lists:member(Node, shoal_cluster:members(Cfg)) of
+        false -> {error, {not_a_member, Node}};
+        true ->
+            ok = gen_server:call(Cfg#shoal_cfg.server, {config, {drained, Node, true}}),
+            try erpc:call(Node, shoal_cluster, evacuate, [Pool], infinity)
+            catch error:{erpc, R} -> {error, R}
+            end
+    end.
+
+%% @doc Let `Node' take new workers again.
+-spec undrain(pool(), node()) -> ok.
+undrain(Pool, Node) ->
+    Cfg = cfg(Pool, undrain, [Pool, Node]),
+    gen_server:call(Cfg#shoal_cfg.server, {config, {drained, Node, false}}).
+
+%% @doc Set `Node''s placement window. New workers go to the node furthest below its
+%% `target'; a node at or over `high' (`high => 0' included) takes none. Missing keys keep
+%% their defaults (`low' 0, `target' and `high' infinity).
+-spec set_target(pool(), node(), map()) -> ok | {error, term()}.
+set_target(Pool, Node, Window) when is_map(Window) ->
+    Cfg = cfg(Pool, set_target, [Pool, Node, Window]),
+    W = maps:merge(shoal_placement:default_window(), Window),
+    case W of
+        #{low := L, target := T, high := H} when map_size(W) =:= 3, is_integer(L), L >= 0,
+                                                 (T =:= infinity orelse is_integer(T)),
+                                                 (H =:= infinity orelse is_integer(H)) ->
+            gen_server:call(Cfg#shoal_cfg.server, {config, {window, Node, W}});
+        _ ->
+            {error, {bad_window, Window}}
+    end;
+set_target(_Pool, _Node, Window) ->
+    {error, {bad_window, Window}}.
+
+%% @doc Move the fewest workers that bring every member inside its window.
+-spec rebalance(pool()) -> {ok, #{moved := non_neg_integer()}}.
+rebalance(Pool) ->
+    _ = cfg(Pool, rebalance, [Pool]),
+    shoal_cluster:rebalance(Pool).
+
+%% @doc Per member: workers, window, fill, drained, crashes per minute; plus the total.
+-spec health(pool()) -> #{nodes := #{node() => map()}, total := non_neg_integer()}.
+health(Pool) ->
+    _ = cfg(Pool, health, [Pool]),
+    shoal_cluster:health(Pool).
+
 %%% Internals -----------------------------------------------------------------------------
+
+%% @private The configuration of a running pool (exits if there is none).
+-spec cfg(pool()) -> #shoal_cfg{}.
+cfg(Pool) -> cfg(Pool, cfg, [Pool]).
 
 cfg(Pool, Fun, Args) ->
     case persistent_term:get(?PT_KEY(Pool), undefined) of
@@ -227,7 +330,10 @@ do_call(Cfg, Key, Pid, Msg, Timeout, Mode, Fun) ->
     end.
 
 retry_call(#shoal_cfg{table = T} = Cfg, Key, Dead, Msg, Timeout, Mode, Fun, Args) ->
-    _ = node(Dead) =:= node() andalso shoal_nif:unregister(T, Key, Dead),
+    _ = case node(Dead) =:= node() of
+            true -> shoal_nif:unregister(T, Key, Dead);
+            false -> shoal_nif:delete_remote(T, Key, Dead)
+        end,
     Next = case Mode of
                spawn -> resolve(Cfg, Key);
                existing ->
@@ -255,44 +361,55 @@ resolve_or_exit(Cfg, Key, Fun, Args) ->
         {error, Reason} -> exit({Reason, {?MODULE, Fun, Args}})
     end.
 
-%% @private The worker for Key, spawned by this process if there is none.
+%% @private The worker for Key, spawned if there is none (by this process on a single
+%% node; in a cluster, where the key's home node places it).
 -spec resolve(#shoal_cfg{}, key()) -> {ok, pid()} | {error, term()}.
 resolve(Cfg, Key) -> resolve(Cfg, Key, nowait).
 
-resolve(#shoal_cfg{table = T} = Cfg, Key, Wait) ->
+resolve(Cfg, Key, Wait) -> shoal_cluster:resolve(Cfg, Key, Wait).
+
+%% @private Resolve Key on this node only: claim it here and spawn it here.
+-spec resolve_local(#shoal_cfg{}, key(), sync | nowait) -> {ok, pid()} | {error, term()}.
+resolve_local(#shoal_cfg{table = T} = Cfg, Key, Wait) ->
     Ref = make_ref(),
     case shoal_nif:claim(T, Key, Ref) of
         {ok, Pid} -> {ok, Pid};
         claimed -> spawn_claimed(Cfg, Key, Wait);
         {wait, Claimer} ->
-            Mref = erlang:monitor(process, Claimer),
-            receive
-                {'$shoal_claim', Ref, {ok, Pid}} ->
-                    erlang:demonitor(Mref, [flush]),
-                    {ok, Pid};
-                {'$shoal_claim', Ref, retry} ->
-                    erlang:demonitor(Mref, [flush]),
-                    resolve(Cfg, Key, Wait);
-                {'DOWN', Mref, process, Claimer, _} ->
-                    %% The claimer died mid-spawn: clear its claim (telling the other
-                    %% waiters) and race again.
-                    _ = shoal_nif:unregister(T, Key, Claimer),
-                    flush_claim(Ref),
-                    resolve(Cfg, Key, Wait)
-            end
+            await_claim(Cfg, Key, Wait, Ref, Claimer, fun() -> resolve_local(Cfg, Key, Wait) end)
+    end.
+
+%% @private Another process holds the claim on Key: wait until it resolves, or until it
+%% dies (then clear its claim, telling the other waiters, and race again with Retry).
+-spec await_claim(#shoal_cfg{}, key(), sync | nowait, reference(), pid(),
+                  fun(() -> {ok, pid()} | {error, term()})) -> {ok, pid()} | {error, term()}.
+await_claim(#shoal_cfg{table = T}, Key, _Wait, Ref, Claimer, Retry) ->
+    Mref = erlang:monitor(process, Claimer),
+    receive
+        {'$shoal_claim', Ref, {ok, Pid}} ->
+            erlang:demonitor(Mref, [flush]),
+            {ok, Pid};
+        {'$shoal_claim', Ref, retry} ->
+            erlang:demonitor(Mref, [flush]),
+            Retry();
+        {'DOWN', Mref, process, Claimer, _} ->
+            _ = shoal_nif:unregister(T, Key, Claimer),
+            flush_claim(Ref),
+            Retry()
     end.
 
 flush_claim(Ref) ->
     receive {'$shoal_claim', Ref, _} -> ok after 0 -> ok end.
 
-%% We hold the claim: spawn, register (which wakes every waiter), and with `sync' wait
-%% for init/2.
+%% @private We hold the claim on Key: spawn here, register (which wakes every waiter),
+%% and with `sync' wait for init/2.
+-spec spawn_claimed(#shoal_cfg{}, key(), sync | nowait) -> {ok, pid()} | {error, term()}.
 spawn_claimed(#shoal_cfg{table = T, counters = C} = Cfg, Key, Wait) ->
     Ack = case Wait of
               sync -> {self(), make_ref()};
               nowait -> none
           end,
-    Pid = shoal_worker_proc:spawn_worker(Cfg, Key, Ack),
+    Pid = shoal_worker_proc:spawn_worker(Cfg, Key, Ack, init),
     counters:add(C, ?C_SPAWNS, 1),
     case shoal_nif:register(T, Key, Pid) of
         {ok, _} when Wait =:= sync -> await_started(Pid, Ack);
@@ -305,6 +422,8 @@ spawn_claimed(#shoal_cfg{table = T, counters = C} = Cfg, Key, Wait) ->
             {ok, Other}
     end.
 
+%% @private Wait for the init ack of a worker spawned with Ack.
+-spec await_started(pid(), none | {pid(), reference()}) -> {ok, pid()} | {error, term()}.
 await_started(Pid, none) ->
     {error, {worker_exited, Pid}};
 await_started(Pid, {_, Ref}) ->
@@ -318,6 +437,16 @@ await_started(Pid, {_, Ref}) ->
 %% @private Spawn the worker for Key unless it exists or another process is spawning it.
 -spec spawn_async(#shoal_cfg{}, key()) -> ok | {ok, pid()} | {error, term()}.
 spawn_async(#shoal_cfg{table = T} = Cfg, Key) ->
+    case shoal_nif:whereis(T, Key) of
+        undefined ->
+            case shoal_cluster:members(Cfg) of
+                [_] -> spawn_async_local(Cfg, Key);
+                _ -> _ = spawn(fun() -> resolve(Cfg, Key) end), ok
+            end;
+        _ -> ok
+    end.
+
+spawn_async_local(#shoal_cfg{table = T} = Cfg, Key) ->
     case shoal_nif:whereis(T, Key) of
         undefined ->
             case shoal_nif:claim(T, Key, nowait) of

@@ -16,7 +16,10 @@
     has_idle     :: boolean(),
     trap_exit    :: boolean(),                %% worker exports terminate/2
     spawn_opts   :: [term()],
-    table_bits   :: 0..16                    %% log2 of the table's lock segments
+    table_bits   :: 0..16,                   %% log2 of the table's lock segments
+    ctab         :: ets:tid() | undefined,   %% cluster view: members, windows, drains
+    server       :: atom(),                  %% registered name of the pool server
+    grace        :: non_neg_integer()        %% ms a migrated worker forwards to its successor
 }).
 
 -define(PT_KEY(Pool), {shoal_pool, Pool}).

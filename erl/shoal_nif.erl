@@ -6,8 +6,9 @@
 %% or nested deeper than 64) raise `badarg`.
 -module(shoal_nif).
 
--export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, register/3, unregister/3,
-         release_claim/2, put_remote/5, delete_remote/3, count/1, info/1, fold/3,
+-export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, register/3, register/4,
+         unregister/3, release_claim/2, put_remote/5, delete_remote/3, set_moving/4,
+         set_listener/2, count/1, count/2, info/1, fold/3,
          canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
 -export_type([table/0, meter/0]).
 
@@ -60,6 +61,22 @@ claim(_T, _Key, _Ref) -> ?NOT_LOADED.
           {ok, non_neg_integer()} | {error, noproc | {already_registered, pid()}}.
 register(_T, _Key, _Pid) -> ?NOT_LOADED.
 
+%% @doc register/3, and with `Over = true' also replacing a replica of a remote worker (the
+%% takeover at the end of a migration).
+-spec register(table(), term(), pid(), boolean()) ->
+          {ok, non_neg_integer()} | {error, noproc | {already_registered, pid()}}.
+register(_T, _Key, _Pid, _Over) -> ?NOT_LOADED.
+
+%% @doc Mark the local worker Pid of Key as migrating (a replica of its successor may then
+%% replace it), or clear the mark.
+-spec set_moving(table(), term(), pid(), boolean()) -> ok | not_found.
+set_moving(_T, _Key, _Pid, _On) -> ?NOT_LOADED.
+
+%% @doc The process told `{'$shoal_up', Key, Pid, Inc}' and `{'$shoal_down', Key, Pid}' of
+%% every local worker registered or removed (the pool server, in a cluster).
+-spec set_listener(table(), pid() | undefined) -> ok.
+set_listener(_T, _Pid) -> ?NOT_LOADED.
+
 %% @doc Remove Key if its entry (claim or worker) belongs to Pid.
 -spec unregister(table(), term(), pid()) -> ok | not_found.
 unregister(_T, _Key, _Pid) -> ?NOT_LOADED.
@@ -68,9 +85,11 @@ unregister(_T, _Key, _Pid) -> ?NOT_LOADED.
 -spec release_claim(table(), term()) -> ok | not_found.
 release_claim(_T, _Key) -> ?NOT_LOADED.
 
-%% @doc Store the replica of a worker that lives on another node.
+%% @doc Store the replica of a worker that lives on another node, replacing an older
+%% replica, a claim (its waiters get the pid) or a local worker marked as moving. A live
+%% local worker is left alone: `{error, {local, Pid}}' is a conflict for the caller.
 -spec put_remote(table(), term(), node(), pid(), non_neg_integer()) ->
-          ok | {error, {local, pid()}}.
+          new | replaced | {error, {local, pid()}}.
 put_remote(_T, _Key, _Node, _Pid, _Inc) -> ?NOT_LOADED.
 
 %% @doc Drop the replica of Key if it still names Pid.
@@ -80,6 +99,10 @@ delete_remote(_T, _Key, _Pid) -> ?NOT_LOADED.
 %% @doc Live workers in the table (local and replicated).
 -spec count(table()) -> non_neg_integer().
 count(_T) -> ?NOT_LOADED.
+
+%% @doc This node's own workers (`local') or the replicas of Node's workers.
+-spec count(table(), node() | local) -> non_neg_integer().
+count(_T, _Node) -> ?NOT_LOADED.
 
 %% @doc Entry and memory figures for the table.
 -spec info(table()) -> #{entries := non_neg_integer(), workers := non_neg_integer(),

@@ -11,7 +11,7 @@
 -export([child_spec/2, start_link/2, validate/2, init/1, seg_name/2]).
 
 -define(KNOWN_OPTS, [worker, args, segments, restart, idle_timeout, table_segments_log2,
-                     spawn_opts]).
+                     spawn_opts, handoff_grace]).
 
 %% @doc A supervisor child spec that starts pool Pool with Opts (see shoal:start_pool/2).
 -spec child_spec(atom(), map()) -> supervisor:child_spec().
@@ -60,13 +60,15 @@ validate(Pool, Opts) ->
         Bits = opt(table_segments_log2, Opts, 8,
                 fun(B) -> is_integer(B) andalso B >= 0 andalso B =< 16 end),
         SpawnOpts = opt(spawn_opts, Opts, [], fun is_list/1),
+        Grace = opt(handoff_grace, Opts, 5000,
+                    fun(G) -> is_integer(G) andalso G >= 0 end),
         {ok, #shoal_cfg{pool = Pool, worker = Mod, args = maps:get(args, Opts, undefined),
                         segs = list_to_tuple([seg_name(Pool, I) || I <- lists:seq(1, NSegs)]),
                         restart = Restart, idle_timeout = Idle,
                         has_load = erlang:function_exported(Mod, load, 2),
                         has_idle = erlang:function_exported(Mod, idle, 1),
                         trap_exit = erlang:function_exported(Mod, terminate, 2),
-                        spawn_opts = SpawnOpts, table_bits = Bits,
+                        spawn_opts = SpawnOpts, table_bits = Bits, grace = Grace,
                         %% filled in by the pool server when it starts:
                         table = undefined, counters = undefined, meter = undefined}}
     catch

@@ -13,6 +13,9 @@
 %%     pool shutdown, graceful stop, idle offload and migration.</li>
 %% <li>`handoff(State)' and `takeover(Key, Transfer, Args)' move state between nodes
 %%     during migration and drain; by default the state itself is transferred.</li>
+%% <li>`conflict(Key, Winner, State)' runs in the losing worker when two workers for one
+%%     key meet after a partition heals; the loser then hands its queue to Winner and
+%%     exits without terminate/2 (its state must not overwrite the winner's).</li>
 %% </ul>
 -module(shoal_worker).
 
@@ -37,4 +40,10 @@
 -callback terminate(Reason :: term(), State :: term()) -> term().
 -callback handoff(State :: term()) -> {ok, Transfer :: term()}.
 -callback takeover(Key :: term(), Transfer :: term(), Args :: term()) -> {ok, State :: term()}.
--optional_callbacks([handle_info/2, load/2, idle/1, terminate/2, handoff/1, takeover/3]).
+-callback conflict(Key :: term(), Winner :: pid(), State :: term()) -> term().
+-callback handle_continue(Continue :: term(), State :: term()) ->
+    {noreply, NewState :: term()} |
+    {noreply, NewState :: term(), timeout() | hibernate | {continue, term()}} |
+    {stop, Reason :: term(), NewState :: term()}.
+-optional_callbacks([handle_info/2, load/2, idle/1, terminate/2, handoff/1, takeover/3,
+                     conflict/3, handle_continue/2]).

@@ -9,7 +9,7 @@
 
 -include("shoal_int.hrl").
 
--export([spawn_worker/3, init_it/5]).
+-export([spawn_worker/4, init_it/6]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, handle_continue/2,
          terminate/2, code_change/3]).
 
@@ -17,19 +17,25 @@
             key :: term(),
             st :: term(),
             loaded :: boolean(),
-            user_timeout = false :: boolean()}).
+            user_timeout = false :: boolean(),
+            %% After a migration (or a lost conflict): the successor everything goes to.
+            forward = undefined :: undefined | pid()}).
 
 %% @doc Spawn the worker for Key. `Ack' is `none', or `{Pid, Ref}' to be sent
-%% `{'$shoal_started', Ref, ok | {error, Reason}}' once init/2 has run.
--spec spawn_worker(#shoal_cfg{}, term(), none | {pid(), reference()}) -> pid().
-spawn_worker(#shoal_cfg{segs = Segs, spawn_opts = SOpts} = Cfg, Key, Ack) ->
+%% `{'$shoal_started', Ref, ok | {error, Reason}}' once its state is set up: by init/2, or
+%% with `{takeover, Transfer}' by takeover/3 (the end of a migration).
+-spec spawn_worker(#shoal_cfg{}, term(), none | {pid(), reference()},
+                   init | {takeover, term()}) -> pid().
+spawn_worker(#shoal_cfg{segs = Segs, spawn_opts = SOpts} = Cfg, Key, Ack, How) ->
     Seg = element(erlang:phash2(Key, tuple_size(Segs)) + 1, Segs),
-    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, Seg, self(), Ack], SOpts).
+    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, Seg, self(), Ack, How], SOpts).
 
 %% @private
--spec init_it(#shoal_cfg{}, term(), atom(), pid(), none | {pid(), reference()}) -> no_return().
+-spec init_it(#shoal_cfg{}, term(), atom(), pid(), none | {pid(), reference()},
+              init | {takeover, term()}) -> no_return().
 init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Trap,
-                   has_load = HasLoad, idle_timeout = Idle} = Cfg, Key, SegName, Spawner, Ack) ->
+                   has_load = HasLoad, idle_timeout = Idle} = Cfg, Key, SegName, Spawner, Ack,
+        How) ->
     SegPid = case whereis(SegName) of
                  undefined -> exit({shutdown, pool_stopping});
                  P -> P
@@ -37,7 +43,7 @@ init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Tra
     put('$ancestors', [SegPid]),
     link(SegPid),
     Trap andalso process_flag(trap_exit, true),
-    Result = try Mod:init(Key, Args) of
+    Result = try first_state(Mod, Key, Args, How) of
                  {ok, St} -> {ok, St};
                  {stop, Reason} -> {stop, Reason};
                  Other -> {stop, {bad_return_value, Other}}
@@ -48,12 +54,19 @@ init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Tra
         {ok, State} ->
             ack(Ack, ok),
             Restart =/= temporary andalso gen_server:cast(SegPid, {track, self(), Key}),
-            still_wanted(Cfg, Key, Spawner),
-            W = #w{cfg = Cfg, key = Key, st = State, loaded = not HasLoad},
+            How =:= init andalso still_wanted(Cfg, Key, Spawner),
+            W = #w{cfg = Cfg, key = Key, st = State, loaded = How =/= init orelse not HasLoad},
             gen_server:enter_loop(?MODULE, [], W, Idle);
         {stop, Why} ->
             ack(Ack, {error, Why}),
             exit(Why)
+    end.
+
+first_state(Mod, Key, Args, init) -> Mod:init(Key, Args);
+first_state(Mod, Key, Args, {takeover, Transfer}) ->
+    case erlang:function_exported(Mod, takeover, 3) of
+        true -> Mod:takeover(Key, Transfer, Args);
+        false -> {ok, Transfer}
     end.
 
 ack(none, _) -> ok;
@@ -74,9 +87,14 @@ init(_) -> ignore.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #w{}) -> term().
+handle_call(Msg, From, #w{forward = To} = W) when is_pid(To) ->
+    To ! {'$gen_call', From, Msg},
+    {noreply, W};
 handle_call('$shoal_stop', _From, W) ->
     unregister_self(W),
     {stop, {shutdown, shoal_stopped}, ok, W};
+handle_call({'$shoal_migrate', Node}, _From, W) ->
+    migrate(Node, W);
 handle_call(Msg, From, W0) ->
     with_loaded(W0, fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
                             ret(Mod:handle_call(Msg, From, St), W)
@@ -84,6 +102,9 @@ handle_call(Msg, From, W0) ->
 
 %% @private
 -spec handle_cast(term(), #w{}) -> term().
+handle_cast(Msg, #w{forward = To} = W) when is_pid(To) ->
+    To ! {'$gen_cast', Msg},
+    {noreply, W};
 handle_cast(Msg, W0) ->
     with_loaded(W0, fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
                             ret(Mod:handle_cast(Msg, St), W)
@@ -91,6 +112,13 @@ handle_cast(Msg, W0) ->
 
 %% @private
 -spec handle_info(term(), #w{}) -> term().
+handle_info('$shoal_retire', #w{forward = To} = W) when is_pid(To) ->
+    {stop, {shutdown, {shoal_moved, node(To)}}, W};
+handle_info(Info, #w{forward = To} = W) when is_pid(To) ->
+    To ! Info,
+    {noreply, W};
+handle_info({'$shoal_conflict', Node, Winner}, W) ->
+    lose_conflict(Node, Winner, W);
 handle_info(timeout, #w{user_timeout = false} = W) ->
     idle(W);
 handle_info(Info, W0) ->
@@ -109,6 +137,9 @@ handle_continue(C, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
 
 %% @private
 -spec terminate(term(), #w{}) -> ok.
+terminate(_Reason, #w{forward = To}) when is_pid(To) ->
+    %% The state lives on in the successor: saving it here would overwrite newer state.
+    ok;
 terminate(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} = W) ->
     case erlang:function_exported(Mod, terminate, 2) andalso Loaded of
         true -> _ = Mod:terminate(Reason, St), ok;
@@ -125,6 +156,54 @@ terminate(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} =
 code_change(_Old, W, _Extra) -> {ok, W}.
 
 %% --- internals --------------------------------------------------------------------------
+
+%% Move to Node: freeze (we are inside a call, so nothing else is handled meanwhile), hand
+%% the state over, start the successor there, point our own table at it, and from then on
+%% forward everything to it until the grace period ends.
+migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, table = T, worker = Mod, grace = Grace},
+                 key = Key, st = St0} = W0) ->
+    case with_loaded(W0, fun(W) -> {ok, W} end) of
+        {ok, #w{st = St} = W} ->
+            ok = shoal_nif:set_moving(T, Key, self(), true),
+            {ok, Transfer} = case erlang:function_exported(Mod, handoff, 1) of
+                                 true -> Mod:handoff(St);
+                                 false -> {ok, St}
+                             end,
+            Result = try erpc:call(Node, shoal_cluster, takeover_here,
+                                   [Pool, Key, Transfer, self()], 30000)
+                     catch
+                         error:{erpc, R} -> {error, R};
+                         error:{exception, R, _} -> {error, R};
+                         exit:R -> {error, R}
+                     end,
+            case Result of
+                {ok, NewPid, Inc} ->
+                    _ = shoal_nif:put_remote(T, Key, Node, NewPid, Inc),
+                    erlang:send_after(Grace, self(), '$shoal_retire'),
+                    {reply, {ok, NewPid}, W#w{forward = NewPid}};
+                {error, Reason} ->
+                    _ = shoal_nif:set_moving(T, Key, self(), false),
+                    {reply, {error, Reason}, W, idle_of(W)}
+            end;
+        Stop ->
+            _ = St0,
+            Stop
+    end.
+
+idle_of(#w{cfg = #shoal_cfg{idle_timeout = I}}) -> I.
+
+%% Another node's worker for our key won (after a partition healed): run the loser's
+%% callback, step aside for the winner and hand it what is queued here.
+lose_conflict(Node, Winner, #w{cfg = #shoal_cfg{table = T, worker = Mod, grace = Grace},
+                               key = Key, st = St} = W) ->
+    case erlang:function_exported(Mod, conflict, 3) of
+        true -> _ = Mod:conflict(Key, Winner, St), ok;
+        false -> ok
+    end,
+    ok = shoal_nif:set_moving(T, Key, self(), true),
+    _ = shoal_nif:put_remote(T, Key, Node, Winner, 0),
+    erlang:send_after(min(Grace, 1000), self(), '$shoal_retire'),
+    {noreply, W#w{forward = Winner}}.
 
 with_loaded(#w{loaded = true} = W, Fun) -> Fun(W);
 with_loaded(#w{cfg = #shoal_cfg{worker = Mod}, key = Key, st = St} = W, Fun) ->

@@ -27,6 +27,7 @@
 #include "table.h"
 
 #define FOLD_BUDGET 4096
+#define MAX_NODES 256 /* distinct remote nodes a table counts replicas for */
 #define STACK_KEY 256
 
 enum { ST_CLAIMED = 1, ST_ACTIVE = 2, ST_REMOTE = 3 };
@@ -39,7 +40,43 @@ typedef struct ntable {
     atomic_uint_fast64_t incarnation;
     atomic_long active;       /* ST_ACTIVE + ST_REMOTE entries (workers) */
     atomic_long local_active; /* ST_ACTIVE entries */
+    atomic_uint_fast64_t listener; /* pid term told of local ups and downs; 0 = none */
+    ErlNifMutex *nodes_lock;       /* serialises adding a node slot */
+    atomic_uint_fast64_t node_atom[MAX_NODES]; /* atom term of each slot's node; 0 = free */
+    atomic_long node_count[MAX_NODES];         /* replicas of that node */
 } ntable;
+
+/* Replica count of `node` changes by d. Slots are added under nodes_lock, read without. */
+static void node_count_add(ntable *nt, ERL_NIF_TERM node, long d)
+{
+    for (int i = 0; i < MAX_NODES; i++) {
+        uint64_t a = atomic_load(&nt->node_atom[i]);
+        if (a == (uint64_t)node) {
+            atomic_fetch_add(&nt->node_count[i], d);
+            return;
+        }
+        if (a == 0) {
+            enif_mutex_lock(nt->nodes_lock);
+            a = atomic_load(&nt->node_atom[i]);
+            if (a == 0) atomic_store(&nt->node_atom[i], (uint64_t)node);
+            enif_mutex_unlock(nt->nodes_lock);
+            if (atomic_load(&nt->node_atom[i]) == (uint64_t)node) {
+                atomic_fetch_add(&nt->node_count[i], d);
+                return;
+            }
+        }
+    }
+}
+
+static long node_count_get(ntable *nt, ERL_NIF_TERM node)
+{
+    for (int i = 0; i < MAX_NODES; i++) {
+        uint64_t a = atomic_load(&nt->node_atom[i]);
+        if (a == (uint64_t)node) return atomic_load(&nt->node_count[i]);
+        if (a == 0) break;
+    }
+    return 0;
+}
 
 typedef struct ntable_res {
     ntable *nt;
@@ -51,6 +88,7 @@ typedef struct nentry {
     uint8_t state;         /* ST_* */
     uint8_t monitored;     /* mon is live */
     uint8_t dead;          /* owner died; written under the segment lock */
+    uint8_t moving;        /* ST_ACTIVE being migrated: a replica may replace it */
     uint64_t incarnation;  /* per-table counter at creation */
     ErlNifPid pid;         /* ST_CLAIMED: the claimer; ST_ACTIVE: the worker */
     ErlNifMonitor mon;     /* on pid */
@@ -69,7 +107,7 @@ typedef struct meter_res {
 static ErlNifResourceType *TABLE_RT, *ENTRY_RT, *METER_RT;
 static ERL_NIF_TERM A_OK, A_ERROR, A_UNDEFINED, A_CLAIMED, A_WAIT, A_TRUE, A_FALSE,
     A_NOPROC, A_ALREADY, A_NOT_FOUND, A_REMOTE, A_RETRY, A_CLAIM_MSG, A_ACTIVE,
-    A_LOCAL;
+    A_LOCAL, A_UP, A_DOWN, A_NEW, A_REPLACED;
 static atomic_int load_count;
 
 /* ------------------------------------------------------------------------------------ */
@@ -308,6 +346,7 @@ static void ntable_unref(ntable *nt)
 {
     if (atomic_fetch_sub(&nt->refs, 1) == 1) {
         enif_rwlock_destroy(nt->life);
+        enif_mutex_destroy(nt->nodes_lock);
         enif_free(nt);
     }
 }
@@ -384,6 +423,30 @@ static void count_in(ntable *nt, int state, long d)
     if (state == ST_ACTIVE) atomic_fetch_add(&nt->local_active, d);
 }
 
+/* Tell the table's listener (the pool server, in a cluster) that a local worker came up
+ * or went down: {'$shoal_up', Key, Pid, Inc} / {'$shoal_down', Key, Pid}. `key` lives in
+ * `kenv`, or is NULL to decode it from the entry's canonical bytes. */
+static void tell_listener(ErlNifEnv *caller, ntable *nt, int up, ErlNifEnv *kenv, ERL_NIF_TERM key,
+                          const nentry *e)
+{
+    uint64_t w = atomic_load_explicit(&nt->listener, memory_order_relaxed);
+    if (w == 0) return;
+    ErlNifPid to;
+    to.pid = (ERL_NIF_TERM)w;
+    ErlNifEnv *m = enif_alloc_env();
+    if (m == NULL) return;
+    ERL_NIF_TERM k;
+    if (kenv != NULL)
+        k = enif_make_copy(m, key);
+    else if (enif_binary_to_term(m, e->key, e->te.klen, &k, 0) == 0)
+        k = A_UNDEFINED;
+    ERL_NIF_TERM msg =
+        up ? enif_make_tuple4(m, A_UP, k, enif_make_pid(m, &e->pid), enif_make_uint64(m, e->incarnation))
+           : enif_make_tuple3(m, A_DOWN, k, enif_make_pid(m, &e->pid));
+    enif_send(caller, &to, m, msg);
+    enif_free_env(m);
+}
+
 static ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc)
 {
     if (rc == SHOAL_ENOMEM)
@@ -452,7 +515,10 @@ static void entry_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor 
     enif_rwlock_rlock(nt->life);
     if (nt->t != NULL) (void)table_update(nt->t, e->te.hash, e->key, e->te.klen, down_fn, &c);
     enif_rwlock_runlock(nt->life);
-    if (c.removed) count_in(nt, state, -1);
+    if (c.removed) {
+        count_in(nt, state, -1);
+        if (state == ST_ACTIVE) tell_listener(env, nt, 0, NULL, 0, e);
+    }
     if (c.wenv != NULL) {
         notify_waiters(env, c.wenv, c.waiters, NULL, 0);
         enif_free_env(c.wenv);
@@ -494,6 +560,17 @@ static ERL_NIF_TERM nif_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     atomic_init(&nt->incarnation, 0);
     atomic_init(&nt->active, 0);
     atomic_init(&nt->local_active, 0);
+    atomic_init(&nt->listener, 0);
+    for (int i = 0; i < MAX_NODES; i++) {
+        atomic_init(&nt->node_atom[i], 0);
+        atomic_init(&nt->node_count[i], 0);
+    }
+    if ((nt->nodes_lock = enif_mutex_create("shoal_nodes")) == NULL) {
+        table_free(nt->t);
+        enif_rwlock_destroy(nt->life);
+        enif_free(nt);
+        return raise_for(env, SHOAL_ENOMEM);
+    }
     ntable_res *r = enif_alloc_resource(TABLE_RT, sizeof *r);
     if (r == NULL) {
         table_free(nt->t);
@@ -527,6 +604,7 @@ static ERL_NIF_TERM nif_delete(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     enif_rwlock_runlock(nt->life);
     atomic_store(&nt->active, 0);
     atomic_store(&nt->local_active, 0);
+    for (int i = 0; i < MAX_NODES; i++) atomic_store(&nt->node_count[i], 0);
     return A_OK;
 }
 
@@ -690,6 +768,8 @@ static ERL_NIF_TERM nif_claim(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
 struct reg_ctx {
     ErlNifEnv *env;
     nentry *mine;
+    int over;                /* a replica (ST_REMOTE) may be replaced: migration takeover */
+    ERL_NIF_TERM replaced_node;
     int result;              /* 0 registered, 1 same pid already, 2 taken */
     struct peek p;
     ErlNifEnv *wenv;         /* waiters of the claim we replaced */
@@ -705,12 +785,13 @@ static table_action register_fn(void *ctx, table_entry *cur, table_entry **repl)
         return TABLE_KEEP;
     }
     nentry *e = (nentry *)cur;
-    if (e == NULL || e->state == ST_CLAIMED) {
-        if (e != NULL) {
+    if (e == NULL || e->state == ST_CLAIMED || (c->over && e->state == ST_REMOTE)) {
+        c->replaced_state = e ? e->state : 0;
+        if (e != NULL) c->replaced_node = e->node;
+        if (e != NULL && e->state == ST_CLAIMED) {
             c->wenv = e->wenv;
             c->waiters = e->waiters;
             e->wenv = NULL;
-            c->replaced_state = ST_CLAIMED;
         }
         c->result = 0;
         *repl = &c->mine->te;
@@ -731,8 +812,14 @@ static table_action register_fn(void *ctx, table_entry *cur, table_entry **repl)
  * claim's waiters. The entry is removed when Pid dies. */
 static ERL_NIF_TERM nif_register(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
-    (void)argc;
     GET_TABLE(nt, argv[0]);
+    int over = 0;
+    if (argc == 4) {
+        if (enif_is_identical(argv[3], A_TRUE))
+            over = 1;
+        else if (!enif_is_identical(argv[3], A_FALSE))
+            return enif_make_badarg(env);
+    }
     ErlNifPid pid;
     if (!enif_get_local_pid(env, argv[2], &pid)) return enif_make_badarg(env);
     GET_KEY(k, h, argv[1]);
@@ -745,7 +832,7 @@ static ERL_NIF_TERM nif_register(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return enif_make_tuple2(env, A_ERROR, A_NOPROC);
     }
     e->monitored = 1;
-    struct reg_ctx c = {.env = env, .mine = e};
+    struct reg_ctx c = {.env = env, .mine = e, .over = over};
     c.p.env = env;
     int rc = table_update(nt->t, h, e->key, e->te.klen, register_fn, &c);
     if (rc != 0 || c.result != 0) entry_discard(env, e);
@@ -753,6 +840,11 @@ static ERL_NIF_TERM nif_register(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     switch (c.result) {
     case 0:
         count_in(nt, ST_ACTIVE, 1);
+        if (c.replaced_state == ST_REMOTE) {
+            count_in(nt, ST_REMOTE, -1);
+            node_count_add(nt, c.replaced_node, -1);
+        }
+        tell_listener(env, nt, 1, env, argv[1], e);
         if (c.wenv != NULL) {
             notify_waiters(env, c.wenv, c.waiters, &pid, 0);
             enif_free_env(c.wenv);
@@ -772,6 +864,7 @@ struct unreg_ctx {
     ErlNifPid pid;
     int only_claim;
     int removed, state;
+    uint64_t inc;
     ErlNifEnv *wenv;
     ERL_NIF_TERM waiters;
 };
@@ -786,6 +879,7 @@ static table_action unregister_fn(void *ctx, table_entry *cur, table_entry **rep
     if (c->only_claim && e->state != ST_CLAIMED) return TABLE_KEEP;
     c->removed = 1;
     c->state = e->state;
+    c->inc = e->incarnation;
     if (e->state == ST_CLAIMED) {
         c->wenv = e->wenv;
         c->waiters = e->waiters;
@@ -805,6 +899,12 @@ static ERL_NIF_TERM do_unregister(ErlNifEnv *env, const ERL_NIF_TERM argv[], Erl
     if (rc != 0) return raise_for(env, rc);
     if (!c.removed) return A_NOT_FOUND;
     count_in(nt, c.state, -1);
+    if (c.state == ST_ACTIVE) {
+        nentry fake;
+        fake.pid = pid;
+        fake.incarnation = c.inc;
+        tell_listener(env, nt, 0, env, argv[1], &fake);
+    }
     if (c.wenv != NULL) {
         notify_waiters(env, c.wenv, c.waiters, NULL, 0);
         enif_free_env(c.wenv);
@@ -836,25 +936,36 @@ struct remote_ctx {
     int result; /* 0 stored, 2 a local entry is there */
     int replaced_state;
     struct peek p;
+    ErlNifEnv *wenv; /* waiters of a claim we replaced */
+    ERL_NIF_TERM waiters;
+    ERL_NIF_TERM replaced_node;
 };
 
 static table_action put_remote_fn(void *ctx, table_entry *cur, table_entry **repl)
 {
     struct remote_ctx *c = ctx;
     nentry *e = (nentry *)cur;
-    if (e != NULL && e->state != ST_REMOTE) {
+    if (e != NULL && e->state == ST_ACTIVE && !e->moving) {
         c->result = 2;
         peek_fn(&c->p, cur);
         return TABLE_KEEP;
     }
+    if (e != NULL && e->state == ST_CLAIMED) {
+        c->wenv = e->wenv;
+        c->waiters = e->waiters;
+        e->wenv = NULL;
+    }
     c->replaced_state = e ? e->state : 0;
+    c->replaced_node = e ? e->node : 0;
     c->result = 0;
     *repl = &c->mine->te;
     return TABLE_PUT;
 }
 
-/* put_remote(Table, Key, Node, Pid, Inc) -> ok | {error, {local, Pid}}
- * Stores the replica of a worker living on another node (replacing an older replica). */
+/* put_remote(Table, Key, Node, Pid, Inc) -> new | replaced | {error, {local, Pid}}
+ * Stores the replica of a worker living on another node, replacing an older replica, a
+ * claim (whose waiters get the remote pid) or a local worker that is moving away; a live
+ * local worker is not replaced: that is a conflict for the caller to resolve. */
 static ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -883,13 +994,21 @@ static ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
                                 enif_make_tuple2(env, enif_make_atom(env, "local"),
                                                  worker_pid(env, &c.p)));
     if (c.replaced_state != ST_REMOTE) count_in(nt, ST_REMOTE, 1);
-    return A_OK;
+    if (c.replaced_state == ST_ACTIVE) count_in(nt, ST_ACTIVE, -1);
+    if (c.replaced_state == ST_REMOTE) node_count_add(nt, c.replaced_node, -1);
+    node_count_add(nt, argv[2], 1);
+    if (c.wenv != NULL) {
+        notify_waiters(env, c.wenv, c.waiters, NULL, argv[3]);
+        enif_free_env(c.wenv);
+    }
+    return c.replaced_state == 0 ? A_NEW : A_REPLACED;
 }
 
 struct delrem_ctx {
     ERL_NIF_TERM env_pid;
     ErlNifEnv *env;
     int removed;
+    ERL_NIF_TERM node;
 };
 
 static table_action delete_remote_fn(void *ctx, table_entry *cur, table_entry **repl)
@@ -900,6 +1019,7 @@ static table_action delete_remote_fn(void *ctx, table_entry *cur, table_entry **
     if (e == NULL || e->state != ST_REMOTE) return TABLE_KEEP;
     if (enif_compare(e->rpid, c->env_pid) != 0) return TABLE_KEEP;
     c->removed = 1;
+    c->node = e->node;
     return TABLE_DELETE;
 }
 
@@ -910,12 +1030,62 @@ static ERL_NIF_TERM nif_delete_remote(ErlNifEnv *env, int argc, const ERL_NIF_TE
     GET_TABLE(nt, argv[0]);
     if (!enif_is_pid(env, argv[2])) return enif_make_badarg(env);
     GET_KEY(k, h, argv[1]);
-    struct delrem_ctx c = {argv[2], env, 0};
+    struct delrem_ctx c = {argv[2], env, 0, 0};
     int rc = table_update(nt->t, h, k.p, k.len, delete_remote_fn, &c);
     kbuf_free(&k);
     if (rc != 0) return raise_for(env, rc);
     if (!c.removed) return A_NOT_FOUND;
     count_in(nt, ST_REMOTE, -1);
+    node_count_add(nt, c.node, -1);
+    return A_OK;
+}
+
+struct moving_ctx {
+    ErlNifPid pid;
+    int on, found;
+};
+
+static table_action moving_fn(void *ctx, table_entry *cur, table_entry **repl)
+{
+    struct moving_ctx *c = ctx;
+    (void)repl;
+    nentry *e = (nentry *)cur;
+    if (e != NULL && e->state == ST_ACTIVE && enif_compare_pids(&e->pid, &c->pid) == 0) {
+        e->moving = (uint8_t)c->on;
+        c->found = 1;
+    }
+    return TABLE_KEEP;
+}
+
+/* set_moving(Table, Key, Pid, Bool) -> ok | not_found: mark local worker Pid of Key as
+ * migrating (a replica of its successor may then replace it), or clear the mark. */
+static ERL_NIF_TERM nif_set_moving(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    GET_TABLE(nt, argv[0]);
+    struct moving_ctx c = {.on = enif_is_identical(argv[3], A_TRUE)};
+    if (!enif_get_local_pid(env, argv[2], &c.pid) ||
+        (!c.on && !enif_is_identical(argv[3], A_FALSE)))
+        return enif_make_badarg(env);
+    GET_KEY(k, h, argv[1]);
+    int rc = table_update(nt->t, h, k.p, k.len, moving_fn, &c);
+    kbuf_free(&k);
+    if (rc != 0) return raise_for(env, rc);
+    return c.found ? A_OK : A_NOT_FOUND;
+}
+
+/* set_listener(Table, Pid | undefined) -> ok: who is told of local ups and downs. */
+static ERL_NIF_TERM nif_set_listener(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    GET_TABLE(nt, argv[0]);
+    ErlNifPid pid;
+    if (enif_is_identical(argv[1], A_UNDEFINED)) {
+        atomic_store(&nt->listener, 0);
+        return A_OK;
+    }
+    if (!enif_get_local_pid(env, argv[1], &pid)) return enif_make_badarg(env);
+    atomic_store(&nt->listener, (uint64_t)pid.pid);
     return A_OK;
 }
 
@@ -925,6 +1095,17 @@ static ERL_NIF_TERM nif_count(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     (void)argc;
     GET_TABLE(nt, argv[0]);
     long n = atomic_load(&nt->active);
+    return enif_make_long(env, n < 0 ? 0 : n);
+}
+
+/* count(Table, Node | local) -> non_neg_integer(): this node's own workers (local), or the
+ * replicas of Node's workers. */
+static ERL_NIF_TERM nif_count_node(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    GET_TABLE(nt, argv[0]);
+    if (!enif_is_atom(env, argv[1])) return enif_make_badarg(env);
+    long n = argv[1] == A_LOCAL ? atomic_load(&nt->local_active) : node_count_get(nt, argv[1]);
     return enif_make_long(env, n < 0 ? 0 : n);
 }
 
@@ -1017,6 +1198,7 @@ static ERL_NIF_TERM nif_fold_slice(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     int more = table_fold(nt->t, &cur, FOLD_BUDGET, op == OP_PURGE, fold_fn, &c);
     if (op == OP_PURGE) {
         count_in(nt, ST_REMOTE, -(c.removed - before));
+        node_count_add(nt, argv[2], -(c.removed - before));
         c.acc = enif_make_long(env, c.removed);
     }
     if (!more) return c.acc;
@@ -1153,6 +1335,10 @@ static int open_types(ErlNifEnv *env, ErlNifResourceFlags flags)
     A_CLAIM_MSG = enif_make_atom(env, "$shoal_claim");
     A_ACTIVE = enif_make_atom(env, "active");
     A_LOCAL = enif_make_atom(env, "local");
+    A_UP = enif_make_atom(env, "$shoal_up");
+    A_DOWN = enif_make_atom(env, "$shoal_down");
+    A_NEW = enif_make_atom(env, "new");
+    A_REPLACED = enif_make_atom(env, "replaced");
     return 0;
 }
 
@@ -1210,11 +1396,15 @@ static ErlNifFunc funcs[] = {
     {"route", 3, nif_route, 0},
     {"claim", 3, nif_claim, 0},
     {"register", 3, nif_register, 0},
+    {"register", 4, nif_register, 0},
+    {"set_moving", 4, nif_set_moving, 0},
+    {"set_listener", 2, nif_set_listener, 0},
     {"unregister", 3, nif_unregister, 0},
     {"release_claim", 2, nif_release_claim, 0},
     {"put_remote", 5, nif_put_remote, 0},
     {"delete_remote", 3, nif_delete_remote, 0},
     {"count", 1, nif_count, 0},
+    {"count", 2, nif_count_node, 0},
     {"info", 1, nif_info, 0},
     {"fold", 3, nif_fold, 0},
     {"canonical", 1, nif_canonical, 0},
