@@ -98,6 +98,8 @@ typedef struct shoal_node_opts {
     size_t max_outq;    /* bytes queued to a peer before it counts as not reading; 0 = 64 MiB */
     unsigned tick_ms;   /* tick interval (net_ticktime / 4); 0 = 15000 */
     int verbose;        /* 1: log connection events, not only errors */
+    int spin_us;        /* busy-poll this long after traffic before sleeping (as BEAM
+                           schedulers do); 0 = 100 us, negative = never spin */
 } shoal_node_opts;
 
 /* Creates a node on `loop` (not started). opts->name required; the cookie is copied, or read

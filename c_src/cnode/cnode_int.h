@@ -160,6 +160,7 @@ struct shoal_node {
     uv_prepare_t flush;
     uv_idle_t idle;
     int idle_on;
+    uint64_t last_io_ns;     /* uv_hrtime of the last read, for spinning */
     conn *conns;
     conn *dirty;
     char **names;            /* interned node names; names[0] = this node */

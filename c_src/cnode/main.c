@@ -15,7 +15,8 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: shoal_cnode (-sname NAME | -name NAME[@HOST]) [-setcookie COOKIE]\n"
-                    "                   [-port N] [-max_outq BYTES] [-ticktime SECONDS] [-v]\n");
+                    "                   [-port N] [-max_outq BYTES] [-ticktime SECONDS]\n"
+                    "                   [-spin_us MICROSECONDS (0: never)] [-v]\n");
 }
 
 /* ---- workers: what shoal_ctl spawns ----------------------------------------------------- */
@@ -380,6 +381,10 @@ int main(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "-ticktime") && v) {
             o.tick_ms = (unsigned)atoi(v) * 250;
+            i++;
+        } else if (!strcmp(a, "-spin_us") && v) {
+            o.spin_us = atoi(v);
+            o.spin_us = o.spin_us ? o.spin_us : -1;
             i++;
         } else if (!strcmp(a, "-v")) {
             o.verbose = 1;

@@ -151,6 +151,10 @@ int shoal_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_nod
         n->opts.max_outq = DEFAULT_MAX_OUTQ;
     if (!n->opts.tick_ms)
         n->opts.tick_ms = 15000;
+    if (n->opts.spin_us < 0)
+        n->opts.spin_us = 0;
+    else if (n->opts.spin_us == 0)
+        n->opts.spin_us = 100;
     n->opts.name = NULL;
     n->opts.cookie = NULL;
     const char *at = strchr(opts->name, '@');
@@ -762,6 +766,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     c->rlen += (size_t)nread;
     c->last_rx = cn_now(c->node);
+    if (c->node->opts.spin_us) {
+        c->node->last_io_ns = uv_hrtime();
+        cn_wake(c->node);
+    }
     conn_consume(c);
 }
 
@@ -953,7 +961,9 @@ static void on_idle(uv_idle_t *h)
 {
     shoal_node *n = h->data;
     proc_run_queue(n);
-    if (!n->runq_len) {
+    /* keep polling without sleeping for a moment after traffic, as BEAM schedulers spin:
+     * a reply or the next request then needs no wake-up from epoll_wait */
+    if (!n->runq_len && uv_hrtime() - n->last_io_ns > (uint64_t)n->opts.spin_us * 1000) {
         uv_idle_stop(&n->idle);
         n->idle_on = 0;
     }
