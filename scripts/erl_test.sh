@@ -7,5 +7,5 @@ epmd -daemon >/dev/null 2>&1 || true
 rebar3 eunit
 suites=$(ls test/erl/*_SUITE.erl 2>/dev/null | xargs -rn1 basename | sed 's/\.erl$//' | paste -sd, -)
 if [ -n "$suites" ]; then
-  rebar3 ct --sname "shoal_ct_$$" --setcookie shoal_test --suite "$suites"
+  rebar3 ct --sname "shoal_ct_$$" --setcookie shoal_test --dir test/erl --suite "$suites"
 fi
