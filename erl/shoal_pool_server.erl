@@ -189,11 +189,13 @@ op(T, {'$shoal_up', Key, Pid, Inc}) ->
     end;
 op(_, {'$shoal_down', Key, Pid}) -> {down, Key, Pid}.
 
-apply_ops(#shoal_cfg{table = T} = Cfg, Node, Ops) ->
+apply_ops(#shoal_cfg{table = T} = Cfg, _Node, Ops) ->
     lists:foreach(
       fun({up, Key, Pid, Inc}) ->
-              case shoal_nif:put_remote(T, Key, Node, Pid, Inc) of
-                  {error, {local, Mine}} -> conflict(Cfg, Key, Mine, Node, Pid);
+              %% node(Pid), not the sender: a conflict's loser relays the winner (below).
+              case shoal_nif:put_remote(T, Key, node(Pid), Pid, Inc) of
+                  {error, {local, Pid}} -> ok;
+                  {error, {local, Mine}} -> conflict(Cfg, Key, Mine, node(Pid), Pid);
                   _ -> ok
               end;
          ({down, Key, Pid}) ->
@@ -201,10 +203,18 @@ apply_ops(#shoal_cfg{table = T} = Cfg, Node, Ops) ->
       end, Ops).
 
 %% Two live workers for one key: the one on the node ranked higher for the key stays.
-conflict(_Cfg, Key, Mine, Node, Theirs) ->
+%% The loser's side also relays the winner to the other members: they may hold a replica
+%% of the loser (from our dump), and the loser's entry is replaced by the winner's replica
+%% without a `down' (put_remote over a moving worker tells no listener). Sent after our
+%% dump on the same channel, so it lands after the replica it corrects.
+conflict(#shoal_cfg{server = Name} = Cfg, Key, Mine, Node, Theirs) ->
     case shoal_placement:rank(Key, node()) > shoal_placement:rank(Key, Node) of
         true -> ok;  %% ours stays; the other side applies the same rule to our `up'
-        false -> Mine ! {'$shoal_conflict', Node, Theirs}, ok
+        false ->
+            Mine ! {'$shoal_conflict', Node, Theirs},
+            [erlang:send({Name, M}, {shoal_repl, node(), [{up, Key, Theirs, 0}]}, [noconnect])
+             || M <- shoal_cluster:members(Cfg), M =/= node(), M =/= Node],
+            ok
     end.
 
 %%% Cluster configuration ----------------------------------------------------------------
