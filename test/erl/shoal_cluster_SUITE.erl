@@ -365,22 +365,28 @@ migrate_three_times_under_load_loses_nothing(Config) ->
 %% worker until undrain/2.
 drain_to_zero_keeps_every_state(Config) ->
     Pool = ?config(pool, Config),
-    Peers = [{PA, _}, {PB, B}, _] = peers(Config),
+    Peers = [{PA, _}, {PB, B}, {PC, _}] = peers(Config),
     Keys = [{d, I} || I <- lists:seq(1, 300)],
     Want = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(I) -> I rem 5 + 1 end,
                                             nodes_of(Config)]),
     #{per_node := Before} = wait_counts_agree(Config, Pool, 300),
     OnB = proplists:get_value(B, Before),
     ?assert(OnB > 0),
+    %% Under load: clients on A and C hammer 60 keys (about a third of them on B).
+    Load = start_load(Config, Pool, [{PA, lists:sublist(Keys, 1, 30)},
+                                     {PC, lists:sublist(Keys, 31, 30)}]),
+    wait_until(fun() -> lists:sum(pcall(PA, ?MODULE, p_states, [Pool, lists:sublist(Keys, 60), get]))
+                            > lists:sum(lists:sublist(Want, 60)) + 500 end, 10000, load_running),
     T0 = erlang:monotonic_time(millisecond),
     ?assertEqual(ok, pcall(PA, shoal, drain, [Pool, B])),
     ct:pal("drained ~b workers off ~p in ~b ms",
            [OnB, B, erlang:monotonic_time(millisecond) - T0]),
     ?assertEqual(0, pcall(PB, shoal, count, [Pool, B])),
+    Acked = stop_load(Load),
     #{per_node := After} = wait_counts_agree(Config, Pool, 300),
     ?assertEqual(0, proplists:get_value(B, After)),
-    %% Every worker's state survived the move.
-    ?assertEqual(Want, pcall(PB, ?MODULE, p_states, [Pool, Keys, get])),
+    %% Every worker's state survived the move, with every acknowledged call in it.
+    ?assertEqual(add_acked(Keys, Want, Acked), pcall(PB, ?MODULE, p_states, [Pool, Keys, get])),
     Handoffs = length([x || {handoff, {d, _}, _, _} <- pcall(PB, ?MODULE, p_events, [handoff])]),
     ?assertEqual(OnB, Handoffs),
     %% Drained: nothing new lands on B.
@@ -404,10 +410,11 @@ drain_to_zero_keeps_every_state(Config) ->
 %% every moved worker kept its state.
 rebalance_moves_the_minimum(Config) ->
     Pool = ?config(pool, Config),
-    [{PA, A}, {_, B}, {_, C}] = peers(Config),
+    [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
     Keys = [{r, I} || I <- lists:seq(1, 300)],
     Want = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(I) -> I rem 3 + 1 end,
                                             nodes_of(Config)]),
+    OnA = [K || K <- Keys, {ok, N, _} <- [pcall(PA, shoal, lookup, [Pool, K])], N =:= A],
     #{per_node := Before} = wait_counts_agree(Config, Pool, 300),
     [CA, CB, CC] = [proplists:get_value(N, Before) || N <- [A, B, C]],
     ?assert(CA > 40),
@@ -416,14 +423,22 @@ rebalance_moves_the_minimum(Config) ->
     ok = pcall(PA, shoal, set_target, [Pool, A, WA]),
     ok = pcall(PA, shoal, set_target, [Pool, B, WB]),
     wait_windows(Config, Pool, [{A, WA}, {B, WB}]),
+    %% Under load: clients on B and C hammer 40 of A's keys while it sheds 30.
+    Load = start_load(Config, Pool, [{PB, lists:sublist(OnA, 1, 20)},
+                                     {PC, lists:sublist(OnA, 21, 20)}]),
+    wait_until(fun() -> lists:sum(pcall(PA, ?MODULE, p_states, [Pool, OnA, get])) >
+                            lists:sum([V || {K, V} <- lists:zip(Keys, Want),
+                                            lists:member(K, OnA)]) + 500 end,
+               10000, load_running),
     ?assertEqual({ok, #{moved => 30}}, pcall(PA, shoal, rebalance, [Pool])),
+    Acked = stop_load(Load),
     #{per_node := After} = wait_counts_agree(Config, Pool, 300),
     ct:pal("rebalance: before ~p, after ~p", [Before, After]),
     [NA, NB, NC] = [proplists:get_value(N, After) || N <- [A, B, C]],
     ?assertEqual(CA - 30, NA),
     ?assert(NB >= CB + 10),
     ?assertEqual(30, (NB - CB) + (NC - CC)),
-    ?assertEqual(Want, pcall(PA, ?MODULE, p_states, [Pool, Keys, get])),
+    ?assertEqual(add_acked(Keys, Want, Acked), pcall(PA, ?MODULE, p_states, [Pool, Keys, get])),
     %% Inside every window now: a second rebalance moves nothing.
     ?assertEqual({ok, #{moved => 0}}, pcall(PA, shoal, rebalance, [Pool])),
     ok.
@@ -834,6 +849,24 @@ stop_worker_proc(P, Pid) ->
     pcall(P, ?MODULE, p_stop, [Pid]).
 
 watch_result(P, Pid) -> stop_worker_proc(P, Pid).
+
+%% Hammer clients (p_hammer/3), one per {Peer, Keys}.
+start_load(_Config, Pool, Spec) ->
+    [{P, pcall(P, ?MODULE, p_hammer, [Pool, Ks, 5000])} || {P, Ks} <- Spec].
+
+%% Stop them: acknowledged calls per key. No call may have timed out, and (nothing died)
+%% none may have failed at all.
+stop_load(Load) ->
+    Stats = [stop_worker_proc(P, W) || {P, W} <- Load],
+    Errors = lists:append([E || #{errors := E} <- Stats]),
+    ct:pal("load: ~b calls acknowledged, errors ~p", [lists:sum([A || #{acked := A} <- Stats]), Errors]),
+    ?assertEqual([], Errors),
+    lists:foldl(fun(#{per_key := PK}, Acc) ->
+                        maps:merge_with(fun(_, X, Y) -> X + Y end, PK, Acc)
+                end, #{}, Stats).
+
+add_acked(Keys, Want, Acked) ->
+    [V + maps:get(K, Acked, 0) || {K, V} <- lists:zip(Keys, Want)].
 
 %% How many elements are followed by a smaller one.
 inversions([]) -> 0;
