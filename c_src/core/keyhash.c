@@ -64,7 +64,10 @@ enum {
 #define K_GOLD 0x9E3779B97F4A7C15ULL
 #define K_MIX 0xD6E8FEB86659FD93ULL
 
-static uint64_t rotl64(uint64_t x, unsigned r) { return (x << r) | (x >> (64 - r)); }
+static uint64_t rotl64(uint64_t x, unsigned r)
+{
+    return (x << r) | (x >> (64 - r));
+}
 
 static uint64_t mix(uint64_t w)
 {
@@ -104,8 +107,7 @@ uint64_t keyhash_hash64(const void *data, size_t len)
 
     for (size_t i = 0; i < full; i++)
         h = rotl64(h ^ mix(load_le(p + 8 * i, 8)), 29) * K_GOLD;
-    if (r > 0)
-        h = rotl64(h ^ mix(load_le(p + 8 * full, r)), 29) * K_GOLD;
+    if (r > 0) h = rotl64(h ^ mix(load_le(p + 8 * full, r)), 29) * K_GOLD;
     return fmix64(h);
 }
 
@@ -125,20 +127,21 @@ typedef struct writer {
     size_t pos;         /* bytes produced so far (stored or not) */
 } writer;
 
-static int avail(const reader *r, size_t n) { return n <= r->len - r->pos; }
+static int avail(const reader *r, size_t n)
+{
+    return n <= r->len - r->pos;
+}
 
 static int get_u8(reader *r, uint32_t *v)
 {
-    if (!avail(r, 1))
-        return SHOAL_EINVAL;
+    if (!avail(r, 1)) return SHOAL_EINVAL;
     *v = r->p[r->pos++];
     return 0;
 }
 
 static int get_u16(reader *r, uint32_t *v)
 {
-    if (!avail(r, 2))
-        return SHOAL_EINVAL;
+    if (!avail(r, 2)) return SHOAL_EINVAL;
     *v = (uint32_t)r->p[r->pos] << 8 | r->p[r->pos + 1];
     r->pos += 2;
     return 0;
@@ -146,8 +149,7 @@ static int get_u16(reader *r, uint32_t *v)
 
 static int get_u32(reader *r, uint32_t *v)
 {
-    if (!avail(r, 4))
-        return SHOAL_EINVAL;
+    if (!avail(r, 4)) return SHOAL_EINVAL;
     const unsigned char *b = r->p + r->pos;
     *v = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
     r->pos += 4;
@@ -158,18 +160,15 @@ static int get_u64(reader *r, uint64_t *v)
 {
     uint32_t hi, lo;
     int rc;
-    if ((rc = get_u32(r, &hi)) || (rc = get_u32(r, &lo)))
-        return rc;
+    if ((rc = get_u32(r, &hi)) || (rc = get_u32(r, &lo))) return rc;
     *v = (uint64_t)hi << 32 | lo;
     return 0;
 }
 
 static int put(writer *w, const void *src, size_t n)
 {
-    if (n > KEYHASH_MAX_KEY - w->pos)
-        return SHOAL_E2BIG;
-    if (w->pos + n <= w->cap && n > 0)
-        memcpy(w->out + w->pos, src, n);
+    if (n > KEYHASH_MAX_KEY - w->pos) return SHOAL_E2BIG;
+    if (w->pos + n <= w->cap && n > 0) memcpy(w->out + w->pos, src, n);
     w->pos += n;
     return 0;
 }
@@ -210,15 +209,13 @@ static int put_u64(writer *w, uint64_t v)
 /* Back-patch a length written earlier as a placeholder (only if that spot was stored). */
 static void patch_u32(writer *w, size_t at, uint32_t v)
 {
-    if (at + 4 <= w->cap)
-        store_u32(w->out + at, v);
+    if (at + 4 <= w->cap) store_u32(w->out + at, v);
 }
 
 /* Copy n input bytes to the output unchanged. */
 static int copy_bytes(reader *r, writer *w, size_t n)
 {
-    if (!avail(r, n))
-        return SHOAL_EINVAL;
+    if (!avail(r, n)) return SHOAL_EINVAL;
     int rc = put(w, r->p + r->pos, n);
     r->pos += n;
     return rc;
@@ -230,12 +227,10 @@ static int emit_int(writer *w, int64_t v)
 {
     int rc;
     if (v >= 0 && v <= 255) {
-        if ((rc = put_u8(w, SMALL_INTEGER_EXT)))
-            return rc;
+        if ((rc = put_u8(w, SMALL_INTEGER_EXT))) return rc;
         return put_u8(w, (uint32_t)v);
     }
-    if ((rc = put_u8(w, INTEGER_EXT)))
-        return rc;
+    if ((rc = put_u8(w, INTEGER_EXT))) return rc;
     return put_u32(w, (uint32_t)v); /* two's complement of an int32 */
 }
 
@@ -246,10 +241,8 @@ static int norm_big(reader *r, writer *w, uint32_t n)
 {
     uint32_t sign;
     int rc;
-    if ((rc = get_u8(r, &sign)))
-        return rc;
-    if (!avail(r, n))
-        return SHOAL_EINVAL;
+    if ((rc = get_u8(r, &sign))) return rc;
+    if (!avail(r, n)) return SHOAL_EINVAL;
     const unsigned char *mag = r->p + r->pos;
     r->pos += n;
     while (n > 0 && mag[n - 1] == 0)
@@ -258,20 +251,15 @@ static int norm_big(reader *r, writer *w, uint32_t n)
         uint64_t m = 0;
         for (uint32_t i = n; i-- > 0;)
             m = m << 8 | mag[i];
-        if (sign == 0 && m <= INT32_MAX)
-            return emit_int(w, (int64_t)m);
-        if (sign != 0 && m <= (uint64_t)INT32_MAX + 1)
-            return emit_int(w, -(int64_t)m);
+        if (sign == 0 && m <= INT32_MAX) return emit_int(w, (int64_t)m);
+        if (sign != 0 && m <= (uint64_t)INT32_MAX + 1) return emit_int(w, -(int64_t)m);
     }
     if (n <= 255) {
-        if ((rc = put_u8(w, SMALL_BIG_EXT)) || (rc = put_u8(w, n)))
-            return rc;
+        if ((rc = put_u8(w, SMALL_BIG_EXT)) || (rc = put_u8(w, n))) return rc;
     } else {
-        if ((rc = put_u8(w, LARGE_BIG_EXT)) || (rc = put_u32(w, n)))
-            return rc;
+        if ((rc = put_u8(w, LARGE_BIG_EXT)) || (rc = put_u32(w, n))) return rc;
     }
-    if ((rc = put_u8(w, sign != 0)))
-        return rc;
+    if ((rc = put_u8(w, sign != 0))) return rc;
     return put(w, mag, n);
 }
 
@@ -281,15 +269,16 @@ static int emit_double(writer *w, double d)
     int rc;
     if (!isfinite(d)) /* Erlang has no NaN or infinity */
         return SHOAL_EINVAL;
-    if (d == 0.0)
-        d = 0.0; /* -0.0 and 0.0 are the same key */
+    if (d == 0.0) d = 0.0; /* -0.0 and 0.0 are the same key */
     memcpy(&bits, &d, sizeof bits);
-    if ((rc = put_u8(w, NEW_FLOAT_EXT)))
-        return rc;
+    if ((rc = put_u8(w, NEW_FLOAT_EXT))) return rc;
     return put_u64(w, bits);
 }
 
-static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
 
 /* FLOAT_EXT: a 31-byte NUL-terminated "%.20e" string. Accept exactly the shapes OTP 25
  * accepts ([+-]digits[.,]digits[eE[+-]digits], terminated within the 31 bytes) so we do
@@ -300,41 +289,31 @@ static int norm_old_float(reader *r, writer *w)
     char *end;
     size_t i = 0;
 
-    if (!avail(r, OLD_FLOAT_LEN))
-        return SHOAL_EINVAL;
+    if (!avail(r, OLD_FLOAT_LEN)) return SHOAL_EINVAL;
     memcpy(buf, r->p + r->pos, OLD_FLOAT_LEN);
     buf[OLD_FLOAT_LEN] = '\0';
     r->pos += OLD_FLOAT_LEN;
-    if (memchr(buf, '\0', OLD_FLOAT_LEN) == NULL)
-        return SHOAL_EINVAL;
+    if (memchr(buf, '\0', OLD_FLOAT_LEN) == NULL) return SHOAL_EINVAL;
 
-    if (buf[i] == '+' || buf[i] == '-')
-        i++;
-    if (!is_digit(buf[i]))
-        return SHOAL_EINVAL;
+    if (buf[i] == '+' || buf[i] == '-') i++;
+    if (!is_digit(buf[i])) return SHOAL_EINVAL;
     while (is_digit(buf[i]))
         i++;
-    if (buf[i] != '.' && buf[i] != ',')
-        return SHOAL_EINVAL;
+    if (buf[i] != '.' && buf[i] != ',') return SHOAL_EINVAL;
     buf[i++] = '.';
-    if (!is_digit(buf[i]))
-        return SHOAL_EINVAL;
+    if (!is_digit(buf[i])) return SHOAL_EINVAL;
     while (is_digit(buf[i]))
         i++;
     if (buf[i] == 'e' || buf[i] == 'E') {
         i++;
-        if (buf[i] == '+' || buf[i] == '-')
-            i++;
-        if (!is_digit(buf[i]))
-            return SHOAL_EINVAL;
+        if (buf[i] == '+' || buf[i] == '-') i++;
+        if (!is_digit(buf[i])) return SHOAL_EINVAL;
         while (is_digit(buf[i]))
             i++;
     }
-    if (buf[i] != '\0')
-        return SHOAL_EINVAL;
+    if (buf[i] != '\0') return SHOAL_EINVAL;
     double d = strtod(buf, &end);
-    if (end != buf + i)
-        return SHOAL_EINVAL;
+    if (end != buf + i) return SHOAL_EINVAL;
     return emit_double(w, d);
 }
 
@@ -346,8 +325,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     unsigned char lo = 0x80, hi = 0xBF;
     size_t len;
 
-    if (c < 0x80)
-        return 1;
+    if (c < 0x80) return 1;
     if (c >= 0xC2 && c <= 0xDF)
         len = 2;
     else if (c >= 0xE0 && c <= 0xEF) {
@@ -364,11 +342,9 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
             hi = 0x8F;
     } else
         return 0;
-    if (len > n || s[1] < lo || s[1] > hi)
-        return 0;
+    if (len > n || s[1] < lo || s[1] > hi) return 0;
     for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
+        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
     return len;
 }
 
@@ -376,12 +352,10 @@ static int put_atom_header(writer *w, size_t utf8_len)
 {
     int rc;
     if (utf8_len <= 255) {
-        if ((rc = put_u8(w, SMALL_ATOM_UTF8_EXT)))
-            return rc;
+        if ((rc = put_u8(w, SMALL_ATOM_UTF8_EXT))) return rc;
         return put_u8(w, (uint32_t)utf8_len);
     }
-    if ((rc = put_u8(w, ATOM_UTF8_EXT)))
-        return rc;
+    if ((rc = put_u8(w, ATOM_UTF8_EXT))) return rc;
     return put_u16(w, (uint32_t)utf8_len);
 }
 
@@ -395,22 +369,18 @@ static int norm_atom_body(reader *r, writer *w, uint32_t tag)
         rc = get_u16(r, &len);
     else
         rc = get_u8(r, &len);
-    if (rc)
-        return rc;
-    if (!avail(r, len))
-        return SHOAL_EINVAL;
+    if (rc) return rc;
+    if (!avail(r, len)) return SHOAL_EINVAL;
     const unsigned char *s = r->p + r->pos;
     r->pos += len;
 
     if (tag == ATOM_EXT || tag == SMALL_ATOM_EXT) {
         /* Latin-1: one character per byte; bytes >= 0x80 become two UTF-8 bytes. */
         size_t out_len = len;
-        if (len > MAX_ATOM_CHARS)
-            return SHOAL_EINVAL;
+        if (len > MAX_ATOM_CHARS) return SHOAL_EINVAL;
         for (uint32_t i = 0; i < len; i++)
             out_len += s[i] >= 0x80;
-        if ((rc = put_atom_header(w, out_len)))
-            return rc;
+        if ((rc = put_atom_header(w, out_len))) return rc;
         for (uint32_t i = 0; i < len; i++) {
             if (s[i] < 0x80)
                 rc = put_u8(w, s[i]);
@@ -419,8 +389,7 @@ static int norm_atom_body(reader *r, writer *w, uint32_t tag)
                                       (unsigned char)(0x80 | (s[i] & 0x3F))};
                 rc = put(w, b, 2);
             }
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         return 0;
     }
@@ -428,15 +397,12 @@ static int norm_atom_body(reader *r, writer *w, uint32_t tag)
     size_t chars = 0;
     for (size_t i = 0; i < len;) {
         size_t n = utf8_seq(s + i, len - i);
-        if (n == 0)
-            return SHOAL_EINVAL;
+        if (n == 0) return SHOAL_EINVAL;
         i += n;
         chars++;
     }
-    if (chars > MAX_ATOM_CHARS)
-        return SHOAL_EINVAL;
-    if ((rc = put_atom_header(w, len)))
-        return rc;
+    if (chars > MAX_ATOM_CHARS) return SHOAL_EINVAL;
+    if ((rc = put_atom_header(w, len))) return rc;
     return put(w, s, len);
 }
 
@@ -445,8 +411,7 @@ static int norm_node(reader *r, writer *w)
 {
     uint32_t tag;
     int rc;
-    if ((rc = get_u8(r, &tag)))
-        return rc;
+    if ((rc = get_u8(r, &tag))) return rc;
     if (tag != ATOM_EXT && tag != SMALL_ATOM_EXT && tag != ATOM_UTF8_EXT &&
         tag != SMALL_ATOM_UTF8_EXT)
         return SHOAL_EINVAL;
@@ -461,8 +426,7 @@ static int norm_pid(reader *r, writer *w, uint32_t tag)
         (rc = get_u32(r, &serial)))
         return rc;
     rc = tag == PID_EXT ? get_u8(r, &creation) : get_u32(r, &creation);
-    if (rc || (rc = put_u32(w, id)) || (rc = put_u32(w, serial)))
-        return rc;
+    if (rc || (rc = put_u32(w, id)) || (rc = put_u32(w, serial))) return rc;
     return put_u32(w, creation);
 }
 
@@ -471,19 +435,16 @@ static int norm_port(reader *r, writer *w, uint32_t tag)
     uint64_t id;
     uint32_t id32, creation;
     int rc;
-    if ((rc = put_u8(w, V4_PORT_EXT)) || (rc = norm_node(r, w)))
-        return rc;
+    if ((rc = put_u8(w, V4_PORT_EXT)) || (rc = norm_node(r, w))) return rc;
     if (tag == V4_PORT_EXT)
         rc = get_u64(r, &id);
     else {
         rc = get_u32(r, &id32);
         id = id32;
     }
-    if (rc)
-        return rc;
+    if (rc) return rc;
     rc = tag == PORT_EXT ? get_u8(r, &creation) : get_u32(r, &creation);
-    if (rc || (rc = put_u64(w, id)))
-        return rc;
+    if (rc || (rc = put_u64(w, id))) return rc;
     return put_u32(w, creation);
 }
 
@@ -491,32 +452,23 @@ static int norm_ref(reader *r, writer *w, uint32_t tag)
 {
     uint32_t n = 1, creation, word;
     int rc;
-    if (tag != REFERENCE_EXT && (rc = get_u16(r, &n)))
-        return rc;
+    if (tag != REFERENCE_EXT && (rc = get_u16(r, &n))) return rc;
     /* OTP 25 refuses more than 5 words, and an empty NEW_REFERENCE_EXT. */
-    if (n > MAX_REF_WORDS || (n == 0 && tag == NEW_REFERENCE_EXT))
-        return SHOAL_EINVAL;
+    if (n > MAX_REF_WORDS || (n == 0 && tag == NEW_REFERENCE_EXT)) return SHOAL_EINVAL;
     if ((rc = put_u8(w, NEWER_REFERENCE_EXT)) || (rc = put_u16(w, n)) || (rc = norm_node(r, w)))
         return rc;
     if (tag == REFERENCE_EXT) { /* node, id:u32, creation:u8 */
-        if ((rc = get_u32(r, &word)) || (rc = get_u8(r, &creation)))
-            return rc;
-        if (word >= OLD_REF_FIRST_LIMIT)
-            return SHOAL_EINVAL;
-        if ((rc = put_u32(w, creation)))
-            return rc;
+        if ((rc = get_u32(r, &word)) || (rc = get_u8(r, &creation))) return rc;
+        if (word >= OLD_REF_FIRST_LIMIT) return SHOAL_EINVAL;
+        if ((rc = put_u32(w, creation))) return rc;
         return put_u32(w, word);
     }
     rc = tag == NEW_REFERENCE_EXT ? get_u8(r, &creation) : get_u32(r, &creation);
-    if (rc || (rc = put_u32(w, creation)))
-        return rc;
+    if (rc || (rc = put_u32(w, creation))) return rc;
     for (uint32_t i = 0; i < n; i++) {
-        if ((rc = get_u32(r, &word)))
-            return rc;
-        if (i == 0 && tag == NEW_REFERENCE_EXT && word >= OLD_REF_FIRST_LIMIT)
-            return SHOAL_EINVAL;
-        if ((rc = put_u32(w, word)))
-            return rc;
+        if ((rc = get_u32(r, &word))) return rc;
+        if (i == 0 && tag == NEW_REFERENCE_EXT && word >= OLD_REF_FIRST_LIMIT) return SHOAL_EINVAL;
+        if ((rc = put_u32(w, word))) return rc;
     }
     return 0;
 }
@@ -525,24 +477,19 @@ static int norm_bitstring(reader *r, writer *w)
 {
     uint32_t len, bits;
     int rc;
-    if ((rc = get_u32(r, &len)) || (rc = get_u8(r, &bits)))
-        return rc;
+    if ((rc = get_u32(r, &len)) || (rc = get_u8(r, &bits))) return rc;
     /* binary_to_term's rule: 1..8 bits used in the last byte, or an empty binary with 0. */
-    if (bits > 8 || (bits == 0) != (len == 0))
-        return SHOAL_EINVAL;
-    if (!avail(r, len))
-        return SHOAL_EINVAL;
+    if (bits > 8 || (bits == 0) != (len == 0)) return SHOAL_EINVAL;
+    if (!avail(r, len)) return SHOAL_EINVAL;
     if (bits == 8 || len == 0) { /* a whole number of bytes: it decodes as a plain binary */
-        if ((rc = put_u8(w, BINARY_EXT)) || (rc = put_u32(w, len)))
-            return rc;
+        if ((rc = put_u8(w, BINARY_EXT)) || (rc = put_u32(w, len))) return rc;
         return copy_bytes(r, w, len);
     }
     if ((rc = put_u8(w, BIT_BINARY_EXT)) || (rc = put_u32(w, len)) || (rc = put_u8(w, bits)) ||
         (rc = copy_bytes(r, w, len - 1)))
         return rc;
     uint32_t last;
-    if ((rc = get_u8(r, &last)))
-        return rc;
+    if ((rc = get_u8(r, &last))) return rc;
     return put_u8(w, last & (0xFFu << (8 - bits))); /* unused low bits must not change the key */
 }
 
@@ -550,35 +497,32 @@ static int norm_bitstring(reader *r, writer *w)
 
 static int norm_term(reader *r, writer *w, unsigned depth);
 
-static int enter(unsigned depth) { return depth >= KEYHASH_MAX_DEPTH ? SHOAL_E2BIG : 0; }
+static int enter(unsigned depth)
+{
+    return depth >= KEYHASH_MAX_DEPTH ? SHOAL_E2BIG : 0;
+}
 
 static int norm_tuple(reader *r, writer *w, uint32_t arity, unsigned depth)
 {
     int rc;
-    if ((rc = enter(depth)))
-        return rc;
+    if ((rc = enter(depth))) return rc;
     if (arity <= 255) {
-        if ((rc = put_u8(w, SMALL_TUPLE_EXT)) || (rc = put_u8(w, arity)))
-            return rc;
+        if ((rc = put_u8(w, SMALL_TUPLE_EXT)) || (rc = put_u8(w, arity))) return rc;
     } else {
-        if ((rc = put_u8(w, LARGE_TUPLE_EXT)) || (rc = put_u32(w, arity)))
-            return rc;
+        if ((rc = put_u8(w, LARGE_TUPLE_EXT)) || (rc = put_u32(w, arity))) return rc;
     }
     for (uint32_t i = 0; i < arity; i++)
-        if ((rc = norm_term(r, w, depth + 1)))
-            return rc;
+        if ((rc = norm_term(r, w, depth + 1))) return rc;
     return 0;
 }
 
 static int emit_string_elems(reader *r, writer *w, uint32_t len)
 {
     int rc;
-    if (!avail(r, len))
-        return SHOAL_EINVAL;
+    if (!avail(r, len)) return SHOAL_EINVAL;
     for (uint32_t i = 0; i < len; i++) {
         unsigned char b[2] = {SMALL_INTEGER_EXT, r->p[r->pos + i]};
-        if ((rc = put(w, b, 2)))
-            return rc;
+        if ((rc = put(w, b, 2))) return rc;
     }
     r->pos += len;
     return 0;
@@ -589,10 +533,8 @@ static int norm_string(reader *r, writer *w, unsigned depth)
 {
     uint32_t len;
     int rc;
-    if ((rc = get_u16(r, &len)))
-        return rc;
-    if (len == 0)
-        return put_u8(w, NIL_EXT);
+    if ((rc = get_u16(r, &len))) return rc;
+    if (len == 0) return put_u8(w, NIL_EXT);
     if ((rc = enter(depth)) || (rc = put_u8(w, LIST_EXT)) || (rc = put_u32(w, len)) ||
         (rc = emit_string_elems(r, w, len)))
         return rc;
@@ -608,41 +550,31 @@ static int norm_list(reader *r, writer *w, unsigned depth)
     uint32_t n, tag, count = 0;
     int rc;
 
-    if ((rc = get_u32(r, &n)))
-        return rc;
+    if ((rc = get_u32(r, &n))) return rc;
     while (n == 0) { /* empty cells: the term is whatever follows */
-        if (!avail(r, 1))
-            return SHOAL_EINVAL;
-        if (r->p[r->pos] != LIST_EXT)
-            return norm_term(r, w, depth);
+        if (!avail(r, 1)) return SHOAL_EINVAL;
+        if (r->p[r->pos] != LIST_EXT) return norm_term(r, w, depth);
         r->pos++;
-        if ((rc = get_u32(r, &n)))
-            return rc;
+        if ((rc = get_u32(r, &n))) return rc;
     }
-    if ((rc = enter(depth)))
-        return rc;
+    if ((rc = enter(depth))) return rc;
     size_t hdr = w->pos;
-    if ((rc = put_u8(w, LIST_EXT)) || (rc = put_u32(w, 0)))
-        return rc;
+    if ((rc = put_u8(w, LIST_EXT)) || (rc = put_u32(w, 0))) return rc;
     for (;;) {
         for (uint32_t i = 0; i < n; i++) {
-            if ((rc = norm_term(r, w, depth + 1)))
-                return rc;
+            if ((rc = norm_term(r, w, depth + 1))) return rc;
             count++; /* cannot wrap: every element costs an output byte below 64 KiB */
         }
-        if (!avail(r, 1))
-            return SHOAL_EINVAL;
+        if (!avail(r, 1)) return SHOAL_EINVAL;
         tag = r->p[r->pos];
         if (tag == LIST_EXT) {
             r->pos++;
-            if ((rc = get_u32(r, &n)))
-                return rc;
+            if ((rc = get_u32(r, &n))) return rc;
             continue;
         }
         if (tag == STRING_EXT) {
             r->pos++;
-            if ((rc = get_u16(r, &n)) || (rc = emit_string_elems(r, w, n)))
-                return rc;
+            if ((rc = get_u16(r, &n)) || (rc = emit_string_elems(r, w, n))) return rc;
             count += n;
             rc = put_u8(w, NIL_EXT);
         } else if (tag == NIL_EXT) {
@@ -651,8 +583,7 @@ static int norm_list(reader *r, writer *w, unsigned depth)
         } else {
             rc = norm_term(r, w, depth + 1); /* improper tail */
         }
-        if (rc)
-            return rc;
+        if (rc) return rc;
         break;
     }
     patch_u32(w, hdr + 1, count);
@@ -669,8 +600,7 @@ typedef struct map_pair {
 static int cmp_bytes(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
 {
     int c = memcmp(a, b, alen < blen ? alen : blen);
-    if (c != 0)
-        return c;
+    if (c != 0) return c;
     return alen < blen ? -1 : alen > blen;
 }
 
@@ -688,27 +618,20 @@ static int norm_map(reader *r, writer *w, unsigned depth)
     uint32_t n;
     int rc;
 
-    if ((rc = get_u32(r, &n)))
-        return rc;
+    if ((rc = get_u32(r, &n))) return rc;
     /* Every pair needs at least two input bytes: refuse lying headers before allocating. */
-    if (n > (r->len - r->pos) / 2)
-        return SHOAL_EINVAL;
-    if ((rc = enter(depth)) || (rc = put_u8(w, MAP_EXT)) || (rc = put_u32(w, n)))
-        return rc;
-    if (n == 0)
-        return 0;
+    if (n > (r->len - r->pos) / 2) return SHOAL_EINVAL;
+    if ((rc = enter(depth)) || (rc = put_u8(w, MAP_EXT)) || (rc = put_u32(w, n))) return rc;
+    if (n == 0) return 0;
 
     map_pair *pairs = malloc((size_t)n * sizeof *pairs);
-    if (pairs == NULL)
-        return SHOAL_ENOMEM;
+    if (pairs == NULL) return SHOAL_ENOMEM;
     size_t region = w->pos;
     for (uint32_t i = 0; i < n; i++) {
         pairs[i].start = w->pos;
-        if ((rc = norm_term(r, w, depth + 1)))
-            goto out;
+        if ((rc = norm_term(r, w, depth + 1))) goto out;
         pairs[i].klen = w->pos - pairs[i].start;
-        if ((rc = norm_term(r, w, depth + 1)))
-            goto out;
+        if ((rc = norm_term(r, w, depth + 1))) goto out;
         pairs[i].len = w->pos - pairs[i].start;
     }
     if (w->pos > w->cap)
@@ -749,29 +672,23 @@ static int norm_term(reader *r, writer *w, unsigned depth)
     uint64_t d;
     int rc;
 
-    if ((rc = get_u8(r, &tag)))
-        return rc;
+    if ((rc = get_u8(r, &tag))) return rc;
     switch (tag) {
     case SMALL_INTEGER_EXT:
-        if ((rc = get_u8(r, &v)))
-            return rc;
+        if ((rc = get_u8(r, &v))) return rc;
         return emit_int(w, v);
     case INTEGER_EXT:
-        if ((rc = get_u32(r, &v)))
-            return rc;
+        if ((rc = get_u32(r, &v))) return rc;
         return emit_int(w, (int32_t)v);
     case SMALL_BIG_EXT:
-        if ((rc = get_u8(r, &v)))
-            return rc;
+        if ((rc = get_u8(r, &v))) return rc;
         return norm_big(r, w, v);
     case LARGE_BIG_EXT:
-        if ((rc = get_u32(r, &v)))
-            return rc;
+        if ((rc = get_u32(r, &v))) return rc;
         return norm_big(r, w, v);
     case NEW_FLOAT_EXT: {
         double f;
-        if ((rc = get_u64(r, &d)))
-            return rc;
+        if ((rc = get_u64(r, &d))) return rc;
         memcpy(&f, &d, sizeof f);
         return emit_double(w, f);
     }
@@ -783,22 +700,17 @@ static int norm_term(reader *r, writer *w, unsigned depth)
     case SMALL_ATOM_UTF8_EXT:
         return norm_atom_body(r, w, tag);
     case BINARY_EXT:
-        if ((rc = get_u32(r, &v)))
-            return rc;
-        if (!avail(r, v))
-            return SHOAL_EINVAL;
-        if ((rc = put_u8(w, BINARY_EXT)) || (rc = put_u32(w, v)))
-            return rc;
+        if ((rc = get_u32(r, &v))) return rc;
+        if (!avail(r, v)) return SHOAL_EINVAL;
+        if ((rc = put_u8(w, BINARY_EXT)) || (rc = put_u32(w, v))) return rc;
         return copy_bytes(r, w, v);
     case BIT_BINARY_EXT:
         return norm_bitstring(r, w);
     case SMALL_TUPLE_EXT:
-        if ((rc = get_u8(r, &v)))
-            return rc;
+        if ((rc = get_u8(r, &v))) return rc;
         return norm_tuple(r, w, v, depth);
     case LARGE_TUPLE_EXT:
-        if ((rc = get_u32(r, &v)))
-            return rc;
+        if ((rc = get_u32(r, &v))) return rc;
         return norm_tuple(r, w, v, depth);
     case NIL_EXT:
         return put_u8(w, NIL_EXT);
@@ -838,12 +750,9 @@ int keyhash_normalize(const unsigned char *in, size_t inlen, unsigned char *out,
 
     if ((in == NULL && inlen > 0) || (out == NULL && cap > 0) || outlen == NULL)
         return SHOAL_EINVAL;
-    if (inlen > 0 && in[0] == VERSION_MAGIC)
-        r.pos = 1;
-    if ((rc = put_u8(&w, VERSION_MAGIC)) || (rc = norm_term(&r, &w, 0)))
-        return rc;
-    if (r.pos != r.len)
-        return SHOAL_EINVAL;
+    if (inlen > 0 && in[0] == VERSION_MAGIC) r.pos = 1;
+    if ((rc = put_u8(&w, VERSION_MAGIC)) || (rc = norm_term(&r, &w, 0))) return rc;
+    if (r.pos != r.len) return SHOAL_EINVAL;
     *outlen = w.pos;
     return w.pos > cap ? SHOAL_ENOSPC : 0;
 }

@@ -54,15 +54,12 @@ uint64_t ratemeter_sum(const ratemeter *m, int64_t now_ms, int seconds)
     int64_t sec = second_of(now_ms);
     uint64_t sum = 0;
 
-    if (seconds < 1)
-        seconds = 1;
-    if (seconds > RATEMETER_SECONDS)
-        seconds = RATEMETER_SECONDS;
+    if (seconds < 1) seconds = 1;
+    if (seconds > RATEMETER_SECONDS) seconds = RATEMETER_SECONDS;
     for (size_t i = 0; i < RATEMETER_SECONDS; i++) {
         int64_t b = m->bucket_sec[i];
         /* Unsigned difference: b may be INT64_MIN, where a signed sec - b would overflow. */
-        if (b <= sec && (uint64_t)sec - (uint64_t)b < (uint64_t)seconds)
-            sum += m->count[i];
+        if (b <= sec && (uint64_t)sec - (uint64_t)b < (uint64_t)seconds) sum += m->count[i];
     }
     return sum;
 }

@@ -17,14 +17,13 @@ CU_ErrorCode test_core_register_table(void);
 
 /* An assertion whose failure message carries formatted context (which vector, which key):
  * CUnit's own macros only print the expression. */
-#define CHECKF(cond, ...)                                                                      \
-    do {                                                                                       \
-        char check_msg_[512];                                                                  \
-        int check_ok_ = (cond) ? 1 : 0;                                                        \
-        if (!check_ok_)                                                                        \
-            snprintf(check_msg_, sizeof check_msg_, __VA_ARGS__);                              \
-        CU_assertImplementation(check_ok_ ? CU_TRUE : CU_FALSE, __LINE__,                      \
-                                check_ok_ ? #cond : check_msg_, __FILE__, "", CU_FALSE);       \
+#define CHECKF(cond, ...)                                                                          \
+    do {                                                                                           \
+        char check_msg_[512];                                                                      \
+        int check_ok_ = (cond) ? 1 : 0;                                                            \
+        if (!check_ok_) snprintf(check_msg_, sizeof check_msg_, __VA_ARGS__);                      \
+        CU_assertImplementation(check_ok_ ? CU_TRUE : CU_FALSE, __LINE__,                          \
+                                check_ok_ ? #cond : check_msg_, __FILE__, "", CU_FALSE);           \
     } while (0)
 
 #endif

@@ -29,21 +29,17 @@ static size_t n_vectors;
 
 static int hexval(int c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     return -1;
 }
 
 /* Decode lowercase hex of length n into a new buffer (at least 1 byte so malloc(0) is moot). */
 static unsigned char *unhex(const char *s, size_t n, size_t *len)
 {
-    if (n % 2 != 0)
-        return NULL;
+    if (n % 2 != 0) return NULL;
     unsigned char *b = malloc(n / 2 + 1);
-    if (b == NULL)
-        return NULL;
+    if (b == NULL) return NULL;
     for (size_t i = 0; i < n / 2; i++) {
         int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
         if (hi < 0 || lo < 0) {
@@ -79,10 +75,8 @@ static int parse_line(char *line, int lineno, vector *v)
     for (int i = 0; i < 4; i++) {
         col[i] = p;
         p = strchr(p, '\t');
-        if ((p == NULL) != (i == 3))
-            return -1;
-        if (p)
-            *p++ = '\0';
+        if ((p == NULL) != (i == 3)) return -1;
+        if (p) *p++ = '\0';
     }
     col[3][strcspn(col[3], "\r\n")] = '\0';
     v->line = lineno;
@@ -116,13 +110,11 @@ static int suite_init(void)
     }
     while (getline(&line, &cap, f) > 0) {
         lineno++;
-        if (line[0] == '#' || line[0] == '\n' || line[0] == '\r')
-            continue;
+        if (line[0] == '#' || line[0] == '\n' || line[0] == '\r') continue;
         if (n_vectors == alloc) {
             alloc = alloc ? alloc * 2 : 64;
             vector *nv = realloc(vectors, alloc * sizeof *vectors);
-            if (nv == NULL)
-                goto fail;
+            if (nv == NULL) goto fail;
             vectors = nv;
         }
         if (parse_line(line, lineno, &vectors[n_vectors]) != 0) {
@@ -159,8 +151,7 @@ static unsigned char *exact_copy(const unsigned char *src, size_t n)
 {
     unsigned char *b = malloc(n ? n : 1);
     CU_ASSERT_FATAL(b != NULL);
-    if (n)
-        memcpy(b, src, n);
+    if (n) memcpy(b, src, n);
     return b;
 }
 
@@ -216,8 +207,8 @@ static void test_vectors_normalize_to_canonical(void)
         size_t outlen = 0;
         int rc = norm(v->etf, v->etf_len, out, sizeof out, &outlen);
         CHECKF(rc == 0 && outlen == v->canon_len && memcmp(out, v->canon, outlen) == 0,
-               "keyhash.txt:%d: normalize(etf) rc %d, %zu bytes, want the canonical %zu",
-               v->line, rc, outlen, v->canon_len);
+               "keyhash.txt:%d: normalize(etf) rc %d, %zu bytes, want the canonical %zu", v->line,
+               rc, outlen, v->canon_len);
     }
 }
 
@@ -373,7 +364,8 @@ static void test_random_mutations(void)
                 size_t at = rng() % v->etf_len;
                 uint64_t r = rng();
                 /* Mostly small or boundary values: they hit tags and length fields. */
-                m[at] = (r & 3) == 0 ? (unsigned char)(r >> 8) : (r & 3) == 1 ? 0xFF
+                m[at] = (r & 3) == 0   ? (unsigned char)(r >> 8)
+                        : (r & 3) == 1 ? 0xFF
                         : (r & 3) == 2 ? (unsigned char)(m[at] ^ (1u << (r >> 8 & 7)))
                                        : (unsigned char)(r >> 8 & 0x7F);
             }
@@ -384,8 +376,7 @@ static void test_random_mutations(void)
                 accepted++;
                 int rc2 = norm(out, outlen, again, sizeof again, &againlen);
                 CHECKF(rc2 == 0 && againlen == outlen && memcmp(out, again, outlen) == 0,
-                       "keyhash.txt:%d: mutated input normalised to non-canonical bytes",
-                       v->line);
+                       "keyhash.txt:%d: mutated input normalised to non-canonical bytes", v->line);
             } else {
                 rejected++;
                 CHECKF(is_error(rc) || rc == SHOAL_ENOMEM, "keyhash.txt:%d: unexpected rc %d",
@@ -407,10 +398,8 @@ static void test_random_garbage(void)
         size_t len = rng() % sizeof buf;
         for (size_t j = 0; j < len; j++)
             buf[j] = (unsigned char)rng();
-        if (len > 0 && rng() % 2)
-            buf[0] = 131;
-        if (len > 1)
-            buf[1 % len] = (unsigned char)(70 + rng() % 51); /* a real-looking tag */
+        if (len > 0 && rng() % 2) buf[0] = 131;
+        if (len > 1) buf[1 % len] = (unsigned char)(70 + rng() % 51); /* a real-looking tag */
         size_t outlen;
         int rc = norm(buf, len, out, sizeof out, &outlen);
         CHECKF(rc == 0 || is_error(rc), "garbage round %d: rc %d", round, rc);
@@ -547,8 +536,8 @@ static void test_funs_and_compressed_are_unsupported(void)
     const unsigned char new_fun[] = {131, 112, 0, 0, 0, 80, 0};
     const unsigned char old_fun[] = {131, 117, 0, 0, 0, 0};
     const unsigned char compressed[] = {131, 80, 0, 0, 0, 10, 120, 156};
-    const unsigned char fun_in_map[] = {131, 116, 0, 0, 0, 1, 97, 1, 113, 119, 1, 'm',
-                                        119, 1, 'f', 97, 0};
+    const unsigned char fun_in_map[] = {131, 116, 0,   0,   0, 1,   97, 1, 113,
+                                        119, 1,   'm', 119, 1, 'f', 97, 0};
     expect_rc(export_ext, sizeof export_ext, SHOAL_ENOTSUP, "EXPORT_EXT in a tuple");
     expect_rc(new_fun, sizeof new_fun, SHOAL_ENOTSUP, "NEW_FUN_EXT");
     expect_rc(old_fun, sizeof old_fun, SHOAL_ENOTSUP, "FUN_EXT");
@@ -584,18 +573,20 @@ static void test_malformed_terms_are_einval(void)
         {"BIT_BINARY bits=0 with a byte", {131, 77, 0, 0, 0, 1, 0, 5}, 8},
         {"BIT_BINARY empty with bits=3", {131, 77, 0, 0, 0, 0, 3}, 7},
         {"duplicate map keys in two spellings",
-         {131, 116, 0, 0, 0, 2, 97, 1, 97, 1, 98, 0, 0, 0, 1, 97, 2}, 17},
+         {131, 116, 0, 0, 0, 2, 97, 1, 97, 1, 98, 0, 0, 0, 1, 97, 2},
+         17},
         {"map keys 0.0 and -0.0",
-         {131, 116, 0, 0, 0, 2, 70, 0, 0, 0, 0, 0, 0, 0, 0, 97, 1, 70, 0x80, 0, 0, 0, 0, 0, 0,
-          0, 97, 2},
+         {131, 116, 0, 0,  0,    2, 70, 0, 0, 0, 0, 0, 0,  0,
+          0,   97,  1, 70, 0x80, 0, 0,  0, 0, 0, 0, 0, 97, 2},
          28},
         {"reference with 6 words",
-         {131, 90, 0, 6, 119, 1, 'n', 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4,
-          0, 0, 0, 5, 0, 0, 0, 6},
+         {131, 90, 0, 6, 119, 1, 'n', 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0,
+          2,   0,  0, 0, 3,   0, 0,   0, 4, 0, 0, 0, 5, 0, 0, 0, 6},
          35},
         {"NEW_REFERENCE_EXT with no words", {131, 114, 0, 0, 119, 1, 'n', 1}, 8},
         {"NEW_REFERENCE_EXT first word above 18 bits",
-         {131, 114, 0, 1, 119, 1, 'n', 1, 0, 4, 0, 0}, 12},
+         {131, 114, 0, 1, 119, 1, 'n', 1, 0, 4, 0, 0},
+         12},
         {"pid whose node is an integer", {131, 88, 97, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}, 16},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -665,8 +656,8 @@ static void test_equivalent_spellings(void)
     CU_ASSERT_EQUAL(norm(latin, sizeof latin, out, sizeof out, &outlen), 0);
     CU_ASSERT(outlen == sizeof utf8 && memcmp(out, utf8, sizeof utf8) == 0);
     /* Improper list whose tail is a list cell chain: [1 | [2 | x]] == [1, 2 | x]. */
-    const unsigned char chain[] = {131, 108, 0, 0, 0, 1, 97, 1, 108, 0, 0, 0, 1, 97, 2,
-                                   119, 1, 'x'};
+    const unsigned char chain[] = {131, 108, 0, 0, 0,  1, 97,  1, 108,
+                                   0,   0,   0, 1, 97, 2, 119, 1, 'x'};
     const unsigned char flat[] = {131, 108, 0, 0, 0, 2, 97, 1, 97, 2, 119, 1, 'x'};
     expect_canon(chain, sizeof chain, flat, sizeof flat, "list cell chain");
     /* LIST_EXT n=0 with a NIL tail is []. */
@@ -675,24 +666,23 @@ static void test_equivalent_spellings(void)
     expect_canon(empty_list, sizeof empty_list, nil, sizeof nil, "LIST_EXT 0 []");
     /* Map order follows the canonical key bytes, shorter first on a common prefix:
      * #{'ab' => 1, 'a' => 2, 1 => 3} -> 1 (97...) < 'a' (119,1,...) < 'ab' (119,2,...). */
-    const unsigned char map_in[] = {131, 116, 0, 0, 0, 3, 100, 0, 2, 'a', 'b', 97, 1,
-                                    115, 1, 'a', 97, 2, 98, 0, 0, 0, 1, 97, 3};
-    const unsigned char map_out[] = {131, 116, 0, 0, 0, 3, 97, 1, 97, 3, 119, 1, 'a', 97, 2,
-                                     119, 2, 'a', 'b', 97, 1};
+    const unsigned char map_in[] = {131, 116, 0,   0,  0, 3,  100, 0, 2, 'a', 'b', 97, 1,
+                                    115, 1,   'a', 97, 2, 98, 0,   0, 0, 1,   97,  3};
+    const unsigned char map_out[] = {131, 116, 0,  0, 0,   3, 97,  1,   97, 3, 119,
+                                     1,   'a', 97, 2, 119, 2, 'a', 'b', 97, 1};
     expect_canon(map_in, sizeof map_in, map_out, sizeof map_out, "map order");
     /* Nested maps are sorted at every level. */
-    const unsigned char nested_in[] = {131, 116, 0, 0, 0, 1, 97, 9, 116, 0, 0, 0, 2,
-                                       97, 2, 106, 97, 1, 106};
-    const unsigned char nested_out[] = {131, 116, 0, 0, 0, 1, 97, 9, 116, 0, 0, 0, 2,
-                                        97, 1, 106, 97, 2, 106};
+    const unsigned char nested_in[] = {131, 116, 0, 0,  0, 1,   97, 9, 116, 0,
+                                       0,   0,   2, 97, 2, 106, 97, 1, 106};
+    const unsigned char nested_out[] = {131, 116, 0, 0,  0, 1,   97, 9, 116, 0,
+                                        0,   0,   2, 97, 1, 106, 97, 2, 106};
     expect_canon(nested_in, sizeof nested_in, nested_out, sizeof nested_out, "nested map");
 }
 
 CU_ErrorCode test_core_register_keyhash(void)
 {
     CU_pSuite s = CU_add_suite("keyhash", suite_init, suite_clean);
-    if (s == NULL)
-        return CU_get_error();
+    if (s == NULL) return CU_get_error();
     static const struct {
         const char *name;
         CU_TestFunc fn;
@@ -718,7 +708,6 @@ CU_ErrorCode test_core_register_keyhash(void)
         {"equivalent spellings share one canonical form", test_equivalent_spellings},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-        if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL)
-            return CU_get_error();
+        if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL) return CU_get_error();
     return CUE_SUCCESS;
 }

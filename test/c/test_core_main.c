@@ -10,7 +10,10 @@
 
 static const char *vectors_path;
 
-const char *test_core_vectors_path(void) { return vectors_path; }
+const char *test_core_vectors_path(void)
+{
+    return vectors_path;
+}
 
 int main(int argc, char **argv)
 {

@@ -8,7 +8,7 @@
 #include "ratemeter.h"
 #include "test_core.h"
 
-#define SEC(s) ((int64_t)(s) * 1000)
+#define SEC(s) ((int64_t)(s)*1000)
 
 static void test_new_meter_is_empty(void)
 {
@@ -98,8 +98,8 @@ static void test_events_older_than_the_window_count_in_total_only(void)
     ratemeter_init(&m);
     ratemeter_add(&m, SEC(90), 1);
     ratemeter_add(&m, SEC(100), 1);
-    ratemeter_add(&m, SEC(30), 4);  /* its bucket holds second 90: too old to count */
-    ratemeter_add(&m, SEC(35), 8);  /* a free bucket, but 65 s before the newest event */
+    ratemeter_add(&m, SEC(30), 4); /* its bucket holds second 90: too old to count */
+    ratemeter_add(&m, SEC(35), 8); /* a free bucket, but 65 s before the newest event */
     CU_ASSERT_EQUAL(ratemeter_sum(&m, SEC(100), 60), 2);
     CU_ASSERT_EQUAL(m.total, 14);
     /* The stale event must not hide the bucket from a later, current one. */
@@ -154,15 +154,15 @@ static void test_extreme_times_and_counts(void)
 CU_ErrorCode test_core_register_ratemeter(void)
 {
     CU_pSuite s = CU_add_suite("ratemeter", NULL, NULL);
-    if (s == NULL)
-        return CU_get_error();
+    if (s == NULL) return CU_get_error();
     static const struct {
         const char *name;
         CU_TestFunc fn;
     } tests[] = {
         {"a new meter is empty", test_new_meter_is_empty},
         {"events in one second add up", test_events_in_one_second_add_up},
-        {"the window is exactly the last N seconds", test_window_includes_exactly_the_last_n_seconds},
+        {"the window is exactly the last N seconds",
+         test_window_includes_exactly_the_last_n_seconds},
         {"the seconds argument is clamped to 1..60", test_seconds_argument_is_clamped},
         {"the ring reuses buckets of an earlier lap", test_ring_reuses_buckets_of_an_earlier_lap},
         {"time going backwards inside the window", test_time_going_backwards_inside_the_window},
@@ -174,7 +174,6 @@ CU_ErrorCode test_core_register_ratemeter(void)
         {"extreme times and counts", test_extreme_times_and_counts},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-        if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL)
-            return CU_get_error();
+        if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL) return CU_get_error();
     return CUE_SUCCESS;
 }

@@ -17,11 +17,11 @@
 #include "test_core.h"
 
 typedef struct test_entry {
-    table_entry base;          /* first member, as the table requires */
-    unsigned char keybuf[8];   /* the key bytes base.key points at */
-    uint64_t id;               /* the key as a number */
-    uint64_t check;            /* id-derived value, to detect a torn or wrong entry */
-    atomic_int released;       /* times ops->release was called on this entry */
+    table_entry base;        /* first member, as the table requires */
+    unsigned char keybuf[8]; /* the key bytes base.key points at */
+    uint64_t id;             /* the key as a number */
+    uint64_t check;          /* id-derived value, to detect a torn or wrong entry */
+    atomic_int released;     /* times ops->release was called on this entry */
 } test_entry;
 
 typedef struct release_counter {
@@ -29,7 +29,10 @@ typedef struct release_counter {
     int free_on_release;    /* free the entry in the callback (big tests) */
 } release_counter;
 
-static uint64_t check_of(uint64_t id) { return id * 0x9E3779B97F4A7C15ULL ^ 0x5151; }
+static uint64_t check_of(uint64_t id)
+{
+    return id * 0x9E3779B97F4A7C15ULL ^ 0x5151;
+}
 
 static void make_key(unsigned char kb[8], uint64_t id)
 {
@@ -76,7 +79,10 @@ static table *new_table(unsigned log2, release_counter *rc, table_ops *ops)
 }
 
 /* table_get helpers: copy out the entry pointer seen under the lock. */
-static void visit_copy(void *ctx, const table_entry *e) { *(const table_entry **)ctx = e; }
+static void visit_copy(void *ctx, const table_entry *e)
+{
+    *(const table_entry **)ctx = e;
+}
 
 static const table_entry *get_id(table *t, uint64_t id, int *rc)
 {
@@ -100,8 +106,7 @@ static table_action scripted(void *ctx, table_entry *cur, table_entry **replacem
     update_script *s = ctx;
     s->seen = cur;
     s->calls++;
-    if (s->action == TABLE_PUT)
-        *replacement = s->put;
+    if (s->action == TABLE_PUT) *replacement = s->put;
     return s->action;
 }
 
@@ -377,9 +382,15 @@ static void grow_to_a_million(unsigned log2)
     CU_ASSERT_EQUAL(atomic_load(&rc.releases), N);
 }
 
-static void test_growth_to_a_million_entries(void) { grow_to_a_million(8); }
+static void test_growth_to_a_million_entries(void)
+{
+    grow_to_a_million(8);
+}
 
-static void test_growth_of_a_single_segment(void) { grow_to_a_million(0); }
+static void test_growth_of_a_single_segment(void)
+{
+    grow_to_a_million(0);
+}
 
 /* ---- fold ---------------------------------------------------------------------------- */
 
@@ -528,9 +539,9 @@ typedef struct mt_thread {
 } mt_thread;
 
 typedef struct mt_get {
-    uint64_t want;            /* the id looked up */
-    const table_entry *seen;  /* the entry found */
-    int bad;                  /* it was not a live entry for that id */
+    uint64_t want;           /* the id looked up */
+    const table_entry *seen; /* the entry found */
+    int bad;                 /* it was not a live entry for that id */
 } mt_get;
 
 /* Runs under the segment's read lock: the entry is in the table, so it cannot have been
@@ -606,8 +617,7 @@ static void *mt_worker(void *arg)
             table_update(sh->t, h, kb, 8, mt_delete_fn, NULL);
             break;
         case 3: /* remove a possibly stale entry: only succeeds if it is still current */
-            if (last_seen[id])
-                table_remove_entry(sh->t, &last_seen[id]->base);
+            if (last_seen[id]) table_remove_entry(sh->t, &last_seen[id]->base);
             break;
         default: { /* get */
             mt_get g = {id, NULL, 0};
@@ -661,8 +671,7 @@ static void test_concurrent_mixed_operations(void)
      * at most once, and every held entry is found by get and is not released. */
     size_t held = table_count(sh.t);
     size_t taken = atomic_load(&sh.taken), released = atomic_load(&rc.releases);
-    CHECKF(held == taken - released, "count %zu, taken %zu, released %zu", held, taken,
-           released);
+    CHECKF(held == taken - released, "count %zu, taken %zu, released %zu", held, taken, released);
     CU_ASSERT(held <= MT_KEYS);
     fold_state f = {.visits = calloc(MT_KEYS, sizeof(unsigned)), .n = MT_KEYS};
     CU_ASSERT_FATAL(f.visits != NULL);
@@ -704,8 +713,7 @@ static void test_concurrent_mixed_operations(void)
 CU_ErrorCode test_core_register_table(void)
 {
     CU_pSuite s = CU_add_suite("table", NULL, NULL);
-    if (s == NULL)
-        return CU_get_error();
+    if (s == NULL) return CU_get_error();
     static const struct {
         const char *name;
         CU_TestFunc fn;
@@ -722,11 +730,9 @@ CU_ErrorCode test_core_register_table(void)
         {"growth of a single segment to 1,000,000 entries", test_growth_of_a_single_segment},
         {"fold visits every entry once, at any budget", test_fold_visits_every_entry_once},
         {"fold deleting half by predicate", test_fold_deleting_half_by_predicate},
-        {"4 threads of mixed insert/get/delete stay consistent",
-         test_concurrent_mixed_operations},
+        {"4 threads of mixed insert/get/delete stay consistent", test_concurrent_mixed_operations},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-        if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL)
-            return CU_get_error();
+        if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL) return CU_get_error();
     return CUE_SUCCESS;
 }
