@@ -46,6 +46,7 @@
          rebalance_moves_the_minimum/1,
          health_reports_every_member/1,
          member_death_drops_replicas_and_respawns_from_store/1,
+         dead_member_rejoins_under_its_name/1,
          partition_sides_keep_serving_and_heal_to_one_worker/1]).
 %% Run on the peers.
 -export([peer_init/0, collector/0, p_start_pool/2, p_race/4, p_converge/3, p_spawn_keys/3,
@@ -75,6 +76,7 @@ groups() ->
      %% These cases kill or split their peers: each starts its own three.
      {failures, [],
       [member_death_drops_replicas_and_respawns_from_store,
+       dead_member_rejoins_under_its_name,
        partition_sides_keep_serving_and_heal_to_one_worker]}].
 
 %%% Setup ---------------------------------------------------------------------------------
@@ -124,11 +126,7 @@ start_cluster(Config, Tag) ->
     Paths = ?config(paths, Config),
     Base = lists:concat(["shoal_cl_", os:getpid(), "_", erlang:unique_integer([positive]),
                          "_", Tag]),
-    Args = ["-setcookie", ?COOKIE,
-            "-kernel", "dist_auto_connect", "never",
-            "-kernel", "prevent_overlapping_partitions", "false",
-            "-connect_all", "false"
-            | lists:append([["-pa", P] || P <- Paths])],
+    Args = peer_args(Config),
     Peers = [begin
                  Name = list_to_atom(lists:concat([Base, "_", [$a + I - 1]])),
                  {ok, Pid, Node} = peer:start(#{name => Name, connection => standard_io,
@@ -138,6 +136,13 @@ start_cluster(Config, Tag) ->
     [ok = peer:call(P, ?MODULE, peer_init, [], ?CALL_TIMEOUT) || {P, _} <- Peers],
     connect_all(Peers),
     Peers.
+
+peer_args(Config) ->
+    ["-setcookie", ?COOKIE,
+     "-kernel", "dist_auto_connect", "never",
+     "-kernel", "prevent_overlapping_partitions", "false",
+     "-connect_all", "false"
+     | lists:append([["-pa", P] || P <- ?config(paths, Config)])].
 
 stop_cluster(Peers) ->
     [catch peer:stop(P) || {P, _} <- Peers],
@@ -375,6 +380,11 @@ drain_to_zero_keeps_every_state(Config) ->
     %% Under load: clients on A and C hammer 60 keys (about a third of them on B).
     Load = start_load(Config, Pool, [{PA, lists:sublist(Keys, 1, 30)},
                                      {PC, lists:sublist(Keys, 31, 30)}]),
+    %% And casters on A and C mark three of B's workers.
+    CastKeys = lists:sublist([K || K <- Keys, {ok, N, _} <- [pcall(PA, shoal, lookup, [Pool, K])],
+                                   N =:= B], 3),
+    Casters = [{P, K, pcall(P, ?MODULE, p_caster, [Pool, K, {N, K}])}
+               || {P, N} <- [{PA, a}, {PC, c}], K <- CastKeys],
     wait_until(fun() -> lists:sum(pcall(PA, ?MODULE, p_states, [Pool, lists:sublist(Keys, 60), get]))
                             > lists:sum(lists:sublist(Want, 60)) + 500 end, 10000, load_running),
     T0 = erlang:monotonic_time(millisecond),
@@ -383,7 +393,16 @@ drain_to_zero_keeps_every_state(Config) ->
            [OnB, B, erlang:monotonic_time(millisecond) - T0]),
     ?assertEqual(0, pcall(PB, shoal, count, [Pool, B])),
     Acked = stop_load(Load),
+    Sent = [{K, stop_worker_proc(P, W)} || {P, K, W} <- Casters],
     #{per_node := After} = wait_counts_agree(Config, Pool, 300),
+    %% Every cast reached the incarnation holding the state, exactly once.
+    [begin
+         Want1 = lists:sort([{T, I} || {K1, {T, S}} <- Sent, K1 =:= K, I <- lists:seq(1, S)]),
+         wait_until(fun() -> length(pcall(PA, shoal, call, [Pool, K, marks])) >= length(Want1) end,
+                    5000, {casts_delivered, K}),
+         ?assertEqual(Want1, lists:sort(pcall(PA, shoal, call, [Pool, K, marks])))
+     end || K <- CastKeys],
+    ct:pal("casts during the drain: ~p", [Sent]),
     ?assertEqual(0, proplists:get_value(B, After)),
     %% Every worker's state survived the move, with every acknowledged call in it.
     ?assertEqual(add_acked(Keys, Want, Acked), pcall(PB, ?MODULE, p_states, [Pool, Keys, get])),
@@ -523,6 +542,39 @@ member_death_drops_replicas_and_respawns_from_store(Config) ->
                5000, counts_agree),
     ok.
 
+%% A member halts and a new node comes back under the same name: the survivors forget the
+%% old incarnation's workers, take the new node in as a member, place new workers on it,
+%% and every member counts the same again.
+dead_member_rejoins_under_its_name(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
+    spawn_spread(Config, Pool, 300),
+    #{per_node := Before} = wait_counts_agree(Config, Pool, 300),
+    OnC = proplists:get_value(C, Before),
+    Watchers = [{P, pcall(P, ?MODULE, p_watch_node_gone, [Pool, C, 10000])} || P <- [PA, PB]],
+    peer:cast(PC, erlang, halt, []),
+    [?assert(is_integer(watch_result(P, W))) || {P, W} <- Watchers],
+    [Name, _Host] = string:split(atom_to_list(C), "@"),
+    {ok, PC2, C} = peer:start(#{name => list_to_atom(Name), connection => standard_io,
+                                args => peer_args(Config)}),
+    try
+        ok = pcall(PC2, ?MODULE, peer_init, []),
+        {ok, _} = pcall(PC2, ?MODULE, p_start_pool, [Pool, #{}]),
+        true = pcall(PC2, net_kernel, connect_node, [A]),
+        true = pcall(PC2, net_kernel, connect_node, [B]),
+        Config2 = lists:keystore(peers, 1, Config, {peers, [{PA, A}, {PB, B}, {PC2, C}]}),
+        [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= [A, B, C] end, 5000,
+                    {rejoined, N}) || {P, N} <- peers(Config2)],
+        #{per_node := Rejoined} = wait_counts_agree(Config2, Pool, 300 - OnC),
+        ?assertEqual(0, proplists:get_value(C, Rejoined)),
+        spawn_spread(Config2, Pool, 300, {after_rejoin, 1}),
+        #{per_node := After} = wait_counts_agree(Config2, Pool, 600 - OnC),
+        ct:pal("before ~p~nafter the rejoin and 300 more keys ~p", [Before, After]),
+        ?assert(proplists:get_value(C, After) > 0)
+    after
+        peer:stop(PC2)
+    end.
+
 %% {A, B} | {C}: each side keeps serving every key (spawning its own worker where it has
 %% none). When the link comes back, every duplicate is found and resolved by the
 %% documented rule (the worker on the node with the higher shoal_placement:rank/2 wins),
@@ -554,6 +606,8 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
     ?assertEqual(40, pcall(PC, shoal, count, [Pool, C])),
     HostsAB = maps:from_list([{K, pcall(PA, ?MODULE, p_locate, [Pool, K])} || K <- Keys]),
     HostsC = maps:from_list([{K, pcall(PC, ?MODULE, p_locate, [Pool, K])} || K <- Keys]),
+    %% Clients on both sides keep calling every key through the heal.
+    Load = [{P, pcall(P, ?MODULE, p_hammer, [Pool, Keys, 5000])} || P <- [PA, PC]],
     %% Still split right before the heal: nothing reconnected by itself.
     ?assertEqual([B], pcall(PA, erlang, nodes, [])),
     ?assertEqual([], pcall(PC, erlang, nodes, [])),
@@ -579,6 +633,12 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
                  || {P, N} <- peers(Config)],
                 [{N, cluster_view(P, Pool, [A, B, C])} || {P, N} <- peers(Config)]]),
     ?assertEqual(ok, Res),
+    LoadStats = [stop_worker_proc(P, W) || {P, W} <- Load],
+    HealErrors = lists:append([E || #{errors := E} <- LoadStats]),
+    ct:pal("calls through the heal: ~b acknowledged, errors ~p",
+           [lists:sum([X || #{acked := X} <- LoadStats]), HealErrors]),
+    %% Every call got its reply: a loser forwards what reaches it to the winner.
+    ?assertEqual([], HealErrors),
     [begin
          {HostAB, PidAB} = maps:get(K, HostsAB),
          {HostC, PidC} = maps:get(K, HostsC),
