@@ -123,7 +123,6 @@ end_per_testcase(_Case, Config) ->
 
 %% Three peers, connected pairwise, each with the shoal application and a collector.
 start_cluster(Config, Tag) ->
-    Paths = ?config(paths, Config),
     Base = lists:concat(["shoal_cl_", os:getpid(), "_", erlang:unique_integer([positive]),
                          "_", Tag]),
     Args = peer_args(Config),
