@@ -99,7 +99,9 @@ typedef struct shoal_node_opts {
     unsigned tick_ms;   /* tick interval (net_ticktime / 4); 0 = 15000 */
     int verbose;        /* 1: log connection events, not only errors */
     int spin_us;        /* busy-poll this long after traffic before sleeping (as BEAM
-                           schedulers do); 0 = 100 us, negative = never spin */
+                           schedulers do); 0 or negative = never spin (the default: on a
+                           shared 2-core host spinning cost CPU without a latency gain,
+                           see bench/results/cnode.md) */
 } shoal_node_opts;
 
 /* Creates a node on `loop` (not started). opts->name required; the cookie is copied, or read

@@ -178,12 +178,20 @@ struct shoal_node {
     int closing, closed_cb_done;
     int open_handles;
     shoal_from *scratch_from; /* reply_to of the call being delivered */
+    dbuf scratch;             /* reused by shoal_reply to build {Tag, Reply} */
+    struct {                  /* recently decoded node names of pids: bytes -> index */
+        uint32_t idx, len1;   /* len1 = strlen(names[idx]) + 1; 0 = empty */
+    } name_cache[16];
 };
 
 /* node.c */
 void cn_log(shoal_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void cn_debug(shoal_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int cn_intern(shoal_node *n, const char *name, uint32_t *idx);
+/* Node index of the name bytes s[0..len) if it was recently seen (a small cache in front of
+ * cn_intern for the pid decoder); 0 on a hit, -1 on a miss. cn_name_seen fills the cache. */
+int cn_name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx);
+void cn_name_seen(shoal_node *n, uint32_t idx);
 conn *cn_conn_for(shoal_node *n, uint32_t peer, int create); /* up or pending */
 void cn_mark_dirty(conn *c);
 dbuf *cn_outbuf(conn *c); /* where frames for c go now (out or pending) */
@@ -209,8 +217,8 @@ shoal_proc *proc_get(shoal_node *n, const shoal_pid *pid); /* local live process
 shoal_pid proc_pid_of(shoal_node *n, uint64_t id);
 void proc_deliver(shoal_node *n, const shoal_pid *to, int has_from, const shoal_pid *from,
                   const char *term, size_t len); /* a message to a local pid */
-void proc_deliver_named(shoal_node *n, const char *name, const shoal_pid *from,
-                        const char *term, size_t len);
+void proc_deliver_named(shoal_node *n, const char *name, size_t namelen,
+                        const shoal_pid *from, const char *term, size_t len);
 void proc_signal(shoal_node *n, const shoal_pid *to, const shoal_pid *from, const char *reason,
                  size_t len, int link_signal);
 int proc_add_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote);

@@ -96,6 +96,20 @@ int dist_enc_ref(shoal_node *n, dbuf *b, uint64_t refno)
 
 int dist_dec_pid(shoal_node *n, const char *buf, int *idx, shoal_pid *p)
 {
+    if (buf[*idx] == ERL_NEW_PID_EXT) { /* fast path: a node name seen lately, no copies */
+        int j = *idx + 1;
+        const char *s;
+        size_t nl;
+        uint32_t ni;
+        if (atom_view(buf, &j, &s, &nl) == 0 && cn_name_lookup(n, s, nl, &ni) == 0) {
+            p->node = ni;
+            p->num = get32(buf + j);
+            p->serial = get32(buf + j + 4);
+            p->creation = get32(buf + j + 8);
+            *idx = j + 12;
+            return 0;
+        }
+    }
     erlang_pid ep;
     if (ei_decode_pid(buf, idx, &ep) < 0)
         return -EINVAL;
@@ -103,6 +117,7 @@ int dist_dec_pid(shoal_node *n, const char *buf, int *idx, shoal_pid *p)
     int rc = cn_intern(n, ep.node, &ni);
     if (rc)
         return rc;
+    cn_name_seen(n, ni);
     p->node = ni;
     p->num = ep.num;
     p->serial = ep.serial;
@@ -255,15 +270,24 @@ int dist_handle_frame(conn *c, const frame *f)
         return 0;
     case OP_REG_SEND:    /* {6, FromPid, Unused, ToName} */
     case OP_REG_SEND_TT: /* {16, FromPid, Unused, ToName, Token} */
+    {
+        const char *nm;
+        size_t nl;
         if (arity < 4 || !f->msg || dist_dec_pid(n, b, &idx, &from) ||
-            ei_skip_term(b, &idx) < 0 ||
-            ei_decode_atom_as(b, &idx, name, sizeof name, ERLANG_UTF8, NULL, NULL) < 0)
+            ei_skip_term(b, &idx) < 0)
             return -EINVAL;
-        if (strcmp(name, "net_kernel") == 0)
+        if (atom_view(b, &idx, &nm, &nl) != 0) { /* Latin-1 beyond ASCII: let ei convert */
+            if (ei_decode_atom_as(b, &idx, name, sizeof name, ERLANG_UTF8, NULL, NULL) < 0)
+                return -EINVAL;
+            nm = name;
+            nl = strlen(name);
+        }
+        if (nl == 10 && memcmp(nm, "net_kernel", 10) == 0)
             net_kernel_msg(n, f->msg, f->msg_len);
         else
-            proc_deliver_named(n, name, &from, f->msg, f->msg_len);
+            proc_deliver_named(n, nm, nl, &from, f->msg, f->msg_len);
         return 0;
+    }
     case OP_LINK: /* {1, From, To} */
         if (arity != 3 || dist_dec_pid(n, b, &idx, &from) || dist_dec_pid(n, b, &idx, &to))
             return -EINVAL;

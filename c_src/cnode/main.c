@@ -16,7 +16,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: shoal_cnode (-sname NAME | -name NAME[@HOST]) [-setcookie COOKIE]\n"
                     "                   [-port N] [-max_outq BYTES] [-ticktime SECONDS]\n"
-                    "                   [-spin_us MICROSECONDS (0: never)] [-v]\n");
+                    "                   [-spin_us MICROSECONDS (default 0: never)] [-v]\n");
 }
 
 /* ---- workers: what shoal_ctl spawns ----------------------------------------------------- */
@@ -384,7 +384,6 @@ int main(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "-spin_us") && v) {
             o.spin_us = atoi(v);
-            o.spin_us = o.spin_us ? o.spin_us : -1;
             i++;
         } else if (!strcmp(a, "-v")) {
             o.verbose = 1;

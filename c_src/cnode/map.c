@@ -156,6 +156,24 @@ void *smap_get(const smap *m, const char *key)
     return NULL;
 }
 
+void *smap_getn(const smap *m, const char *key, size_t len)
+{
+    if (!m->cap)
+        return NULL;
+    uint32_t h = 2166136261u; /* strhash over exactly len bytes */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 16777619u;
+    size_t j = h & (m->cap - 1);
+    while (m->slots[j].key) {
+        /* a stored key has no NUL inside: equal only if it is exactly these len bytes */
+        if (m->slots[j].hash == h && strnlen(m->slots[j].key, len + 1) == len &&
+            memcmp(m->slots[j].key, key, len) == 0)
+            return m->slots[j].val;
+        j = (j + 1) & (m->cap - 1);
+    }
+    return NULL;
+}
+
 int smap_put(smap *m, const char *key, void *val)
 {
     if ((m->count + 1) * 2 > m->cap) {

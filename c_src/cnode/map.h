@@ -39,6 +39,7 @@ typedef struct smap {
 } smap;
 
 void *smap_get(const smap *m, const char *key);
+void *smap_getn(const smap *m, const char *key, size_t len); /* key: len bytes, no NUL */
 int smap_put(smap *m, const char *key, void *val); /* copies key; 0 or -ENOMEM */
 void *smap_del(smap *m, const char *key);
 void smap_free(smap *m);

@@ -84,6 +84,32 @@ int cn_intern(shoal_node *n, const char *name, uint32_t *idx)
     return 0;
 }
 
+static unsigned name_slot(const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    return (unsigned)(len * 7 + (len ? u[len - 1] + u[len / 2] * 3 : 0)) & 15u;
+}
+
+int cn_name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx)
+{
+    unsigned k = name_slot(s, len);
+    uint32_t i = n->name_cache[k].idx;
+    if (n->name_cache[k].len1 != len + 1 || i >= n->nnames || memcmp(n->names[i], s, len) != 0)
+        return -1;
+    *idx = i;
+    return 0;
+}
+
+void cn_name_seen(shoal_node *n, uint32_t idx)
+{
+    if (idx >= n->nnames)
+        return;
+    size_t len = strlen(n->names[idx]);
+    unsigned k = name_slot(n->names[idx], len);
+    n->name_cache[k].idx = idx;
+    n->name_cache[k].len1 = (uint32_t)len + 1;
+}
+
 const char *shoal_pid_node_name(const shoal_node *n, const shoal_pid *pid)
 {
     if (!n || !pid || pid->node >= n->nnames)
@@ -152,9 +178,7 @@ int shoal_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_nod
     if (!n->opts.tick_ms)
         n->opts.tick_ms = 15000;
     if (n->opts.spin_us < 0)
-        n->opts.spin_us = 0;
-    else if (n->opts.spin_us == 0)
-        n->opts.spin_us = 100;
+        n->opts.spin_us = 0; /* 0: never spin */
     n->opts.name = NULL;
     n->opts.cookie = NULL;
     const char *at = strchr(opts->name, '@');
@@ -292,11 +316,24 @@ static void conn_flush(conn *c)
         return;
     if (c->state < C_I_STATUS) /* not connected yet */
         return;
+    /* fast path: the socket takes everything now; no write request, no callback */
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (w >= 0 && (size_t)w == c->out.len) {
+        c->out.len = 0;
+        c->last_tx = cn_now(c->node);
+        return;
+    }
+    if (w < 0 && w != UV_EAGAIN) {
+        cn_conn_close(c, "write failed");
+        return;
+    }
+    size_t done = w > 0 ? (size_t)w : 0;
     dbuf t = c->inflight;
     c->inflight = c->out;
     c->out = t;
     c->out.len = 0;
-    uv_buf_t b = uv_buf_init(c->inflight.data, (unsigned)c->inflight.len);
+    b = uv_buf_init(c->inflight.data + done, (unsigned)(c->inflight.len - done));
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rc) {
         cn_conn_close(c, "write failed");
@@ -771,6 +808,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         cn_wake(c->node);
     }
     conn_consume(c);
+    /* answer now: everything this read produced (replies, acks, for any connection) goes
+     * out in one write per connection before the loop polls again */
+    on_flush(&c->node->flush);
 }
 
 /* ---- accepting -------------------------------------------------------------------------- */
@@ -1309,6 +1349,7 @@ void shoal_node_free(shoal_node *n)
     imap_free(&n->mons);
     dbuf_free(&n->epmd_buf);
     dbuf_free(&n->epmd_req);
+    dbuf_free(&n->scratch);
     free(n->scratch_from);
     free(n->alive);
     free(n->host);

@@ -294,6 +294,31 @@ void proc_run_queue(shoal_node *n)
 
 /* ---- delivery ---------------------------------------------------------------------------- */
 
+enum { GEN_CALL = 1, GEN_CAST = 2 };
+
+/* {'$gen_call', _, _} or {'$gen_cast', _} (validated term)? Leaves *idx after the atom. Reads
+ * the atom in place: this runs for every message. */
+static int gen_kind(const char *term, int *idx)
+{
+    const unsigned char *u = (const unsigned char *)term;
+    const char *a;
+    size_t al;
+    if (u[0] != ERL_SMALL_TUPLE_EXT || (u[1] != 2 && u[1] != 3))
+        return 0;
+    int i = 2;
+    if (atom_view(term, &i, &a, &al) != 0 || al != 9)
+        return 0;
+    if (u[1] == 3 && memcmp(a, "$gen_call", 9) == 0) {
+        *idx = i;
+        return GEN_CALL;
+    }
+    if (u[1] == 2 && memcmp(a, "$gen_cast", 9) == 0) {
+        *idx = i;
+        return GEN_CAST;
+    }
+    return 0;
+}
+
 /* Classifies and delivers a message to p, directly (remote origin: bytes live in the frame). */
 static void deliver_direct(shoal_node *n, shoal_proc *p, int has_from, const shoal_pid *from,
                            const char *term, size_t len)
@@ -301,13 +326,10 @@ static void deliver_direct(shoal_node *n, shoal_proc *p, int has_from, const sho
     shoal_msg m = {SHOAL_MSG_SEND, has_from, {0, 0, 0, 0}, term, len, NULL, 0};
     if (has_from)
         m.from = *from;
-    int idx = 0, arity, inner;
-    char a[16];
-    if ((unsigned char)term[0] == ERL_SMALL_TUPLE_EXT &&
-        ei_decode_tuple_header(term, &idx, &arity) == 0 && (arity == 2 || arity == 3) &&
-        ei_decode_atom_as(term, &idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) == 0) {
-        if (arity == 3 && strcmp(a, "$gen_call") == 0 &&
-            ei_decode_tuple_header(term, &idx, &inner) == 0 && inner == 2) {
+    int idx = 0, inner;
+    int g = gen_kind(term, &idx);
+    if (g) {
+        if (g == GEN_CALL && ei_decode_tuple_header(term, &idx, &inner) == 0 && inner == 2) {
             shoal_from *f = n->scratch_from;
             if (dist_dec_pid(n, term, &idx, &f->pid) == 0) {
                 int tag_at = idx;
@@ -322,7 +344,7 @@ static void deliver_direct(shoal_node *n, shoal_proc *p, int has_from, const sho
                     m.len = len - (size_t)idx;
                 }
             }
-        } else if (arity == 2 && strcmp(a, "$gen_cast") == 0) {
+        } else if (g == GEN_CAST) {
             m.kind = SHOAL_MSG_CAST;
             m.term = term + idx;
             m.len = len - (size_t)idx;
@@ -341,27 +363,24 @@ void proc_deliver(shoal_node *n, const shoal_pid *to, int has_from, const shoal_
         deliver_direct(n, p, has_from, from, term, len);
 }
 
-void proc_deliver_named(shoal_node *n, const char *name, const shoal_pid *from,
-                        const char *term, size_t len)
+void proc_deliver_named(shoal_node *n, const char *name, size_t namelen,
+                        const shoal_pid *from, const char *term, size_t len)
 {
-    shoal_proc *p = smap_get(&n->regnames, name);
+    shoal_proc *p = smap_getn(&n->regnames, name, namelen);
     if (p && !p->exiting)
         deliver_direct(n, p, 1, from, term, len);
     else
-        cn_debug(n, "message to unregistered name %s dropped", name);
+        cn_debug(n, "message to unregistered name %.*s dropped", (int)namelen, name);
 }
 
 /* Queues a message from C code to a local process (after the same classification). */
 static int local_send(shoal_node *n, shoal_proc *p, int has_from, const shoal_pid *from,
                       const char *term, size_t len)
 {
-    int idx = 0, arity, inner;
-    char a[16];
-    if ((unsigned char)term[0] == ERL_SMALL_TUPLE_EXT &&
-        ei_decode_tuple_header(term, &idx, &arity) == 0 && (arity == 2 || arity == 3) &&
-        ei_decode_atom_as(term, &idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) == 0) {
-        if (arity == 3 && strcmp(a, "$gen_call") == 0 &&
-            ei_decode_tuple_header(term, &idx, &inner) == 0 && inner == 2) {
+    int idx = 0, inner;
+    int g = gen_kind(term, &idx);
+    if (g) {
+        if (g == GEN_CALL && ei_decode_tuple_header(term, &idx, &inner) == 0 && inner == 2) {
             shoal_pid caller;
             if (dist_dec_pid(n, term, &idx, &caller) == 0) {
                 int tag_at = idx;
@@ -380,7 +399,7 @@ static int local_send(shoal_node *n, shoal_proc *p, int has_from, const shoal_pi
                     return rc;
                 }
             }
-        } else if (arity == 2 && strcmp(a, "$gen_cast") == 0) {
+        } else if (g == GEN_CAST) {
             return enqueue(p, SHOAL_MSG_CAST, has_from, from, term + idx, len - (size_t)idx,
                            NULL, 0, 0);
         }
@@ -434,15 +453,20 @@ int shoal_reply(shoal_node *n, const shoal_from *f, const char *term, size_t len
 {
     if (!n || !f || norm_term(&term, &len))
         return -EINVAL;
-    dbuf b = {0};
-    int rc = dist_enc_tuple(&b, 2) || dbuf_append(&b, f->tag, f->taglen) ||
-             dbuf_append(&b, term, len);
-    if (rc) {
-        dbuf_free(&b);
-        return -ENOMEM;
-    }
-    rc = route_pid(n, NULL, &f->pid, b.data, b.len);
-    dbuf_free(&b);
+    /* To a remote caller the bytes are only copied into the connection's output, so one
+     * buffer is reused (no allocation per reply). A local caller may run a callback that
+     * replies again before route_pid returns: that gets a buffer of its own. */
+    dbuf local = {0};
+    dbuf *b = f->pid.node != 0 ? &n->scratch : &local;
+    b->len = 0;
+    int rc = dist_enc_tuple(b, 2) || dbuf_append(b, f->tag, f->taglen) ||
+             dbuf_append(b, term, len);
+    if (!rc)
+        rc = route_pid(n, NULL, &f->pid, b->data, b->len);
+    else
+        rc = -ENOMEM;
+    if (b == &local || b->cap > (1u << 20)) /* do not keep a big reply's buffer */
+        dbuf_free(b);
     return rc;
 }
 

@@ -271,6 +271,34 @@ int term_check(const char *buf, size_t len, size_t *used)
     return 0;
 }
 
+int atom_view(const char *buf, int *idx, const char **s, size_t *n)
+{
+    const unsigned char *b = (const unsigned char *)buf + *idx;
+    size_t len, hdr;
+    switch (b[0]) {
+    case 'w': /* SMALL_ATOM_UTF8_EXT */
+    case 's': /* SMALL_ATOM_EXT */
+        len = b[1];
+        hdr = 2;
+        break;
+    case 'v': /* ATOM_UTF8_EXT */
+    case 'd': /* ATOM_EXT */
+        len = (size_t)b[1] << 8 | b[2];
+        hdr = 3;
+        break;
+    default:
+        return -1;
+    }
+    if (b[0] == 's' || b[0] == 'd')
+        for (size_t i = 0; i < len; i++)
+            if (b[hdr + i] & 0x80)
+                return -1; /* Latin-1 beyond ASCII: needs conversion */
+    *s = (const char *)b + hdr;
+    *n = len;
+    *idx += (int)(hdr + len);
+    return 0;
+}
+
 /* ---- frames --------------------------------------------------------------------------- */
 
 int frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, size_t *need)

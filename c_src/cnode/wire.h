@@ -78,6 +78,13 @@ uint32_t get32(const char *p);
  * Returns 0 or -EINVAL. After this, ei_decode_* on the term never reads past *used. */
 int term_check(const char *buf, size_t len, size_t *used);
 
+/* For a term already validated by term_check: when buf[*idx] starts an atom whose bytes are
+ * UTF-8 as they stand (ATOM_UTF8_EXT, SMALL_ATOM_UTF8_EXT, and Latin-1 atoms made of ASCII
+ * only), points *s at its bytes (not NUL-terminated), sets *n, advances *idx and returns 0.
+ * Otherwise returns -1 and changes nothing: decode it with ei_decode_atom_as. No copy, no
+ * conversion: the hot paths (REG_SEND names, '$gen_call', node names of pids) use it. */
+int atom_view(const char *buf, int *idx, const char **s, size_t *n);
+
 /* One distribution frame after the handshake. */
 enum { FRAME_TICK = 0, FRAME_PASS = 1 };
 typedef struct frame {

@@ -322,6 +322,40 @@ static void test_epmd_messages(void)
     dbuf_free(&b);
 }
 
+/* atom_view: zero-copy atom bytes for UTF-8 atoms and ASCII Latin-1 atoms; everything else
+ * (Latin-1 beyond ASCII, non-atoms) is left to ei. */
+static void test_atom_view(void)
+{
+    const char *s;
+    size_t n;
+    int idx;
+    static const char w[] = {'w', 4, 'e', 'c', 'h', 'o'};
+    static const char v[] = {'v', 0, 3, (char)0xc3, (char)0xbc, 'x'};
+    static const char sm[] = {'s', 2, 'o', 'k'};
+    static const char d[] = {'d', 0, 2, 'o', 'k'};
+    static const char lat[] = {'s', 1, (char)0xfc}; /* 'ü' in Latin-1: needs conversion */
+    static const char tup[] = {'h', 0};
+    idx = 0;
+    CU_ASSERT(atom_view(w, &idx, &s, &n) == 0 && idx == 6 && n == 4 && !memcmp(s, "echo", 4));
+    idx = 0;
+    CU_ASSERT(atom_view(v, &idx, &s, &n) == 0 && idx == 6 && n == 3 && s == v + 3);
+    idx = 0;
+    CU_ASSERT(atom_view(sm, &idx, &s, &n) == 0 && idx == 4 && n == 2 && !memcmp(s, "ok", 2));
+    idx = 0;
+    CU_ASSERT(atom_view(d, &idx, &s, &n) == 0 && idx == 5 && n == 2 && !memcmp(s, "ok", 2));
+    idx = 0;
+    CU_ASSERT(atom_view(lat, &idx, &s, &n) == -1 && idx == 0);
+    CU_ASSERT(atom_view(tup, &idx, &s, &n) == -1 && idx == 0);
+    /* same bytes as ei produces for a UTF-8 atom */
+    ei_x_buff x;
+    ei_x_new(&x);
+    ei_x_encode_atom_len_as(&x, "\xc3\xbc" "ber", 5, ERLANG_UTF8, ERLANG_UTF8);
+    idx = 0;
+    CU_ASSERT(atom_view(x.buff, &idx, &s, &n) == 0 && n == 5 && idx == x.index &&
+              !memcmp(s, "\xc3\xbc" "ber", 5));
+    ei_x_free(&x);
+}
+
 static void test_maps(void)
 {
     imap m = {0};
@@ -352,7 +386,14 @@ static void test_maps(void)
     for (int i = 0; i < 5000; i++) {
         snprintf(key, sizeof key, "name%d", i);
         CU_ASSERT_EQUAL((uintptr_t)smap_get(&s, key), i % 3 ? (uintptr_t)(i + 1) : 0);
+        /* smap_getn: the same lookup on bytes that are not NUL-terminated */
+        size_t kl = strlen(key);
+        key[kl] = 'X';
+        CU_ASSERT_EQUAL((uintptr_t)smap_getn(&s, key, kl), i % 3 ? (uintptr_t)(i + 1) : 0);
+        CU_ASSERT_PTR_NULL(smap_getn(&s, key, kl + 1)); /* "nameNX": absent */
     }
+    static const char nul[] = {'n', 'a', 'm', 'e', '1', 0, 'z'};
+    CU_ASSERT_PTR_NULL(smap_getn(&s, nul, sizeof nul)); /* an embedded NUL never matches */
     smap_free(&s);
 }
 
@@ -371,6 +412,7 @@ int main(void)
     CU_add_test(s, "handshake messages", test_handshake_messages);
     CU_add_test(s, "epmd messages", test_epmd_messages);
     CU_add_test(s, "hash maps", test_maps);
+    CU_add_test(s, "atom_view", test_atom_view);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_tests_failed() + CU_get_number_of_failures();
