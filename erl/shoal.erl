@@ -441,7 +441,7 @@ spawn_async(#shoal_cfg{table = T} = Cfg, Key) ->
         undefined ->
             case shoal_cluster:members(Cfg) of
                 [_] -> spawn_async_local(Cfg, Key);
-                _ -> _ = spawn(fun() -> resolve(Cfg, Key) end), ok
+                _ -> shoal_cluster:place_async(Cfg, Key)
             end;
         _ -> ok
     end.

@@ -15,7 +15,7 @@
 
 -include("shoal_int.hrl").
 
--export([members/1, resolve/3, place_key/3, spawn_here/3, takeover_here/4, choose_host/3,
+-export([members/1, resolve/3, place_async/2, place_key/3, spawn_here/3, takeover_here/4, choose_host/3,
          evacuate/1, move_some/3, rebalance/1, health/1, local_health/1, plan/1]).
 
 -define(RPC_TIMEOUT, 15000).
@@ -55,6 +55,14 @@ resolve(Cfg, Key, Wait, Tries) ->
                     end
             end
     end.
+
+%% @doc Start the worker for Key if there is none, without waiting: one message to the
+%% key's home node's pool server, which claims, places and spawns (or has the host spawn).
+-spec place_async(#shoal_cfg{}, term()) -> ok.
+place_async(#shoal_cfg{server = Name} = Cfg, Key) ->
+    Home = shoal_placement:home(Key, members(Cfg)),
+    erlang:send({Name, Home}, {place_async, Key}),
+    ok.
 
 %% @private On the key's home node: arbitrate and place.
 -spec place_key(atom(), term(), sync | nowait) -> {ok, pid()} | {error, term()}.

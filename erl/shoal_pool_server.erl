@@ -29,7 +29,9 @@
 
 -record(ps, {cfg :: #shoal_cfg{},
              members = #{} :: #{node() => pid()},
-             mrefs = #{} :: #{reference() => node()}}).
+             mrefs = #{} :: #{reference() => node()},
+             %% Keys this node (their home) claimed and asked another node to spawn.
+             pending = #{} :: #{term() => node()}}).
 
 %% @doc The registered name of Pool's server (the same on every node).
 -spec server_name(atom()) -> atom().
@@ -94,6 +96,19 @@ handle_info({shoal_repl, Node, Ops}, #ps{cfg = Cfg, members = Ms} = S) ->
         false -> ok  %% from a node that already left: its replicas were purged
     end,
     {noreply, S};
+handle_info({place_async, Key}, S) ->
+    {noreply, place_async(Key, S)};
+handle_info({spawn_for, Key, Home}, #ps{cfg = Cfg} = S) ->
+    Home ! {spawned, Key, catch shoal:resolve_local(Cfg, Key, nowait)},
+    {noreply, S};
+handle_info({spawned, Key, Result}, #ps{cfg = #shoal_cfg{table = T}, pending = P} = S) ->
+    case Result of
+        {ok, Pid} when node(Pid) =/= node() ->
+            _ = shoal_nif:put_remote(T, Key, node(Pid), Pid, 0);
+        {ok, _} -> ok;
+        _ -> _ = shoal_nif:release_claim(T, Key)
+    end,
+    {noreply, S#ps{pending = maps:remove(Key, P)}};
 handle_info({shoal_config, Item}, #ps{cfg = Cfg} = S) ->
     apply_config(Cfg, Item),
     {noreply, S};
@@ -134,8 +149,13 @@ hello(Tag, Pid, Node, Config, #ps{cfg = Cfg, members = Ms, mrefs = Refs} = S) ->
             S1
     end.
 
-member_left(Node, #ps{cfg = #shoal_cfg{table = T} = Cfg, members = Ms} = S) ->
-    S1 = S#ps{members = maps:remove(Node, Ms)},
+member_left(Node, #ps{cfg = #shoal_cfg{table = T} = Cfg, members = Ms, pending = P} = S) ->
+    %% Spawns we asked of that node will not come: give up their claims.
+    {Lost, Kept} = maps:fold(fun(K, N, {L, Kp}) when N =:= Node -> {[K | L], Kp};
+                                (K, N, {L, Kp}) -> {L, Kp#{K => N}}
+                             end, {[], #{}}, P),
+    [shoal_nif:release_claim(T, K) || K <- Lost],
+    S1 = S#ps{members = maps:remove(Node, Ms), pending = Kept},
     publish_members(S1),
     _ = shoal_nif:fold(T, purge_node, Node),
     ets:match_delete(Cfg#shoal_cfg.ctab, {{window, Node}, '_'}),
@@ -215,6 +235,29 @@ conflict(#shoal_cfg{server = Name} = Cfg, Key, Mine, Node, Theirs) ->
             [erlang:send({Name, M}, {shoal_repl, node(), [{up, Key, Theirs, 0}]}, [noconnect])
              || M <- shoal_cluster:members(Cfg), M =/= node(), M =/= Node],
             ok
+    end.
+
+%%% Asynchronous placement ---------------------------------------------------------------
+
+%% ensure_started_async for a key whose home is this node: claim it (this server is the
+%% claimer, so a claim never outlives a caller that went away), pick the host, and spawn
+%% here or ask the host, which answers `spawned'.
+place_async(Key, #ps{cfg = #shoal_cfg{table = T, server = Name} = Cfg, pending = P} = S) ->
+    case shoal_nif:claim(T, Key, nowait) of
+        claimed ->
+            case shoal_cluster:choose_host(Cfg, Key, []) of
+                {ok, Host} when Host =:= node() ->
+                    _ = shoal:spawn_claimed(Cfg, Key, nowait),
+                    S;
+                {ok, Host} ->
+                    erlang:send({Name, Host}, {spawn_for, Key, self()}),
+                    S#ps{pending = P#{Key => Host}};
+                {error, _} ->
+                    _ = shoal_nif:release_claim(T, Key),
+                    S
+            end;
+        _ ->
+            S
     end.
 
 %%% Cluster configuration ----------------------------------------------------------------

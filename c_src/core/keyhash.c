@@ -744,6 +744,12 @@ static int norm_term(reader *r, writer *w, unsigned depth)
 int keyhash_normalize(const unsigned char *in, size_t inlen, unsigned char *out, size_t cap,
                       size_t *outlen)
 {
+    return keyhash_normalize_at(in, inlen, out, cap, outlen, 0);
+}
+
+int keyhash_normalize_at(const unsigned char *in, size_t inlen, unsigned char *out, size_t cap,
+                         size_t *outlen, unsigned depth)
+{
     reader r = {in, inlen, 0};
     writer w = {out, cap, 0};
     int rc;
@@ -751,7 +757,7 @@ int keyhash_normalize(const unsigned char *in, size_t inlen, unsigned char *out,
     if ((in == NULL && inlen > 0) || (out == NULL && cap > 0) || outlen == NULL)
         return SHOAL_EINVAL;
     if (inlen > 0 && in[0] == VERSION_MAGIC) r.pos = 1;
-    if ((rc = put_u8(&w, VERSION_MAGIC)) || (rc = norm_term(&r, &w, 0))) return rc;
+    if ((rc = put_u8(&w, VERSION_MAGIC)) || (rc = norm_term(&r, &w, depth))) return rc;
     if (r.pos != r.len) return SHOAL_EINVAL;
     *outlen = w.pos;
     return w.pos > cap ? SHOAL_ENOSPC : 0;

@@ -32,7 +32,8 @@
 
 /* Largest canonical key accepted anywhere (bytes). Larger keys are SHOAL_E2BIG. */
 #define KEYHASH_MAX_KEY (64 * 1024)
-/* Deepest nesting of tuples/lists/maps accepted. Deeper keys are SHOAL_E2BIG. */
+/* Deepest nesting of tuples/lists/maps accepted: every tuple, non-empty list or map is one
+ * level; 64 levels pass, 65 are SHOAL_E2BIG. */
 #define KEYHASH_MAX_DEPTH 64
 
 /* keyhash_hash64 - the placement/lookup hash of a key's canonical bytes.
@@ -48,5 +49,11 @@ uint64_t keyhash_hash64(const void *data, size_t len);
  * in[inlen - 1]. Thread-safe; allocates only for map sorting (SHOAL_ENOMEM on failure). */
 int keyhash_normalize(const unsigned char *in, size_t inlen, unsigned char *out, size_t cap,
                       size_t *outlen);
+
+/* keyhash_normalize_at - keyhash_normalize for a term found `depth` containers deep inside
+ * a larger key (the NIF encodes the common shapes itself and hands the rest here), so the
+ * KEYHASH_MAX_DEPTH limit counts across both. keyhash_normalize is depth 0. */
+int keyhash_normalize_at(const unsigned char *in, size_t inlen, unsigned char *out, size_t cap,
+                         size_t *outlen, unsigned depth);
 
 #endif

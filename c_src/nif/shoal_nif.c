@@ -163,7 +163,7 @@ static inline void put32(kbuf *b, uint32_t v)
     b->p[b->len++] = (unsigned char)v;
 }
 
-static int enc_slow(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b)
+static int enc_slow(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
 {
     ErlNifBinary bin;
     if (!enif_term_to_binary(env, t, &bin)) return SHOAL_EINVAL;
@@ -171,7 +171,7 @@ static int enc_slow(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b)
     size_t out = 0;
     for (;;) {
         size_t room = b->cap - b->len;
-        rc = keyhash_normalize(bin.data, bin.size, b->p + b->len, room, &out);
+        rc = keyhash_normalize_at(bin.data, bin.size, b->p + b->len, room, &out, (unsigned)depth);
         if (rc != SHOAL_ENOSPC) break;
         size_t want = out > room ? out : room * 2 + bin.size * 2;
         if ((rc = kbuf_reserve(b, want)) != 0) break;
@@ -187,11 +187,10 @@ static int enc_slow(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b)
 static int enc_term(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
 {
     int rc;
-    if (depth > KEYHASH_MAX_DEPTH) return SHOAL_E2BIG;
     switch (enif_term_type(env, t)) {
     case ERL_NIF_TERM_TYPE_INTEGER: {
         ErlNifSInt64 v;
-        if (!enif_get_int64(env, t, &v)) return enc_slow(env, t, b);
+        if (!enif_get_int64(env, t, &v)) return enc_slow(env, t, b, depth);
         if (v >= 0 && v <= 255) {
             if ((rc = kbuf_reserve(b, 2))) return rc;
             put8(b, 97);
@@ -231,7 +230,7 @@ static int enc_term(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
     case ERL_NIF_TERM_TYPE_ATOM: {
         char name[256];
         int n = enif_get_atom(env, t, name, sizeof name, ERL_NIF_LATIN1);
-        if (n <= 0) return enc_slow(env, t, b); /* not Latin-1: let normalize do UTF-8 */
+        if (n <= 0) return enc_slow(env, t, b, depth); /* not Latin-1: let normalize do UTF-8 */
         n--;                                     /* without the NUL */
         if ((rc = kbuf_reserve(b, 3 + 2 * (size_t)n))) return rc;
         size_t at = b->len;
@@ -261,7 +260,7 @@ static int enc_term(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
     }
     case ERL_NIF_TERM_TYPE_BITSTRING: {
         ErlNifBinary bin;
-        if (!enif_inspect_binary(env, t, &bin)) return enc_slow(env, t, b); /* bitstring */
+        if (!enif_inspect_binary(env, t, &bin)) return enc_slow(env, t, b, depth); /* bitstring */
         if (bin.size > KEYHASH_MAX_KEY) return SHOAL_E2BIG;
         if ((rc = kbuf_reserve(b, 5 + bin.size))) return rc;
         put8(b, 109);
@@ -274,6 +273,7 @@ static int enc_term(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
         int arity;
         const ERL_NIF_TERM *el;
         enif_get_tuple(env, t, &arity, &el);
+        if (depth >= KEYHASH_MAX_DEPTH) return SHOAL_E2BIG; /* a container is a level */
         if ((rc = kbuf_reserve(b, 5))) return rc;
         if (arity <= 255) {
             put8(b, 104);
@@ -292,6 +292,7 @@ static int enc_term(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
             put8(b, 106);
             return 0;
         }
+        if (depth >= KEYHASH_MAX_DEPTH) return SHOAL_E2BIG;
         if ((rc = kbuf_reserve(b, 5))) return rc;
         size_t at = b->len;
         put8(b, 108);
@@ -318,7 +319,7 @@ static int enc_term(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
         if (enif_term_type(env, t) == ERL_NIF_TERM_TYPE_MAP && enif_get_map_size(env, t, &sz) &&
             sz > KEYHASH_MAX_KEY / 2)
             return SHOAL_E2BIG;
-        return enc_slow(env, t, b);
+        return enc_slow(env, t, b, depth);
     }
     default: /* funs */
         return SHOAL_ENOTSUP;
