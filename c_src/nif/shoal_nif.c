@@ -93,10 +93,10 @@ typedef struct nentry {
     ErlNifPid pid;         /* ST_CLAIMED: the claimer; ST_ACTIVE: the worker */
     ErlNifMonitor mon;     /* on pid */
     ERL_NIF_TERM node;     /* ST_REMOTE: atom, the node the worker lives on */
-    ErlNifEnv *wenv;       /* ST_CLAIMED: holds `waiters`; ST_REMOTE: holds `rpid` */
+    ErlNifEnv *wenv;       /* ST_CLAIMED with waiters: holds `waiters` */
     ERL_NIF_TERM waiters;  /* [{Pid, Ref}] */
-    ERL_NIF_TERM rpid;     /* ST_REMOTE: the remote pid */
-    unsigned char key[];   /* canonical key bytes */
+    uint32_t rpid_len;     /* ST_REMOTE: the remote pid, external format, after the key */
+    unsigned char key[];   /* canonical key bytes (then the remote pid's bytes) */
 } nentry;
 
 typedef struct meter_res {
@@ -394,9 +394,9 @@ static ntable *get_table(ErlNifEnv *env, ERL_NIF_TERM t)
     return r->nt;
 }
 
-static nentry *entry_new(ntable *nt, const kbuf *k, uint64_t hash, int state)
+static nentry *entry_new(ntable *nt, const kbuf *k, uint64_t hash, int state, size_t extra)
 {
-    nentry *e = enif_alloc_resource(ENTRY_RT, sizeof(nentry) + k->len);
+    nentry *e = enif_alloc_resource(ENTRY_RT, sizeof(nentry) + k->len + extra);
     if (e == NULL) return NULL;
     memset(e, 0, sizeof *e);
     memcpy(e->key, k->p, k->len);
@@ -609,6 +609,16 @@ static ERL_NIF_TERM nif_delete(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return A_OK;
 }
 
+/* The remote pid of an ST_REMOTE entry, as a term in env (undefined if it will not decode,
+ * which cannot happen for bytes put_remote wrote). Kept as ~30 bytes of external format
+ * rather than a term in an env of its own, which cost over 2 KB per replica. */
+static ERL_NIF_TERM remote_pid(ErlNifEnv *env, const nentry *e)
+{
+    ERL_NIF_TERM t;
+    if (enif_binary_to_term(env, e->key + e->te.klen, e->rpid_len, &t, 0) == 0) return A_UNDEFINED;
+    return t;
+}
+
 struct peek {
     int state;
     ErlNifPid pid;
@@ -626,7 +636,7 @@ static void peek_fn(void *ctx, const table_entry *te)
     p->pid = e->pid;
     p->node = e->node;
     p->inc = e->incarnation;
-    if (e->state == ST_REMOTE) p->rpid = enif_make_copy(p->env, e->rpid);
+    if (e->state == ST_REMOTE) p->rpid = remote_pid(p->env, e);
 }
 
 static int peek_key(ErlNifEnv *env, ntable *nt, const kbuf *k, uint64_t h, struct peek *p)
@@ -751,7 +761,7 @@ static ERL_NIF_TERM nif_claim(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         kbuf_free(&k);
         return enif_make_tuple2(env, A_OK, worker_pid(env, &p));
     }
-    nentry *e = entry_new(nt, &k, h, ST_CLAIMED);
+    nentry *e = entry_new(nt, &k, h, ST_CLAIMED, 0);
     kbuf_free(&k);
     if (e == NULL) return raise_for(env, SHOAL_ENOMEM);
     e->pid = c.self;
@@ -824,7 +834,7 @@ static ERL_NIF_TERM nif_register(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     ErlNifPid pid;
     if (!enif_get_local_pid(env, argv[2], &pid)) return enif_make_badarg(env);
     GET_KEY(k, h, argv[1]);
-    nentry *e = entry_new(nt, &k, h, ST_ACTIVE);
+    nentry *e = entry_new(nt, &k, h, ST_ACTIVE, 0);
     kbuf_free(&k);
     if (e == NULL) return raise_for(env, SHOAL_ENOMEM);
     e->pid = pid;
@@ -976,14 +986,21 @@ static ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         !enif_get_uint64(env, argv[4], &inc))
         return enif_make_badarg(env);
     GET_KEY(k, h, argv[1]);
-    nentry *e = entry_new(nt, &k, h, ST_REMOTE);
-    kbuf_free(&k);
-    if (e == NULL || (e->wenv = enif_alloc_env()) == NULL) {
-        if (e) enif_release_resource(e);
+    ErlNifBinary pb;
+    if (!enif_term_to_binary(env, argv[3], &pb)) {
+        kbuf_free(&k);
         return raise_for(env, SHOAL_ENOMEM);
     }
+    nentry *e = entry_new(nt, &k, h, ST_REMOTE, pb.size);
+    kbuf_free(&k);
+    if (e == NULL) {
+        enif_release_binary(&pb);
+        return raise_for(env, SHOAL_ENOMEM);
+    }
+    memcpy(e->key + e->te.klen, pb.data, pb.size);
+    e->rpid_len = (uint32_t)pb.size;
+    enif_release_binary(&pb);
     e->node = argv[2];
-    e->rpid = enif_make_copy(e->wenv, argv[3]);
     e->incarnation = inc;
     struct remote_ctx c = {.mine = e};
     c.p.env = env;
@@ -1018,7 +1035,7 @@ static table_action delete_remote_fn(void *ctx, table_entry *cur, table_entry **
     (void)repl;
     nentry *e = (nentry *)cur;
     if (e == NULL || e->state != ST_REMOTE) return TABLE_KEEP;
-    if (enif_compare(e->rpid, c->env_pid) != 0) return TABLE_KEEP;
+    if (enif_compare(remote_pid(c->env, e), c->env_pid) != 0) return TABLE_KEEP;
     c->removed = 1;
     c->node = e->node;
     return TABLE_DELETE;
@@ -1161,7 +1178,7 @@ static table_action fold_fn(void *ctx, table_entry *te)
     if (e->state == ST_CLAIMED) return TABLE_KEEP;
     switch (c->op) {
     case OP_DUMP: {
-        ERL_NIF_TERM pid = e->state == ST_REMOTE ? enif_make_copy(c->env, e->rpid)
+        ERL_NIF_TERM pid = e->state == ST_REMOTE ? remote_pid(c->env, e)
                                                  : enif_make_pid(c->env, &e->pid);
         c->acc = enif_make_list_cell(c->env, enif_make_tuple2(c->env, decode_key(c->env, e), pid),
                                      c->acc);
