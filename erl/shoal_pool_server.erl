@@ -97,18 +97,22 @@ handle_info({shoal_repl, Node, Ops}, #ps{cfg = Cfg, members = Ms} = S) ->
     end,
     {noreply, S};
 handle_info({place_async, Key}, S) ->
-    {noreply, place_async(Key, S)};
-handle_info({spawn_for, Key, Home}, #ps{cfg = Cfg} = S) ->
-    Home ! {spawned, Key, catch shoal:resolve_local(Cfg, Key, nowait)},
+    {noreply, place_async([Key | collect_places(?BATCH)], S)};
+handle_info({spawn_for, Keys, Home}, #ps{cfg = Cfg} = S) ->
+    Home ! {spawned, [{Key, catch shoal:resolve_local(Cfg, Key, nowait)} || Key <- Keys]},
     {noreply, S};
-handle_info({spawned, Key, Result}, #ps{cfg = #shoal_cfg{table = T}, pending = P} = S) ->
-    case Result of
-        {ok, Pid} when node(Pid) =/= node() ->
-            _ = shoal_nif:put_remote(T, Key, node(Pid), Pid, 0);
-        {ok, _} -> ok;
-        _ -> _ = shoal_nif:release_claim(T, Key)
-    end,
-    {noreply, S#ps{pending = maps:remove(Key, P)}};
+handle_info({spawned, Results}, #ps{cfg = #shoal_cfg{table = T}, pending = P} = S) ->
+    P1 = lists:foldl(
+           fun({Key, Result}, Acc) ->
+                   case Result of
+                       {ok, Pid} when node(Pid) =/= node() ->
+                           _ = shoal_nif:put_remote(T, Key, node(Pid), Pid, 0);
+                       {ok, _} -> ok;
+                       _ -> _ = shoal_nif:release_claim(T, Key)
+                   end,
+                   maps:remove(Key, Acc)
+           end, P, Results),
+    {noreply, S#ps{pending = P1}};
 handle_info({shoal_config, Item}, #ps{cfg = Cfg} = S) ->
     apply_config(Cfg, Item),
     {noreply, S};
@@ -239,25 +243,39 @@ conflict(#shoal_cfg{server = Name} = Cfg, Key, Mine, Node, Theirs) ->
 
 %%% Asynchronous placement ---------------------------------------------------------------
 
-%% ensure_started_async for a key whose home is this node: claim it (this server is the
-%% claimer, so a claim never outlives a caller that went away), pick the host, and spawn
-%% here or ask the host, which answers `spawned'.
-place_async(Key, #ps{cfg = #shoal_cfg{table = T, server = Name} = Cfg, pending = P} = S) ->
-    case shoal_nif:claim(T, Key, nowait) of
-        claimed ->
-            case shoal_cluster:choose_host(Cfg, Key, []) of
-                {ok, Host} when Host =:= node() ->
-                    _ = shoal:spawn_claimed(Cfg, Key, nowait),
-                    S;
-                {ok, Host} ->
-                    erlang:send({Name, Host}, {spawn_for, Key, self()}),
-                    S#ps{pending = P#{Key => Host}};
-                {error, _} ->
-                    _ = shoal_nif:release_claim(T, Key),
-                    S
-            end;
-        _ ->
-            S
+%% ensure_started_async for keys whose home is this node: claim each (this server is the
+%% claimer, so a claim never outlives a caller that went away), pick its host, spawn it
+%% here or ask the host (one message per host for the whole batch), which answers
+%% `spawned'.
+place_async(Keys, #ps{cfg = #shoal_cfg{table = T, server = Name} = Cfg, pending = P} = S) ->
+    Remote = lists:foldl(
+               fun(Key, Acc) ->
+                       case shoal_nif:claim(T, Key, nowait) of
+                           claimed ->
+                               case shoal_cluster:choose_host(Cfg, Key, []) of
+                                   {ok, Host} when Host =:= node() ->
+                                       _ = shoal:spawn_claimed(Cfg, Key, nowait),
+                                       Acc;
+                                   {ok, Host} ->
+                                       maps:update_with(Host, fun(L) -> [Key | L] end, [Key], Acc);
+                                   {error, _} ->
+                                       _ = shoal_nif:release_claim(T, Key),
+                                       Acc
+                               end;
+                           _ ->
+                               Acc
+                       end
+               end, #{}, Keys),
+    Pending = maps:fold(fun(Host, HKeys, PAcc) ->
+                                erlang:send({Name, Host}, {spawn_for, HKeys, self()}),
+                                lists:foldl(fun(K, A) -> A#{K => Host} end, PAcc, HKeys)
+                        end, P, Remote),
+    S#ps{pending = Pending}.
+
+collect_places(0) -> [];
+collect_places(N) ->
+    receive {place_async, Key} -> [Key | collect_places(N - 1)]
+    after 0 -> []
     end.
 
 %%% Cluster configuration ----------------------------------------------------------------
