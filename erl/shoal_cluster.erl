@@ -15,11 +15,13 @@
 
 -include("shoal_int.hrl").
 
--export([members/1, resolve/3, place_async/2, place_key/3, spawn_here/3, takeover_here/4, choose_host/3,
+-export([members/1, resolve/3, place_async/2, place_key/3, spawn_here/3, takeover_here/4,
+         takeover_batch/2, move_batch/3, choose_host/3,
          evacuate/1, move_some/3, rebalance/1, health/1, local_health/1, plan/1]).
 
 -define(RPC_TIMEOUT, 15000).
--define(MOVERS, 16).
+-define(MOVERS, 8).
+-define(MOVE_BATCH, 256).
 
 %% @doc The pool's members as this node sees them (sorted, this node included).
 -spec members(#shoal_cfg{}) -> [node(), ...].
@@ -180,31 +182,88 @@ move_keys(Cfg, Keys, Dest, Tries) ->
         Left -> {error, {stuck, length(Left)}}
     end.
 
-%% Moves run in ?MOVERS parallel processes; returns how many failed.
+%% Moves go in batches of ?MOVE_BATCH keys per target node, ?MOVERS batches at a time;
+%% returns how many keys failed to move.
 run_moves(Cfg, Keys, Dest) ->
-    Parts = split(Keys, ?MOVERS),
+    ByTarget = lists:foldl(
+                 fun(Key, Acc) ->
+                         case target(Cfg, Key, Dest) of
+                             {ok, Node} -> maps:update_with(Node, fun(L) -> [Key | L] end, [Key], Acc);
+                             {error, _} -> maps:update_with(none, fun(L) -> [Key | L] end, [Key], Acc)
+                         end
+                 end, #{}, Keys),
+    {NoTarget, Movable} = case maps:take(none, ByTarget) of
+                              {L, Rest} -> {length(L), Rest};
+                              error -> {0, ByTarget}
+                          end,
+    Batches = lists:append([[{Node, B} || B <- chunks(Ks, ?MOVE_BATCH)]
+                            || {Node, Ks} <- maps:to_list(Movable)]),
+    NoTarget + run_batches(Cfg, Batches, 0).
+
+target(Cfg, Key, any) -> choose_host(Cfg, Key, [node()]);
+target(_Cfg, _Key, Node) -> {ok, Node}.
+
+run_batches(_Cfg, [], Failed) -> Failed;
+run_batches(Cfg, Batches, Failed) ->
+    {Now, Later} = lists:split(min(?MOVERS, length(Batches)), Batches),
     Self = self(),
-    Pids = [spawn_link(fun() -> Self ! {moved, self(), move_all(Cfg, Part, Dest, 0)} end)
-            || Part <- Parts],
-    lists:sum([receive {moved, P, F} -> F end || P <- Pids]).
+    Pids = [spawn_link(fun() -> Self ! {moved, self(), move_batch(Cfg, Keys, Node)} end)
+            || {Node, Keys} <- Now],
+    F = lists:sum([receive {moved, P, N} -> N end || P <- Pids]),
+    run_batches(Cfg, Later, Failed + F).
 
-move_all(_Cfg, [], _Dest, Failed) -> Failed;
-move_all(#shoal_cfg{pool = Pool} = Cfg, [Key | Keys], Dest, Failed) ->
-    Target = case Dest of
-                 any -> choose_host(Cfg, Key, [node()]);
-                 _ -> {ok, Dest}
-             end,
-    Ok = case Target of
-             {ok, Node} -> element(1, shoal:migrate(Pool, Key, Node)) =:= ok;
-             {error, _} -> false
-         end,
-    move_all(Cfg, Keys, Dest, Failed + case Ok of true -> 0; false -> 1 end).
+chunks([], _) -> [];
+chunks(L, N) when length(L) =< N -> [L];
+chunks(L, N) -> {A, B} = lists:split(N, L), [A | chunks(B, N)].
 
-split(List, N) ->
-    Parts = lists:foldl(fun(X, {I, Acc}) ->
-                                {(I + 1) rem N, maps:update_with(I, fun(L) -> [X | L] end, [X], Acc)}
-                        end, {0, #{}}, List),
-    maps:values(element(2, Parts)).
+%% @private Move the local workers of Keys to Node with one round trip for the whole
+%% batch: freeze them all (each hands its state over and holds its messages), start the
+%% successors on Node, then tell each old worker its successor (or to thaw). Returns how
+%% many failed to move.
+-spec move_batch(#shoal_cfg{}, [term()], node()) -> non_neg_integer().
+move_batch(#shoal_cfg{pool = Pool, table = T}, Keys, Node) ->
+    Local = [{K, P} || K <- Keys, P <- [shoal_nif:whereis(T, K)], is_pid(P), node(P) =:= node()],
+    Reqs = [{K, P, gen_server:send_request(P, '$shoal_freeze')} || {K, P} <- Local],
+    Frozen = lists:filtermap(
+               fun({K, P, R}) ->
+                       case gen_server:wait_response(R, 30000) of
+                           {reply, {ok, Transfer}} -> {true, {K, P, Transfer}};
+                           _ -> false
+                       end
+               end, Reqs),
+    Results = try erpc:call(Node, ?MODULE, takeover_batch,
+                            [Pool, [{K, Tr} || {K, _, Tr} <- Frozen]], 60000)
+              catch _:_ -> []
+              end,
+    Started = maps:from_list(Results),
+    Moved = lists:foldl(
+              fun({K, P, _}, N) ->
+                      case maps:get(K, Started, error) of
+                          {ok, NewPid, Inc} -> P ! {'$shoal_moved', Node, NewPid, Inc}, N + 1;
+                          _ -> P ! '$shoal_thaw', N
+                      end
+              end, 0, Frozen),
+    length(Keys) - Moved.
+
+%% @private On the target of a batched move: start every successor (in parallel), then
+%% register each over the replica of its predecessor.
+-spec takeover_batch(atom(), [{term(), term()}]) ->
+          [{term(), {ok, pid(), non_neg_integer()} | {error, term()}}].
+takeover_batch(Pool, KeyTransfers) ->
+    #shoal_cfg{table = T, counters = C} = Cfg = shoal:cfg(Pool),
+    Spawned = [begin
+                   Ack = {self(), make_ref()},
+                   {K, shoal_worker_proc:spawn_worker(Cfg, K, Ack, {takeover, Tr}), Ack}
+               end || {K, Tr} <- KeyTransfers],
+    counters:add(C, ?C_SPAWNS, length(Spawned)),
+    [{K, case shoal:await_started(Pid, Ack) of
+             {ok, Pid} ->
+                 case shoal_nif:register(T, K, Pid, true) of
+                     {ok, Inc} -> {ok, Pid, Inc};
+                     {error, R} -> exit(Pid, kill), {error, R}
+                 end;
+             {error, _} = E -> E
+         end} || {K, Pid, Ack} <- Spawned].
 
 %% @doc Move the fewest workers that bring every member inside its window.
 -spec rebalance(atom()) -> {ok, #{moved := non_neg_integer()}}.

@@ -19,7 +19,11 @@
             loaded :: boolean(),
             user_timeout = false :: boolean(),
             %% After a migration (or a lost conflict): the successor everything goes to.
-            forward = undefined :: undefined | pid()}).
+            forward = undefined :: undefined | pid(),
+            %% During a batched move: state handed off, messages held until the successor
+            %% is known (newest first).
+            frozen = false :: boolean(),
+            held = [] :: [{call, gen_server:from(), term()} | {cast, term()} | {info, term()}]}).
 
 %% @doc Spawn the worker for Key. `Ack' is `none', or `{Pid, Ref}' to be sent
 %% `{'$shoal_started', Ref, ok | {error, Reason}}' once its state is set up: by init/2, or
@@ -90,6 +94,10 @@ init(_) -> ignore.
 handle_call(Msg, From, #w{forward = To} = W) when is_pid(To) ->
     To ! {'$gen_call', From, Msg},
     {noreply, W};
+handle_call(Msg, From, #w{frozen = true, held = H} = W) ->
+    {noreply, W#w{held = [{call, From, Msg} | H]}};
+handle_call('$shoal_freeze', _From, W) ->
+    freeze(W);
 handle_call('$shoal_stop', _From, W) ->
     unregister_self(W),
     {stop, {shutdown, shoal_stopped}, ok, W};
@@ -105,6 +113,8 @@ handle_call(Msg, From, W0) ->
 handle_cast(Msg, #w{forward = To} = W) when is_pid(To) ->
     To ! {'$gen_cast', Msg},
     {noreply, W};
+handle_cast(Msg, #w{frozen = true, held = H} = W) ->
+    {noreply, W#w{held = [{cast, Msg} | H]}};
 handle_cast(Msg, W0) ->
     with_loaded(W0, fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
                             ret(Mod:handle_cast(Msg, St), W)
@@ -117,6 +127,14 @@ handle_info('$shoal_retire', #w{forward = To} = W) when is_pid(To) ->
 handle_info(Info, #w{forward = To} = W) when is_pid(To) ->
     To ! Info,
     {noreply, W};
+handle_info({'$shoal_moved', Node, NewPid, Inc}, #w{frozen = true} = W) ->
+    moved(Node, NewPid, Inc, W);
+handle_info('$shoal_thaw', #w{frozen = true} = W) ->
+    thaw(W);
+handle_info(Info, #w{frozen = true, held = H} = W) ->
+    {noreply, W#w{held = [{info, Info} | H]}};
+handle_info('$shoal_thaw', W) ->
+    {noreply, W, idle_of(W)};
 handle_info({'$shoal_conflict', Node, Winner}, W) ->
     lose_conflict(Node, Winner, W);
 handle_info(timeout, #w{user_timeout = false} = W) ->
@@ -191,6 +209,44 @@ migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, table = T, worker = Mod, grace = 
     end.
 
 idle_of(#w{cfg = #shoal_cfg{idle_timeout = I}}) -> I.
+
+%% The first half of a batched move (shoal_cluster:move_batch/3): hand the state over and
+%% hold every message until the mover says where the successor is (or thaws us; a mover
+%% that vanishes cannot leave us frozen for more than ?THAW_AFTER).
+-define(THAW_AFTER, 30000).
+freeze(#w{cfg = #shoal_cfg{table = T, worker = Mod}, key = Key} = W0) ->
+    case with_loaded(W0, fun(W) -> {ok, W} end) of
+        {ok, #w{st = St} = W} ->
+            ok = shoal_nif:set_moving(T, Key, self(), true),
+            {ok, Transfer} = case erlang:function_exported(Mod, handoff, 1) of
+                                 true -> Mod:handoff(St);
+                                 false -> {ok, St}
+                             end,
+            erlang:send_after(?THAW_AFTER, self(), '$shoal_thaw'),
+            {reply, {ok, Transfer}, W#w{frozen = true, held = []}};
+        Stop ->
+            Stop
+    end.
+
+%% The successor runs: point our table at it, hand it what we held, in order, and forward.
+moved(Node, NewPid, Inc, #w{cfg = #shoal_cfg{table = T, grace = Grace}, key = Key, held = H} = W) ->
+    _ = shoal_nif:put_remote(T, Key, Node, NewPid, Inc),
+    lists:foreach(fun({call, From, M}) -> NewPid ! {'$gen_call', From, M};
+                     ({cast, M}) -> NewPid ! {'$gen_cast', M};
+                     ({info, M}) -> NewPid ! M
+                  end, lists:reverse(H)),
+    erlang:send_after(Grace, self(), '$shoal_retire'),
+    {noreply, W#w{frozen = false, held = [], forward = NewPid}}.
+
+%% The move failed: carry on here, handling what we held first.
+thaw(#w{cfg = #shoal_cfg{table = T}, key = Key, held = H} = W) ->
+    _ = shoal_nif:set_moving(T, Key, self(), false),
+    [self() ! case E of
+                  {call, From, M} -> {'$gen_call', From, M};
+                  {cast, M} -> {'$gen_cast', M};
+                  {info, M} -> M
+              end || E <- lists:reverse(H)],
+    {noreply, W#w{frozen = false, held = []}, idle_of(W)}.
 
 %% Another node's worker for our key won (after a partition healed): run the loser's
 %% callback, step aside for the winner and hand it what is queued here.
