@@ -17,7 +17,6 @@
 -export([main/1, init/1, handle_call/3, handle_cast/2, caller/3, blaster/2]).
 
 -define(COOKIE, "shoal_bench").
--define(ROUNDS, 5).
 -define(WINDOW_MS, 2000).
 
 %% the BEAM twin of c_src/cnode/echo.c: answers calls with the request, counts casts
@@ -87,7 +86,7 @@ write(Root, Host, Extra, OneC, OneB, RttC, RttB, SingleC, SingleB, MultiC, Multi
                        [erlang:system_info(logical_processors_available), Host,
                         erlang:system_info(otp_release),
                         case Extra of [] -> ""; _ -> ", " ++ lists:join(" ", Extra) end,
-                        ?ROUNDS, ?WINDOW_MS]),
+                        rounds(), ?WINDOW_MS]),
          "| job | C node | BEAM node | ratio (C vs BEAM) | target |\n|---|---|---|---|---|\n",
          [io_lib:format("| ~s | ~s | ~s | ~.2f | ~s |\n", [J, fmt(Cv), fmt(Bv), R, T])
           || {J, Cv, Bv, R, T} <- Rows],
@@ -105,6 +104,8 @@ write(Root, Host, Extra, OneC, OneB, RttC, RttB, SingleC, SingleB, MultiC, Multi
     ok = file:write_file(Out, Text),
     halt(0).
 
+rounds() -> list_to_integer(os:getenv("CNODE_BENCH_ROUNDS", "5")).
+
 peer(Prefix) ->
     {ok, P, Nd} = peer:start(#{name => peer:random_name(list_to_atom(Prefix)),
                                args => ["-setcookie", ?COOKIE, "-pa",
@@ -117,7 +118,7 @@ fmt(X) -> integer_to_list(round(X)).
 
 %% runs F on C and B alternately; medians of each component
 interleave(F, C, B) ->
-    Rs = [{F(C), F(B)} || _ <- lists:seq(1, ?ROUNDS)],
+    Rs = [{F(C), F(B)} || _ <- lists:seq(1, rounds())],
     {median([Rc || {Rc, _} <- Rs]), median([Rb || {_, Rb} <- Rs])}.
 
 median([X | _] = L) when is_tuple(X) ->
