@@ -162,14 +162,22 @@ lookups(KeyT, Live, Tabs) ->
                 {registry, "Elixir Registry.lookup/2", SlowOps},
                 {pg, "pg:get_members/2", SlowOps}],
     check_sides_agree(KeyT, Tabs),
+    %% Runs go round-robin over the sides, so that a burst of load from elsewhere on the
+    %% machine hits every side alike instead of one side's runs.
+    Runs = [[{V, readers(1, V, KeyT, Tabs, VOps) / VOps, readers(2, V, KeyT, Tabs, VOps) / VOps}
+             || {V, _, VOps} <- Variants]
+            || _ <- lists:seq(1, ?RUNS)],
     [begin
-         R1 = median_ns(fun() -> readers(1, V, KeyT, Tabs, VOps) end, VOps),
-         R2 = median_ns(fun() -> readers(2, V, KeyT, Tabs, VOps) end, VOps),
+         Mine = [{A, B} || Run <- Runs, {V1, A, B} <- Run, V1 =:= V],
+         R1 = median([A || {A, _} <- Mine]),
+         R2 = median([B || {_, B} <- Mine]),
          log("  ~b live  ~-40s 1 reader ~7.1f ns/op, 2 readers ~7.1f ns/op",
              [Live, Label, R1, R2]),
          {V, Label, R1, R2}
      end
-     || {V, Label, VOps} <- Variants].
+     || {V, Label, _} <- Variants].
+
+median(L) -> lists:nth((length(L) + 1) div 2, lists:sort(L)).
 
 %% Every side must resolve the same key to a live process, or the timings mean nothing.
 check_sides_agree(KeyT, {Plain, Rc}) ->
@@ -233,8 +241,10 @@ calls(Key) ->
     {ok, Pid} = shoal:ensure_started(?POOL, Key),
     pong = shoal:call(?POOL, Key, ping),
     pong = gen_server:call(Pid, ping),
-    Routed = median_ns(fun() -> timed(fun() -> call_loop(Ops, Key) end) end, Ops),
-    Direct = median_ns(fun() -> timed(fun() -> gs_loop(Ops, Pid) end) end, Ops),
+    Runs = [{timed(fun() -> call_loop(Ops, Key) end) / Ops, timed(fun() -> gs_loop(Ops, Pid) end) / Ops}
+            || _ <- lists:seq(1, ?RUNS)],
+    Routed = median([R || {R, _} <- Runs]),
+    Direct = median([D || {_, D} <- Runs]),
     log("  shoal:call ~b ns/op, gen_server:call ~b ns/op", [round(Routed), round(Direct)]),
     {Routed, Direct}.
 
@@ -600,11 +610,6 @@ timed(F) ->
     T0 = erlang:monotonic_time(nanosecond),
     F(),
     erlang:monotonic_time(nanosecond) - T0.
-
-%% Median over ?RUNS runs of F() (nanoseconds for Ops operations), as ns per operation.
-median_ns(F, Ops) ->
-    Ts = lists:sort([F() || _ <- lists:seq(1, ?RUNS)]),
-    lists:nth((?RUNS + 1) div 2, Ts) / Ops.
 
 guard(F) ->
     try {ok, F()}

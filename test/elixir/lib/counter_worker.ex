@@ -53,6 +53,7 @@ defmodule ShoalElixirTest.CounterWorker do
 
   @impl true
   def terminate(reason, state) do
+    notify(state, {:final_count, state.key, state.count})
     notify(state, {:terminated, state.key, reason})
     :ok
   end

@@ -243,6 +243,57 @@ defmodule ShoalTest do
     end
   end
 
+  describe "nothing lost in motion" do
+    test "calls racing with stop_worker all get a reply", %{pool: pool} do
+      callers =
+        for _ <- 1..4 do
+          Task.async(fn ->
+            for _ <- 1..2_000, do: :shoal.call(pool, "busy", {:add, 1})
+          end)
+        end
+
+      stopper =
+        Task.async(fn ->
+          for _ <- 1..100 do
+            :shoal.stop_worker(pool, "busy")
+            Process.sleep(1)
+          end
+        end)
+
+      replies = callers |> Task.await_many(30_000) |> List.flatten()
+      Task.await(stopper, 30_000)
+      assert length(replies) == 8_000
+      assert Enum.all?(replies, &is_integer/1)
+    end
+
+    @tag pool_opts: %{idle_timeout: 1}
+    test "calls racing with idle offload all get a reply", %{pool: pool} do
+      replies =
+        for i <- 1..2_000 do
+          if rem(i, 50) == 0, do: Process.sleep(2)
+          :shoal.call(pool, rem(i, 7), {:add, 1})
+        end
+
+      assert Enum.all?(replies, &is_integer/1)
+      eventually(fn -> :shoal.count(pool) == 0 end)
+      assert :shoal.stats(pool).idle_offloads > 0
+    end
+
+    test "casts racing with stop_worker are each delivered once", %{pool: pool} do
+      # every cast lands in exactly one incarnation; terminate/2 reports each one's count
+      for i <- 1..3_000 do
+        :ok = :shoal.cast(pool, "tally", {:add, 1})
+        if rem(i, 300) == 0, do: :shoal.stop_worker(pool, "tally")
+      end
+
+      last = :shoal.call(pool, "tally", :get)
+      :ok = :shoal.stop_worker(pool, "tally")
+      assert_receive {:terminated, "tally", _}, 1_000
+      counted = collect_terminated("tally", 0)
+      assert counted == 3_000, "#{counted} of 3000 casts counted (last incarnation had #{last})"
+    end
+  end
+
   describe "pools" do
     test "stats reports every counter", %{pool: pool} do
       for i <- 1..10, do: :shoal.call(pool, i, :get)
@@ -288,6 +339,15 @@ defmodule ShoalTest do
       assert_receive {:DOWN, ^ref, :process, ^sup, _}
       refute Process.alive?(worker)
       assert catch_exit(:shoal.call(pool, "olga", :get)) != nil
+    end
+  end
+
+  # Sums the final counts that terminate/2 reported for Key (see CounterWorker).
+  defp collect_terminated(key, acc) do
+    receive do
+      {:final_count, ^key, n} -> collect_terminated(key, acc + n)
+    after
+      200 -> acc
     end
   end
 
