@@ -178,15 +178,9 @@ code_change(_Old, W, _Extra) -> {ok, W}.
 %% Move to Node: freeze (we are inside a call, so nothing else is handled meanwhile), hand
 %% the state over, start the successor there, point our own table at it, and from then on
 %% forward everything to it until the grace period ends.
-migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, table = T, worker = Mod, grace = Grace},
-                 key = Key, st = St0} = W0) ->
-    case with_loaded(W0, fun(W) -> {ok, W} end) of
-        {ok, #w{st = St} = W} ->
-            ok = shoal_nif:set_moving(T, Key, self(), true),
-            {ok, Transfer} = case erlang:function_exported(Mod, handoff, 1) of
-                                 true -> Mod:handoff(St);
-                                 false -> {ok, St}
-                             end,
+migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, table = T, grace = Grace}, key = Key} = W0) ->
+    case hand_off(W0) of
+        {ok, Transfer, W} ->
             Result = try erpc:call(Node, shoal_cluster, takeover_here,
                                    [Pool, Key, Transfer, self()], 30000)
                      catch
@@ -204,7 +198,21 @@ migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, table = T, worker = Mod, grace = 
                     {reply, {error, Reason}, W, idle_of(W)}
             end;
         Stop ->
-            _ = St0,
+            Stop
+    end.
+
+%% Both kinds of move start alike: load if need be, mark the entry as moving (a replica of
+%% the successor may replace it) and take the state to transfer.
+hand_off(#w{cfg = #shoal_cfg{table = T, worker = Mod}, key = Key} = W0) ->
+    case with_loaded(W0, fun(W) -> {ok, W} end) of
+        {ok, #w{st = St} = W} ->
+            ok = shoal_nif:set_moving(T, Key, self(), true),
+            {ok, Transfer} = case erlang:function_exported(Mod, handoff, 1) of
+                                 true -> Mod:handoff(St);
+                                 false -> {ok, St}
+                             end,
+            {ok, Transfer, W};
+        Stop ->
             Stop
     end.
 
@@ -214,14 +222,9 @@ idle_of(#w{cfg = #shoal_cfg{idle_timeout = I}}) -> I.
 %% hold every message until the mover says where the successor is (or thaws us; a mover
 %% that vanishes cannot leave us frozen for more than ?THAW_AFTER).
 -define(THAW_AFTER, 30000).
-freeze(#w{cfg = #shoal_cfg{table = T, worker = Mod}, key = Key} = W0) ->
-    case with_loaded(W0, fun(W) -> {ok, W} end) of
-        {ok, #w{st = St} = W} ->
-            ok = shoal_nif:set_moving(T, Key, self(), true),
-            {ok, Transfer} = case erlang:function_exported(Mod, handoff, 1) of
-                                 true -> Mod:handoff(St);
-                                 false -> {ok, St}
-                             end,
+freeze(W0) ->
+    case hand_off(W0) of
+        {ok, Transfer, W} ->
             erlang:send_after(?THAW_AFTER, self(), '$shoal_thaw'),
             {reply, {ok, Transfer}, W#w{frozen = true, held = []}};
         Stop ->

@@ -651,29 +651,47 @@ static ERL_NIF_TERM worker_pid(ErlNifEnv *env, const struct peek *p)
     return p->state == ST_REMOTE ? p->rpid : enif_make_pid(env, &p->pid);
 }
 
+/* The entry of argv[1] in table argv[0]: 0 (found, in *p), SHOAL_ENOENT, or another code
+ * for a bad table or key (then *bad is the exception to return). */
+static int peek_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], struct peek *p, ERL_NIF_TERM *bad)
+{
+    ntable *nt = get_table(env, argv[0]);
+    kbuf k;
+    uint64_t h;
+    int rc;
+    if (nt == NULL) {
+        *bad = enif_make_badarg(env);
+        return SHOAL_EINVAL;
+    }
+    if ((rc = encode_key(env, argv[1], &k, &h)) != 0) {
+        *bad = raise_for(env, rc);
+        return rc;
+    }
+    rc = peek_key(env, nt, &k, h, p);
+    kbuf_free(&k);
+    return rc;
+}
+
 /* whereis(Table, Key) -> pid() | undefined. Claims in progress count as absent. */
 static ERL_NIF_TERM nif_whereis(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    GET_TABLE(nt, argv[0]);
-    GET_KEY(k, h, argv[1]);
     struct peek p;
-    int rc = peek_key(env, nt, &k, h, &p);
-    kbuf_free(&k);
-    if (rc != 0 || p.state == ST_CLAIMED) return A_UNDEFINED;
-    return worker_pid(env, &p);
+    ERL_NIF_TERM bad;
+    int rc = peek_args(env, argv, &p, &bad);
+    if (rc == SHOAL_ENOENT || (rc == 0 && p.state == ST_CLAIMED)) return A_UNDEFINED;
+    return rc == 0 ? worker_pid(env, &p) : bad;
 }
 
 /* lookup(Table, Key) -> {active, Pid, Inc} | {claimed, Pid} | undefined */
 static ERL_NIF_TERM nif_lookup(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    GET_TABLE(nt, argv[0]);
-    GET_KEY(k, h, argv[1]);
     struct peek p;
-    int rc = peek_key(env, nt, &k, h, &p);
-    kbuf_free(&k);
-    if (rc != 0) return A_UNDEFINED;
+    ERL_NIF_TERM bad;
+    int rc = peek_args(env, argv, &p, &bad);
+    if (rc == SHOAL_ENOENT) return A_UNDEFINED;
+    if (rc != 0) return bad;
     if (p.state == ST_CLAIMED) return enif_make_tuple2(env, A_CLAIMED, enif_make_pid(env, &p.pid));
     return enif_make_tuple3(env, A_ACTIVE, worker_pid(env, &p), enif_make_uint64(env, p.inc));
 }
@@ -683,12 +701,11 @@ static ERL_NIF_TERM nif_lookup(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
 static ERL_NIF_TERM nif_route(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    GET_TABLE(nt, argv[0]);
-    GET_KEY(k, h, argv[1]);
     struct peek p;
-    int rc = peek_key(env, nt, &k, h, &p);
-    kbuf_free(&k);
-    if (rc != 0 || p.state == ST_CLAIMED) return A_UNDEFINED;
+    ERL_NIF_TERM bad;
+    int rc = peek_args(env, argv, &p, &bad);
+    if (rc == SHOAL_ENOENT || (rc == 0 && p.state == ST_CLAIMED)) return A_UNDEFINED;
+    if (rc != 0) return bad;
     if (p.state == ST_REMOTE) return enif_make_tuple2(env, A_REMOTE, p.rpid);
     return enif_send(env, &p.pid, NULL, argv[2]) ? A_OK : A_UNDEFINED;
 }
