@@ -273,6 +273,7 @@ start_section(Keys, N) ->
     [begin
          log("start: ~s", [Label]),
          R = guard(F),
+         cleanup(),
          case R of
              {ok, #{secs := Secs, started := Started, complete := Complete, rate := Rate,
                     bytes := Bytes, stop := StopSecs}} ->
@@ -314,6 +315,7 @@ sup_ets_start(Keys, _N, Par) ->
     Before = mem_at_rest(),
     Tab = ets:new(bench_sup_ets, [set, public, {read_concurrency, true}]),
     {ok, Sup} = supervisor:start_link(?MODULE, {sup, {gen_server, start_link, [?MODULE]}}),
+    started(Sup),
     Ensure = fun(K) ->
                      case ets:lookup(Tab, K) of
                          [{_, P}] -> P;
@@ -331,6 +333,7 @@ dynsup_start(Keys, _N, Par) ->
     {ok, Reg} = 'Elixir.Registry':start_link([{keys, unique}, {name, ?REG},
                                                {partitions, erlang:system_info(schedulers)}]),
     {ok, Sup} = 'Elixir.DynamicSupervisor':start_link([{strategy, one_for_one}]),
+    started(Reg), started(Sup),
     Ensure = fun(K) ->
                      case 'Elixir.Registry':lookup(?REG, K) of
                          [{P, _}] -> P;
@@ -348,6 +351,20 @@ dynsup_start(Keys, _N, Par) ->
     Bytes = (mem_at_rest() - Before) / max(1, Live),
     Stop = timed(fun() -> stop_proc(Sup), stop_proc(Reg), wait_procs_settle() end),
     result(T, Started, Complete, Bytes, Stop).
+
+%% After a failed case: whatever it left running goes, so the next case starts clean. The
+%% baseline supervisors and registries are linked to this process; shoal's pool is not.
+cleanup() ->
+    _ = catch shoal:stop_pool(?POOL),
+    [kill_proc(P) || P <- started()],
+    erase(bench_started),
+    [ets:delete(T) || T <- ets:all(), ets:info(T, owner) =:= self(),
+                      ets:info(T, name) =:= bench_sup_ets],
+    wait_procs_settle().
+
+%% Remembers a baseline process for cleanup/0.
+started(Pid) -> put(bench_started, [Pid | started()]), Pid.
+started() -> case get(bench_started) of undefined -> []; L -> L end.
 
 result(Nanos, Started, Complete, Bytes, StopNanos) ->
     #{secs => Nanos / 1.0e9, started => Started, complete => Complete,
@@ -388,7 +405,7 @@ drive_wait([P | Ps] = All, Complete, Count, T0) ->
     receive
         {P, C} -> drive_wait(Ps, Complete andalso C, Count, T0)
     after 5000 ->
-            log("  ... ~b live after ~.0f s", [Count(), (erlang:monotonic_time(nanosecond) - T0) / 1.0e9]),
+            log("  ... ~b live after ~.1f s", [Count(), (erlang:monotonic_time(nanosecond) - T0) / 1.0e9]),
             drive_wait(All, Complete, Count, T0)
     end.
 
@@ -651,4 +668,8 @@ mem_total() ->
 
 thousands(N) when is_integer(N), N >= 1000000, N rem 1000000 =:= 0 -> io_lib:format("~b M", [N div 1000000]);
 thousands(N) when is_integer(N), N >= 1000, N rem 1000 =:= 0 -> io_lib:format("~b k", [N div 1000]);
-thousands(N) when is_integer(N) -> integer_to_list(N).
+thousands(N) when is_integer(N), N < 0 -> "-" ++ thousands(-N);
+thousands(N) when is_integer(N) -> group(lists:reverse(integer_to_list(N)), []).
+
+group([A, B, C, D | T], Acc) -> group([D | T], [$,, C, B, A | Acc]);
+group(L, Acc) -> lists:reverse(L) ++ Acc.
