@@ -18,7 +18,7 @@
 
 typedef struct segment {
     pthread_rwlock_t lock;
-    table_entry **slots; /* 2^k pointers, NULL = empty */
+    uint64_t *slots;     /* 2^k slots, 0 = empty, else an entry pointer (see slot_make) */
     uint32_t mask;       /* slots - 1 */
     atomic_uint count;   /* entries; written under the write lock, read lock-free */
 } __attribute__((aligned(CACHE_LINE))) segment;
@@ -41,28 +41,56 @@ static inline int same_key(const table_entry *e, uint64_t hash, const void *key,
     return e->hash == hash && e->klen == klen && memcmp(e->key, key, klen) == 0;
 }
 
+/* A slot holds an entry pointer with 15 bits of its hash in the pointer's unused top bits,
+ * so a probe passes over other keys' slots without touching their entries (a cache miss
+ * each). Tagged slots have bit 63 set and the pointer in the low 48 bits; a pointer that
+ * does not fit in 48 bits is stored as it is (bit 63 clear: user-space pointers never have
+ * it) and is always compared in full. The tag bits are neither the segment (top) bits nor
+ * the slot (low) bits of the hash. */
+#define SLOT_TAGGED (1ull << 63)
+#define SLOT_PTR ((1ull << 48) - 1)
+
+static inline uint64_t tag_of(uint64_t hash)
+{
+    return (hash >> 20) & 0x7FFF;
+}
+
+static inline uint64_t slot_make(table_entry *e)
+{
+    uint64_t p = (uint64_t)(uintptr_t)e;
+    return (p >> 48) ? p : SLOT_TAGGED | (tag_of(e->hash) << 48) | p;
+}
+
+static inline table_entry *slot_entry(uint64_t v)
+{
+    return (table_entry *)(uintptr_t)((v & SLOT_TAGGED) ? (v & SLOT_PTR) : v);
+}
+
 /* Slot of the key, or of the empty slot where it would go. Caller holds a lock. */
 static uint32_t probe(const segment *s, uint64_t hash, const void *key, size_t klen)
 {
     uint32_t i = (uint32_t)hash & s->mask;
+    uint64_t tag = tag_of(hash);
     for (;;) {
-        table_entry *e = s->slots[i];
-        if (e == NULL || same_key(e, hash, key, klen)) return i;
+        uint64_t v = s->slots[i];
+        if (v == 0) return i;
+        if (!(v & SLOT_TAGGED) || ((v >> 48) & 0x7FFF) == tag)
+            if (same_key(slot_entry(v), hash, key, klen)) return i;
         i = (i + 1) & s->mask;
     }
 }
 
 static int resize(segment *s, uint32_t nslots)
 {
-    table_entry **slots = calloc(nslots, sizeof *slots);
+    uint64_t *slots = calloc(nslots, sizeof *slots);
     if (slots == NULL) return SHOAL_ENOMEM;
     uint32_t mask = nslots - 1;
     for (uint32_t i = 0; i <= s->mask; i++) {
-        table_entry *e = s->slots[i];
-        if (e == NULL) continue;
-        uint32_t j = (uint32_t)e->hash & mask;
-        while (slots[j] != NULL) j = (j + 1) & mask;
-        slots[j] = e;
+        uint64_t v = s->slots[i];
+        if (v == 0) continue;
+        uint32_t j = (uint32_t)slot_entry(v)->hash & mask;
+        while (slots[j] != 0) j = (j + 1) & mask;
+        slots[j] = v;
     }
     free(s->slots);
     s->slots = slots;
@@ -75,16 +103,16 @@ static void delete_slot(segment *s, uint32_t i)
 {
     uint32_t j = i;
     for (;;) {
-        s->slots[i] = NULL;
+        s->slots[i] = 0;
         for (;;) {
             j = (j + 1) & s->mask;
-            table_entry *e = s->slots[j];
-            if (e == NULL) goto done;
-            uint32_t home = (uint32_t)e->hash & s->mask;
+            uint64_t v = s->slots[j];
+            if (v == 0) goto done;
+            uint32_t home = (uint32_t)slot_entry(v)->hash & s->mask;
             /* Move e back into the hole at i unless its home lies cyclically in (i, j]. */
             int stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
             if (!stays) {
-                s->slots[i] = e;
+                s->slots[i] = v;
                 i = j;
                 break;
             }
@@ -143,7 +171,7 @@ void table_free(table *t)
     for (size_t i = 0; i < nseg; i++) {
         segment *s = &t->segs[i];
         for (uint32_t j = 0; j <= s->mask; j++)
-            if (s->slots[j] != NULL) t->ops.release(t->ops.ctx, s->slots[j]);
+            if (s->slots[j] != 0) t->ops.release(t->ops.ctx, slot_entry(s->slots[j]));
         free(s->slots);
         pthread_rwlock_destroy(&s->lock);
     }
@@ -156,7 +184,7 @@ int table_get(table *t, uint64_t hash, const void *key, size_t klen, table_visit
 {
     segment *s = seg_of(t, hash);
     pthread_rwlock_rdlock(&s->lock);
-    table_entry *e = s->slots[probe(s, hash, key, klen)];
+    table_entry *e = slot_entry(s->slots[probe(s, hash, key, klen)]);
     if (e != NULL && fn != NULL) fn(ctx, e);
     pthread_rwlock_unlock(&s->lock);
     return e != NULL ? 0 : SHOAL_ENOENT;
@@ -170,14 +198,14 @@ int table_update(table *t, uint64_t hash, const void *key, size_t klen, table_up
     int rc = 0;
     pthread_rwlock_wrlock(&s->lock);
     uint32_t i = probe(s, hash, key, klen);
-    table_entry *cur = s->slots[i];
+    table_entry *cur = slot_entry(s->slots[i]);
     table_entry *repl = NULL;
     switch (fn(ctx, cur, &repl)) {
     case TABLE_KEEP:
         break;
     case TABLE_PUT:
         if (cur != NULL) {
-            s->slots[i] = repl;
+            s->slots[i] = slot_make(repl);
             released = cur;
             break;
         }
@@ -189,7 +217,7 @@ int table_update(table *t, uint64_t hash, const void *key, size_t klen, table_up
             }
             i = probe(s, hash, key, klen);
         }
-        s->slots[i] = repl;
+        s->slots[i] = slot_make(repl);
         atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
         break;
     case TABLE_DELETE:
@@ -262,7 +290,7 @@ size_t table_memory(const table *t)
 {
     size_t n = sizeof *t, nseg = (size_t)1 << t->seg_bits;
     for (size_t i = 0; i < nseg; i++)
-        n += sizeof(segment) + ((size_t)t->segs[i].mask + 1) * sizeof(table_entry *);
+        n += sizeof(segment) + ((size_t)t->segs[i].mask + 1) * sizeof(uint64_t);
     return n;
 }
 
@@ -281,7 +309,7 @@ int table_fold(table *t, table_cursor *cur, size_t budget, int may_delete, table
         /* Released entries are collected and given back after the unlock; a full batch
          * of them ends this locked stretch early. */
         while (cur->slot <= s->mask && budget > 0 && ndead < 64) {
-            table_entry *e = s->slots[cur->slot];
+            table_entry *e = slot_entry(s->slots[cur->slot]);
             budget--;
             if (e != NULL && fn(ctx, e) == TABLE_DELETE && may_delete) {
                 delete_slot(s, cur->slot);
