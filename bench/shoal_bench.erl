@@ -587,11 +587,20 @@ stop_proc(Pid) ->
     receive {'DOWN', Ref, process, Pid, _} -> ok end,
     receive {'EXIT', Pid, _} -> ok after 0 -> ok end.
 
+%% Kills a baseline process and waits until it is gone. Killing a registry makes its
+%% partitions log a crash report with their whole mailbox: the log is muted meanwhile.
 kill_proc(undefined) -> ok;
 kill_proc(Pid) ->
-    Ref = erlang:monitor(process, Pid),
-    exit(Pid, kill),
-    receive {'DOWN', Ref, process, Pid, _} -> ok end.
+    #{level := Level} = logger:get_primary_config(),
+    ok = logger:set_primary_config(level, none),
+    try
+        Ref = erlang:monitor(process, Pid),
+        exit(Pid, kill),
+        receive {'DOWN', Ref, process, Pid, _} -> ok end,
+        timer:sleep(200)
+    after
+        logger:set_primary_config(level, Level)
+    end.
 
 %% Waits until the process count stops falling (children of a stopped supervisor are
 %% killed asynchronously) so that the next scenario starts from a quiet VM.
