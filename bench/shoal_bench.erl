@@ -109,14 +109,14 @@ lookup_section(Keys, Small, N) ->
     Call = guard(fun() -> calls(hd(Keys)) end),
     %% Kill the registries before their members: otherwise pg and the Registry partitions
     %% would first work through a million 'DOWN' / 'EXIT' messages each.
-    Teardown = timed(fun() ->
+    Teardown = timed(fun() -> quietly(fun() ->
                              kill_proc(whereis(?PG)),
                              kill_proc(whereis(?REG)),
                              [exit(P, kill) || P <- Holders1 ++ Holders2],
                              ets:delete(Plain),
                              ets:delete(Rc),
                              wait_procs_settle()
-                     end),
+                     end) end),
     StopPool = timed(fun() -> ok = stop_pool(?POOL), wait_procs_settle() end),
     log("lookups: torn down, baselines ~.1f s, shoal:stop_pool/1 ~.1f s",
         [Teardown / 1.0e9, StopPool / 1.0e9]),
@@ -368,7 +368,7 @@ dynsup_start(Keys, _N, Par) ->
     %% mailbox, which is quadratic: a million children do not finish in ten minutes.
     %% The registry goes first: its partitions take the workers down through their links,
     %% instead of first working through a million 'EXIT's.
-    Stop = timed(fun() -> kill_proc(Reg), kill_proc(Sup), wait_procs_settle() end),
+    Stop = timed(fun() -> quietly(fun() -> kill_proc(Reg), kill_proc(Sup), wait_procs_settle() end) end),
     result(T, Started, Complete, Bytes, Stop).
 
 %% After a failed case: whatever it left running goes, so the next case starts clean. The
@@ -591,16 +591,17 @@ stop_proc(Pid) ->
 %% partitions log a crash report with their whole mailbox: the log is muted meanwhile.
 kill_proc(undefined) -> ok;
 kill_proc(Pid) ->
+    quietly(fun() ->
+                    Ref = erlang:monitor(process, Pid),
+                    exit(Pid, kill),
+                    receive {'DOWN', Ref, process, Pid, _} -> ok end
+            end).
+
+%% Runs F with the logger muted: a baseline torn down by force reports every child.
+quietly(F) ->
     #{level := Level} = logger:get_primary_config(),
     ok = logger:set_primary_config(level, none),
-    try
-        Ref = erlang:monitor(process, Pid),
-        exit(Pid, kill),
-        receive {'DOWN', Ref, process, Pid, _} -> ok end,
-        timer:sleep(200)
-    after
-        logger:set_primary_config(level, Level)
-    end.
+    try F() after logger:set_primary_config(level, Level) end.
 
 %% Waits until the process count stops falling (children of a stopped supervisor are
 %% killed asynchronously) so that the next scenario starts from a quiet VM.
