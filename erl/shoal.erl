@@ -101,7 +101,10 @@ call(Pool, Key, Msg) -> call(Pool, Key, Msg, ?DEFAULT_TIMEOUT).
 %% gen_server:call/3 on failure, with `{Reason, {shoal, call, [Pool, Key, Msg, Timeout]}}'.
 -spec call(pool(), key(), term(), timeout()) -> term().
 call(Pool, Key, Msg, Timeout) ->
-    Cfg = cfg(Pool, call, [Pool, Key, Msg, Timeout]),
+    Cfg = case persistent_term:get(?PT_KEY(Pool), undefined) of
+              #shoal_cfg{} = C -> C;
+              _ -> cfg(Pool, call, [Pool, Key, Msg, Timeout])
+          end,
     Pid = case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
               undefined -> resolve_or_exit(Cfg, Key, call, [Pool, Key, Msg, Timeout]);
               P -> P
@@ -170,7 +173,11 @@ ensure_started_async(Pool, Key) ->
 %% is involved.
 -spec whereis(pool(), key()) -> pid() | undefined.
 whereis(Pool, Key) ->
-    shoal_nif:whereis((cfg(Pool, whereis, [Pool, Key]))#shoal_cfg.table, Key).
+    %% The hottest read there is: nothing but the configuration fetch and the NIF.
+    case persistent_term:get(?PT_KEY(Pool), undefined) of
+        #shoal_cfg{table = T} -> shoal_nif:whereis(T, Key);
+        _ -> cfg(Pool, whereis, [Pool, Key])
+    end.
 
 %% @doc The number of live workers in the pool.
 -spec count(pool()) -> non_neg_integer().

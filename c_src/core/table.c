@@ -16,9 +16,20 @@
 #define SEG_MIN_SLOTS 16u
 #define CACHE_LINE 64
 
+/* A slot: the entry pointer (tagged, see slot_make), the entry's `fast` word, and keys of
+ * up to SLOT_KEY bytes inline, so a lookup of a short key is answered from the slot array
+ * alone (one cache miss instead of two) by table_get_fast. 32 bytes, two per cache line. */
+#define SLOT_KEY 15
+typedef struct slot {
+    uint64_t ptr;                /* 0 = empty */
+    uint64_t fast;               /* copy of entry->fast */
+    uint8_t klen;                /* key length if inline (1..SLOT_KEY), else 0 */
+    unsigned char key[SLOT_KEY]; /* the key bytes, if inline */
+} slot;
+
 typedef struct segment {
     pthread_rwlock_t lock;
-    uint64_t *slots;     /* 2^k slots, 0 = empty, else an entry pointer (see slot_make) */
+    slot *slots;         /* 2^k slots */
     uint32_t mask;       /* slots - 1 */
     atomic_uint count;   /* entries; written under the write lock, read lock-free */
 } __attribute__((aligned(CACHE_LINE))) segment;
@@ -66,31 +77,51 @@ static inline table_entry *slot_entry(uint64_t v)
     return (table_entry *)(uintptr_t)((v & SLOT_TAGGED) ? (v & SLOT_PTR) : v);
 }
 
+static inline void slot_fill(slot *sl, table_entry *e)
+{
+    sl->ptr = slot_make(e);
+    sl->fast = e->fast;
+    if (e->klen <= SLOT_KEY) {
+        sl->klen = (uint8_t)e->klen;
+        memcpy(sl->key, e->key, e->klen);
+    } else {
+        sl->klen = 0;
+    }
+}
+
+/* Does the slot hold this key? A tagged slot whose tag differs cannot; an inline key is
+ * compared in the slot; only a long key (or an untagged pointer) needs its entry. */
+static inline int slot_matches(const slot *sl, uint64_t hash, const void *key, size_t klen)
+{
+    uint64_t v = sl->ptr;
+    if ((v & SLOT_TAGGED) && ((v >> 48) & 0x7FFF) != tag_of(hash)) return 0;
+    if (klen <= SLOT_KEY && (v & SLOT_TAGGED))
+        return sl->klen == klen && memcmp(sl->key, key, klen) == 0;
+    return same_key(slot_entry(v), hash, key, klen);
+}
+
 /* Slot of the key, or of the empty slot where it would go. Caller holds a lock. */
 static uint32_t probe(const segment *s, uint64_t hash, const void *key, size_t klen)
 {
     uint32_t i = (uint32_t)hash & s->mask;
-    uint64_t tag = tag_of(hash);
     for (;;) {
-        uint64_t v = s->slots[i];
-        if (v == 0) return i;
-        if (!(v & SLOT_TAGGED) || ((v >> 48) & 0x7FFF) == tag)
-            if (same_key(slot_entry(v), hash, key, klen)) return i;
+        const slot *sl = &s->slots[i];
+        if (sl->ptr == 0 || slot_matches(sl, hash, key, klen)) return i;
         i = (i + 1) & s->mask;
     }
 }
 
 static int resize(segment *s, uint32_t nslots)
 {
-    uint64_t *slots = calloc(nslots, sizeof *slots);
+    slot *slots = calloc(nslots, sizeof *slots);
     if (slots == NULL) return SHOAL_ENOMEM;
     uint32_t mask = nslots - 1;
     for (uint32_t i = 0; i <= s->mask; i++) {
-        uint64_t v = s->slots[i];
+        uint64_t v = s->slots[i].ptr;
         if (v == 0) continue;
         uint32_t j = (uint32_t)slot_entry(v)->hash & mask;
-        while (slots[j] != 0) j = (j + 1) & mask;
-        slots[j] = v;
+        while (slots[j].ptr != 0) j = (j + 1) & mask;
+        slots[j] = s->slots[i];
     }
     free(s->slots);
     s->slots = slots;
@@ -103,16 +134,16 @@ static void delete_slot(segment *s, uint32_t i)
 {
     uint32_t j = i;
     for (;;) {
-        s->slots[i] = 0;
+        s->slots[i].ptr = 0;
         for (;;) {
             j = (j + 1) & s->mask;
-            uint64_t v = s->slots[j];
+            uint64_t v = s->slots[j].ptr;
             if (v == 0) goto done;
             uint32_t home = (uint32_t)slot_entry(v)->hash & s->mask;
             /* Move e back into the hole at i unless its home lies cyclically in (i, j]. */
             int stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
             if (!stays) {
-                s->slots[i] = v;
+                s->slots[i] = s->slots[j];
                 i = j;
                 break;
             }
@@ -171,7 +202,7 @@ void table_free(table *t)
     for (size_t i = 0; i < nseg; i++) {
         segment *s = &t->segs[i];
         for (uint32_t j = 0; j <= s->mask; j++)
-            if (s->slots[j] != 0) t->ops.release(t->ops.ctx, slot_entry(s->slots[j]));
+            if (s->slots[j].ptr != 0) t->ops.release(t->ops.ctx, slot_entry(s->slots[j].ptr));
         free(s->slots);
         pthread_rwlock_destroy(&s->lock);
     }
@@ -184,10 +215,21 @@ int table_get(table *t, uint64_t hash, const void *key, size_t klen, table_visit
 {
     segment *s = seg_of(t, hash);
     pthread_rwlock_rdlock(&s->lock);
-    table_entry *e = slot_entry(s->slots[probe(s, hash, key, klen)]);
+    table_entry *e = slot_entry(s->slots[probe(s, hash, key, klen)].ptr);
     if (e != NULL && fn != NULL) fn(ctx, e);
     pthread_rwlock_unlock(&s->lock);
     return e != NULL ? 0 : SHOAL_ENOENT;
+}
+
+int table_get_fast(table *t, uint64_t hash, const void *key, size_t klen, uint64_t *fast)
+{
+    segment *s = seg_of(t, hash);
+    pthread_rwlock_rdlock(&s->lock);
+    const slot *sl = &s->slots[probe(s, hash, key, klen)];
+    int found = sl->ptr != 0;
+    if (found) *fast = sl->fast;
+    pthread_rwlock_unlock(&s->lock);
+    return found ? 0 : SHOAL_ENOENT;
 }
 
 int table_update(table *t, uint64_t hash, const void *key, size_t klen, table_update_fn fn,
@@ -198,14 +240,14 @@ int table_update(table *t, uint64_t hash, const void *key, size_t klen, table_up
     int rc = 0;
     pthread_rwlock_wrlock(&s->lock);
     uint32_t i = probe(s, hash, key, klen);
-    table_entry *cur = slot_entry(s->slots[i]);
+    table_entry *cur = slot_entry(s->slots[i].ptr);
     table_entry *repl = NULL;
     switch (fn(ctx, cur, &repl)) {
     case TABLE_KEEP:
         break;
     case TABLE_PUT:
         if (cur != NULL) {
-            s->slots[i] = slot_make(repl);
+            slot_fill(&s->slots[i], repl);
             released = cur;
             break;
         }
@@ -217,7 +259,7 @@ int table_update(table *t, uint64_t hash, const void *key, size_t klen, table_up
             }
             i = probe(s, hash, key, klen);
         }
-        s->slots[i] = slot_make(repl);
+        slot_fill(&s->slots[i], repl);
         atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
         break;
     case TABLE_DELETE:
@@ -290,7 +332,7 @@ size_t table_memory(const table *t)
 {
     size_t n = sizeof *t, nseg = (size_t)1 << t->seg_bits;
     for (size_t i = 0; i < nseg; i++)
-        n += sizeof(segment) + ((size_t)t->segs[i].mask + 1) * sizeof(uint64_t);
+        n += sizeof(segment) + ((size_t)t->segs[i].mask + 1) * sizeof(slot);
     return n;
 }
 
@@ -309,7 +351,7 @@ int table_fold(table *t, table_cursor *cur, size_t budget, int may_delete, table
         /* Released entries are collected and given back after the unlock; a full batch
          * of them ends this locked stretch early. */
         while (cur->slot <= s->mask && budget > 0 && ndead < 64) {
-            table_entry *e = slot_entry(s->slots[cur->slot]);
+            table_entry *e = slot_entry(s->slots[cur->slot].ptr);
             budget--;
             if (e != NULL && fn(ctx, e) == TABLE_DELETE && may_delete) {
                 delete_slot(s, cur->slot);

@@ -11,8 +11,11 @@
  * reference to each entry it stores and gives it back through ops->release once the entry
  * has left the table (always called with no segment lock held).
  *
- * Memory per entry held by the table: one pointer slot (8 bytes) at a load factor between
- * 3/8 and 3/4, i.e. 11 to 22 bytes, plus the caller's entry (table_entry is 24 bytes). */
+ * Slots are 32 bytes: the entry pointer with 15 bits of the key's hash in its spare bits,
+ * the entry's `fast` word, and keys of up to 15 bytes inline, so that a hit on a short key
+ * is answered from the slot array alone (table_get_fast). Memory per entry held by the
+ * table: one slot at a load factor between 3/8 and 3/4, i.e. 43 to 85 bytes, plus the
+ * caller's entry (table_entry is 32 bytes). */
 #ifndef SHOAL_TABLE_H
 #define SHOAL_TABLE_H
 
@@ -24,6 +27,8 @@ typedef struct table_entry {
     const unsigned char *key; /* canonical key bytes, owned by the entry, immutable */
     uint32_t klen;            /* key length in bytes */
     uint32_t user;            /* free for the caller */
+    uint64_t fast;            /* copied into the slot when the entry is stored: what
+                                 table_get_fast answers without touching the entry */
 } table_entry;
 
 typedef struct table_ops {
@@ -65,6 +70,11 @@ void table_free(table *t);
  * SHOAL_ENOENT otherwise. */
 int table_get(table *t, uint64_t hash, const void *key, size_t klen, table_visit_fn fn,
               void *ctx);
+
+/* table_get_fast - look the key up under the segment's read lock and, when found, copy the
+ * `fast` word its entry had when stored into *fast, without reading the entry itself for
+ * keys of up to 15 bytes. Returns 0 when found, SHOAL_ENOENT otherwise. */
+int table_get_fast(table *t, uint64_t hash, const void *key, size_t klen, uint64_t *fast);
 
 /* table_update - atomically read-modify-write one key under the segment's write lock: fn
  * sees the current entry (or NULL) and decides. Replaced or deleted entries are released

@@ -672,12 +672,43 @@ static int peek_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], struct peek *p, 
     return rc;
 }
 
+/* The local worker of argv[1] straight from its slot (no entry read for short keys):
+ * 1 and *pid when there is one, 0 when the key is absent, -1 when the slot does not say
+ * (a claim or a replica: ask peek_args), or -2 with *bad for a bad table or key. */
+static int fast_local(ErlNifEnv *env, const ERL_NIF_TERM argv[], ErlNifPid *pid, ERL_NIF_TERM *bad)
+{
+    ntable *nt = get_table(env, argv[0]);
+    kbuf k;
+    uint64_t h, fast = 0;
+    int rc;
+    if (nt == NULL) {
+        *bad = enif_make_badarg(env);
+        return -2;
+    }
+    if ((rc = encode_key(env, argv[1], &k, &h)) != 0) {
+        *bad = raise_for(env, rc);
+        return -2;
+    }
+    rc = table_get_fast(nt->t, h, k.p, k.len, &fast);
+    kbuf_free(&k);
+    if (rc != 0) return 0;
+    if (fast == 0) return -1;
+    pid->pid = (ERL_NIF_TERM)fast;
+    return 1;
+}
+
 /* whereis(Table, Key) -> pid() | undefined. Claims in progress count as absent. */
 static ERL_NIF_TERM nif_whereis(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     struct peek p;
     ERL_NIF_TERM bad;
+    ErlNifPid pid;
+    switch (fast_local(env, argv, &pid, &bad)) {
+    case 1: return enif_make_pid(env, &pid);
+    case 0: return A_UNDEFINED;
+    case -2: return bad;
+    }
     int rc = peek_args(env, argv, &p, &bad);
     if (rc == SHOAL_ENOENT || (rc == 0 && p.state == ST_CLAIMED)) return A_UNDEFINED;
     return rc == 0 ? worker_pid(env, &p) : bad;
@@ -703,6 +734,12 @@ static ERL_NIF_TERM nif_route(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     (void)argc;
     struct peek p;
     ERL_NIF_TERM bad;
+    ErlNifPid pid;
+    switch (fast_local(env, argv, &pid, &bad)) {
+    case 1: return enif_send(env, &pid, NULL, argv[2]) ? A_OK : A_UNDEFINED;
+    case 0: return A_UNDEFINED;
+    case -2: return bad;
+    }
     int rc = peek_args(env, argv, &p, &bad);
     if (rc == SHOAL_ENOENT || (rc == 0 && p.state == ST_CLAIMED)) return A_UNDEFINED;
     if (rc != 0) return bad;
@@ -855,6 +892,7 @@ static ERL_NIF_TERM nif_register(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     kbuf_free(&k);
     if (e == NULL) return raise_for(env, SHOAL_ENOMEM);
     e->pid = pid;
+    e->te.fast = (uint64_t)pid.pid; /* a local pid is an immediate: never 0 */
     if (enif_monitor_process(env, e, &pid, &e->mon) != 0) {
         enif_release_resource(e);
         return enif_make_tuple2(env, A_ERROR, A_NOPROC);
