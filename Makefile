@@ -78,6 +78,7 @@ demo: all
 
 bench: all
 	bash scripts/bench.sh
+	@$(MAKE) --no-print-directory cnode-bench
 
 fmt:
 	clang-format -i c_src/*/*.[ch] include/*.h test/c/*.c
