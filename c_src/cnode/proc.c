@@ -884,6 +884,22 @@ static void free_proc(shoal_proc *p)
     free(p);
 }
 
+
+/* Drop the outgoing monitors with these ids (ids may name ones already gone); a pending
+ * call among them gets -ECANCELED. */
+static void cancel_outmons(shoal_node *n, const uint64_t *ids, size_t cnt)
+{
+    for (size_t k = 0; k < cnt; k++) {
+        outmon *om = imap_get(&n->mons, ids[k]);
+        if (!om)
+            continue;
+        om_detach(n, om, 1);
+        if (om->kind == OM_CALL)
+            om->cb(n, -ECANCELED, NULL, 0, om->arg);
+        om_free(om);
+    }
+}
+
 static void finish_exit(shoal_proc *p)
 {
     shoal_node *n = p->node;
@@ -923,15 +939,7 @@ static void finish_exit(shoal_proc *p)
         while (refs && (om = imap_next(&n->mons, &i, &key)))
             if (om->owner == p->id)
                 refs[cnt++] = key;
-        for (size_t k = 0; k < cnt; k++) {
-            om = imap_get(&n->mons, refs[k]);
-            if (!om)
-                continue;
-            om_detach(n, om, 1);
-            if (om->kind == OM_CALL)
-                om->cb(n, -ECANCELED, NULL, 0, om->arg);
-            om_free(om);
-        }
+        cancel_outmons(n, refs, cnt);
         free(refs);
     }
     if (p->spec.terminate)
@@ -1033,15 +1041,7 @@ void proc_close_all(shoal_node *n)
         return;
     while ((om = imap_next(&n->mons, &i, &key)))
         ids[cnt++] = key;
-    for (size_t k = 0; k < cnt; k++) {
-        om = imap_get(&n->mons, ids[k]);
-        if (!om)
-            continue;
-        om_detach(n, om, 1);
-        if (om->kind == OM_CALL)
-            om->cb(n, -ECANCELED, NULL, 0, om->arg);
-        om_free(om);
-    }
+    cancel_outmons(n, ids, cnt);
     free(ids);
 }
 
