@@ -25,7 +25,7 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test demo bench clean fmt
+.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt
 
 deps:
 	@bash scripts/deps.sh
@@ -69,6 +69,10 @@ erl-test: all
 
 elixir-test: all
 	bash scripts/elixir_test.sh
+
+# Type analysis of the application (fails on any warning).
+dialyzer: all
+	rebar3 dialyzer
 
 test: all
 	@bash scripts/test_all.sh

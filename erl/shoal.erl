@@ -358,6 +358,7 @@ retry_call(#shoal_cfg{table = T} = Cfg, Key, Dead, Msg, Timeout, Mode, Fun, Args
         {error, Reason} -> call_failed(Cfg, Reason, Fun, Args)
     end.
 
+-spec call_failed(#shoal_cfg{}, term(), atom(), list()) -> no_return().
 call_failed(#shoal_cfg{counters = C}, Reason, Fun, Args) ->
     Reason =:= timeout andalso counters:add(C, ?C_CALL_TIMEOUTS, 1),
     exit({Reason, {?MODULE, Fun, Args}}).

@@ -4,9 +4,9 @@
 %% call, written only when the pool starts or stops.
 -record(shoal_cfg, {
     pool         :: atom(),
-    table        :: shoal_nif:table(),
-    counters     :: counters:counters_ref(),
-    meter        :: shoal_nif:meter(),
+    table        :: shoal_nif:table() | undefined,     %% undefined only until the server starts
+    counters     :: counters:counters_ref() | undefined,
+    meter        :: shoal_nif:meter() | undefined,
     worker       :: module(),
     args         :: term(),
     segs         :: tuple(),                 %% registered names of the segment processes

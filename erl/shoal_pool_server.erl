@@ -73,7 +73,7 @@ local_config(CTab) ->
 -spec handle_call(term(), gen_server:from(), #ps{}) -> {reply, term(), #ps{}}.
 handle_call({config, Item}, _From, #ps{cfg = Cfg, members = Ms} = S) ->
     apply_config(Cfg, Item),
-    [Pid ! {shoal_config, Item} || Pid <- maps:values(Ms)],
+    _ = [Pid ! {shoal_config, Item} || Pid <- maps:values(Ms)],
     {reply, ok, S};
 handle_call(members, _From, #ps{members = Ms} = S) ->
     {reply, lists:sort([node() | maps:keys(Ms)]), S};
@@ -104,12 +104,12 @@ handle_info({spawn_for, Keys, Home}, #ps{cfg = Cfg} = S) ->
 handle_info({spawned, Results}, #ps{cfg = #shoal_cfg{table = T}, pending = P} = S) ->
     P1 = lists:foldl(
            fun({Key, Result}, Acc) ->
-                   case Result of
-                       {ok, Pid} when node(Pid) =/= node() ->
-                           _ = shoal_nif:put_remote(T, Key, node(Pid), Pid, 0);
-                       {ok, _} -> ok;
-                       _ -> _ = shoal_nif:release_claim(T, Key)
-                   end,
+                   _ = case Result of
+                           {ok, Pid} when node(Pid) =/= node() ->
+                               shoal_nif:put_remote(T, Key, node(Pid), Pid, 0);
+                           {ok, _} -> ok;
+                           _ -> shoal_nif:release_claim(T, Key)
+                       end,
                    maps:remove(Key, Acc)
            end, P, Results),
     {noreply, S#ps{pending = P1}};
@@ -192,7 +192,7 @@ replicate(Ev, #ps{cfg = #shoal_cfg{table = T}, members = Ms} = S) ->
     Ops = collect(T, [op(T, Ev)], ?BATCH),
     case [O || O <- Ops, O =/= skip] of
         [] -> ok;
-        Live -> [Pid ! {shoal_repl, node(), Live} || Pid <- maps:values(Ms)]
+        Live -> lists:foreach(fun(Pid) -> Pid ! {shoal_repl, node(), Live} end, maps:values(Ms))
     end,
     S.
 

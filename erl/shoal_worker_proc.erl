@@ -25,6 +25,11 @@
             frozen = false :: boolean(),
             held = [] :: [{call, gen_server:from(), term()} | {cast, term()} | {info, term()}]}).
 
+-type extra() :: timeout() | hibernate | {continue, term()}.
+-type noreply_result() :: {noreply, #w{}} | {noreply, #w{}, extra()} | {stop, term(), #w{}}.
+-type callback_result() :: {reply, term(), #w{}} | {reply, term(), #w{}, extra()} |
+                           {stop, term(), term(), #w{}} | noreply_result().
+
 %% @doc Spawn the worker for Key. `Ack' is `none', or `{Pid, Ref}' to be sent
 %% `{'$shoal_started', Ref, ok | {error, Reason}}' once its state is set up: by init/2, or
 %% with `{takeover, Transfer}' by takeover/3 (the end of a migration).
@@ -90,7 +95,7 @@ still_wanted(#shoal_cfg{table = T}, Key, Spawner) ->
 init(_) -> ignore.
 
 %% @private
--spec handle_call(term(), gen_server:from(), #w{}) -> term().
+-spec handle_call(term(), gen_server:from(), #w{}) -> callback_result().
 handle_call(Msg, From, #w{forward = To} = W) when is_pid(To) ->
     To ! {'$gen_call', From, Msg},
     {noreply, W};
@@ -109,7 +114,7 @@ handle_call(Msg, From, W0) ->
                     end).
 
 %% @private
--spec handle_cast(term(), #w{}) -> term().
+-spec handle_cast(term(), #w{}) -> noreply_result().
 handle_cast(Msg, #w{forward = To} = W) when is_pid(To) ->
     To ! {'$gen_cast', Msg},
     {noreply, W};
@@ -121,7 +126,7 @@ handle_cast(Msg, W0) ->
                     end).
 
 %% @private
--spec handle_info(term(), #w{}) -> term().
+-spec handle_info(term(), #w{}) -> noreply_result().
 handle_info('$shoal_retire', #w{forward = To} = W) when is_pid(To) ->
     {stop, {shutdown, {shoal_moved, node(To)}}, W};
 handle_info(Info, #w{forward = To} = W) when is_pid(To) ->
@@ -149,7 +154,7 @@ handle_info(Info, W0) ->
                 end).
 
 %% @private
--spec handle_continue(term(), #w{}) -> term().
+-spec handle_continue(term(), #w{}) -> noreply_result().
 handle_continue(C, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
     ret(Mod:handle_continue(C, St), W).
 
@@ -244,7 +249,7 @@ moved(Node, NewPid, Inc, #w{cfg = #shoal_cfg{table = T, grace = Grace}, key = Ke
 %% The move failed: carry on here, handling what we held first.
 thaw(#w{cfg = #shoal_cfg{table = T}, key = Key, held = H} = W) ->
     _ = shoal_nif:set_moving(T, Key, self(), false),
-    [self() ! case E of
+    _ = [self() ! case E of
                   {call, From, M} -> {'$gen_call', From, M};
                   {cast, M} -> {'$gen_cast', M};
                   {info, M} -> M
