@@ -199,8 +199,8 @@ migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, table = T, grace = Grace}, key = 
                     erlang:send_after(Grace, self(), '$shoal_retire'),
                     {reply, {ok, NewPid}, W#w{forward = NewPid}};
                 {error, Reason} ->
-                    _ = shoal_nif:set_moving(T, Key, self(), false),
-                    {reply, {error, Reason}, W, idle_of(W)}
+                    W1 = reclaim(W),
+                    {reply, {error, Reason}, W1, idle_of(W1)}
             end;
         Stop ->
             Stop
@@ -247,14 +247,33 @@ moved(Node, NewPid, Inc, #w{cfg = #shoal_cfg{table = T, grace = Grace}, key = Ke
     {noreply, W#w{frozen = false, held = [], forward = NewPid}}.
 
 %% The move failed: carry on here, handling what we held first.
-thaw(#w{cfg = #shoal_cfg{table = T}, key = Key, held = H} = W) ->
-    _ = shoal_nif:set_moving(T, Key, self(), false),
+thaw(#w{held = H} = W0) ->
+    W = reclaim(W0),
     _ = [self() ! case E of
                   {call, From, M} -> {'$gen_call', From, M};
                   {cast, M} -> {'$gen_cast', M};
                   {info, M} -> M
               end || E <- lists:reverse(H)],
     {noreply, W#w{frozen = false, held = []}, idle_of(W)}.
+
+%% A move that failed leaves us the worker for our key. The target may have registered the
+%% successor before it failed (died before answering): its replica then replaced our
+%% moving entry here, and goes when that node does. Take the entry back over the replica
+%% (a successor still alive meets us in the conflict rule); without this we would live on
+%% unreachable and the next call would spawn a fresh worker without our state. Should a
+%% fresh local worker have taken the key meanwhile, step aside for it as a moved worker.
+reclaim(#w{cfg = #shoal_cfg{table = T, grace = Grace}, key = Key} = W) ->
+    case shoal_nif:set_moving(T, Key, self(), false) of
+        ok -> W;
+        not_found ->
+            case shoal_nif:register(T, Key, self(), true) of
+                {ok, _} -> W;
+                {error, {already_registered, Other}} ->
+                    erlang:send_after(Grace, self(), '$shoal_retire'),
+                    W#w{forward = Other};
+                {error, _} -> W
+            end
+    end.
 
 %% Another node's worker for our key won (after a partition healed): run the loser's
 %% callback, step aside for the winner and hand it what is queued here.

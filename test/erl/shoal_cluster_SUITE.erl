@@ -45,11 +45,16 @@
          drain_to_zero_keeps_every_state/1,
          rebalance_moves_the_minimum/1,
          health_reports_every_member/1,
+         idle_offload_in_a_cluster_clears_every_replica/1,
+         spawns_racing_a_joining_node_end_with_one_worker_per_key/1,
+         move_to_a_dying_target_keeps_the_worker/1,
          member_death_drops_replicas_and_respawns_from_store/1,
          dead_member_rejoins_under_its_name/1,
          partition_sides_keep_serving_and_heal_to_one_worker/1]).
 %% Run on the peers.
--export([peer_init/0, collector/0, p_start_pool/2, p_race/4, p_converge/3, p_spawn_keys/3,
+-export([peer_init/0, collector/0, p_start_pool/2, p_start_pool/3, p_async/3,
+         p_spawn_and_watch_idle/4, p_live_workers/1, p_local_keys/1, p_whereis_all/2, p_move_batch/3,
+         p_race/4, p_converge/3, p_spawn_keys/3,
          p_cluster_view/2, p_hammer/3, p_caster/3, p_incr_each/4, p_states/3,
          p_watch_node_gone/3, p_events/1, p_locate/2, p_stop/1]).
 
@@ -72,12 +77,15 @@ groups() ->
        migrate_three_times_under_load_loses_nothing,
        drain_to_zero_keeps_every_state,
        rebalance_moves_the_minimum,
-       health_reports_every_member]},
+       health_reports_every_member,
+       idle_offload_in_a_cluster_clears_every_replica,
+       spawns_racing_a_joining_node_end_with_one_worker_per_key]},
      %% These cases kill or split their peers: each starts its own three.
      {failures, [],
       [member_death_drops_replicas_and_respawns_from_store,
        dead_member_rejoins_under_its_name,
-       partition_sides_keep_serving_and_heal_to_one_worker]}].
+       partition_sides_keep_serving_and_heal_to_one_worker,
+       move_to_a_dying_target_keeps_the_worker]}].
 
 %%% Setup ---------------------------------------------------------------------------------
 
@@ -107,7 +115,18 @@ init_per_testcase(Case, Config0) ->
                    #{store => node_of(Config, 1)};
                _ -> #{}
            end,
-    start_pool_everywhere(Config, Pool, Args),
+    case Case of
+        idle_offload_in_a_cluster_clears_every_replica ->
+            start_pool_everywhere(Config, Pool, Args, #{idle_timeout => 300});
+        move_to_a_dying_target_keeps_the_worker ->
+            %% Short, so that the predecessors of the setup's moves are gone quickly.
+            start_pool_everywhere(Config, Pool, Args, #{handoff_grace => 200});
+        spawns_racing_a_joining_node_end_with_one_worker_per_key ->
+            %% The third node starts the pool during the case.
+            start_pool_on(Config, lists:sublist(peers(Config), 2), Pool, Args, #{});
+        _ ->
+            start_pool_everywhere(Config, Pool, Args)
+    end,
     [{pool, Pool} | Config].
 
 end_per_testcase(_Case, Config) ->
@@ -157,11 +176,18 @@ connect_all(Peers) ->
     ok.
 
 start_pool_everywhere(Config, Pool, Args) ->
-    [{ok, _} = peer:call(P, ?MODULE, p_start_pool, [Pool, Args], ?CALL_TIMEOUT)
-     || {P, _} <- peers(Config)],
-    All = nodes_of(Config),
+    start_pool_everywhere(Config, Pool, Args, #{}).
+
+start_pool_everywhere(Config, Pool, Args, Opts) ->
+    start_pool_on(Config, peers(Config), Pool, Args, Opts).
+
+%% The pool on Peers only (each with the extra start options Opts); they see each other.
+start_pool_on(_Config, Peers, Pool, Args, Opts) ->
+    [{ok, _} = peer:call(P, ?MODULE, p_start_pool, [Pool, Args, Opts], ?CALL_TIMEOUT)
+     || {P, _} <- Peers],
+    All = lists:sort([N || {_, N} <- Peers]),
     [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000, {members, N})
-     || {P, N} <- peers(Config)],
+     || {P, N} <- Peers],
     ok.
 
 %%% The mesh: spawning, replicas, placement -----------------------------------------------
@@ -482,6 +508,95 @@ health_reports_every_member(Config) ->
      end || {P, _} <- Peers],
     ok.
 
+%% idle_timeout 300 on every member: 30 keys spawned from A land on all three nodes and
+%% every member's replica holds them (sampled on A meanwhile); then each worker offloads
+%% itself and its `down' clears the replicas, so count/1 drops to 0 on every member. A
+%% later call spawns the key afresh.
+idle_offload_in_a_cluster_clears_every_replica(Config) ->
+    Pool = ?config(pool, Config),
+    Peers = [{PA, _}, {PB, _}, _] = peers(Config),
+    Nodes = nodes_of(Config),
+    Keys = [{idle, I} || I <- lists:seq(1, 30)],
+    #{max := Max, zero_after := Zero, bad := Bad, pids := Pids, spawn_ms := SpawnMs} =
+        pcall(PA, ?MODULE, p_spawn_and_watch_idle, [Pool, Keys, Nodes, 5000]),
+    ct:pal("30 keys spawned in ~b ms; highest counts seen ~p; every member at 0 ~p ms later",
+           [SpawnMs, Max, Zero]),
+    ?assertEqual([], Bad),
+    ?assertEqual(Nodes, lists:usort([node(P) || {_, P} <- Pids])),
+    [?assertEqual({N, 30}, {N, C}) || {N, C} <- Max],
+    ?assert(is_integer(Zero), {replicas_not_cleared, Zero}),
+    [?assertEqual({N, [undefined]}, {N, lists:usort(pcall(P, ?MODULE, p_whereis_all, [Pool, Keys]))})
+     || {P, N} <- Peers],
+    %% Offloaded, every one of them (not crashed, not stopped).
+    Downs = lists:append([pcall(P, ?MODULE, p_events, [down]) || {P, _} <- Peers]),
+    ?assertEqual(lists:sort(Pids),
+                 lists:sort([{K, P} || {down, {idle, _} = K, P, {shutdown, shoal_offloaded}}
+                                           <- Downs])),
+    %% A later call spawns a new incarnation, with fresh state.
+    [{K1, Old} | _] = Pids,
+    {New, _} = pcall(PB, shoal, call, [Pool, K1, whoami]),
+    ?assertNotEqual(Old, New),
+    ?assertEqual(1, pcall(PB, shoal, call, [Pool, K1, incr])),
+    %% And it goes idle in its turn.
+    [wait_until(fun() -> pcall(P, shoal, count, [Pool]) =:= 0 end, 5000, {idle_again, N})
+     || {P, N} <- Peers],
+    ok.
+
+%% A and B run the pool; each spawns the same 3000 new keys (in opposite orders, 10
+%% processes each) while C starts the pool and joins, so the home of about a third of the
+%% keys moves to C in the middle of the race. Once the spawners are done, within 5 s (the
+%% conflict rule settles any duplicate the change of homes made): every member counts
+%% 3000, every member's whereis/2 agrees for every key, the members' own tables hold each
+%% key exactly once, and exactly one live worker process per key exists in the cluster.
+spawns_racing_a_joining_node_end_with_one_worker_per_key(Config) ->
+    Pool = ?config(pool, Config),
+    Peers = [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
+    N = 3000,
+    Keys = [{join, I} || I <- lists:seq(1, N)],
+    ?assertEqual([A, B], pcall(PA, shoal, nodes, [Pool])),
+    Spawners = [{PA, pcall(PA, ?MODULE, p_async, [?MODULE, p_spawn_keys, [Pool, Keys, 10]])},
+                {PB, pcall(PB, ?MODULE, p_async,
+                           [?MODULE, p_spawn_keys, [Pool, lists:reverse(Keys), 10]])}],
+    %% C joins once the race is under way.
+    wait_until(fun() -> pcall(PA, shoal, count, [Pool]) >= 200 end, 10000, race_started),
+    {ok, _} = pcall(PC, ?MODULE, p_start_pool, [Pool, #{}]),
+    AtJoin = pcall(PA, shoal, count, [Pool]),
+    [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= [A, B, C] end, 5000, {joined, M})
+     || {P, M} <- Peers],
+    Results = [stop_worker_proc(P, W) || {P, W} <- Spawners],
+    ct:pal("C joined with ~b of ~b keys spawned (as A saw it); failed spawns ~p",
+           [AtJoin, N, Results]),
+    ?assertEqual([{ok, []}, {ok, []}], Results),
+    T0 = erlang:monotonic_time(millisecond),
+    Check = fun() ->
+                    Views = [pcall(P, ?MODULE, p_whereis_all, [Pool, Keys]) || {P, _} <- Peers],
+                    Counts = [pcall(P, shoal, count, [Pool]) || {P, _} <- Peers],
+                    Local = lists:append([pcall(P, ?MODULE, p_local_keys, [Pool]) || {P, _} <- Peers]),
+                    Live = lists:append([pcall(P, ?MODULE, p_live_workers, [join]) || {P, _} <- Peers]),
+                    State = #{views_agree => length(lists:usort(Views)) =:= 1,
+                              unknown => length([x || undefined <- hd(Views)]),
+                              counts => Counts,
+                              local_keys => {length(Local), length(lists:usort(Local))},
+                              live => {length(Live), length(lists:usort([K || {K, _} <- Live]))},
+                              live_is_registered =>
+                                  lists:sort(Live) =:= lists:sort(lists:zip(Keys, hd(Views)))},
+                    {State =:= #{views_agree => true, unknown => 0, counts => [N, N, N],
+                                 local_keys => {N, N}, live => {N, N}, live_is_registered => true},
+                     State}
+            end,
+    Res = poll(fun() -> element(1, Check()) end, 5000),
+    {_, Final} = Check(),
+    Conflicts = lists:append([pcall(P, ?MODULE, p_events, [conflict]) || {P, _} <- Peers]),
+    ct:pal("settled: ~p after ~b ms (~p); ~b duplicates resolved by the conflict rule; "
+           "per node ~p",
+           [Res, erlang:monotonic_time(millisecond) - T0, Final,
+            length([x || {conflict, {join, _}, _, _} <- Conflicts]),
+            cluster_view(PA, Pool, [A, B, C])]),
+    ?assertEqual({ok, #{views_agree => true, unknown => 0, counts => [N, N, N],
+                        local_keys => {N, N}, live => {N, N}, live_is_registered => true}},
+                 {Res, Final}),
+    ok.
+
 %%% Failures ------------------------------------------------------------------------------
 
 %% A member halts while two clients hammer 90 keys (a third of them on it). Its replicas
@@ -659,6 +774,73 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
     wait_counts_agree(Config, Pool, 40),
     ok.
 
+%% 40 counters live on A. A batched move of all of them to C (shoal_cluster:move_batch/3,
+%% what drain/2 and rebalance/1 run) is caught half done: C's takeovers hang after the
+%% first 20 (some successors may be registered on C and replicated, the rest not), and C
+%% halts. Nothing moved, so each old worker thaws and must still be THE worker for its key:
+%% the same pid in A's and B's tables, its state intact, answering calls, and no second
+%% incarnation anywhere. Then a single-key migrate/3 to B while B halts mid-takeover, and
+%% one to C (gone): both return {error, _} and the worker answers on A with its state.
+move_to_a_dying_target_keeps_the_worker(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
+    Keys = [{m, I} || I <- lists:seq(1, 40)],
+    Want = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(I) -> I rem 4 + 1 end, [A, B, C]]),
+    [case pcall(PA, shoal, lookup, [Pool, K]) of
+         {ok, A, _} -> ok;
+         {ok, _, _} -> {ok, P} = pcall(PA, shoal, migrate, [Pool, K, A]), ?assertEqual(A, node(P))
+     end || K <- Keys],
+    [wait_located(Config, Pool, K, A) || K <- Keys],
+    [wait_until(fun() -> pcall(P, ?MODULE, p_live_workers, [m]) =:= [] end, 5000,
+                {predecessors_retired, N}) || {P, N} <- [{PB, B}, {PC, C}]],
+    Pids = pcall(PA, ?MODULE, p_whereis_all, [Pool, Keys]),
+    ?assertEqual(Want, pcall(PB, ?MODULE, p_states, [Pool, Keys, get])),
+    Inits0 = length([x || {init, {m, _}, _, _} <- pcall(PA, ?MODULE, p_events, [init]) ++
+                              pcall(PB, ?MODULE, p_events, [init])]),
+    %% The batched move, C dying in the middle of it.
+    true = pcall(PC, ets, insert, [shoal_test_store, {'$stall_takeovers_after', 20}]),
+    Mover = pcall(PA, ?MODULE, p_async, [?MODULE, p_move_batch, [Pool, Keys, C]]),
+    wait_until(fun() -> pcall(PC, ?MODULE, p_events, [stalled]) =/= [] end, 10000, stalled),
+    %% Let the replicas of whatever successors C registered reach A and B (not asserted:
+    %% how many registered before the stall depends on scheduling).
+    OnC = fun(P) -> length([x || W <- pcall(P, ?MODULE, p_whereis_all, [Pool, Keys]),
+                                 is_pid(W), node(W) =:= C]) end,
+    _ = poll(fun() -> OnC(PA) > 0 andalso OnC(PA) =:= OnC(PB) end, 2000),
+    ct:pal("C stalled; successors on C as A / B see it: ~b / ~b", [OnC(PA), OnC(PB)]),
+    peer:cast(PC, erlang, halt, []),
+    ?assertEqual({ok, length(Keys)}, stop_worker_proc(PA, Mover)),
+    wait_until(fun() -> pcall(PA, shoal, nodes, [Pool]) =:= [A, B] andalso
+                            pcall(PB, shoal, nodes, [Pool]) =:= [A, B] end, 5000, c_gone),
+    Same = fun() -> [pcall(P, ?MODULE, p_whereis_all, [Pool, Keys]) || P <- [PA, PB]] =:= [Pids, Pids] end,
+    Same() orelse poll(Same, 5000),
+    ?assertEqual({pids, [Pids, Pids]},
+                 {pids, [pcall(P, ?MODULE, p_whereis_all, [Pool, Keys]) || P <- [PA, PB]]}),
+    ?assertEqual(Want, pcall(PB, ?MODULE, p_states, [Pool, Keys, get])),
+    ?assertEqual(Want, pcall(PA, ?MODULE, p_states, [Pool, Keys, get])),
+    ?assertEqual(lists:sort(Keys), lists:sort(pcall(PA, ?MODULE, p_local_keys, [Pool]))),
+    ?assertEqual(lists:sort(lists:zip(Keys, Pids)), pcall(PA, ?MODULE, p_live_workers, [m])),
+    ?assertEqual([], pcall(PB, ?MODULE, p_live_workers, [m])),
+    ?assertEqual(Inits0, length([x || {init, {m, _}, _, _} <- pcall(PA, ?MODULE, p_events, [init]) ++
+                                          pcall(PB, ?MODULE, p_events, [init])])),
+    [?assertEqual({N, 40}, {N, pcall(P, shoal, count, [Pool])}) || {P, N} <- [{PA, A}, {PB, B}]],
+    %% Single-key migrate/3 to B, B halting while the successor is being set up.
+    [K1 | _] = Keys,
+    [Pid1 | _] = Pids,
+    [W1 | _] = Want,
+    true = pcall(PB, ets, insert, [shoal_test_store, {'$stall_takeovers_after', 0}]),
+    Migrator = pcall(PA, ?MODULE, p_async, [shoal, migrate, [Pool, K1, B]]),
+    wait_until(fun() -> pcall(PB, ?MODULE, p_events, [stalled]) =/= [] end, 10000, stalled_b),
+    peer:cast(PB, erlang, halt, []),
+    {ok, {error, Why}} = stop_worker_proc(PA, Migrator),
+    ct:pal("migrate/3 to ~p halted mid-takeover: {error, ~p}", [B, Why]),
+    ?assertEqual(Pid1, pcall(PA, shoal, whereis, [Pool, K1])),
+    ?assertEqual(W1 + 1, pcall(PA, shoal, call, [Pool, K1, incr])),
+    %% And to a node already gone.
+    ?assertMatch({error, _}, pcall(PA, shoal, migrate, [Pool, K1, C])),
+    ?assertEqual({Pid1, A}, pcall(PA, shoal, call, [Pool, K1, whoami])),
+    ?assertEqual(W1 + 2, pcall(PA, shoal, call, [Pool, K1, incr])),
+    ok.
+
 %%% Peer-side helpers ---------------------------------------------------------------------
 
 %% @private On a peer: the shoal application, and a collector that owns the events and
@@ -688,7 +870,65 @@ collector() ->
 
 %% @private
 p_start_pool(Pool, Args) ->
-    shoal:start_pool(Pool, #{worker => ?WORKER, args => Args}).
+    p_start_pool(Pool, Args, #{}).
+
+%% @private
+p_start_pool(Pool, Args, Opts) ->
+    shoal:start_pool(Pool, Opts#{worker => ?WORKER, args => Args}).
+
+%% @private apply(M, F, A) in a process of its own; returns its pid. p_stop/1 collects the
+%% result (waiting for it).
+p_async(M, F, A) ->
+    spawn(fun() ->
+                  R = try {ok, apply(M, F, A)} catch C:E -> {C, E} end,
+                  receive {stop, From} -> From ! {stopped, self(), R} end
+          end).
+
+%% @private Spawn Keys from this node, then sample count/1 on every node of
+%% Nodes until all are 0 or Max ms passed: #{max => [{Node, highest count seen}],
+%% zero_after => ms from the end of the spawns until every node counted 0 (or timeout),
+%% bad => spawns that failed, pids => [{Key, Pid}]}.
+p_spawn_and_watch_idle(Pool, Keys, Nodes, Max) ->
+    T0 = erlang:monotonic_time(millisecond),
+    Res = [{K, shoal:ensure_started(Pool, K)} || K <- Keys],
+    Bad = [R || {_, R} <- Res, element(1, R) =/= ok],
+    Pids = [{K, P} || {K, {ok, P}} <- Res],
+    T1 = erlang:monotonic_time(millisecond),
+    {Seen, Zero} = watch_idle(Pool, Nodes, maps:from_list([{N, 0} || N <- Nodes]), T1, T1 + Max),
+    #{max => lists:sort(maps:to_list(Seen)), zero_after => Zero, bad => Bad, pids => Pids,
+      spawn_ms => T1 - T0}.
+
+watch_idle(Pool, Nodes, Seen, T1, Deadline) ->
+    Counts = [{N, erpc:call(N, shoal, count, [Pool], 5000)} || N <- Nodes],
+    Seen1 = lists:foldl(fun({N, C}, Acc) -> Acc#{N := max(C, maps:get(N, Acc))} end,
+                        Seen, Counts),
+    Now = erlang:monotonic_time(millisecond),
+    case lists:all(fun({_, C}) -> C =:= 0 end, Counts) of
+        true -> {Seen1, Now - T1};
+        false when Now > Deadline -> {Seen1, timeout};
+        false -> receive after 5 -> ok end, watch_idle(Pool, Nodes, Seen1, T1, Deadline)
+    end.
+
+%% @private The counter workers alive on this node whose key is {Tag, _}: [{Key, Pid}]
+%% (every incarnation records init or takeover; only live ones are kept).
+p_live_workers(Tag) ->
+    lists:usort([{K, P} || Kind <- [init, takeover], {_, K, P, _} <- p_events(Kind),
+                           is_tuple(K), element(1, K) =:= Tag, is_process_alive(P)]).
+
+%% @private The keys of this node's own workers, from its table.
+p_local_keys(Pool) ->
+    %% #shoal_cfg.table (the record is internal to the application): {shoal_cfg, Pool, T, ..}.
+    Cfg = shoal:cfg(Pool),
+    {shoal_cfg, Pool} = {element(1, Cfg), element(2, Cfg)},
+    shoal_nif:fold(element(3, Cfg), keys_on, local).
+
+%% @private A batched move of this node's workers of Keys to Node: how many failed.
+p_move_batch(Pool, Keys, Node) ->
+    shoal_cluster:move_batch(shoal:cfg(Pool), Keys, Node).
+
+%% @private whereis/2 for each of Keys.
+p_whereis_all(Pool, Keys) ->
+    [shoal:whereis(Pool, K) || K <- Keys].
 
 %% @private Release PerNode callers on each node at once on Key; every result.
 p_race(Pool, Key, Nodes, PerNode) ->

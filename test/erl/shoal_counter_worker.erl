@@ -60,6 +60,7 @@ handoff(#{key := Key, n := N} = St) ->
     {ok, St}.
 
 takeover(Key, Transfer, _Args) ->
+    stall_if_asked(Key),
     event(takeover, Key, maps:get(n, Transfer)),
     watch(Key),
     {ok, Transfer}.
@@ -69,6 +70,20 @@ conflict(Key, Winner, #{n := N}) ->
     ok.
 
 %% --- helpers ------------------------------------------------------------------------------
+
+%% A test can make takeovers on this node hang (so that a move is caught half done): with
+%% {'$stall_takeovers_after', M} in this node's store, every takeover after the first M
+%% records {stalled, Key, Pid, _} and never returns.
+stall_if_asked(Key) ->
+    try ets:lookup(?STORE, '$stall_takeovers_after') of
+        [{_, M}] ->
+            case ets:update_counter(?STORE, '$takeovers', 1, {'$takeovers', 0}) > M of
+                true -> event(stalled, Key, undefined), receive after infinity -> ok end;
+                false -> ok
+            end;
+        [] -> ok
+    catch error:badarg -> ok
+    end.
 
 store(Args) when is_map(Args) -> maps:get(store, Args, undefined);
 store(_) -> undefined.
