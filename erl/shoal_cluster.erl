@@ -239,7 +239,13 @@ move_batch(#shoal_cfg{pool = Pool, table = T}, Keys, Node) ->
     Moved = lists:foldl(
               fun({K, P, _}, N) ->
                       case maps:get(K, Started, error) of
-                          {ok, NewPid, Inc} -> P ! {'$shoal_moved', Node, NewPid, Inc}, N + 1;
+                          {ok, NewPid, Inc} ->
+                              %% Point this node's table at the successor before returning,
+                              %% so counts and later walks see the move as done (the old
+                              %% worker does the same again when it hears, harmlessly).
+                              _ = shoal_nif:put_remote(T, K, Node, NewPid, Inc),
+                              P ! {'$shoal_moved', Node, NewPid, Inc},
+                              N + 1;
                           _ -> P ! '$shoal_thaw', N
                       end
               end, 0, Frozen),
