@@ -885,6 +885,21 @@ static void free_proc(shoal_proc *p)
 }
 
 
+/* Append id to a growable array; -ENOMEM (array unchanged) when it cannot grow. */
+static int push_id(uint64_t **ids, size_t *cnt, size_t *cap, uint64_t id)
+{
+    if (*cnt == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        uint64_t *t = realloc(*ids, ncap * sizeof *t);
+        if (!t)
+            return -ENOMEM;
+        *ids = t;
+        *cap = ncap;
+    }
+    (*ids)[(*cnt)++] = id;
+    return 0;
+}
+
 /* Drop the outgoing monitors with these ids (ids may name ones already gone); a pending
  * call among them gets -ECANCELED. */
 static void cancel_outmons(shoal_node *n, const uint64_t *ids, size_t cnt)
@@ -956,23 +971,11 @@ void proc_node_down(shoal_node *n, uint32_t peer)
     outmon *om;
     /* outgoing monitors and calls */
     while ((om = imap_next(&n->mons, &i, &key)))
-        if (om->peer == peer) {
-            if (cnt == cap) {
-                cap = cap ? cap * 2 : 16;
-                uint64_t *t = realloc(ids, cap * sizeof *t);
-                if (!t)
-                    break;
-                ids = t;
-            }
-            ids[cnt++] = key;
-        }
-    for (size_t k = 0; k < cnt; k++) {
-        om = imap_get(&n->mons, ids[k]);
-        if (om && om->kind == OM_CALL)
+        if (om->peer == peer && push_id(&ids, &cnt, &cap, key) != 0)
+            break;
+    for (size_t k = 0; k < cnt; k++)
+        if (imap_get(&n->mons, ids[k]))
             outmon_fire(n, ids[k], NOCONN, sizeof NOCONN, -ENOTCONN);
-        else if (om)
-            outmon_fire(n, ids[k], NOCONN, sizeof NOCONN, -ENOTCONN);
-    }
     /* processes with links or monitors involving that node */
     cnt = 0;
     i = 0;
@@ -990,16 +993,8 @@ void proc_node_down(shoal_node *n, uint32_t peer)
         for (uint32_t j = 0; j < p->nlinks; j++)
             if (p->links[j].node == peer)
                 hit = 1;
-        if (hit) {
-            if (cnt == cap) {
-                cap = cap ? cap * 2 : 16;
-                uint64_t *t = realloc(ids, cap * sizeof *t);
-                if (!t)
-                    break;
-                ids = t;
-            }
-            ids[cnt++] = key;
-        }
+        if (hit && push_id(&ids, &cnt, &cap, key) != 0)
+            break;
     }
     for (size_t k = 0; k < cnt; k++) {
         for (;;) {
