@@ -21,7 +21,7 @@
          rebalance/1, health/1]).
 %% Used by the other shoal modules.
 -export([cfg/1, resolve/2, resolve_local/3, spawn_async/2, spawn_claimed/3, await_started/2,
-         await_claim/6]).
+         await_claim/5]).
 
 -export_type([pool/0, key/0, options/0, stats/0]).
 
@@ -46,6 +46,13 @@
                    restarts := non_neg_integer()}.
 
 -define(DEFAULT_TIMEOUT, 5000).
+%% The pool's configuration on the hot paths: the error's arguments are only built when
+%% the pool is missing (a function would build them on every call).
+-define(pool_cfg(Pool, Fun, Args),
+        case persistent_term:get(?PT_KEY(Pool), undefined) of
+            #shoal_cfg{} = C__ -> C__;
+            _ -> cfg(Pool, Fun, Args)
+        end).
 
 %%% Pools ---------------------------------------------------------------------------------
 
@@ -101,10 +108,7 @@ call(Pool, Key, Msg) -> call(Pool, Key, Msg, ?DEFAULT_TIMEOUT).
 %% gen_server:call/3 on failure, with `{Reason, {shoal, call, [Pool, Key, Msg, Timeout]}}'.
 -spec call(pool(), key(), term(), timeout()) -> term().
 call(Pool, Key, Msg, Timeout) ->
-    Cfg = case persistent_term:get(?PT_KEY(Pool), undefined) of
-              #shoal_cfg{} = C -> C;
-              _ -> cfg(Pool, call, [Pool, Key, Msg, Timeout])
-          end,
+    Cfg = ?pool_cfg(Pool, call, [Pool, Key, Msg, Timeout]),
     Pid = case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
               undefined -> resolve_or_exit(Cfg, Key, call, [Pool, Key, Msg, Timeout]);
               P -> P
@@ -118,7 +122,7 @@ call_existing(Pool, Key, Msg) -> call_existing(Pool, Key, Msg, ?DEFAULT_TIMEOUT)
 %% @doc Call the worker for `Key' only if it is live: `{error, not_found}' otherwise.
 -spec call_existing(pool(), key(), term(), timeout()) -> term() | {error, not_found}.
 call_existing(Pool, Key, Msg, Timeout) ->
-    Cfg = cfg(Pool, call_existing, [Pool, Key, Msg, Timeout]),
+    Cfg = ?pool_cfg(Pool, call_existing, [Pool, Key, Msg, Timeout]),
     case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
         undefined -> {error, not_found};
         Pid -> do_call(Cfg, Key, Pid, Msg, Timeout, existing, call_existing)
@@ -128,7 +132,7 @@ call_existing(Pool, Key, Msg, Timeout) ->
 %% there is none. Always `ok' for a running pool.
 -spec cast(pool(), key(), term()) -> ok.
 cast(Pool, Key, Msg) ->
-    #shoal_cfg{table = T} = Cfg = cfg(Pool, cast, [Pool, Key, Msg]),
+    #shoal_cfg{table = T} = Cfg = ?pool_cfg(Pool, cast, [Pool, Key, Msg]),
     case shoal_nif:route(T, Key, {'$gen_cast', Msg}) of
         ok -> ok;
         {remote, Pid} -> gen_server:cast(Pid, Msg);
@@ -142,7 +146,7 @@ cast(Pool, Key, Msg) ->
 %% @doc Cast to the worker for `Key' only if it is live.
 -spec cast_existing(pool(), key(), term()) -> ok | {error, not_found}.
 cast_existing(Pool, Key, Msg) ->
-    #shoal_cfg{table = T} = cfg(Pool, cast_existing, [Pool, Key, Msg]),
+    #shoal_cfg{table = T} = ?pool_cfg(Pool, cast_existing, [Pool, Key, Msg]),
     case shoal_nif:route(T, Key, {'$gen_cast', Msg}) of
         ok -> ok;
         {remote, Pid} -> gen_server:cast(Pid, Msg);
@@ -173,11 +177,8 @@ ensure_started_async(Pool, Key) ->
 %% is involved.
 -spec whereis(pool(), key()) -> pid() | undefined.
 whereis(Pool, Key) ->
-    %% The hottest read there is: nothing but the configuration fetch and the NIF.
-    case persistent_term:get(?PT_KEY(Pool), undefined) of
-        #shoal_cfg{table = T} -> shoal_nif:whereis(T, Key);
-        _ -> cfg(Pool, whereis, [Pool, Key])
-    end.
+    #shoal_cfg{table = T} = ?pool_cfg(Pool, whereis, [Pool, Key]),
+    shoal_nif:whereis(T, Key).
 
 %% @doc The number of live workers in the pool.
 -spec count(pool()) -> non_neg_integer().
@@ -384,14 +385,14 @@ resolve_local(#shoal_cfg{table = T} = Cfg, Key, Wait) ->
         {ok, Pid} -> {ok, Pid};
         claimed -> spawn_claimed(Cfg, Key, Wait);
         {wait, Claimer} ->
-            await_claim(Cfg, Key, Wait, Ref, Claimer, fun() -> resolve_local(Cfg, Key, Wait) end)
+            await_claim(Cfg, Key, Ref, Claimer, fun() -> resolve_local(Cfg, Key, Wait) end)
     end.
 
 %% @private Another process holds the claim on Key: wait until it resolves, or until it
 %% dies (then clear its claim, telling the other waiters, and race again with Retry).
--spec await_claim(#shoal_cfg{}, key(), sync | nowait, reference(), pid(),
+-spec await_claim(#shoal_cfg{}, key(), reference(), pid(),
                   fun(() -> {ok, pid()} | {error, term()})) -> {ok, pid()} | {error, term()}.
-await_claim(#shoal_cfg{table = T}, Key, _Wait, Ref, Claimer, Retry) ->
+await_claim(#shoal_cfg{table = T}, Key, Ref, Claimer, Retry) ->
     Mref = erlang:monitor(process, Claimer),
     receive
         {'$shoal_claim', Ref, {ok, Pid}} ->
@@ -455,12 +456,8 @@ spawn_async(#shoal_cfg{table = T} = Cfg, Key) ->
     end.
 
 spawn_async_local(#shoal_cfg{table = T} = Cfg, Key) ->
-    case shoal_nif:whereis(T, Key) of
-        undefined ->
-            case shoal_nif:claim(T, Key, nowait) of
-                claimed -> spawn_claimed(Cfg, Key, nowait);
-                {ok, _} -> ok;
-                {wait, _} -> ok  %% someone else is spawning it; we are not told when
-            end;
-        _ -> ok
+    case shoal_nif:claim(T, Key, nowait) of
+        claimed -> spawn_claimed(Cfg, Key, nowait);
+        {ok, _} -> ok;
+        {wait, _} -> ok  %% someone else is spawning it; we are not told when
     end.

@@ -15,7 +15,7 @@
 
 -include("shoal_int.hrl").
 
--export([members/1, resolve/3, place_async/2, place_key/3, spawn_here/3, takeover_here/4,
+-export([members/1, resolve/3, place_async/2, place_key/3, spawn_here/3, takeover_here/3,
          takeover_batch/2, move_batch/3, choose_host/3,
          evacuate/1, move_some/3, rebalance/1, health/1, local_health/1, plan/1]).
 
@@ -78,7 +78,7 @@ place(#shoal_cfg{table = T} = Cfg, Key, Wait) ->
     Ref = make_ref(),
     case shoal_nif:claim(T, Key, Ref) of
         {ok, Pid} -> {ok, Pid};
-        {wait, Claimer} -> shoal:await_claim(Cfg, Key, Wait, Ref, Claimer,
+        {wait, Claimer} -> shoal:await_claim(Cfg, Key, Ref, Claimer,
                                              fun() -> place(Cfg, Key, Wait) end);
         claimed ->
             case choose_host(Cfg, Key, []) of
@@ -117,9 +117,9 @@ spawn_here(Pool, Key, Wait) ->
 
 %% @private On a migration's target: start the successor from the transferred state and
 %% register it over the replica of its predecessor.
--spec takeover_here(atom(), term(), term(), pid()) ->
+-spec takeover_here(atom(), term(), term()) ->
           {ok, pid(), non_neg_integer()} | {error, term()}.
-takeover_here(Pool, Key, Transfer, _OldPid) ->
+takeover_here(Pool, Key, Transfer) ->
     case persistent_term:get(?PT_KEY(Pool), undefined) of
         #shoal_cfg{table = T, counters = C} = Cfg ->
             Ack = {self(), make_ref()},

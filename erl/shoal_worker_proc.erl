@@ -187,7 +187,7 @@ migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, table = T, grace = Grace}, key = 
     case hand_off(W0) of
         {ok, Transfer, W} ->
             Result = try erpc:call(Node, shoal_cluster, takeover_here,
-                                   [Pool, Key, Transfer, self()], 30000)
+                                   [Pool, Key, Transfer], 30000)
                      catch
                          error:{erpc, R} -> {error, R};
                          error:{exception, R, _} -> {error, R};

@@ -5,7 +5,7 @@ CN_DIR     := c_src/cnode
 CN_BUILD   := $(BUILD)/cnode
 CN_LIB_SRC := $(CN_DIR)/md5.c $(CN_DIR)/wire.c $(CN_DIR)/map.c $(CN_DIR)/node.c \
               $(CN_DIR)/dist.c $(CN_DIR)/proc.c $(CN_DIR)/echo.c
-CN_HDR     := $(wildcard $(CN_DIR)/*.h) include/shoal.h
+CN_HDR     := $(wildcard $(CN_DIR)/*.h) include/shoal.h c_src/core/keyhash.h
 CN_CFLAGS  := $(CFLAGS_COMMON) -I$(CN_DIR) -I$(EI_DIR)/include
 CN_LIBS    := -L$(EI_DIR)/lib -lei -luv -pthread
 CN_OBJ     := $(patsubst $(CN_DIR)/%.c,$(CN_BUILD)/%.o,$(CN_LIB_SRC))

@@ -7,15 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
+#include "keyhash.h" /* keyhash_mix64: the same scramble as the key hash */
 
 static int imap_resize(imap *m, size_t cap)
 {
@@ -25,7 +17,7 @@ static int imap_resize(imap *m, size_t cap)
     for (size_t i = 0; i < m->cap; i++) {
         if (!m->slots[i].key)
             continue;
-        size_t j = mix64(m->slots[i].key) & (cap - 1);
+        size_t j = keyhash_mix64(m->slots[i].key) & (cap - 1);
         while (s[j].key)
             j = (j + 1) & (cap - 1);
         s[j] = m->slots[i];
@@ -40,7 +32,7 @@ void *imap_get(const imap *m, uint64_t key)
 {
     if (!m->cap || !key)
         return NULL;
-    size_t j = mix64(key) & (m->cap - 1);
+    size_t j = keyhash_mix64(key) & (m->cap - 1);
     while (m->slots[j].key) {
         if (m->slots[j].key == key)
             return m->slots[j].val;
@@ -58,7 +50,7 @@ int imap_put(imap *m, uint64_t key, void *val)
         if (rc)
             return rc;
     }
-    size_t j = mix64(key) & (m->cap - 1);
+    size_t j = keyhash_mix64(key) & (m->cap - 1);
     while (m->slots[j].key && m->slots[j].key != key)
         j = (j + 1) & (m->cap - 1);
     if (!m->slots[j].key)
@@ -72,7 +64,7 @@ void *imap_del(imap *m, uint64_t key)
 {
     if (!m->cap || !key)
         return NULL;
-    size_t mask = m->cap - 1, j = mix64(key) & mask;
+    size_t mask = m->cap - 1, j = keyhash_mix64(key) & mask;
     while (m->slots[j].key && m->slots[j].key != key)
         j = (j + 1) & mask;
     if (!m->slots[j].key)
@@ -81,7 +73,7 @@ void *imap_del(imap *m, uint64_t key)
     /* backward shift: pull later members of the cluster into the hole */
     size_t hole = j;
     for (size_t k = (j + 1) & mask; m->slots[k].key; k = (k + 1) & mask) {
-        size_t home = mix64(m->slots[k].key) & mask;
+        size_t home = keyhash_mix64(m->slots[k].key) & mask;
         if (((k - home) & mask) >= ((k - hole) & mask)) {
             m->slots[hole] = m->slots[k];
             hole = k;

@@ -77,16 +77,6 @@ static uint64_t mix(uint64_t w)
     return w;
 }
 
-static uint64_t fmix64(uint64_t h)
-{
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDULL;
-    h ^= h >> 33;
-    h *= 0xC4CEB9FE1A85EC53ULL;
-    h ^= h >> 33;
-    return h;
-}
-
 /* Little-endian load of n <= 8 bytes, high bytes zero. Assembled byte by byte so the result
  * does not depend on the host's byte order; memcpy first keeps the read unaligned-safe. */
 static uint64_t load_le(const unsigned char *p, size_t n)
@@ -108,7 +98,7 @@ uint64_t keyhash_hash64(const void *data, size_t len)
     for (size_t i = 0; i < full; i++)
         h = rotl64(h ^ mix(load_le(p + 8 * i, 8)), 29) * K_GOLD;
     if (r > 0) h = rotl64(h ^ mix(load_le(p + 8 * full, r)), 29) * K_GOLD;
-    return fmix64(h);
+    return keyhash_mix64(h);
 }
 
 /* ---- bounded reader and counting writer --------------------------------------------- */

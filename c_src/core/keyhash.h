@@ -36,6 +36,18 @@
  * level; 64 levels pass, 65 are SHOAL_E2BIG. */
 #define KEYHASH_MAX_DEPTH 64
 
+/* keyhash_mix64 - the 64-bit finalizer of keyhash_hash64 (MurmurHash3's fmix64): a
+ * bijective scramble of all 64 bits. Also what the C node's own hash maps use. */
+static inline uint64_t keyhash_mix64(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
 /* keyhash_hash64 - the placement/lookup hash of a key's canonical bytes.
  * `data` may be NULL only when len == 0. Pure function; never fails. */
 uint64_t keyhash_hash64(const void *data, size_t len);

@@ -622,7 +622,6 @@ static ERL_NIF_TERM remote_pid(ErlNifEnv *env, const nentry *e)
 struct peek {
     int state;
     ErlNifPid pid;
-    ERL_NIF_TERM node;
     uint64_t inc;
     ErlNifEnv *env;      /* where to copy a remote pid */
     ERL_NIF_TERM rpid;
@@ -634,7 +633,6 @@ static void peek_fn(void *ctx, const table_entry *te)
     const nentry *e = (const nentry *)te;
     p->state = e->state;
     p->pid = e->pid;
-    p->node = e->node;
     p->inc = e->incarnation;
     if (e->state == ST_REMOTE) p->rpid = remote_pid(p->env, e);
 }
