@@ -25,7 +25,7 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt
+.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt chaos
 
 deps:
 	@bash scripts/deps.sh
@@ -66,6 +66,11 @@ c-test-asan: deps $(BUILD)/test_core_asan
 # --- Erlang: EUnit + Common Test ------------------------------------------------------------
 erl-test: all
 	bash scripts/erl_test.sh
+
+# The chaos suite for longer (default 10 minutes), with a seed to replay a run:
+#   make chaos SHOAL_CHAOS_SECONDS=1800 SHOAL_CHAOS_SEED=123456
+chaos: all
+	SHOAL_CHAOS_SECONDS=$${SHOAL_CHAOS_SECONDS:-600} bash scripts/ct_suite.sh shoal_chaos_SUITE
 
 elixir-test: all
 	bash scripts/elixir_test.sh

@@ -2,12 +2,12 @@
 %%
 %% A pool maps keys to worker processes (one per key), spawning a worker on the first
 %% message for its key. Resolving a key is a read of a NIF table on the caller's node; a
-%% spawn is claimed in that table (insert-if-absent), so concurrent callers of a new key
-%% all get the same worker, and the spawn runs in the caller's process, not in a server.
+%% key with no worker is arbitrated by its home member (docs/protocol.md), so concurrent
+%% callers anywhere in the cluster all get the same worker.
 %%
 %% Calls are rerouted: if the worker was gone before it received the call (it died, was
-%% offloaded or stopped), the call resolves the key again (spawning where allowed) and is
-%% sent once more, so such a race is never a timeout.
+%% offloaded, stopped or moved), the call finds the key's current worker (spawning where
+%% allowed) and is sent again, so such a race is never a timeout.
 -module(shoal).
 
 -include("shoal_int.hrl").
@@ -17,11 +17,8 @@
          ensure_started/2, ensure_started_async/2, whereis/2, count/1, stop_worker/2,
          stats/1]).
 %% The cluster.
--export([nodes/1, lookup/2, count/2, migrate/3, drain/2, undrain/2, set_target/3,
-         rebalance/1, health/1]).
-%% Used by the other shoal modules.
--export([cfg/1, resolve/2, resolve_local/3, spawn_async/2, spawn_claimed/3, await_started/2,
-         await_claim/5]).
+-export([nodes/1, ready/1, await_ready/2, view/1, lookup/2, count/2, migrate/3, drain/2,
+         undrain/2, set_target/3, rebalance/1, health/1]).
 
 -export_type([pool/0, key/0, options/0, stats/0]).
 
@@ -34,7 +31,8 @@
                      idle_timeout => timeout(),
                      table_segments_log2 => 0..16,
                      spawn_opts => [term()],
-                     handoff_grace => non_neg_integer()}.
+                     handoff_grace => non_neg_integer(),
+                     quorum => pos_integer()}.
 -type stats() :: #{live := non_neg_integer(),
                    spawns := non_neg_integer(),
                    normal_exits := non_neg_integer(),
@@ -46,6 +44,7 @@
                    restarts := non_neg_integer()}.
 
 -define(DEFAULT_TIMEOUT, 5000).
+-define(valid_timeout(T), (T =:= infinity orelse (is_integer(T) andalso T >= 0))).
 %% The pool's configuration on the hot paths: the error's arguments are only built when
 %% the pool is missing (a function would build them on every call).
 -define(pool_cfg(Pool, Fun, Args),
@@ -64,7 +63,10 @@
 %% ask for), `idle_timeout' (ms without a message before a worker is offloaded, default
 %% `infinity'), `table_segments_log2' (lock segments of the table, default 8),
 %% `spawn_opts' (for the worker processes), `handoff_grace' (ms a migrated worker keeps
-%% forwarding to its successor, default 5000).
+%% forwarding to its successor, default 5000), `quorum' (how many members must agree on
+%% the member list before this node places a new key, default 1: with the cluster's size,
+%% or a majority of it, a node that is alone or on the small side of a partition waits
+%% instead of spawning a second worker).
 %%
 %% Starting a pool of the same name on connected nodes forms one cluster-wide pool.
 -spec start_pool(pool(), options()) -> {ok, pid()} | {error, term()}.
@@ -105,15 +107,18 @@ stop_pool(Pool) ->
 call(Pool, Key, Msg) -> call(Pool, Key, Msg, ?DEFAULT_TIMEOUT).
 
 %% @doc Call the worker for `Key', spawning it first if there is none. Exits like
-%% gen_server:call/3 on failure, with `{Reason, {shoal, call, [Pool, Key, Msg, Timeout]}}'.
+%% gen_server:call/3 on failure, with `{Reason, {shoal, call, [Pool, Key, Msg, Timeout]}}';
+%% a Timeout that is neither `infinity' nor a non-negative integer exits with
+%% `{{bad_timeout, Timeout}, ...}' before anything is spawned.
 -spec call(pool(), key(), term(), timeout()) -> term().
 call(Pool, Key, Msg, Timeout) ->
     Cfg = ?pool_cfg(Pool, call, [Pool, Key, Msg, Timeout]),
-    Pid = case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
-              undefined -> resolve_or_exit(Cfg, Key, call, [Pool, Key, Msg, Timeout]);
+    ?valid_timeout(Timeout) orelse exit({{bad_timeout, Timeout}, {?MODULE, call, [Pool, Key, Msg, Timeout]}}),
+    Pid = case shoal_registry:whereis(Cfg, Key) of
+              undefined -> resolve_or_exit(Cfg, Key, Timeout, call, [Pool, Key, Msg, Timeout]);
               P -> P
           end,
-    do_call(Cfg, Key, Pid, Msg, Timeout, spawn, call).
+    do_call(Cfg, Key, Pid, Msg, Timeout, spawn, call, 0).
 
 %% @equiv call_existing(Pool, Key, Msg, 5000)
 -spec call_existing(pool(), key(), term()) -> term() | {error, not_found}.
@@ -123,21 +128,24 @@ call_existing(Pool, Key, Msg) -> call_existing(Pool, Key, Msg, ?DEFAULT_TIMEOUT)
 -spec call_existing(pool(), key(), term(), timeout()) -> term() | {error, not_found}.
 call_existing(Pool, Key, Msg, Timeout) ->
     Cfg = ?pool_cfg(Pool, call_existing, [Pool, Key, Msg, Timeout]),
-    case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
+    ?valid_timeout(Timeout) orelse
+        exit({{bad_timeout, Timeout}, {?MODULE, call_existing, [Pool, Key, Msg, Timeout]}}),
+    case shoal_registry:whereis(Cfg, Key) of
         undefined -> {error, not_found};
-        Pid -> do_call(Cfg, Key, Pid, Msg, Timeout, existing, call_existing)
+        Pid -> do_call(Cfg, Key, Pid, Msg, Timeout, existing, call_existing, 0)
     end.
 
 %% @doc Send `Msg' to the worker for `Key' (gen_server:cast semantics), spawning it first if
-%% there is none. Always `ok' for a running pool.
+%% there is none. Always `ok' for a running pool (a key that cannot be placed within 5 s,
+%% for want of capacity or of an agreed view, drops the message).
 -spec cast(pool(), key(), term()) -> ok.
 cast(Pool, Key, Msg) ->
-    #shoal_cfg{table = T} = Cfg = ?pool_cfg(Pool, cast, [Pool, Key, Msg]),
-    case shoal_nif:route(T, Key, {'$gen_cast', Msg}) of
+    Cfg = ?pool_cfg(Pool, cast, [Pool, Key, Msg]),
+    case shoal_registry:route(Cfg, Key, {'$gen_cast', Msg}) of
         ok -> ok;
         {remote, Pid} -> gen_server:cast(Pid, Msg);
         undefined ->
-            case resolve(Cfg, Key) of
+            case shoal_arbiter:resolve(Cfg, Key, call, ?DEFAULT_TIMEOUT) of
                 {ok, Pid} -> gen_server:cast(Pid, Msg);
                 {error, _} -> ok
             end
@@ -146,8 +154,8 @@ cast(Pool, Key, Msg) ->
 %% @doc Cast to the worker for `Key' only if it is live.
 -spec cast_existing(pool(), key(), term()) -> ok | {error, not_found}.
 cast_existing(Pool, Key, Msg) ->
-    #shoal_cfg{table = T} = ?pool_cfg(Pool, cast_existing, [Pool, Key, Msg]),
-    case shoal_nif:route(T, Key, {'$gen_cast', Msg}) of
+    Cfg = ?pool_cfg(Pool, cast_existing, [Pool, Key, Msg]),
+    case shoal_registry:route(Cfg, Key, {'$gen_cast', Msg}) of
         ok -> ok;
         {remote, Pid} -> gen_server:cast(Pid, Msg);
         undefined -> {error, not_found}
@@ -155,57 +163,67 @@ cast_existing(Pool, Key, Msg) ->
 
 %%% Workers -------------------------------------------------------------------------------
 
-%% @doc Synchronous spawn: returns once the worker for `Key' exists and its init/2 has
-%% run; every concurrent caller gets the same pid. `{error, Reason}' if init/2 failed.
+%% @doc Synchronous spawn: returns `{ok, Pid}' once the worker for `Key' exists and its
+%% init/2 has returned `{ok, _}', and every concurrent caller, on any node, gets the same
+%% answer; `{error, Reason}' if init/2 failed (or `{error, not_ready}' if the cluster did not
+%% agree on its members within 5 s). For a worker that already exists this asks it whether
+%% its init/2 is done (one message to the worker, on its node).
 -spec ensure_started(pool(), key()) -> {ok, pid()} | {error, term()}.
 ensure_started(Pool, Key) ->
     Cfg = cfg(Pool, ensure_started, [Pool, Key]),
-    case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
-        undefined -> resolve(Cfg, Key, sync);
-        Pid -> {ok, Pid}
+    case shoal_registry:whereis(Cfg, Key) of
+        undefined -> shoal_arbiter:resolve(Cfg, Key, sync, ?DEFAULT_TIMEOUT);
+        Pid ->
+            case shoal_arbiter:ready(Pid, ?DEFAULT_TIMEOUT) of
+                ok -> {ok, Pid};
+                {error, noproc} ->
+                    _ = shoal_arbiter:relearn(Cfg, Key, Pid),
+                    shoal_arbiter:resolve(Cfg, Key, sync, ?DEFAULT_TIMEOUT);
+                {error, _} = E -> E
+            end
     end.
 
 %% @doc Asynchronous spawn: starts the worker for `Key' if there is none and returns `ok'
 %% at once, without waiting for its init/2 nor for a racing spawner.
 -spec ensure_started_async(pool(), key()) -> ok.
 ensure_started_async(Pool, Key) ->
-    Cfg = cfg(Pool, ensure_started_async, [Pool, Key]),
-    _ = spawn_async(Cfg, Key),
-    ok.
+    shoal_arbiter:spawn_async(cfg(Pool, ensure_started_async, [Pool, Key]), Key).
 
-%% @doc The worker for `Key', or `undefined'. A NIF table read on this node; no process
-%% is involved.
+%% @doc The worker for `Key' (on any node), or `undefined'. A NIF table read on this node;
+%% no process is involved.
 -spec whereis(pool(), key()) -> pid() | undefined.
 whereis(Pool, Key) ->
-    #shoal_cfg{table = T} = ?pool_cfg(Pool, whereis, [Pool, Key]),
-    shoal_nif:whereis(T, Key).
+    shoal_registry:whereis(?pool_cfg(Pool, whereis, [Pool, Key]), Key).
 
-%% @doc The number of live workers in the pool.
+%% @doc The number of live workers in the pool, cluster-wide, from this node's table.
 -spec count(pool()) -> non_neg_integer().
-count(Pool) -> shoal_nif:count((cfg(Pool, count, [Pool]))#shoal_cfg.table).
+count(Pool) -> shoal_registry:count(cfg(Pool, count, [Pool])).
 
 %% @doc Stop the worker for `Key' gracefully: it leaves the table, runs terminate/2, and
 %% anything still queued for it goes to the key's next incarnation.
 -spec stop_worker(pool(), key()) -> ok | {error, not_found}.
 stop_worker(Pool, Key) ->
     Cfg = cfg(Pool, stop_worker, [Pool, Key]),
-    case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
+    case shoal_registry:whereis(Cfg, Key) of
         undefined -> {error, not_found};
         Pid ->
             try gen_server:call(Pid, '$shoal_stop', infinity)
             catch exit:{R, _} when R =:= noproc; R =:= normal;
                                    R =:= {shutdown, shoal_stopped};
                                    R =:= {shutdown, shoal_offloaded} ->
-                    {error, not_found}
+                    {error, not_found};
+                  exit:{{shutdown, {shoal_moved, _}}, _} ->
+                    stop_worker(Pool, Key)
             end
     end.
 
-%% @doc Counters of the pool: live workers, spawns, normal exits, crashes (with the crash
-%% rate over the last second and minute), idle offloads, restarts and call timeouts.
+%% @doc Counters of the pool on this node: live workers (cluster-wide), spawns, normal
+%% exits, crashes (with the crash rate over the last second and minute), idle offloads,
+%% restarts and call timeouts.
 -spec stats(pool()) -> stats().
 stats(Pool) ->
-    #shoal_cfg{table = T, counters = C, meter = M} = cfg(Pool, stats, [Pool]),
-    #{live => shoal_nif:count(T),
+    #shoal_cfg{counters = C, meter = M} = Cfg = cfg(Pool, stats, [Pool]),
+    #{live => shoal_registry:count(Cfg),
       spawns => counters:get(C, ?C_SPAWNS),
       normal_exits => counters:get(C, ?C_NORMAL_EXITS),
       crashes => counters:get(C, ?C_CRASHES),
@@ -217,11 +235,33 @@ stats(Pool) ->
 
 %%% The cluster ---------------------------------------------------------------------------
 
-%% @doc The member nodes of the pool, as this node sees them.
+%% @doc The member nodes of the pool as this node sees them: itself and every node whose
+%% member it has met (its proposed view). See view/1 for whether they agree.
 -spec nodes(pool()) -> [node(), ...].
-nodes(Pool) -> shoal_cluster:members(cfg(Pool, nodes, [Pool])).
+nodes(Pool) -> shoal_view:members(cfg(Pool, nodes, [Pool])).
 
-%% @doc Where the worker for `Key' lives, from this node's replica.
+%% @doc Whether this node's member is active: every member it sees has acknowledged the
+%% same member list, so new keys can be placed. Lookups and calls to existing workers work
+%% whether or not it is.
+-spec ready(pool()) -> boolean().
+ready(Pool) -> shoal_view:active(cfg(Pool, ready, [Pool])) =/= inactive.
+
+%% @doc Wait until this node's member is active: `ok', or `{error, not_ready}' after
+%% Timeout ms.
+-spec await_ready(pool(), timeout()) -> ok | {error, not_ready}.
+await_ready(Pool, Timeout) -> shoal_view:await_active(cfg(Pool, await_ready, [Pool, Timeout]), Timeout).
+
+%% @doc This node's view of the pool's membership: `members' (its proposed view),
+%% `agreed' (whether it is active), `active' (the agreed member list or `none'),
+%% `changes' (how many times it became active), `peers' and `probing' (connected nodes
+%% it has not heard from yet).
+-spec view(pool()) -> #{members := [node()], agreed := boolean(), active := [node()] | none,
+                        changes := non_neg_integer(), peers := [node()], probing := [node()]}.
+view(Pool) ->
+    #shoal_cfg{server = Name} = cfg(Pool, view, [Pool]),
+    gen_server:call(Name, view).
+
+%% @doc Where the worker for `Key' lives, from this node's table.
 -spec lookup(pool(), key()) -> {ok, node(), pid()} | {error, not_found}.
 lookup(Pool, Key) ->
     case whereis(Pool, Key) of
@@ -229,52 +269,39 @@ lookup(Pool, Key) ->
         Pid -> {ok, node(Pid), Pid}
     end.
 
-%% @doc The number of live workers of the pool on `Node' (a local read).
+%% @doc The number of live workers of the pool on `Node', from this node's table.
 -spec count(pool(), node()) -> non_neg_integer().
-count(Pool, Node) ->
-    #shoal_cfg{table = T} = cfg(Pool, count, [Pool, Node]),
-    case Node =:= node() of
-        true -> shoal_nif:count(T, local);
-        false -> shoal_nif:count(T, Node)
-    end.
+count(Pool, Node) -> shoal_registry:count(cfg(Pool, count, [Pool, Node]), Node).
 
 %% @doc Move the worker for `Key' to `Node' with its state (handoff/1, takeover/3).
 %% Messages that reach the old process meanwhile are handed to the new one.
 -spec migrate(pool(), key(), node()) -> {ok, pid()} | {error, term()}.
-migrate(Pool, Key, Node) ->
-    Cfg = cfg(Pool, migrate, [Pool, Key, Node]),
-    case lists:member(Node, shoal_cluster:members(Cfg)) of
-        false -> {error, {not_a_member, Node}};
-        true ->
-            case shoal_nif:whereis(Cfg#shoal_cfg.table, Key) of
-                undefined -> {error, not_found};
-                Pid when node(Pid) =:= Node -> {ok, Pid};
-                Pid ->
-                    try gen_server:call(Pid, {'$shoal_migrate', Node}, 60000)
-                    catch exit:{Reason, _} -> {error, Reason}
-                    end
-            end
-    end.
+migrate(Pool, Key, Node) -> shoal_mover:migrate(cfg(Pool, migrate, [Pool, Key, Node]), Key, Node).
 
 %% @doc Stop placing new workers on `Node' and move its workers to the other members,
-%% keeping their state. Returns once `Node' holds no worker of the pool.
+%% keeping their state. Returns once `Node' holds no worker of the pool. Draining the only
+%% member that is not drained is refused: `{error, {no_other_member, Node}}'.
 -spec drain(pool(), node()) -> ok | {error, term()}.
 drain(Pool, Node) ->
     Cfg = cfg(Pool, drain, [Pool, Node]),
-    case lists:member(Node, shoal_cluster:members(Cfg)) of
-        false -> {error, {not_a_member, Node}};
-        true ->
-            ok = gen_server:call(Cfg#shoal_cfg.server, {config, {drained, Node, true}}),
-            try erpc:call(Node, shoal_cluster, evacuate, [Pool], infinity)
-            catch error:{erpc, R} -> {error, R}
-            end
+    Members = shoal_view:members(Cfg),
+    Others = [N || N <- Members, N =/= Node, not shoal_view:drained(Cfg, N)],
+    case {lists:member(Node, Members), Others} of
+        {false, _} -> {error, {not_a_member, Node}};
+        {true, []} -> {error, {no_other_member, Node}};
+        {true, _} ->
+            ok = config(Cfg, {drained, Node, true}),
+            shoal_mover:drain(Cfg, Node)
     end.
 
 %% @doc Let `Node' take new workers again.
--spec undrain(pool(), node()) -> ok.
+-spec undrain(pool(), node()) -> ok | {error, {not_a_member, node()}}.
 undrain(Pool, Node) ->
     Cfg = cfg(Pool, undrain, [Pool, Node]),
-    gen_server:call(Cfg#shoal_cfg.server, {config, {drained, Node, false}}).
+    case lists:member(Node, shoal_view:members(Cfg)) of
+        true -> config(Cfg, {drained, Node, false});
+        false -> {error, {not_a_member, Node}}
+    end.
 
 %% @doc Set `Node''s placement window. New workers go to the node furthest below its
 %% `target'; a node at or over `high' (`high => 0' included) takes none. Missing keys keep
@@ -287,7 +314,10 @@ set_target(Pool, Node, Window) when is_map(Window) ->
         #{low := L, target := T, high := H} when map_size(W) =:= 3, is_integer(L), L >= 0,
                                                  (T =:= infinity orelse is_integer(T)),
                                                  (H =:= infinity orelse is_integer(H)) ->
-            gen_server:call(Cfg#shoal_cfg.server, {config, {window, Node, W}});
+            case lists:member(Node, shoal_view:members(Cfg)) of
+                true -> config(Cfg, {window, Node, W});
+                false -> {error, {not_a_member, Node}}
+            end;
         _ ->
             {error, {bad_window, Window}}
     end;
@@ -296,21 +326,13 @@ set_target(_Pool, _Node, Window) ->
 
 %% @doc Move the fewest workers that bring every member inside its window.
 -spec rebalance(pool()) -> {ok, #{moved := non_neg_integer()}}.
-rebalance(Pool) ->
-    _ = cfg(Pool, rebalance, [Pool]),
-    shoal_cluster:rebalance(Pool).
+rebalance(Pool) -> shoal_mover:rebalance(cfg(Pool, rebalance, [Pool])).
 
 %% @doc Per member: workers, window, fill, drained, crashes per minute; plus the total.
 -spec health(pool()) -> #{nodes := #{node() => map()}, total := non_neg_integer()}.
-health(Pool) ->
-    _ = cfg(Pool, health, [Pool]),
-    shoal_cluster:health(Pool).
+health(Pool) -> shoal_health:health(cfg(Pool, health, [Pool])).
 
 %%% Internals -----------------------------------------------------------------------------
-
-%% @private The configuration of a running pool (exits if there is none).
--spec cfg(pool()) -> #shoal_cfg{}.
-cfg(Pool) -> cfg(Pool, cfg, [Pool]).
 
 cfg(Pool, Fun, Args) ->
     case persistent_term:get(?PT_KEY(Pool), undefined) of
@@ -318,43 +340,45 @@ cfg(Pool, Fun, Args) ->
         undefined -> exit({{no_such_pool, Pool}, {?MODULE, Fun, Args}})
     end.
 
+config(#shoal_cfg{server = Name}, Item) -> gen_server:call(Name, {config, Item}).
+
 %% Reasons with which a call provably never reached a worker's callbacks: it may be sent
-%% again. A worker that stops or offloads itself hands over what it had queued first.
+%% again. A worker that stops or offloads itself hands over what it had queued first; one
+%% that moved or stepped aside forwards everything and never handles anything itself.
 retryable(noproc) -> true;
 retryable({shutdown, shoal_stopped}) -> true;
 retryable({shutdown, shoal_offloaded}) -> true;
+retryable({shutdown, {shoal_moved, _}}) -> true;
 retryable(_) -> false.
 
-do_call(Cfg, Key, Pid, Msg, Timeout, Mode, Fun) ->
+-define(MAX_REROUTES, 3).
+
+do_call(Cfg, Key, Pid, Msg, Timeout, Mode, Fun, Tries) ->
     try
         gen_server:call(Pid, Msg, Timeout)
     catch
         exit:{Reason, _} ->
             Args = [Cfg#shoal_cfg.pool, Key, Msg, Timeout],
-            case retryable(Reason) of
-                true -> retry_call(Cfg, Key, Pid, Msg, Timeout, Mode, Fun, Args);
+            case retryable(Reason) andalso Tries < ?MAX_REROUTES of
+                true -> reroute(Cfg, Key, Pid, Msg, Timeout, Mode, Fun, Tries, Args);
                 false -> call_failed(Cfg, Reason, Fun, Args)
             end
     end.
 
-retry_call(#shoal_cfg{table = T} = Cfg, Key, Dead, Msg, Timeout, Mode, Fun, Args) ->
+%% The worker was gone before it handled the call: learn the key's current worker (the
+%% dead one's node knows it), spawn one if allowed, and send the call again.
+reroute(Cfg, Key, Dead, Msg, Timeout, Mode, Fun, Tries, Args) ->
     _ = case node(Dead) =:= node() of
-            true -> shoal_nif:unregister(T, Key, Dead);
-            false -> shoal_nif:delete_remote(T, Key, Dead)
+            true -> shoal_registry:unregister(Cfg, Key, Dead);
+            false -> shoal_arbiter:relearn(Cfg, Key, Dead)
         end,
-    Next = case Mode of
-               spawn -> resolve(Cfg, Key);
-               existing ->
-                   case shoal_nif:whereis(T, Key) of
-                       undefined -> {error, not_found};
-                       P -> {ok, P}
-                   end
+    Next = case shoal_registry:whereis(Cfg, Key) of
+               undefined when Mode =:= spawn -> shoal_arbiter:resolve(Cfg, Key, call, Timeout);
+               undefined -> {error, not_found};
+               P -> {ok, P}
            end,
     case Next of
-        {ok, Pid} ->
-            try gen_server:call(Pid, Msg, Timeout)
-            catch exit:{Reason, _} -> call_failed(Cfg, Reason, Fun, Args)
-            end;
+        {ok, Pid} -> do_call(Cfg, Key, Pid, Msg, Timeout, Mode, Fun, Tries + 1);
         {error, not_found} when Mode =:= existing -> {error, not_found};
         {error, Reason} -> call_failed(Cfg, Reason, Fun, Args)
     end.
@@ -364,100 +388,8 @@ call_failed(#shoal_cfg{counters = C}, Reason, Fun, Args) ->
     Reason =:= timeout andalso counters:add(C, ?C_CALL_TIMEOUTS, 1),
     exit({Reason, {?MODULE, Fun, Args}}).
 
-resolve_or_exit(Cfg, Key, Fun, Args) ->
-    case resolve(Cfg, Key) of
+resolve_or_exit(Cfg, Key, Timeout, Fun, Args) ->
+    case shoal_arbiter:resolve(Cfg, Key, call, Timeout) of
         {ok, Pid} -> Pid;
         {error, Reason} -> exit({Reason, {?MODULE, Fun, Args}})
-    end.
-
-%% @private The worker for Key, spawned if there is none (by this process on a single
-%% node; in a cluster, where the key's home node places it).
--spec resolve(#shoal_cfg{}, key()) -> {ok, pid()} | {error, term()}.
-resolve(Cfg, Key) -> resolve(Cfg, Key, nowait).
-
-resolve(Cfg, Key, Wait) -> shoal_cluster:resolve(Cfg, Key, Wait).
-
-%% @private Resolve Key on this node only: claim it here and spawn it here.
--spec resolve_local(#shoal_cfg{}, key(), sync | nowait) -> {ok, pid()} | {error, term()}.
-resolve_local(#shoal_cfg{table = T} = Cfg, Key, Wait) ->
-    Ref = make_ref(),
-    case shoal_nif:claim(T, Key, Ref) of
-        {ok, Pid} -> {ok, Pid};
-        claimed -> spawn_claimed(Cfg, Key, Wait);
-        {wait, Claimer} ->
-            await_claim(Cfg, Key, Ref, Claimer, fun() -> resolve_local(Cfg, Key, Wait) end)
-    end.
-
-%% @private Another process holds the claim on Key: wait until it resolves, or until it
-%% dies (then clear its claim, telling the other waiters, and race again with Retry).
--spec await_claim(#shoal_cfg{}, key(), reference(), pid(),
-                  fun(() -> {ok, pid()} | {error, term()})) -> {ok, pid()} | {error, term()}.
-await_claim(#shoal_cfg{table = T}, Key, Ref, Claimer, Retry) ->
-    Mref = erlang:monitor(process, Claimer),
-    receive
-        {'$shoal_claim', Ref, {ok, Pid}} ->
-            erlang:demonitor(Mref, [flush]),
-            {ok, Pid};
-        {'$shoal_claim', Ref, retry} ->
-            erlang:demonitor(Mref, [flush]),
-            Retry();
-        {'DOWN', Mref, process, Claimer, _} ->
-            _ = shoal_nif:unregister(T, Key, Claimer),
-            flush_claim(Ref),
-            Retry()
-    end.
-
-flush_claim(Ref) ->
-    receive {'$shoal_claim', Ref, _} -> ok after 0 -> ok end.
-
-%% @private We hold the claim on Key: spawn here, register (which wakes every waiter),
-%% and with `sync' wait for init/2.
--spec spawn_claimed(#shoal_cfg{}, key(), sync | nowait) -> {ok, pid()} | {error, term()}.
-spawn_claimed(#shoal_cfg{table = T, counters = C} = Cfg, Key, Wait) ->
-    Ack = case Wait of
-              sync -> {self(), make_ref()};
-              nowait -> none
-          end,
-    Pid = shoal_worker_proc:spawn_worker(Cfg, Key, Ack, init),
-    counters:add(C, ?C_SPAWNS, 1),
-    case shoal_nif:register(T, Key, Pid) of
-        {ok, _} when Wait =:= sync -> await_started(Pid, Ack);
-        {ok, _} -> {ok, Pid};
-        {error, noproc} ->
-            _ = shoal_nif:release_claim(T, Key),
-            await_started(Pid, Ack);
-        {error, {already_registered, Other}} ->
-            exit(Pid, kill),
-            {ok, Other}
-    end.
-
-%% @private Wait for the init ack of a worker spawned with Ack.
--spec await_started(pid(), none | {pid(), reference()}) -> {ok, pid()} | {error, term()}.
-await_started(Pid, none) ->
-    {error, {worker_exited, Pid}};
-await_started(Pid, {_, Ref}) ->
-    Mref = erlang:monitor(process, Pid),
-    receive
-        {'$shoal_started', Ref, ok} -> erlang:demonitor(Mref, [flush]), {ok, Pid};
-        {'$shoal_started', Ref, {error, R}} -> erlang:demonitor(Mref, [flush]), {error, R};
-        {'DOWN', Mref, process, Pid, R} -> {error, R}
-    end.
-
-%% @private Spawn the worker for Key unless it exists or another process is spawning it.
--spec spawn_async(#shoal_cfg{}, key()) -> ok | {ok, pid()} | {error, term()}.
-spawn_async(#shoal_cfg{table = T} = Cfg, Key) ->
-    case shoal_nif:whereis(T, Key) of
-        undefined ->
-            case shoal_cluster:members(Cfg) of
-                [_] -> spawn_async_local(Cfg, Key);
-                _ -> shoal_cluster:place_async(Cfg, Key)
-            end;
-        _ -> ok
-    end.
-
-spawn_async_local(#shoal_cfg{table = T} = Cfg, Key) ->
-    case shoal_nif:claim(T, Key, nowait) of
-        claimed -> spawn_claimed(Cfg, Key, nowait);
-        {ok, _} -> ok;
-        {wait, _} -> ok  %% someone else is spawning it; we are not told when
     end.

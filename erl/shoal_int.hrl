@@ -17,9 +17,11 @@
     trap_exit    :: boolean(),                %% worker exports terminate/2
     spawn_opts   :: [term()],
     table_bits   :: 0..16,                   %% log2 of the table's lock segments
-    ctab         :: ets:tid() | undefined,   %% cluster view: members, windows, drains
-    server       :: atom(),                  %% registered name of the pool server
-    grace        :: non_neg_integer()        %% ms a migrated worker forwards to its successor
+    ctab         :: ets:tid() | undefined,   %% cluster view: members, peers, windows, drains
+    gate         :: atomics:atomics_ref() | undefined, %% the view gate (shoal_view)
+    server       :: atom(),                  %% registered name of the pool's member
+    grace        :: non_neg_integer(),       %% ms a migrated worker forwards to its successor
+    quorum = 1   :: pos_integer()            %% members an agreed view needs to place new keys
 }).
 
 -define(PT_KEY(Pool), {shoal_pool, Pool}).

@@ -22,6 +22,7 @@ default_window() -> #{low => 0, target => infinity, high => infinity}.
 
 %% @doc The member that arbitrates Key: the highest rank.
 -spec home(term(), [node(), ...]) -> node().
+home(_Key, [N]) -> N;
 home(Key, [N | Ns]) ->
     element(2, lists:max([{rank(Key, M), M} || M <- [N | Ns]])).
 

@@ -1,5 +1,5 @@
-%% @doc One pool's supervisor: the pool server (owner of the table and the configuration)
-%% and N segment processes that the pool's workers link to.
+%% @doc One pool's supervisor: the pool's member (owner of the table and the configuration,
+%% see shoal_member) and N segment processes that the pool's workers link to.
 %%
 %% `child_spec/2' lets a pool live in the user's own supervision tree instead of under the
 %% shoal application; shoal:start_pool/2 uses the same spec under shoal_sup.
@@ -11,7 +11,7 @@
 -export([child_spec/2, start_link/2, validate/2, init/1, seg_name/2]).
 
 -define(KNOWN_OPTS, [worker, args, segments, restart, idle_timeout, table_segments_log2,
-                     spawn_opts, handoff_grace]).
+                     spawn_opts, handoff_grace, quorum]).
 
 %% @doc A supervisor child spec that starts pool Pool with Opts (see shoal:start_pool/2).
 -spec child_spec(atom(), map()) -> supervisor:child_spec().
@@ -62,6 +62,7 @@ validate(Pool, Opts) ->
         SpawnOpts = opt(spawn_opts, Opts, [], fun is_list/1),
         Grace = opt(handoff_grace, Opts, 5000,
                     fun(G) -> is_integer(G) andalso G >= 0 end),
+        Quorum = opt(quorum, Opts, 1, fun(Q) -> is_integer(Q) andalso Q >= 1 end),
         {ok, #shoal_cfg{pool = Pool, worker = Mod, args = maps:get(args, Opts, undefined),
                         segs = list_to_tuple([seg_name(Pool, I) || I <- lists:seq(1, NSegs)]),
                         restart = Restart, idle_timeout = Idle,
@@ -69,7 +70,8 @@ validate(Pool, Opts) ->
                         has_idle = erlang:function_exported(Mod, idle, 1),
                         trap_exit = erlang:function_exported(Mod, terminate, 2),
                         spawn_opts = SpawnOpts, table_bits = Bits, grace = Grace,
-                        %% filled in by the pool server when it starts:
+                        quorum = Quorum,
+                        %% filled in by the member when it starts:
                         table = undefined, counters = undefined, meter = undefined}}
     catch
         throw:Reason -> {error, Reason}
@@ -85,7 +87,7 @@ opt(Key, Opts, Default, Valid) ->
 %% @private
 -spec init(#shoal_cfg{}) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(#shoal_cfg{pool = Pool, segs = Segs} = Cfg) ->
-    Server = #{id => server, start => {shoal_pool_server, start_link, [Cfg]},
+    Server = #{id => server, start => {shoal_member, start_link, [Cfg]},
                shutdown => 5000},
     SegSpecs = [#{id => {segment, I},
                   start => {shoal_segment, start_link, [Pool, element(I, Segs)]},

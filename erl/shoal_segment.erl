@@ -66,7 +66,7 @@ exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Key, Reason
     case {Again, Key} of
         {true, {ok, K}} ->
             counters:add(C, ?C_RESTARTS, 1),
-            _ = shoal:spawn_async(Cfg, K),
+            _ = shoal_arbiter:spawn_async(Cfg, K),
             ok;
         _ -> ok
     end.

@@ -1,9 +1,15 @@
 %% @doc The process around a user's shoal_worker module: a gen_server that runs the lazy
-%% `load', offloads itself when idle, and hands queued messages on when it stops.
+%% `load', offloads itself when idle, hands queued messages on when it stops, and takes
+%% its part in moves and conflicts (docs/protocol.md, "Moves" and "Conflicts").
 %%
-%% Workers are spawned by the caller that claimed the key (never by a pool server) and
-%% link to their segment (shoal_segment), which is their supervisor: it is recorded as the
-%% gen_server parent, so a segment shutdown stops the worker like a supervisor would.
+%% Workers are spawned by whoever holds the key's claim (a caller, or a member) and link to
+%% their segment (shoal_segment), which is their supervisor: it is recorded as the
+%% gen_server parent, so a segment shutdown stops the worker like a supervisor would. A
+%% worker is registered before its init/2 runs (so no second spawn can be arbitrated
+%% meanwhile); it runs init/2 only once it finds itself registered.
+%%
+%% After a move or a lost conflict the process forwards everything to the newer incarnation
+%% (never to an older one) until it retires.
 -module(shoal_worker_proc).
 -behaviour(gen_server).
 
@@ -18,11 +24,17 @@
             st :: term(),
             loaded :: boolean(),
             user_timeout = false :: boolean(),
-            %% After a migration (or a lost conflict): the successor everything goes to.
+            %% After a move or a lost conflict: the newer incarnation everything goes to,
+            %% watched by `fwd_mon'.
             forward = undefined :: undefined | pid(),
+            fwd_mon = undefined :: undefined | reference(),
+            %% A conflict loser waits for the winner's ack and for the grace to pass.
+            merge = none :: none | waiting | acked,
+            graced = false :: boolean(),
             %% During a batched move: state handed off, messages held until the successor
             %% is known (newest first).
             frozen = false :: boolean(),
+            vsn = 0 :: shoal_nif:version(),     %% our version when the move began
             held = [] :: [{call, gen_server:from(), term()} | {cast, term()} | {info, term()}]}).
 
 -type extra() :: timeout() | hibernate | {continue, term()}.
@@ -30,20 +42,21 @@
 -type callback_result() :: {reply, term(), #w{}} | {reply, term(), #w{}, extra()} |
                            {stop, term(), term(), #w{}} | noreply_result().
 
-%% @doc Spawn the worker for Key. `Ack' is `none', or `{Pid, Ref}' to be sent
-%% `{'$shoal_started', Ref, ok | {error, Reason}}' once its state is set up: by init/2, or
-%% with `{takeover, Transfer}' by takeover/3 (the end of a migration).
--spec spawn_worker(#shoal_cfg{}, term(), none | {pid(), reference()},
-                   init | {takeover, term()}) -> pid().
-spawn_worker(#shoal_cfg{segs = Segs, spawn_opts = SOpts} = Cfg, Key, Ack, How) ->
+%% @doc Spawn the worker for Key. Each of `Acks' (`{Pid, Ref}', possibly on other nodes) is
+%% sent `{'$shoal_started', Ref, ok | {error, Reason}}' once the state is set up: by init/2,
+%% or with `{takeover, Transfer}' by takeover/3 (the end of a migration). With `init' the
+%% spawner must hold the key's claim and register the worker.
+-spec spawn_worker(#shoal_cfg{}, term(), [{pid(), reference()}], init | {takeover, term()}) ->
+          pid().
+spawn_worker(#shoal_cfg{segs = Segs, spawn_opts = SOpts} = Cfg, Key, Acks, How) ->
     Seg = element(erlang:phash2(Key, tuple_size(Segs)) + 1, Segs),
-    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, Seg, self(), Ack, How], SOpts).
+    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, Seg, self(), Acks, How], SOpts).
 
 %% @private
--spec init_it(#shoal_cfg{}, term(), atom(), pid(), none | {pid(), reference()},
+-spec init_it(#shoal_cfg{}, term(), atom(), pid(), [{pid(), reference()}],
               init | {takeover, term()}) -> no_return().
 init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Trap,
-                   has_load = HasLoad, idle_timeout = Idle} = Cfg, Key, SegName, Spawner, Ack,
+                   has_load = HasLoad, idle_timeout = Idle} = Cfg, Key, SegName, Spawner, Acks,
         How) ->
     SegPid = case whereis(SegName) of
                  undefined -> exit({shutdown, pool_stopping});
@@ -51,6 +64,7 @@ init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Tra
              end,
     put('$ancestors', [SegPid]),
     link(SegPid),
+    How =:= init andalso await_registered(Cfg, Key, Spawner),
     Trap andalso process_flag(trap_exit, true),
     Result = try first_state(Mod, Key, Args, How) of
                  {ok, St} -> {ok, St};
@@ -61,13 +75,12 @@ init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Tra
              end,
     case Result of
         {ok, State} ->
-            ack(Ack, ok),
+            ack(Acks, ok),
             Restart =/= temporary andalso gen_server:cast(SegPid, {track, self(), Key}),
-            How =:= init andalso still_wanted(Cfg, Key, Spawner),
             W = #w{cfg = Cfg, key = Key, st = State, loaded = How =/= init orelse not HasLoad},
             gen_server:enter_loop(?MODULE, [], W, Idle);
         {stop, Why} ->
-            ack(Ack, {error, Why}),
+            ack(Acks, {error, Why}),
             exit(Why)
     end.
 
@@ -78,19 +91,34 @@ first_state(Mod, Key, Args, {takeover, Transfer}) ->
         false -> {ok, Transfer}
     end.
 
-ack(none, _) -> ok;
-ack({Pid, Ref}, Result) -> Pid ! {'$shoal_started', Ref, Result}, ok.
+ack(Acks, Result) ->
+    _ = [Pid ! {'$shoal_started', Ref, Result} || {Pid, Ref} <- Acks],
+    ok.
 
-%% A worker whose spawner died before registering it is reachable by nobody: leave.
-still_wanted(#shoal_cfg{table = T}, Key, Spawner) ->
+%% Run init/2 only once registered: the spawner registers us right after spawning us (the
+%% usual case: already done when we look). Should it give up its claim, or die before it
+%% registers us, nobody can reach us: leave.
+await_registered(Cfg, Key, Spawner) ->
     Self = self(),
-    case shoal_nif:lookup(T, Key) of
-        {active, Self, _} -> ok;
-        {claimed, Spawner} -> ok;
+    case shoal_registry:lookup(Cfg, Key) of
+        {local, Self, _, _} -> true;
+        {claimed, Spawner} ->
+            Ref = make_ref(),
+            case shoal_registry:claim(Cfg, Key, Ref) of
+                {wait, Spawner} ->
+                    Mref = erlang:monitor(process, Spawner),
+                    receive
+                        {'$shoal_claim', Ref, {ok, Self}} -> erlang:demonitor(Mref, [flush]);
+                        {'$shoal_claim', Ref, _} -> exit(normal);
+                        {'DOWN', Mref, process, Spawner, _} -> exit(normal)
+                    end;
+                {ok, Self} -> true;
+                _ -> exit(normal)
+            end;
         _ -> exit(normal)
     end.
 
-%% @private Never called: workers enter the loop through init_it/5.
+%% @private Never called: workers enter the loop through init_it/6.
 -spec init(term()) -> ignore.
 init(_) -> ignore.
 
@@ -101,11 +129,16 @@ handle_call(Msg, From, #w{forward = To} = W) when is_pid(To) ->
     {noreply, W};
 handle_call(Msg, From, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{call, From, Msg} | H]}};
+handle_call('$shoal_ready', _From, W) ->
+    {reply, ok, W, idle_of(W)};
 handle_call('$shoal_freeze', _From, W) ->
     freeze(W);
 handle_call('$shoal_stop', _From, W) ->
     unregister_self(W),
     {stop, {shutdown, shoal_stopped}, ok, W};
+handle_call({'$shoal_migrate', Node}, _From, W) when Node =:= node() ->
+    %% Reached through a stale replica that still named our predecessor: already there.
+    {reply, {ok, self()}, W, idle_of(W)};
 handle_call({'$shoal_migrate', Node}, _From, W) ->
     migrate(Node, W);
 handle_call(Msg, From, W0) ->
@@ -127,21 +160,34 @@ handle_cast(Msg, W0) ->
 
 %% @private
 -spec handle_info(term(), #w{}) -> noreply_result().
+handle_info({'DOWN', Ref, process, _, _}, #w{fwd_mon = Ref} = W) ->
+    successor_down(W);
 handle_info('$shoal_retire', #w{forward = To} = W) when is_pid(To) ->
-    {stop, {shutdown, {shoal_moved, node(To)}}, W};
+    maybe_retire(W#w{graced = true});
+handle_info({'$shoal_merged_ack', _}, #w{merge = waiting} = W) ->
+    maybe_retire(W#w{merge = acked});
+handle_info({'$shoal_merged', Loser}, #w{forward = undefined} = W) ->
+    %% We won a conflict: everything the loser forwarded before this is handled.
+    Loser ! {'$shoal_merged_ack', self()},
+    {noreply, W, idle_of(W)};
 handle_info(Info, #w{forward = To} = W) when is_pid(To) ->
     To ! Info,
     {noreply, W};
-handle_info({'$shoal_moved', Node, NewPid, Inc}, #w{frozen = true} = W) ->
-    moved(Node, NewPid, Inc, W);
+handle_info({'$shoal_moved', Node, NewPid, Vsn}, #w{frozen = true} = W) ->
+    moved(Node, NewPid, Vsn, W);
+handle_info({'$shoal_thaw', Failed}, #w{frozen = true} = W) ->
+    thaw(Failed, W);
 handle_info('$shoal_thaw', #w{frozen = true} = W) ->
-    thaw(W);
+    thaw(none, W);
 handle_info(Info, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{info, Info} | H]}};
-handle_info('$shoal_thaw', W) ->
+handle_info(Stale, W) when Stale =:= '$shoal_thaw'; Stale =:= '$shoal_retire';
+                            element(1, Stale) =:= '$shoal_thaw';
+                            element(1, Stale) =:= '$shoal_merged_ack' ->
+    %% A timer or an answer that outlived the state it was for.
     {noreply, W, idle_of(W)};
-handle_info({'$shoal_conflict', Node, Winner}, W) ->
-    lose_conflict(Node, Winner, W);
+handle_info({'$shoal_yield', Node, Winner, Vsn}, W) ->
+    yield(Node, Winner, Vsn, W);
 handle_info(timeout, #w{user_timeout = false} = W) ->
     idle(W);
 handle_info(Info, W0) ->
@@ -161,7 +207,7 @@ handle_continue(C, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
 %% @private
 -spec terminate(term(), #w{}) -> ok.
 terminate(_Reason, #w{forward = To}) when is_pid(To) ->
-    %% The state lives on in the successor: saving it here would overwrite newer state.
+    %% The state lives on in the newer incarnation: saving it here would overwrite it.
     ok;
 terminate(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} = W) ->
     case erlang:function_exported(Mod, terminate, 2) andalso Loaded of
@@ -169,8 +215,8 @@ terminate(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} =
         false -> ok
     end,
     case Reason of
-        {shutdown, shoal_stopped} -> reroute_mailbox(W#w.cfg, W#w.key);
-        {shutdown, shoal_offloaded} -> reroute_mailbox(W#w.cfg, W#w.key);
+        {shutdown, shoal_stopped} -> reroute_mailbox(W);
+        {shutdown, shoal_offloaded} -> reroute_mailbox(W);
         _ -> ok
     end.
 
@@ -178,77 +224,98 @@ terminate(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} =
 -spec code_change(term(), #w{}, term()) -> {ok, #w{}}.
 code_change(_Old, W, _Extra) -> {ok, W}.
 
-%% --- internals --------------------------------------------------------------------------
+%% --- moves ------------------------------------------------------------------------------
 
-%% Move to Node: freeze (we are inside a call, so nothing else is handled meanwhile), hand
-%% the state over, start the successor there, point our own table at it, and from then on
-%% forward everything to it until the grace period ends.
-migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, table = T, grace = Grace}, key = Key} = W0) ->
+%% Move to Node (migrate/3): we are inside a call, so nothing else is handled meanwhile.
+%% Hand the state over, have Node's member start and register the successor, point our
+%% table at it, and from then on forward everything to it until we retire.
+migrate(Node, #w{cfg = #shoal_cfg{pool = Pool} = Cfg, key = Key} = W0) ->
     case hand_off(W0) of
-        {ok, Transfer, W} ->
-            Result = try erpc:call(Node, shoal_cluster, takeover_here,
-                                   [Pool, Key, Transfer], 30000)
-                     catch
-                         error:{erpc, R} -> {error, R};
-                         error:{exception, R, _} -> {error, R};
-                         exit:R -> {error, R}
+        {ok, Transfer, Vsn, W} ->
+            Result = case shoal_view:peer(Cfg, Node) of
+                         undefined -> {error, {not_a_member, Node}};
+                         Member ->
+                             Ref = shoal_proto:request_ref(),
+                             Mref = erlang:monitor(process, Member),
+                             shoal_proto:send(Member, Pool,
+                                              {takeover, [{Key, Transfer, Vsn}], {self(), Ref}}),
+                             receive
+                                 {'$shoal', _, Pool, {taken, Ref, [{Key, R}]}} ->
+                                     erlang:demonitor(Mref, [flush]),
+                                     R;
+                                 {'DOWN', Mref, process, _, Why} ->
+                                     shoal_proto:drop_ref(Ref),
+                                     {error, {target_down, Node, Why}}
+                             after 60000 ->
+                                     erlang:demonitor(Mref, [flush]),
+                                     shoal_proto:drop_ref(Ref),
+                                     {error, timeout}
+                             end
                      end,
             case Result of
-                {ok, NewPid, Inc} ->
-                    _ = shoal_nif:put_remote(T, Key, Node, NewPid, Inc),
-                    erlang:send_after(Grace, self(), '$shoal_retire'),
-                    {reply, {ok, NewPid}, W#w{forward = NewPid}};
+                {ok, Node, NewPid, NewVsn} ->
+                    {noreply, W1} = moved(Node, NewPid, NewVsn, W),
+                    {reply, {ok, NewPid}, W1};
                 {error, Reason} ->
-                    W1 = reclaim(W),
+                    W1 = reclaim(Vsn, Node, W),
                     {reply, {error, Reason}, W1, idle_of(W1)}
             end;
         Stop ->
             Stop
     end.
 
-%% Both kinds of move start alike: load if need be, mark the entry as moving (a replica of
-%% the successor may replace it) and take the state to transfer.
-hand_off(#w{cfg = #shoal_cfg{table = T, worker = Mod}, key = Key} = W0) ->
+%% Both kinds of move start alike: load if need be, mark the entry as moving (a newer
+%% replica may replace it) and take the state to transfer and our version.
+hand_off(#w{cfg = #shoal_cfg{worker = Mod} = Cfg, key = Key} = W0) ->
     case with_loaded(W0, fun(W) -> {ok, W} end) of
         {ok, #w{st = St} = W} ->
-            ok = shoal_nif:set_moving(T, Key, self(), true),
+            Self = self(),
+            {local, Self, Vsn, _} = shoal_registry:lookup(Cfg, Key),
+            ok = shoal_registry:set_moving(Cfg, Key, Self, true),
             {ok, Transfer} = case erlang:function_exported(Mod, handoff, 1) of
                                  true -> Mod:handoff(St);
                                  false -> {ok, St}
                              end,
-            {ok, Transfer, W};
+            {ok, Transfer, Vsn, W};
         Stop ->
             Stop
     end.
 
 idle_of(#w{cfg = #shoal_cfg{idle_timeout = I}}) -> I.
 
-%% The first half of a batched move (shoal_cluster:move_batch/3): hand the state over and
-%% hold every message until the mover says where the successor is (or thaws us; a mover
-%% that vanishes cannot leave us frozen for more than ?THAW_AFTER).
--define(THAW_AFTER, 30000).
+%% The first half of a batched move (shoal_mover): hand the state over and hold every
+%% message until the mover says where the successor is (or thaws us; a mover that vanishes
+%% cannot leave us frozen for more than ?THAW_AFTER).
+-define(THAW_AFTER, 90000).
 freeze(W0) ->
     case hand_off(W0) of
-        {ok, Transfer, W} ->
+        {ok, Transfer, Vsn, W} ->
             erlang:send_after(?THAW_AFTER, self(), '$shoal_thaw'),
-            {reply, {ok, Transfer}, W#w{frozen = true, held = []}};
+            {reply, {ok, Transfer, Vsn}, W#w{frozen = true, held = [], vsn = Vsn}};
         Stop ->
             Stop
     end.
 
-%% The successor runs: point our table at it, hand it what we held, in order, and forward.
-moved(Node, NewPid, Inc, #w{cfg = #shoal_cfg{table = T, grace = Grace}, key = Key, held = H} = W) ->
-    _ = shoal_nif:put_remote(T, Key, Node, NewPid, Inc),
-    lists:foreach(fun({call, From, M}) -> NewPid ! {'$gen_call', From, M};
-                     ({cast, M}) -> NewPid ! {'$gen_cast', M};
-                     ({info, M}) -> NewPid ! M
-                  end, lists:reverse(H)),
+%% The successor runs: point our table at it (the mover may have done it already), hand it
+%% what we held, in order, and forward until we retire. Should the successor die, there is
+%% nothing left to forward to: we exit, and callers resolve the key afresh.
+moved(Node, NewPid, Vsn, #w{cfg = #shoal_cfg{grace = Grace} = Cfg, key = Key, held = H} = W) ->
+    _ = shoal_registry:put_remote(Cfg, Key, Node, NewPid, Vsn, 0),
+    send_held(NewPid, H),
     erlang:send_after(Grace, self(), '$shoal_retire'),
-    {noreply, W#w{frozen = false, held = [], forward = NewPid}}.
+    {noreply, W#w{frozen = false, held = [], forward = NewPid,
+                  fwd_mon = erlang:monitor(process, NewPid), merge = acked}}.
 
-%% The move failed: carry on here, handling what we held first.
-thaw(#w{held = H} = W0) ->
-    W = reclaim(W0),
+send_held(To, Held) ->
+    lists:foreach(fun({call, From, M}) -> To ! {'$gen_call', From, M};
+                     ({cast, M}) -> To ! {'$gen_cast', M};
+                     ({info, M}) -> To ! M
+                  end, lists:reverse(Held)).
+
+%% The move failed: carry on here, handling what we held first. Failed is the target,
+%% whose successor's replica (if it registered one before it failed) we take over.
+thaw(Failed, #w{held = H, vsn = Vsn} = W0) ->
+    W = reclaim(Vsn, Failed, W0),
     _ = [self() ! case E of
                   {call, From, M} -> {'$gen_call', From, M};
                   {cast, M} -> {'$gen_cast', M};
@@ -256,37 +323,76 @@ thaw(#w{held = H} = W0) ->
               end || E <- lists:reverse(H)],
     {noreply, W#w{frozen = false, held = []}, idle_of(W)}.
 
-%% A move that failed leaves us the worker for our key. The target may have registered the
-%% successor before it failed (died before answering): its replica then replaced our
-%% moving entry here, and goes when that node does. Take the entry back over the replica
-%% (a successor still alive meets us in the conflict rule); without this we would live on
-%% unreachable and the next call would spawn a fresh worker without our state. Should a
-%% fresh local worker have taken the key meanwhile, step aside for it as a moved worker.
-reclaim(#w{cfg = #shoal_cfg{table = T, grace = Grace}, key = Key} = W) ->
-    case shoal_nif:set_moving(T, Key, self(), false) of
-        ok -> W;
-        not_found ->
-            case shoal_nif:register(T, Key, self(), true) of
-                {ok, _} -> W;
-                {error, {already_registered, Other}} ->
-                    erlang:send_after(Grace, self(), '$shoal_retire'),
-                    W#w{forward = Other};
-                {error, _} -> W
-            end
+%% A move that failed, or a winner that went down before it acknowledged our hand-off,
+%% leaves us the worker for our key: take the entry back (over the replica of a successor
+%% that Failed may have registered before it failed, or over anything up to Vsn). Should a
+%% newer incarnation hold the key, step aside for it as a conflict's loser would.
+reclaim(Vsn, Failed, #w{cfg = Cfg, key = Key, fwd_mon = Mon} = W) ->
+    is_reference(Mon) andalso erlang:demonitor(Mon, [flush]),
+    case shoal_registry:register(Cfg, Key, self(), {over, Vsn, Failed}) of
+        {ok, _} -> W#w{forward = undefined, fwd_mon = undefined, merge = none};
+        {error, {newer, Node, Pid, NewVsn}} -> step_aside(Node, Pid, NewVsn, W);
+        {error, {already_registered, Other}} -> step_aside(node(Other), Other, 0, W);
+        {error, _} -> W
     end.
 
-%% Another node's worker for our key won (after a partition healed): run the loser's
-%% callback, step aside for the winner and hand it what is queued here.
-lose_conflict(Node, Winner, #w{cfg = #shoal_cfg{table = T, worker = Mod, grace = Grace},
-                               key = Key, st = St} = W) ->
-    case erlang:function_exported(Mod, conflict, 3) of
-        true -> _ = Mod:conflict(Key, Winner, St), ok;
-        false -> ok
-    end,
-    ok = shoal_nif:set_moving(T, Key, self(), true),
-    _ = shoal_nif:put_remote(T, Key, Node, Winner, 0),
-    erlang:send_after(min(Grace, 1000), self(), '$shoal_retire'),
-    {noreply, W#w{forward = Winner}}.
+successor_down(#w{forward = To, merge = waiting, cfg = Cfg, key = Key} = W) ->
+    %% The winner of our conflict died before it took our hand-off: we still hold the
+    %% state, so the key is ours again.
+    {Node, Vsn} = case shoal_registry:lookup(Cfg, Key) of
+                      {remote, N, To, V} -> {N, V};
+                      _ -> {node(To), 0}
+                  end,
+    W1 = reclaim(Vsn, Node, W#w{fwd_mon = undefined, forward = undefined}),
+    {noreply, W1, idle_of(W1)};
+successor_down(#w{forward = To} = W) ->
+    drain_forward(To),
+    {stop, {shutdown, {shoal_moved, node(To)}}, W}.
+
+maybe_retire(#w{merge = acked, graced = true, forward = To} = W) ->
+    drain_forward(To),
+    {stop, {shutdown, {shoal_moved, node(To)}}, W};
+maybe_retire(W) ->
+    {noreply, W}.
+
+%% Forward what is still queued before exiting: those messages never ran here.
+drain_forward(To) ->
+    receive
+        {'$gen_call', _, _} = M -> To ! M, drain_forward(To);
+        {'$gen_cast', _} = M -> To ! M, drain_forward(To);
+        {'$shoal_merged', _} = M -> To ! M, drain_forward(To)
+    after 0 -> ok
+    end.
+
+%% --- conflicts --------------------------------------------------------------------------
+
+%% Our member found a newer live incarnation of our key on Node (the sides of a partition
+%% met): run the loser's callback and step aside for it, keeping our state until it has
+%% acknowledged the hand-off. An announcement that is not newer than us is stale: ignored.
+yield(Node, Winner, Vsn, #w{cfg = Cfg, key = Key, st = St} = W) ->
+    Self = self(),
+    case shoal_registry:lookup(Cfg, Key) of
+        {local, Self, MyVsn, _} when {Vsn, Node} > {MyVsn, node()} ->
+            Mod = (W#w.cfg)#shoal_cfg.worker,
+            _ = case erlang:function_exported(Mod, conflict, 3) of
+                    true -> Mod:conflict(Key, Winner, St);
+                    false -> ok
+                end,
+            W1 = step_aside(Node, Winner, Vsn, W),
+            {noreply, W1};
+        _ ->
+            {noreply, W, idle_of(W)}
+    end.
+
+step_aside(Node, Winner, Vsn, #w{cfg = #shoal_cfg{grace = Grace} = Cfg, key = Key} = W) ->
+    _ = shoal_registry:set_moving(Cfg, Key, self(), true),
+    _ = Vsn > 0 andalso shoal_registry:put_remote(Cfg, Key, Node, Winner, Vsn, 0),
+    Winner ! {'$shoal_merged', self()},
+    erlang:send_after(Grace, self(), '$shoal_retire'),
+    W#w{forward = Winner, fwd_mon = erlang:monitor(process, Winner), merge = waiting,
+        graced = false}.
+
+%% --- the user's callbacks ----------------------------------------------------------------
 
 with_loaded(#w{loaded = true} = W, Fun) -> Fun(W);
 with_loaded(#w{cfg = #shoal_cfg{worker = Mod}, key = Key, st = St} = W, Fun) ->
@@ -304,6 +410,8 @@ ret({stop, Why, R, S}, W) -> {stop, Why, R, W#w{st = S}};
 ret({stop, Why, S}, W) -> {stop, Why, W#w{st = S}};
 ret(Other, W) -> {stop, {bad_return_value, Other}, W}.
 
+%% --- idle offload and stop -------------------------------------------------------------
+
 idle(#w{cfg = #shoal_cfg{has_idle = HasIdle, worker = Mod, idle_timeout = I}, st = St} = W) ->
     case HasIdle of
         true ->
@@ -316,39 +424,33 @@ idle(#w{cfg = #shoal_cfg{has_idle = HasIdle, worker = Mod, idle_timeout = I}, st
             offload(W)
     end.
 
-%% Leave the table first, so nobody new finds us; a message that slipped in between the
-%% timeout and that moment cancels the offload if the key is still free.
-offload(#w{cfg = #shoal_cfg{table = T, counters = C, idle_timeout = I}, key = Key} = W) ->
+%% Leave the table first, so nobody new finds us; whatever reached us meanwhile goes to
+%% the key's next incarnation after terminate/2 (reroute_mailbox/1).
+offload(#w{cfg = #shoal_cfg{counters = C}} = W) ->
     unregister_self(W),
-    case process_info(self(), message_queue_len) of
-        {message_queue_len, 0} ->
-            counters:add(C, ?C_IDLE_OFFLOADS, 1),
-            {stop, {shutdown, shoal_offloaded}, W};
-        _ ->
-            case shoal_nif:register(T, Key, self()) of
-                {ok, _} -> {noreply, W, I};
-                {error, _} ->
-                    counters:add(C, ?C_IDLE_OFFLOADS, 1),
-                    {stop, {shutdown, shoal_offloaded}, W}
-            end
-    end.
+    counters:add(C, ?C_IDLE_OFFLOADS, 1),
+    {stop, {shutdown, shoal_offloaded}, W}.
 
-unregister_self(#w{cfg = #shoal_cfg{table = T}, key = Key}) ->
-    _ = shoal_nif:unregister(T, Key, self()),
+unregister_self(#w{cfg = Cfg, key = Key}) ->
+    _ = shoal_registry:unregister(Cfg, Key, self()),
     ok.
 
 %% After terminate/2 ran (the state is saved), what is still queued goes to the key's next
-%% incarnation, spawned if need be: calls keep their From, so their callers get the reply.
-reroute_mailbox(Cfg, Key) ->
-    receive
-        {'$gen_call', _From, _Msg} = M -> forward(Cfg, Key, M), reroute_mailbox(Cfg, Key);
-        {'$gen_cast', _Msg} = M -> forward(Cfg, Key, M), reroute_mailbox(Cfg, Key)
-    after 0 -> ok
+%% incarnation, spawned if need be: our member resolves the key and forwards, and calls
+%% keep their From, so their callers get the reply.
+reroute_mailbox(#w{cfg = #shoal_cfg{pool = Pool, server = Name}, key = Key}) ->
+    case collect_mailbox([]) of
+        [] -> ok;
+        Msgs ->
+            case whereis(Name) of
+                undefined -> ok;
+                Member -> shoal_proto:send(Member, Pool, {reroute, Key, Msgs})
+            end
     end.
 
-forward(Cfg, Key, M) ->
-    try shoal:resolve(Cfg, Key) of
-        {ok, Pid} -> Pid ! M, ok;
-        _ -> ok
-    catch _:_ -> ok
+collect_mailbox(Acc) ->
+    receive
+        {'$gen_call', _From, _Msg} = M -> collect_mailbox([M | Acc]);
+        {'$gen_cast', _Msg} = M -> collect_mailbox([M | Acc])
+    after 0 -> lists:reverse(Acc)
     end.

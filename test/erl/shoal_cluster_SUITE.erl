@@ -4,24 +4,12 @@
 %% distribution, so the peers form a cluster among themselves only and a partition
 %% between them is clean.
 %%
-%% The topology scheme (documented here because it is the part that is easy to get wrong):
-%%   * peers start with `-kernel dist_auto_connect never': no message, erpc or monitor ever
-%%     opens a connection by itself; only net_kernel:connect_node/1 does. A partition is
-%%     erlang:disconnect_node/1 on both sides and stays a partition until the test heals it
-%%     with connect_node/1 (asserted: the sides still see only themselves right before the
-%%     heal).
-%%   * `-connect_all false': global does not build a full mesh behind our back; the suite
-%%     connects every pair itself.
-%%   * `-kernel prevent_overlapping_partitions false': OTP 25's global would otherwise
-%%     disconnect nodes of its own accord while the partition is being made pair by pair.
-%%
-%% Each peer runs a collector process (see peer_init/0) that owns two public ETS tables:
-%% `shoal_test_events', where shoal_counter_worker records each callback, and
-%% `shoal_test_store', the user's store a worker reads in load/2 and writes on every incr
-%% (for the node-loss case the store of every worker is the one on the first peer, reached
-%% with erpc). The collector also monitors each worker incarnation and records its exit
-%% reason. Most scenarios run on a peer (functions p_*/N below, exported so peer:call can
-%% reach them) and use plain distribution from there.
+%% The peers, their topology (no auto-connect: the suite makes and cuts every link) and
+%% their collector of worker events are shoal_test_cluster's; the worker is
+%% shoal_counter_worker, whose store (for the node-loss case, the one on the first peer,
+%% reached with erpc) is the collector's `shoal_test_store'. Most scenarios run on a peer
+%% (functions p_*/N below, exported so peer:call can reach them) and use plain distribution
+%% from there.
 %%
 %% Time bounds asserted (all with bounded polls, never a bare sleep where a sync point
 %% exists): a registration is visible on every member within 2 s (target 50 ms; measured
@@ -52,13 +40,12 @@
          dead_member_rejoins_under_its_name/1,
          partition_sides_keep_serving_and_heal_to_one_worker/1]).
 %% Run on the peers.
--export([peer_init/0, collector/0, p_start_pool/2, p_start_pool/3, p_async/3,
+-export([p_start_pool/2, p_start_pool/3, p_async/3,
          p_spawn_and_watch_idle/4, p_live_workers/1, p_local_keys/1, p_whereis_all/2, p_move_batch/3,
          p_race/4, p_converge/3, p_spawn_keys/3,
          p_cluster_view/2, p_hammer/3, p_caster/3, p_incr_each/4, p_states/3,
-         p_watch_node_gone/3, p_events/1, p_locate/2, p_stop/1]).
+         p_watch_node_gone/3, p_events/1, p_locate/2, p_locate_vsn/2, p_stop/1]).
 
--define(COOKIE, "shoal_cluster_test").
 -define(WORKER, shoal_counter_worker).
 -define(CALL_TIMEOUT, 60000).
 
@@ -90,11 +77,7 @@ groups() ->
 %%% Setup ---------------------------------------------------------------------------------
 
 init_per_suite(Config) ->
-    {ok, _} = application:ensure_all_started(shoal),  %% only to find the code paths
-    Paths = lists:usort([code:lib_dir(shoal, ebin),
-                         filename:dirname(code:which(?MODULE)),
-                         filename:dirname(code:which(?WORKER))]),
-    [{paths, Paths} | Config].
+    [{paths, shoal_test_cluster:code_paths([?MODULE, ?WORKER])} | Config].
 
 end_per_suite(_Config) -> ok.
 
@@ -142,38 +125,11 @@ end_per_testcase(_Case, Config) ->
 
 %% Three peers, connected pairwise, each with the shoal application and a collector.
 start_cluster(Config, Tag) ->
-    Base = lists:concat(["shoal_cl_", os:getpid(), "_", erlang:unique_integer([positive]),
-                         "_", Tag]),
-    Args = peer_args(Config),
-    Peers = [begin
-                 Name = list_to_atom(lists:concat([Base, "_", [$a + I - 1]])),
-                 {ok, Pid, Node} = peer:start(#{name => Name, connection => standard_io,
-                                                args => Args}),
-                 {Pid, Node}
-             end || I <- [1, 2, 3]],
-    [ok = peer:call(P, ?MODULE, peer_init, [], ?CALL_TIMEOUT) || {P, _} <- Peers],
-    connect_all(Peers),
+    Peers = shoal_test_cluster:start_peers(Tag, 3, ?config(paths, Config)),
+    ok = shoal_test_cluster:connect_all(Peers),
     Peers.
 
-peer_args(Config) ->
-    ["-setcookie", ?COOKIE,
-     "-kernel", "dist_auto_connect", "never",
-     "-kernel", "prevent_overlapping_partitions", "false",
-     "-connect_all", "false"
-     | lists:append([["-pa", P] || P <- ?config(paths, Config)])].
-
-stop_cluster(Peers) ->
-    [catch peer:stop(P) || {P, _} <- Peers],
-    ok.
-
-connect_all(Peers) ->
-    Nodes = [N || {_, N} <- Peers],
-    [true = peer:call(P, net_kernel, connect_node, [M], ?CALL_TIMEOUT)
-     || {P, N} <- Peers, M <- Nodes, M > N],
-    [wait_until(fun() -> lists:sort(peer:call(P, erlang, nodes, [])) =:= Nodes -- [N] end,
-                5000, {connected, N})
-     || {P, N} <- Peers],
-    ok.
+stop_cluster(Peers) -> shoal_test_cluster:stop_peers(Peers).
 
 start_pool_everywhere(Config, Pool, Args) ->
     start_pool_everywhere(Config, Pool, Args, #{}).
@@ -544,10 +500,11 @@ idle_offload_in_a_cluster_clears_every_replica(Config) ->
 
 %% A and B run the pool; each spawns the same 3000 new keys (in opposite orders, 10
 %% processes each) while C starts the pool and joins, so the home of about a third of the
-%% keys moves to C in the middle of the race. Once the spawners are done, within 5 s (the
-%% conflict rule settles any duplicate the change of homes made): every member counts
-%% 3000, every member's whereis/2 agrees for every key, the members' own tables hold each
-%% key exactly once, and exactly one live worker process per key exists in the cluster.
+%% keys moves to C in the middle of the race. No duplicate is ever made (the homes of the
+%% new view know every key the old homes placed before they act: no conflict is detected),
+%% and once the spawners are done, within 5 s: every member counts 3000, every member's
+%% whereis/2 agrees for every key, the members' own tables hold each key exactly once, and
+%% exactly one live worker process per key exists in the cluster.
 spawns_racing_a_joining_node_end_with_one_worker_per_key(Config) ->
     Pool = ?config(pool, Config),
     Peers = [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
@@ -587,7 +544,7 @@ spawns_racing_a_joining_node_end_with_one_worker_per_key(Config) ->
     Res = poll(fun() -> element(1, Check()) end, 5000),
     {_, Final} = Check(),
     Conflicts = lists:append([pcall(P, ?MODULE, p_events, [conflict]) || {P, _} <- Peers]),
-    ct:pal("settled: ~p after ~b ms (~p); ~b duplicates resolved by the conflict rule; "
+    ct:pal("settled: ~p after ~b ms (~p); ~b duplicates found by the conflict rule; "
            "per node ~p",
            [Res, erlang:monotonic_time(millisecond) - T0, Final,
             length([x || {conflict, {join, _}, _, _} <- Conflicts]),
@@ -595,6 +552,7 @@ spawns_racing_a_joining_node_end_with_one_worker_per_key(Config) ->
     ?assertEqual({ok, #{views_agree => true, unknown => 0, counts => [N, N, N],
                         local_keys => {N, N}, live => {N, N}, live_is_registered => true}},
                  {Res, Final}),
+    ?assertEqual([], [K || {conflict, {join, _} = K, _, _} <- Conflicts]),
     ok.
 
 %%% Failures ------------------------------------------------------------------------------
@@ -669,10 +627,8 @@ dead_member_rejoins_under_its_name(Config) ->
     peer:cast(PC, erlang, halt, []),
     [?assert(is_integer(watch_result(P, W))) || {P, W} <- Watchers],
     [Name, _Host] = string:split(atom_to_list(C), "@"),
-    {ok, PC2, C} = peer:start(#{name => list_to_atom(Name), connection => standard_io,
-                                args => peer_args(Config)}),
+    {PC2, C} = shoal_test_cluster:start_peer(Name, ?config(paths, Config)),
     try
-        ok = pcall(PC2, ?MODULE, peer_init, []),
         {ok, _} = pcall(PC2, ?MODULE, p_start_pool, [Pool, #{}]),
         true = pcall(PC2, net_kernel, connect_node, [A]),
         true = pcall(PC2, net_kernel, connect_node, [B]),
@@ -691,9 +647,10 @@ dead_member_rejoins_under_its_name(Config) ->
 
 %% {A, B} | {C}: each side keeps serving every key (spawning its own worker where it has
 %% none). When the link comes back, every duplicate is found and resolved by the
-%% documented rule (the worker on the node with the higher shoal_placement:rank/2 wins),
-%% the loser's conflict/3 runs and it exits {shutdown, {shoal_moved, WinnerNode}}, within
-%% 5 s of reconnecting; afterwards all members agree on one worker per key.
+%% documented rule (the newer incarnation wins: the higher {version, node}), the loser's
+%% conflict/3 runs, it forwards until the winner acknowledges the hand-off, and it exits
+%% {shutdown, {shoal_moved, WinnerNode}}, within 5 s of reconnecting; afterwards all
+%% members agree on one worker per key.
 partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
     Pool = ?config(pool, Config),
     [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
@@ -718,8 +675,8 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
     ?assertEqual(40, pcall(PA, shoal, count, [Pool])),
     ?assertEqual(40, pcall(PC, shoal, count, [Pool])),
     ?assertEqual(40, pcall(PC, shoal, count, [Pool, C])),
-    HostsAB = maps:from_list([{K, pcall(PA, ?MODULE, p_locate, [Pool, K])} || K <- Keys]),
-    HostsC = maps:from_list([{K, pcall(PC, ?MODULE, p_locate, [Pool, K])} || K <- Keys]),
+    HostsAB = maps:from_list([{K, pcall(PA, ?MODULE, p_locate_vsn, [Pool, K])} || K <- Keys]),
+    HostsC = maps:from_list([{K, pcall(PC, ?MODULE, p_locate_vsn, [Pool, K])} || K <- Keys]),
     %% Clients on both sides keep calling every key through the heal.
     Load = [{P, pcall(P, ?MODULE, p_hammer, [Pool, Keys, 5000])} || P <- [PA, PC]],
     %% Still split right before the heal: nothing reconnected by itself.
@@ -754,10 +711,10 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
     %% Every call got its reply: a loser forwards what reaches it to the winner.
     ?assertEqual([], HealErrors),
     [begin
-         {HostAB, PidAB} = maps:get(K, HostsAB),
-         {HostC, PidC} = maps:get(K, HostsC),
+         {HostAB, PidAB, VsnAB} = maps:get(K, HostsAB),
+         {HostC, PidC, VsnC} = maps:get(K, HostsC),
          {Winner, WPid, Loser, LPid} =
-             case rank(PA, K, HostAB) > rank(PA, K, HostC) of
+             case {VsnAB, HostAB} > {VsnC, HostC} of
                  true -> {HostAB, PidAB, HostC, PidC};
                  false -> {HostC, PidC, HostAB, PidAB}
              end,
@@ -844,30 +801,6 @@ move_to_a_dying_target_keeps_the_worker(Config) ->
 %%% Peer-side helpers ---------------------------------------------------------------------
 
 %% @private On a peer: the shoal application, and a collector that owns the events and
-%% store tables for the life of the node and records each watched worker's exit.
-peer_init() ->
-    {ok, _} = application:ensure_all_started(shoal),
-    Self = self(),
-    Pid = spawn(fun() ->
-                        register(shoal_test_collector, self()),
-                        ets:new(shoal_test_events, [named_table, public, bag]),
-                        ets:new(shoal_test_store, [named_table, public, set]),
-                        Self ! {collector, self()},
-                        collector()
-                end),
-    receive {collector, Pid} -> ok end.
-
-%% @private
-collector() ->
-    receive
-        {watch, Key, Pid} ->
-            _ = erlang:monitor(process, Pid, [{tag, {'DOWN', Key}}]),
-            collector();
-        {{'DOWN', Key}, _Ref, process, Pid, Reason} ->
-            ets:insert(shoal_test_events, {down, Key, Pid, Reason}),
-            collector()
-    end.
-
 %% @private
 p_start_pool(Pool, Args) ->
     p_start_pool(Pool, Args, #{}).
@@ -917,14 +850,11 @@ p_live_workers(Tag) ->
 
 %% @private The keys of this node's own workers, from its table.
 p_local_keys(Pool) ->
-    %% #shoal_cfg.table (the record is internal to the application): {shoal_cfg, Pool, T, ..}.
-    Cfg = shoal:cfg(Pool),
-    {shoal_cfg, Pool} = {element(1, Cfg), element(2, Cfg)},
-    shoal_nif:fold(element(3, Cfg), keys_on, local).
+    shoal_registry:keys_on(persistent_term:get({shoal_pool, Pool}), node()).
 
 %% @private A batched move of this node's workers of Keys to Node: how many failed.
 p_move_batch(Pool, Keys, Node) ->
-    shoal_cluster:move_batch(shoal:cfg(Pool), Keys, Node).
+    shoal_mover:move_batch(persistent_term:get({shoal_pool, Pool}), Keys, Node).
 
 %% @private whereis/2 for each of Keys.
 p_whereis_all(Pool, Keys) ->
@@ -1073,6 +1003,10 @@ p_stop(Pid) ->
     Pid ! {stop, self()},
     receive {stopped, Pid, R} -> R after 30000 -> {no_answer, Pid} end.
 
+%% @private {Node, Pid, Vsn} of Key's worker as this node's table has it.
+p_locate_vsn(Pool, Key) ->
+    shoal_registry:worker(persistent_term:get({shoal_pool, Pool}), Key).
+
 %% @private {Node, Pid} of Key's worker as this node sees it.
 p_locate(Pool, Key) ->
     case shoal:lookup(Pool, Key) of
@@ -1087,9 +1021,8 @@ nodes_of(Config) -> lists:sort([N || {_, N} <- peers(Config)]).
 node_of(Config, I) -> element(2, lists:nth(I, peers(Config))).
 peer_of(Config, Node) -> hd([P || {P, N} <- peers(Config), N =:= Node]).
 
-pcall(P, M, F, A) -> peer:call(P, M, F, A, ?CALL_TIMEOUT).
+pcall(P, M, F, A) -> shoal_test_cluster:pcall(P, M, F, A).
 
-rank(P, Key, Node) -> pcall(P, shoal_placement, rank, [Key, Node]).
 
 cluster_view(P, Pool, Nodes) -> pcall(P, ?MODULE, p_cluster_view, [Pool, Nodes]).
 
@@ -1171,33 +1104,6 @@ add_acked(Keys, Want, Acked) ->
 inversions([]) -> 0;
 inversions([X | Xs]) -> length([Y || Y <- Xs, Y < X]) + inversions(Xs).
 
-%% Poll Fun (true or a truthy value means done) every 10 ms for up to Ms.
-poll(Fun, Ms) ->
-    Deadline = erlang:monotonic_time(millisecond) + Ms,
-    poll_until(Fun, Deadline).
-
-poll_until(Fun, Deadline) ->
-    case Fun() of
-        false -> retry_poll(Fun, Deadline);
-        undefined -> retry_poll(Fun, Deadline);
-        _ -> ok
-    end.
-
-retry_poll(Fun, Deadline) ->
-    case erlang:monotonic_time(millisecond) > Deadline of
-        true -> timeout;
-        false -> timer:sleep(10), poll_until(Fun, Deadline)
-    end.
-
-wait_until(Fun, Ms, What) ->
-    case poll(Fun, Ms) of
-        ok -> ok;
-        timeout -> ct:fail({timeout_waiting_for, What})
-    end.
-
-split(List, N) ->
-    {_, Parts} = lists:foldl(fun(X, {I, Acc}) ->
-                                     {(I + 1) rem N,
-                                      maps:update_with(I, fun(L) -> [X | L] end, [X], Acc)}
-                             end, {0, #{}}, List),
-    [lists:reverse(L) || L <- maps:values(Parts)].
+poll(Fun, Ms) -> shoal_test_cluster:poll(Fun, Ms).
+wait_until(Fun, Ms, What) -> shoal_test_cluster:wait_until(Fun, Ms, What).
+split(List, N) -> shoal_test_cluster:split(List, N).

@@ -1,0 +1,307 @@
+%% @doc The caller's side of spawn arbitration (docs/protocol.md, "Spawn arbitration"):
+%% find or start the worker for a key that this node's table does not have.
+%%
+%% Everything here runs in the calling process. A caller waits until its member is active,
+%% takes the home of the key in the active view, and either claims the key in its own table
+%% (it is the home) or asks the home's member. Whoever holds the claim picks the host; a
+%% worker placed here is spawned and registered inside the view gate, one placed elsewhere is
+%% spawned by that host's member. A caller that learns of a remote worker stores its replica
+%% before it returns, so the same node reads its own writes.
+-module(shoal_arbiter).
+
+-include("shoal_int.hrl").
+
+-export([resolve/4, spawn_async/2, relearn/3, spawn_claimed/3, await_started/3,
+         ready/2, await_claim/5]).
+
+-type mode() :: call | sync.
+-export_type([mode/0]).
+
+%% Pause before trying again after a `retry' that did not come from a view change.
+-define(BACKOFF_MS, 2).
+
+%% @doc The worker for Key, spawned wherever placement says if there is none. With `sync'
+%% the answer is `{ok, Pid}' only once that worker's init/2 has returned, for every caller.
+%% `Timeout' bounds the wait for the member to become active and for the home or host to
+%% answer: `{error, not_ready}' or `{error, timeout}' after it.
+-spec resolve(#shoal_cfg{}, term(), mode(), timeout()) -> {ok, pid()} | {error, term()}.
+resolve(Cfg, Key, Mode, Timeout) ->
+    try loop(Cfg, Key, Mode, deadline(Timeout), 0)
+    catch throw:{?MODULE, Error} -> Error
+    end.
+
+loop(Cfg, Key, Mode, Deadline, Tries) ->
+    case shoal_view:enter(Cfg) of
+        inactive ->
+            shoal_view:await_active(Cfg, remaining(Deadline)) =:= ok
+                orelse throw_not_ready(),
+            loop(Cfg, Key, Mode, Deadline, Tries);
+        {ok, Members} ->
+            Home = shoal_placement:home(Key, Members),
+            Step = case Home =:= node() of
+                       true ->
+                           try at_home(Cfg, Key, Mode, Members)
+                           after shoal_view:leave(Cfg)
+                           end;
+                       false ->
+                           shoal_view:leave(Cfg),
+                           ask(Cfg, Key, Mode, Home, Members, Deadline)
+                   end,
+            next(Cfg, Key, Mode, Members, Deadline, Tries, Step)
+    end.
+
+%% The steps of a resolution, and what the caller does after each.
+next(Cfg, Key, Mode, _Members, Deadline, _Tries, {exists, Pid}) ->
+    ready(Cfg, Key, Pid, Mode, Deadline);
+next(_Cfg, _Key, Mode, _Members, Deadline, _Tries, {spawned, Pid, Ref}) ->
+    case Mode of
+        sync -> await_started(Pid, Ref, remaining(Deadline));
+        call -> {ok, Pid}
+    end;
+next(Cfg, Key, Mode, _Members, Deadline, Tries, {wait, Ref, Claimer}) ->
+    case await_claim(Cfg, Key, Ref, Claimer, remaining(Deadline)) of
+        {ok, Pid} -> ready(Cfg, Key, Pid, Mode, Deadline);
+        retry -> again(Cfg, Key, Mode, Deadline, Tries);
+        {error, _} = E -> E
+    end;
+next(Cfg, Key, Mode, Members, Deadline, Tries, {host, Host}) ->
+    next(Cfg, Key, Mode, Members, Deadline, Tries, spawn_on(Cfg, Key, Mode, Host, Members, Deadline));
+next(Cfg, Key, Mode, _Members, Deadline, Tries, retry) ->
+    again(Cfg, Key, Mode, Deadline, Tries);
+next(_Cfg, _Key, _Mode, _Members, _Deadline, _Tries, {error, _} = E) ->
+    E.
+
+again(Cfg, Key, Mode, Deadline, Tries) ->
+    remaining(Deadline) =:= 0 andalso throw_timeout(),
+    Tries > 0 andalso timer:sleep(min(?BACKOFF_MS bsl min(Tries, 5), 50)),
+    loop(Cfg, Key, Mode, Deadline, Tries + 1).
+
+%% Inside the gate, on the key's home: claim; spawn here if placement says so.
+at_home(Cfg, Key, Mode, Members) ->
+    Ref = make_ref(),
+    case shoal_registry:claim(Cfg, Key, Ref) of
+        {ok, Pid} -> {exists, Pid};
+        {wait, Claimer} -> {wait, Ref, Claimer};
+        claimed ->
+            case choose_host(Cfg, Key, Members) of
+                {ok, Host} when Host =:= node() -> spawn_claimed(Cfg, Key, acks(Mode, Ref));
+                {ok, Host} -> {host, Host};
+                {error, R} ->
+                    _ = shoal_registry:release_claim(Cfg, Key, {error, R}),
+                    {error, R}
+            end
+    end.
+
+acks(sync, Ref) -> [{self(), Ref}];
+acks(call, _Ref) -> [].
+
+%% @doc We hold the claim on Key (inside the gate): spawn the worker here and register it,
+%% which hands the claim's waiters its pid. `Acks' are told when its init/2 has run.
+-spec spawn_claimed(#shoal_cfg{}, term(), [{pid(), reference()}]) ->
+          {spawned, pid(), reference() | none} | retry.
+spawn_claimed(#shoal_cfg{counters = C} = Cfg, Key, Acks) ->
+    Pid = shoal_worker_proc:spawn_worker(Cfg, Key, Acks, init),
+    counters:add(C, ?C_SPAWNS, 1),
+    case shoal_registry:register(Cfg, Key, Pid, claim) of
+        {ok, _Vsn} ->
+            {spawned, Pid, case Acks of [{_, R} | _] -> R; [] -> none end};
+        {error, _} ->
+            %% It died before it could be registered (killed with its segment): give the
+            %% claim up; this caller and the waiters try again.
+            exit(Pid, kill),
+            _ = shoal_registry:release_claim(Cfg, Key, retry),
+            retry
+    end.
+
+%% We hold the claim and the host is another node: ask its member to spawn.
+spawn_on(#shoal_cfg{pool = Pool} = Cfg, Key, Mode, Host, Members, Deadline) ->
+    Step = case shoal_view:peer(Cfg, Host) of
+               undefined -> retry;
+               HostPid ->
+                   Ref = shoal_proto:request_ref(),
+                   Mref = erlang:monitor(process, HostPid),
+                   shoal_proto:send(HostPid, Pool,
+                                    {spawn, Key, Members, [{self(), Ref, Mode =:= sync}], none}),
+                   await_claimed(Cfg, Key, Ref, Mref, Deadline)
+           end,
+    case Step of
+        {exists, Pid} ->
+            %% Our claim has the worker's pid by now (put_remote), and with it our waiters.
+            {exists, Pid};
+        {spawned, _, _} = S -> S;
+        retry ->
+            _ = shoal_registry:release_claim(Cfg, Key, retry),
+            retry;
+        {error, R} = E ->
+            _ = shoal_registry:release_claim(Cfg, Key, {error, R}),
+            E
+    end.
+
+%% Not the home: ask the home's member.
+ask(#shoal_cfg{pool = Pool} = Cfg, Key, Mode, Home, Members, Deadline) ->
+    case shoal_view:peer(Cfg, Home) of
+        undefined -> retry;
+        HomePid ->
+            Ref = shoal_proto:request_ref(),
+            Mref = erlang:monitor(process, HomePid),
+            shoal_proto:send(HomePid, Pool, {claim, Key, Members, {self(), Ref, Mode =:= sync}}),
+            await_claimed(Cfg, Key, Ref, Mref, Deadline)
+    end.
+
+%% The answer of a home or host: store a remote worker's replica (read-your-writes).
+await_claimed(#shoal_cfg{pool = Pool} = Cfg, Key, Ref, Mref, Deadline) ->
+    receive
+        {'$shoal', _, Pool, {claimed, Ref, Result, Acked}} ->
+            erlang:demonitor(Mref, [flush]),
+            case Result of
+                {ok, Node, Pid, Vsn} ->
+                    _ = shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, 0),
+                    case Acked of
+                        true -> {spawned, Pid, Ref};
+                        false -> {exists, Pid}
+                    end;
+                retry -> retry;
+                {error, _} = E -> E
+            end;
+        {'DOWN', Mref, process, _, _} ->
+            give_up(Pool, Ref),
+            retry
+    after remaining(Deadline) ->
+            erlang:demonitor(Mref, [flush]),
+            give_up(Pool, Ref),
+            {error, timeout}
+    end.
+
+%% No answer will be taken any more; drop one that raced in.
+give_up(Pool, Ref) ->
+    shoal_proto:drop_ref(Ref),
+    receive {'$shoal', _, Pool, {claimed, Ref, _, _}} -> ok after 0 -> ok end.
+
+%% @doc Another process holds the claim on Key: wait for its outcome, or for its death (then
+%% clear its claim, which tells the other waiters to race again, and answer `retry').
+-spec await_claim(#shoal_cfg{}, term(), reference(), pid(), timeout()) ->
+          {ok, pid()} | retry | {error, term()}.
+await_claim(Cfg, Key, Ref, Claimer, Timeout) ->
+    Mref = erlang:monitor(process, Claimer),
+    receive
+        {'$shoal_claim', Ref, Result} ->
+            erlang:demonitor(Mref, [flush]),
+            Result;
+        {'DOWN', Mref, process, Claimer, _} ->
+            _ = shoal_registry:unregister(Cfg, Key, Claimer),
+            flush_claim(Ref),
+            retry
+    after Timeout ->
+            erlang:demonitor(Mref, [flush]),
+            %% Still queued as a waiter: the answer may come later; drop it then.
+            flush_claim(Ref),
+            {error, timeout}
+    end.
+
+flush_claim(Ref) ->
+    receive {'$shoal_claim', Ref, _} -> ok after 0 -> ok end.
+
+%% A worker that another caller started: with `sync', wait until its init/2 has run.
+ready(_Cfg, _Key, Pid, call, _Deadline) -> {ok, Pid};
+ready(Cfg, Key, Pid, sync, Deadline) ->
+    case ready(Pid, remaining(Deadline)) of
+        ok -> {ok, Pid};
+        {error, noproc} ->
+            %% It was gone before we asked (its init/2 may have failed): resolve again, so
+            %% this caller gets what a fresh start gives.
+            _ = relearn(Cfg, Key, Pid),
+            loop(Cfg, Key, sync, Deadline, 1);
+        {error, _} = E -> E
+    end.
+
+%% @doc Ask a worker whether its init/2 has run: `ok', or `{error, Reason}' with the reason
+%% it exited with.
+-spec ready(pid(), timeout()) -> ok | {error, term()}.
+ready(Pid, Timeout) ->
+    try gen_server:call(Pid, '$shoal_ready', Timeout) of
+        ok -> ok
+    catch
+        exit:{Reason, _} -> {error, unwrap(Reason)}
+    end.
+
+%% @doc Wait for the init ack of a worker spawned with `Ref' among its acks.
+-spec await_started(pid(), reference(), timeout()) -> {ok, pid()} | {error, term()}.
+await_started(Pid, Ref, Timeout) ->
+    Mref = erlang:monitor(process, Pid),
+    receive
+        {'$shoal_started', Ref, ok} -> erlang:demonitor(Mref, [flush]), {ok, Pid};
+        {'$shoal_started', Ref, {error, R}} -> erlang:demonitor(Mref, [flush]), {error, R};
+        {'DOWN', Mref, process, Pid, R} -> flush_started(Ref), {error, unwrap(R)}
+    after Timeout ->
+            erlang:demonitor(Mref, [flush]),
+            {error, timeout}
+    end.
+
+flush_started(Ref) ->
+    receive {'$shoal_started', Ref, _} -> ok after 0 -> ok end.
+
+%% A worker whose init/2 failed exits with the reason; a load/2 failure is wrapped.
+unwrap({shutdown, {init_failed, R}}) -> R;
+unwrap(R) -> R.
+
+%% @doc Start the worker for Key if there is none, without waiting: the key goes to this
+%% node's member, which arbitrates keys in batches per home.
+-spec spawn_async(#shoal_cfg{}, term()) -> ok.
+spawn_async(#shoal_cfg{pool = Pool, server = Name} = Cfg, Key) ->
+    case shoal_registry:whereis(Cfg, Key) of
+        undefined ->
+            case whereis(Name) of
+                undefined -> ok;
+                Member -> shoal_proto:send(Member, Pool, {place_async, Key})
+            end;
+        _ -> ok
+    end.
+
+%% @doc A call to Dead, Key's worker in this node's table, exited `noproc': drop that
+%% replica (a tomb at its version) and ask the member of Dead's node where Key is now,
+%% storing the answer. Returns the worker it learnt of, if any.
+-spec relearn(#shoal_cfg{}, term(), pid()) -> {ok, pid()} | none.
+relearn(#shoal_cfg{pool = Pool} = Cfg, Key, Dead) ->
+    case shoal_registry:lookup(Cfg, Key) of
+        {remote, Node, Dead, Vsn} ->
+            _ = shoal_registry:remove_remote(Cfg, Key, Node, Dead, Vsn),
+            case shoal_view:peer(Cfg, Node) of
+                undefined -> none;
+                Member ->
+                    Ref = shoal_proto:request_ref(),
+                    Mref = erlang:monitor(process, Member),
+                    shoal_proto:send(Member, Pool, {where, Key, {self(), Ref}}),
+                    receive
+                        {'$shoal', _, Pool, {where_is, Ref, {ok, N, Pid, V}}} ->
+                            erlang:demonitor(Mref, [flush]),
+                            _ = shoal_registry:put_remote(Cfg, Key, N, Pid, V, 0),
+                            {ok, Pid};
+                        {'$shoal', _, Pool, {where_is, Ref, none}} ->
+                            erlang:demonitor(Mref, [flush]),
+                            none;
+                        {'DOWN', Mref, process, _, _} ->
+                            shoal_proto:drop_ref(Ref),
+                            none
+                    after 5000 ->
+                            erlang:demonitor(Mref, [flush]),
+                            shoal_proto:drop_ref(Ref),
+                            none
+                    end
+            end;
+        _ ->
+            none
+    end.
+
+choose_host(Cfg, Key, Members) ->
+    shoal_placement:choose(Key, shoal_view:candidates(Cfg, Members)).
+
+deadline(infinity) -> infinity;
+deadline(Ms) -> erlang:monotonic_time(millisecond) + Ms.
+
+remaining(infinity) -> infinity;
+remaining(Deadline) -> max(0, Deadline - erlang:monotonic_time(millisecond)).
+
+-spec throw_not_ready() -> no_return().
+throw_not_ready() -> throw({?MODULE, {error, not_ready}}).
+-spec throw_timeout() -> no_return().
+throw_timeout() -> throw({?MODULE, {error, timeout}}).

@@ -1,0 +1,723 @@
+%% @doc A pool's member on one node: the process that speaks the member protocol
+%% (docs/protocol.md) for this node.
+%%
+%% It owns the pool's table (created here, deleted when it stops), counters and failure
+%% meter, publishes the configuration in persistent_term for the lock-free hot paths and
+%% the view in its ETS table and gate (shoal_view), and it is this node's member of the
+%% cluster-wide pool:
+%% <ul>
+%% <li>membership: greets and probes connected nodes, keeps its peers, proposes views,
+%%     acknowledges its peers' views, fences and opens the gate;</li>
+%% <li>replication: turns the table's listener events into `repl' batches for its peers,
+%%     applies theirs, runs syncs (anti-entropy) with new peers, sweeps tombs;</li>
+%% <li>arbitration: the home's side (`claim', `claim_async') and the host's side (`spawn',
+%%     `spawn_async') of spawns;</li>
+%% <li>moves and operations: takeovers, evacuations and rebalancing moves (run by
+%%     short-lived processes, see shoal_mover), `where', `health' and configuration.</li>
+%% </ul>
+%%
+%% It is the first child of the pool supervisor, so it stops last: after the segments have
+%% stopped every worker, it deletes the table and removes the configuration.
+-module(shoal_member).
+-behaviour(gen_server).
+
+-include("shoal_int.hrl").
+
+-export([start_link/1]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-define(BATCH, 2000).           %% replication ops and sync entries per message
+-define(TOMB_TTL, 10000).       %% ms a tomb blocks stale replicas
+-define(SWEEP_EVERY, 5000).     %% ms between tomb sweeps
+
+-record(peer, {pid :: pid(),
+               mref :: reference(),
+               %% The last `view' this peer proposed to us.
+               last_view = none :: none | {non_neg_integer(), [node()]},
+               %% The last of our Seqs this peer acknowledged.
+               acked = -1 :: integer()}).
+
+-record(ms, {cfg :: #shoal_cfg{},
+             peers = #{} :: #{node() => #peer{}},
+             %% Connected nodes whose member we have not heard from yet: Mref => Node.
+             probes = #{} :: #{reference() => node()},
+             p = [] :: [node()],                 %% our proposed view
+             seq = 0 :: non_neg_integer(),
+             active = none :: none | [node()],   %% the view we are active in
+             view_no = 0 :: non_neg_integer(),
+             waiting = [] :: [gen_server:from()],
+             %% Home: keys we hold or wait on a claim for, with the callers to answer.
+             pending = #{} :: #{term() => [shoal_proto:caller()]},
+             %% Home: our waits on another process's claim: Ref => {Key, Claimer, Mref}.
+             claims = #{} :: #{reference() => {term(), pid(), reference()}},
+             %% Home: keys we asked a host to spawn: Key => Host.
+             spawning = #{} :: #{term() => node()},
+             %% ensure_started_async keys waiting for us to be active.
+             async = [] :: [term()],
+             %% Incoming syncs in progress: Node => Mark.
+             sync_in = #{} :: #{node() => pos_integer()},
+             mark = 0 :: non_neg_integer()}).
+
+%% @doc Start the member of the pool described by Cfg, registered under its name.
+-spec start_link(#shoal_cfg{}) -> {ok, pid()} | {error, term()}.
+start_link(#shoal_cfg{pool = Pool} = Cfg) ->
+    gen_server:start_link({local, shoal_proto:member_name(Pool)}, ?MODULE, Cfg, []).
+
+%% @private
+-spec init(#shoal_cfg{}) -> {ok, #ms{}} | {stop, term()}.
+init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
+    process_flag(trap_exit, true),
+    case persistent_term:get(?PT_KEY(Pool), undefined) of
+        #shoal_cfg{} -> {stop, {already_started, Pool}};
+        undefined ->
+            CTab = ets:new(shoal_view, [set, protected, {read_concurrency, true}]),
+            Cfg = Cfg0#shoal_cfg{table = shoal_registry:new(Bits),
+                                 counters = counters:new(?C_COUNT, [write_concurrency]),
+                                 meter = shoal_nif:meter_new(),
+                                 ctab = CTab,
+                                 gate = shoal_view:new_gate(),
+                                 server = shoal_proto:member_name(Pool)},
+            persistent_term:put(?PT_KEY(Pool), Cfg),
+            ok = net_kernel:monitor_nodes(true, [{node_type, all}]),
+            erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
+            S0 = #ms{cfg = Cfg},
+            S1 = lists:foldl(fun probe/2, S0, nodes(connected)),
+            {ok, propose(S1)}
+    end.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), #ms{}) -> {reply, term(), #ms{}} | {noreply, #ms{}}.
+handle_call(await_active, From, #ms{active = none, waiting = Ws} = S) ->
+    {noreply, S#ms{waiting = [From | Ws]}};
+handle_call(await_active, _From, S) ->
+    {reply, ok, S};
+handle_call({config, Item}, _From, #ms{cfg = Cfg, peers = Peers} = S) ->
+    apply_config(Cfg, Item),
+    _ = [shoal_proto:send(P, Cfg#shoal_cfg.pool, {config, Item})
+         || #peer{pid = P} <- maps:values(Peers)],
+    {reply, ok, S};
+handle_call(view, _From, #ms{p = P, active = A, view_no = N, peers = Peers, probes = Pr} = S) ->
+    {reply, #{members => P, agreed => A =/= none, active => A, changes => N,
+              peers => maps:keys(Peers), probing => lists:usort(maps:values(Pr))}, S};
+handle_call(_Req, _From, S) ->
+    {reply, {error, unknown_call}, S}.
+
+%% @private
+-spec handle_cast(term(), #ms{}) -> {noreply, #ms{}}.
+handle_cast(_Msg, S) -> {noreply, S}.
+
+%% @private
+-spec handle_info(term(), #ms{}) -> {noreply, #ms{}}.
+handle_info({'$shoal', _, _, _} = Msg, #ms{cfg = #shoal_cfg{pool = Pool}} = S) ->
+    case shoal_proto:body(Msg, Pool) of
+        {ok, Body} -> {noreply, body(Body, S)};
+        {error, Why} ->
+            logger:warning(#{what => shoal_dropped_message, pool => Pool, why => Why},
+                           #{domain => [shoal]}),
+            {noreply, S}
+    end;
+handle_info({'$shoal_up', _, _, _} = Ev, S) -> {noreply, replicate(Ev, S)};
+handle_info({'$shoal_down', _, _, _} = Ev, S) -> {noreply, replicate(Ev, S)};
+handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) -> {noreply, replicate(Ev, S)};
+handle_info({'$shoal_claim', Ref, Result}, S) -> {noreply, claim_resolved(Ref, Result, S)};
+handle_info({nodeup, Node, _Info}, S) -> {noreply, probe(Node, S)};
+handle_info({nodedown, _Node, _Info}, S) -> {noreply, S};  %% the monitors say it
+handle_info({'DOWN', Ref, process, _, Reason}, S) -> {noreply, down(Ref, Reason, S)};
+handle_info(sweep_tombs, #ms{cfg = Cfg} = S) ->
+    _ = shoal_registry:sweep_tombs(Cfg, ?TOMB_TTL),
+    erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
+    {noreply, S};
+handle_info(_Info, S) ->
+    {noreply, S}.
+
+%% @private
+-spec terminate(term(), #ms{}) -> ok.
+terminate(_Reason, #ms{cfg = #shoal_cfg{pool = Pool, table = T}}) ->
+    _ = persistent_term:erase(?PT_KEY(Pool)),
+    try shoal_registry:delete(T) catch error:badarg -> ok end,
+    ok.
+
+%%% Protocol bodies ------------------------------------------------------------------------
+
+body({hello, Pid, Node, MinV, MaxV, Config}, S) -> hello(hello, Pid, Node, MinV, MaxV, Config, S);
+body({hello_ack, Pid, Node, MinV, MaxV, Config}, S) ->
+    hello(hello_ack, Pid, Node, MinV, MaxV, Config, S);
+body({view, Node, Seq, P}, S) -> on_view(Node, Seq, P, S);
+body({view_ack, Node, Seq}, S) -> on_view_ack(Node, Seq, S);
+body({config, Item}, #ms{cfg = Cfg} = S) -> apply_config(Cfg, Item), S;
+body({repl, Node, Ops}, S) -> from_peer(Node, S, fun() -> apply_ops(Node, Ops, 0, S) end);
+body({sync, Node, T0, Entries, Part}, S) ->
+    from_peer(Node, S, fun() -> on_sync(Node, T0, Entries, Part, S) end);
+body({claim, Key, View, Caller}, S) -> on_claim(Key, View, Caller, S);
+body({spawn, Key, View, Callers, Home}, S) -> on_spawn(Key, View, Callers, Home, S);
+body({spawned, Key, Result}, S) -> on_spawned(Key, Result, S);
+body({place_async, Key}, S) -> place_async([Key | collect_async(?BATCH)], S);
+body({claim_async, Keys, View, From}, S) -> on_claim_async(Keys, View, From, S);
+body({claim_async_retry, Keys}, #ms{async = A} = S) -> flush_async(S#ms{async = Keys ++ A});
+body({spawn_async, Keys, View, Home}, S) -> on_spawn_async(Keys, View, Home, S);
+body({spawned_async, Results}, S) -> on_spawned_async(Results, S);
+body({where, Key, ReplyTo}, S) -> on_where(Key, ReplyTo, S);
+body({takeover, Items, ReplyTo}, S) -> run(fun(Cfg) -> {taken, shoal_mover:takeover(Cfg, Items)} end, ReplyTo, S);
+body({evacuate, ReplyTo}, S) -> run(fun(Cfg) -> {done, shoal_mover:evacuate(Cfg)} end, ReplyTo, S);
+body({move_some, N, Dest, ReplyTo}, S) ->
+    run(fun(Cfg) -> {done, shoal_mover:move_some(Cfg, N, Dest)} end, ReplyTo, S);
+body({health, ReplyTo}, #ms{cfg = Cfg} = S) ->
+    shoal_proto:reply(ReplyTo, Cfg#shoal_cfg.pool, done, [local_health(Cfg)]),
+    S;
+body({reroute, Key, Msgs}, #ms{cfg = Cfg} = S) ->
+    _ = proc_lib:spawn(fun() -> reroute(Cfg, Key, Msgs) end),
+    S;
+body(_Unknown, S) ->
+    S.
+
+from_peer(Node, #ms{peers = Peers} = S, Fun) ->
+    case maps:is_key(Node, Peers) of
+        true -> Fun();
+        false -> S  %% from a node that already left: its replicas were purged
+    end.
+
+%% A request that takes time (a takeover waits for successors' inits, a move for a round
+%% trip) runs in a process of its own; it answers the requester itself.
+run(Fun, ReplyTo, #ms{cfg = #shoal_cfg{pool = Pool} = Cfg} = S) ->
+    _ = proc_lib:spawn(fun() ->
+                               {Tag, Reply} = Fun(Cfg),
+                               shoal_proto:reply(ReplyTo, Pool, Tag, [Reply])
+                       end),
+    S.
+
+%%% Membership -----------------------------------------------------------------------------
+
+%% A connected node may run this pool's member: greet it, and watch its registered name
+%% until we hear from it (a `DOWN' with noproc says it has none). We are not active while
+%% a probe is open, so a node that started its pool before us is a peer before we arbitrate.
+probe(Node, #ms{cfg = #shoal_cfg{server = Name, pool = Pool} = Cfg, probes = Pr,
+                peers = Peers} = S) ->
+    case maps:is_key(Node, Peers) orelse lists:member(Node, maps:values(Pr)) of
+        true -> S;
+        false ->
+            Mref = erlang:monitor(process, {Name, Node}),
+            shoal_proto:send_node(Node, Name, Pool, hello_body(hello, Cfg)),
+            S#ms{probes = Pr#{Mref => Node}}
+    end.
+
+hello_body(Tag, Cfg) ->
+    {Tag, self(), node(), shoal_proto:min_vsn(), shoal_proto:vsn(), local_config(Cfg)}.
+
+hello(Tag, Pid, Node, MinV, MaxV, Config, #ms{cfg = Cfg, peers = Peers} = S0) ->
+    S = close_probe(Node, S0),
+    [apply_config(Cfg, Item) || Item <- Config],
+    Compatible = MinV =< shoal_proto:vsn() andalso MaxV >= shoal_proto:min_vsn(),
+    case maps:find(Node, Peers) of
+        _ when not Compatible ->
+            logger:error(#{what => shoal_incompatible_member, node => Node,
+                           versions => {MinV, MaxV}}, #{domain => [shoal]}),
+            propose(S);
+        {ok, #peer{pid = Pid}} ->
+            S;
+        {ok, #peer{}} ->
+            %% Its member restarted before we saw the old one go.
+            add_peer(Tag, Pid, Node, peer_left(Node, S));
+        error ->
+            add_peer(Tag, Pid, Node, S)
+    end.
+
+close_probe(Node, #ms{probes = Pr} = S) ->
+    Gone = [R || {R, N} <- maps:to_list(Pr), N =:= Node],
+    _ = [erlang:demonitor(R, [flush]) || R <- Gone],
+    S#ms{probes = maps:without(Gone, Pr)}.
+
+%% A new peer: answer its hello, watch it, send it everything we own (sync), and propose
+%% the view with it in.
+add_peer(Tag, Pid, Node, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg,
+                             peers = Peers} = S) ->
+    Tag =:= hello andalso shoal_proto:send(Pid, Pool, hello_body(hello_ack, Cfg)),
+    Mref = erlang:monitor(process, Pid),
+    ets:insert(CTab, {{peer, Node}, Pid}),
+    ok = shoal_registry:set_listener(Cfg, self()),
+    send_sync(Cfg, Pid),
+    propose(S#ms{peers = Peers#{Node => #peer{pid = Pid, mref = Mref}}}).
+
+%% A peer's member went down (its pool stopped, its node left or the link broke).
+peer_left(Node, #ms{cfg = #shoal_cfg{ctab = CTab} = Cfg, peers = Peers} = S) ->
+    #peer{mref = Mref} = maps:get(Node, Peers),
+    erlang:demonitor(Mref, [flush]),
+    ets:delete(CTab, {peer, Node}),
+    ets:match_delete(CTab, {{window, Node}, '_'}),
+    ets:delete(CTab, {drained, Node}),
+    _ = shoal_registry:purge_node(Cfg, Node),
+    S1 = abandon_spawns(Node, S#ms{peers = maps:remove(Node, Peers),
+                                   sync_in = maps:remove(Node, S#ms.sync_in)}),
+    map_size(S1#ms.peers) =:= 0 andalso shoal_registry:set_listener(Cfg, undefined),
+    propose(S1).
+
+down(Ref, _Reason, #ms{probes = Pr} = S) when is_map_key(Ref, Pr) ->
+    propose(S#ms{probes = maps:remove(Ref, Pr)});
+down(Ref, Reason, #ms{claims = Claims} = S) when is_map_key(Ref, Claims) ->
+    claimer_down(Ref, Reason, S);
+down(Ref, _Reason, #ms{peers = Peers} = S) ->
+    case [N || {N, #peer{mref = R}} <- maps:to_list(Peers), R =:= Ref] of
+        [Node] -> peer_left(Node, S);
+        [] -> claimer_down(Ref, gone, S)
+    end.
+
+%% Our proposed view is ourself and our peers. When it changes: fence, then tell every
+%% peer, and acknowledge the peers that already proposed the same.
+propose(#ms{cfg = #shoal_cfg{ctab = CTab} = Cfg, peers = Peers, p = Old, seq = Seq} = S0) ->
+    P = lists:sort([node() | maps:keys(Peers)]),
+    S = case P =:= Old of
+            true -> S0;
+            false ->
+                S1 = fence(S0),
+                ets:insert(CTab, {members, P}),
+                Seq1 = Seq + 1,
+                _ = [shoal_proto:send(Pid, Cfg#shoal_cfg.pool, {view, node(), Seq1, P})
+                     || #peer{pid = Pid} <- maps:values(Peers)],
+                _ = [shoal_proto:send(Pid, Cfg#shoal_cfg.pool, {view_ack, node(), PSeq})
+                     || #peer{pid = Pid, last_view = {PSeq, PV}} <- maps:values(Peers),
+                        PV =:= P],
+                S1#ms{p = P, seq = Seq1}
+        end,
+    maybe_activate(S).
+
+%% Close the gate, let the arbitrations inside finish, and send our peers what they
+%% registered: a peer that hears our next `view' has heard of every worker we registered
+%% under the old one.
+fence(#ms{active = none} = S) -> flush_events(S);
+fence(#ms{cfg = Cfg} = S) ->
+    ok = shoal_view:close(Cfg),
+    wait_inflight(Cfg),
+    flush_events(S#ms{active = none}).
+
+wait_inflight(Cfg) ->
+    case shoal_view:inflight(Cfg) of
+        0 -> ok;
+        _ -> erlang:yield(), wait_inflight(Cfg)
+    end.
+
+flush_events(S) ->
+    receive
+        {'$shoal_up', _, _, _} = Ev -> flush_events(replicate(Ev, S));
+        {'$shoal_down', _, _, _} = Ev -> flush_events(replicate(Ev, S));
+        {'$shoal_replaced', _, _, _, _, _, _} = Ev -> flush_events(replicate(Ev, S))
+    after 0 -> S
+    end.
+
+on_view(Node, Seq, PV, #ms{cfg = Cfg, peers = Peers, p = P} = S) ->
+    case maps:find(Node, Peers) of
+        {ok, #peer{pid = Pid} = Peer} ->
+            PV =:= P andalso shoal_proto:send(Pid, Cfg#shoal_cfg.pool, {view_ack, node(), Seq}),
+            S#ms{peers = Peers#{Node := Peer#peer{last_view = {Seq, PV}}}};
+        error ->
+            S
+    end.
+
+on_view_ack(Node, Seq, #ms{peers = Peers, seq = Seq} = S) ->
+    case maps:find(Node, Peers) of
+        {ok, Peer} -> maybe_activate(S#ms{peers = Peers#{Node := Peer#peer{acked = Seq}}});
+        error -> S
+    end;
+on_view_ack(_Node, _OldSeq, S) ->
+    S.
+
+%% Active once every peer acknowledged our current proposal, no probe is open, and the
+%% view has at least the pool's quorum of members.
+maybe_activate(#ms{active = none, probes = Pr, peers = Peers, seq = Seq, p = P,
+                   cfg = #shoal_cfg{quorum = Q} = Cfg, view_no = N, waiting = Ws} = S)
+  when map_size(Pr) =:= 0, length(P) >= Q ->
+    case lists:all(fun(#peer{acked = A}) -> A =:= Seq end, maps:values(Peers)) of
+        true ->
+            ok = shoal_view:open(Cfg, N + 1, P),
+            _ = [gen_server:reply(From, ok) || From <- Ws],
+            flush_async(S#ms{active = P, view_no = N + 1, waiting = []});
+        false ->
+            S
+    end;
+maybe_activate(S) ->
+    S.
+
+%%% Replication ----------------------------------------------------------------------------
+
+%% Send our peers what our table reports, with whatever else is queued (up to a batch).
+replicate(Ev, #ms{cfg = #shoal_cfg{pool = Pool} = Cfg, peers = Peers} = S) ->
+    Ops = collect(Cfg, [op(Cfg, Ev)], ?BATCH),
+    case [O || O <- Ops, O =/= skip] of
+        [] -> ok;
+        Live ->
+            _ = [shoal_proto:send(Pid, Pool, {repl, node(), Live})
+                 || #peer{pid = Pid} <- maps:values(Peers)],
+            ok
+    end,
+    S.
+
+collect(_Cfg, Acc, 0) -> lists:reverse(Acc);
+collect(Cfg, Acc, N) ->
+    receive
+        {'$shoal_up', _, _, _} = Ev -> collect(Cfg, [op(Cfg, Ev) | Acc], N - 1);
+        {'$shoal_down', _, _, _} = Ev -> collect(Cfg, [op(Cfg, Ev) | Acc], N - 1);
+        {'$shoal_replaced', _, _, _, _, _, _} = Ev -> collect(Cfg, [op(Cfg, Ev) | Acc], N - 1)
+    after 0 -> lists:reverse(Acc)
+    end.
+
+%% An `up' is only announced if the worker is still there at that version: its `down' may
+%% have overtaken it (the two come from different processes). A replaced entry is relayed
+%% as an `up' of its successor, which peers apply over the old one.
+op(Cfg, {'$shoal_up', Key, Pid, Vsn}) ->
+    case shoal_registry:lookup(Cfg, Key) of
+        {local, Pid, Vsn, _} -> {up, Key, node(), Pid, Vsn};
+        _ -> skip
+    end;
+op(_Cfg, {'$shoal_down', Key, Pid, Vsn}) -> {down, Key, node(), Pid, Vsn};
+op(_Cfg, {'$shoal_replaced', Key, _Pid, _Vsn, Node, NewPid, NewVsn}) ->
+    {up, Key, Node, NewPid, NewVsn}.
+
+apply_ops(Node, Ops, Mark, #ms{cfg = Cfg} = S) ->
+    lists:foreach(fun(Op) -> apply_op(Cfg, Node, Op, Mark, S) end, Ops),
+    S.
+
+apply_op(Cfg, _From, {up, Key, Node, Pid, Vsn}, Mark, S) ->
+    case known_node(Node, S) of
+        true ->
+            case shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, Mark) of
+                {conflict, Mine, _MyVsn} -> Mine ! {'$shoal_yield', Node, Pid, Vsn}, ok;
+                _ -> ok
+            end;
+        false -> ok  %% a relay about a node that is not (or no longer) our peer
+    end;
+apply_op(Cfg, _From, {down, Key, Node, Pid, Vsn}, _Mark, _S) ->
+    _ = shoal_registry:remove_remote(Cfg, Key, Node, Pid, Vsn),
+    ok.
+
+known_node(Node, #ms{peers = Peers}) -> maps:is_key(Node, Peers).
+
+%% Everything we own, to a new peer, with our clock at the start of the walk.
+send_sync(#shoal_cfg{pool = Pool} = Cfg, Pid) ->
+    T0 = shoal_registry:hlc(),
+    Owned = shoal_registry:owned(Cfg),
+    send_chunks(Pid, Pool, T0, Owned, first).
+
+send_chunks(Pid, Pool, T0, Entries, Part) ->
+    case length(Entries) > ?BATCH of
+        true ->
+            {Chunk, Rest} = lists:split(?BATCH, Entries),
+            shoal_proto:send(Pid, Pool, {sync, node(), T0, Chunk, Part}),
+            send_chunks(Pid, Pool, T0, Rest, middle);
+        false ->
+            Last = case Part of first -> only; middle -> last end,
+            shoal_proto:send(Pid, Pool, {sync, node(), T0, Entries, Last})
+    end.
+
+%% A peer's sync: apply its entries like ups, tagged with a mark of this sync; after the
+%% last chunk, drop its replicas the sync did not confirm and that are older than its walk.
+on_sync(Node, T0, Entries, Part, #ms{cfg = Cfg, sync_in = In, mark = M0} = S) ->
+    {Mark, S1} = case Part of
+                     P when P =:= first; P =:= only ->
+                         M = (M0 rem 16#fffffffe) + 1,
+                         {M, S#ms{mark = M, sync_in = In#{Node => M}}};
+                     _ ->
+                         {maps:get(Node, In, 0), S}
+                 end,
+    _ = apply_ops(Node, [{up, K, Node, Pid, V} || {K, Pid, V} <- Entries], Mark, S1),
+    case Part of
+        P2 when P2 =:= last; P2 =:= only ->
+            _ = shoal_registry:sweep_node(Cfg, Node, Mark, T0),
+            S1#ms{sync_in = maps:remove(Node, S1#ms.sync_in)};
+        _ ->
+            S1
+    end.
+
+%%% Arbitration: the home's side -------------------------------------------------------------
+
+on_claim(Key, View, Caller, #ms{active = View, pending = Pending} = S) when View =/= none ->
+    case maps:find(Key, Pending) of
+        {ok, Callers} -> S#ms{pending = Pending#{Key := [Caller | Callers]}};
+        error -> arbitrate(Key, [Caller], S)
+    end;
+on_claim(_Key, _View, Caller, #ms{cfg = Cfg} = S) ->
+    answer([Caller], Cfg, retry, false),
+    S.
+
+%% Claim Key for Callers, as its home: answer at once if it has a worker, queue them if
+%% another process is arbitrating it, else place it here or ask the host.
+arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims = Claims} = S) ->
+    Ref = make_ref(),
+    case shoal_registry:claim(Cfg, Key, Ref) of
+        {ok, _} ->
+            answer(Callers, Cfg, existing(Cfg, Key), false),
+            S;
+        {wait, Claimer} ->
+            Mref = erlang:monitor(process, Claimer),
+            S#ms{pending = Pending#{Key => Callers}, claims = Claims#{Ref => {Key, Claimer, Mref}}};
+        claimed ->
+            case shoal_placement:choose(Key, shoal_view:candidates(Cfg, View)) of
+                {ok, Host} when Host =:= node() ->
+                    spawn_here(Key, Callers, S),
+                    S;
+                {ok, Host} ->
+                    #peer{pid = HostPid} = maps:get(Host, S#ms.peers),
+                    shoal_proto:send(HostPid, Cfg#shoal_cfg.pool,
+                                     {spawn, Key, View, Callers, self()}),
+                    S#ms{pending = Pending#{Key => Callers},
+                         spawning = (S#ms.spawning)#{Key => Host}};
+                {error, R} ->
+                    _ = shoal_registry:release_claim(Cfg, Key, {error, R}),
+                    answer(Callers, Cfg, {error, R}, false),
+                    S
+            end
+    end.
+
+%% We hold Key's claim and it goes here: spawn and register (the member's own arbitration
+%% never overlaps a fence: both run in this process).
+spawn_here(Key, Callers, #ms{cfg = Cfg}) ->
+    Acks = [{Pid, Ref} || {Pid, Ref, true} <- Callers],
+    case shoal_arbiter:spawn_claimed(Cfg, Key, Acks) of
+        {spawned, Pid, _} ->
+            {ok, Vsn} = local_version(Cfg, Key, Pid),
+            answer(Callers, Cfg, {ok, node(), Pid, Vsn}, true),
+            {ok, node(), Pid, Vsn};
+        retry ->
+            answer(Callers, Cfg, retry, false),
+            retry
+    end.
+
+local_version(Cfg, Key, Pid) ->
+    case shoal_registry:lookup(Cfg, Key) of
+        {local, Pid, Vsn, _} -> {ok, Vsn};
+        _ -> {ok, 0}
+    end.
+
+existing(Cfg, Key) ->
+    case shoal_registry:worker(Cfg, Key) of
+        {Node, Pid, Vsn} -> {ok, Node, Pid, Vsn};
+        undefined -> retry
+    end.
+
+%% Callers learn the result; `Acked' says whether the worker will send them its init ack
+%% (only callers that asked for one, `Sync', and only when we spawned it for them).
+answer(Callers, #shoal_cfg{pool = Pool}, Result, Acked) ->
+    _ = [shoal_proto:reply(C, Pool, claimed, [Result, Acked andalso Sync])
+         || {_, _, Sync} = C <- Callers],
+    ok.
+
+%% A claim we waited on resolved.
+claim_resolved(Ref, Result, #ms{claims = Claims, pending = Pending, cfg = Cfg} = S) ->
+    case maps:take(Ref, Claims) of
+        {{Key, _Claimer, Mref}, Claims1} ->
+            erlang:demonitor(Mref, [flush]),
+            {Callers, Pending1} = take_pending(Key, Pending),
+            S1 = S#ms{claims = Claims1, pending = Pending1},
+            case Result of
+                {ok, _Pid} -> answer(Callers, Cfg, existing(Cfg, Key), false), S1;
+                {error, _} = E -> answer(Callers, Cfg, E, false), S1;
+                retry -> rearbitrate(Key, Callers, S1)
+            end;
+        error ->
+            S
+    end.
+
+%% The claimer we waited on died: clear its claim (its other waiters retry) and arbitrate
+%% again for our callers.
+claimer_down(Ref, _Reason, #ms{claims = Claims, pending = Pending, cfg = Cfg} = S) ->
+    case maps:take(Ref, Claims) of
+        {{Key, Claimer, _}, Claims1} ->
+            _ = shoal_registry:unregister(Cfg, Key, Claimer),
+            {Callers, Pending1} = take_pending(Key, Pending),
+            rearbitrate(Key, Callers, S#ms{claims = Claims1, pending = Pending1});
+        error ->
+            S
+    end.
+
+rearbitrate(_Key, [], S) -> S;
+rearbitrate(_Key, Callers, #ms{active = none, cfg = Cfg} = S) ->
+    answer(Callers, Cfg, retry, false),
+    S;
+rearbitrate(Key, Callers, S) ->
+    arbitrate(Key, Callers, S).
+
+take_pending(Key, Pending) ->
+    case maps:take(Key, Pending) of
+        {Cs, P1} -> {Cs, P1};
+        error -> {[], Pending}
+    end.
+
+%% The host we asked answered. It answered the callers it was given itself; we answer all
+%% of them again (a caller keeps only the first answer) with those that came since.
+on_spawned(Key, Result, #ms{cfg = Cfg, pending = Pending, spawning = Sp} = S) ->
+    {Callers, Pending1} = take_pending(Key, Pending),
+    S1 = S#ms{pending = Pending1, spawning = maps:remove(Key, Sp)},
+    case Result of
+        {ok, Node, Pid, Vsn} ->
+            _ = shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, 0),
+            answer(Callers, Cfg, Result, false);
+        retry ->
+            _ = shoal_registry:release_claim(Cfg, Key, retry),
+            answer(Callers, Cfg, retry, false);
+        {error, _} = E ->
+            _ = shoal_registry:release_claim(Cfg, Key, E),
+            answer(Callers, Cfg, E, false)
+    end,
+    S1.
+
+%% A host left while we waited for it: give its keys' claims up; their callers retry
+%% (callers it already answered ignore the second answer: replies go to their aliases).
+abandon_spawns(Node, #ms{spawning = Sp, cfg = Cfg} = S) ->
+    Lost = [K || {K, H} <- maps:to_list(Sp), H =:= Node],
+    lists:foldl(fun(K, Acc) ->
+                        {Cs, P1} = take_pending(K, Acc#ms.pending),
+                        _ = shoal_registry:release_claim(Cfg, K, retry),
+                        answer(Cs, Cfg, retry, false),
+                        Acc#ms{pending = P1}
+                end, S#ms{spawning = maps:without(Lost, Sp)}, Lost).
+
+%%% Arbitration: the host's side ----------------------------------------------------------
+
+on_spawn(Key, View, Callers, Home, #ms{active = View, cfg = Cfg} = S) when View =/= none ->
+    Result = case shoal_registry:claim(Cfg, Key, nowait) of
+                 claimed -> spawn_here(Key, Callers, S);
+                 {ok, _} ->
+                     R = existing(Cfg, Key),
+                     answer(Callers, Cfg, R, false),
+                     R;
+                 {wait, _} ->
+                     %% A local process arbitrates it (from a view where we were its home):
+                     %% let the home try again shortly.
+                     answer(Callers, Cfg, retry, false),
+                     retry
+             end,
+    is_pid(Home) andalso shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned, Key, Result}),
+    S;
+on_spawn(Key, _View, Callers, Home, #ms{cfg = Cfg} = S) ->
+    answer(Callers, Cfg, retry, false),
+    is_pid(Home) andalso shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned, Key, retry}),
+    S.
+
+%%% ensure_started_async --------------------------------------------------------------------
+
+collect_async(0) -> [];
+collect_async(N) ->
+    receive {'$shoal', _, _, {place_async, Key}} -> [Key | collect_async(N - 1)]
+    after 0 -> []
+    end.
+
+place_async(Keys, #ms{async = A} = S) ->
+    flush_async(S#ms{async = Keys ++ A}).
+
+%% Route queued keys to their homes, once we are active.
+flush_async(#ms{active = none} = S) -> S;
+flush_async(#ms{async = []} = S) -> S;
+flush_async(#ms{async = Keys, active = View, cfg = #shoal_cfg{pool = Pool}, peers = Peers} = S) ->
+    ByHome = group(fun(K) -> shoal_placement:home(K, View) end, lists:usort(Keys)),
+    S1 = S#ms{async = []},
+    maps:fold(fun(Home, HKeys, Acc) when Home =:= node() -> arbitrate_async(HKeys, Acc);
+                 (Home, HKeys, Acc) ->
+                      #peer{pid = Pid} = maps:get(Home, Peers),
+                      shoal_proto:send(Pid, Pool, {claim_async, HKeys, View, self()}),
+                      Acc
+              end, S1, ByHome).
+
+on_claim_async(Keys, View, _From, #ms{active = View} = S) when View =/= none ->
+    arbitrate_async(Keys, S);
+on_claim_async(Keys, _View, From, #ms{cfg = #shoal_cfg{pool = Pool}} = S) ->
+    shoal_proto:send(From, Pool, {claim_async_retry, Keys}),
+    S.
+
+%% As the keys' home: claim each (we are the claimer, so a claim never outlives a caller
+%% that went away), spawn here or batch them per host.
+arbitrate_async(Keys, #ms{cfg = Cfg, active = View, peers = Peers, spawning = Sp} = S) ->
+    Remote = lists:foldl(
+               fun(Key, Acc) ->
+                       case shoal_registry:claim(Cfg, Key, nowait) of
+                           claimed ->
+                               case shoal_placement:choose(Key, shoal_view:candidates(Cfg, View)) of
+                                   {ok, Host} when Host =:= node() ->
+                                       _ = shoal_arbiter:spawn_claimed(Cfg, Key, []),
+                                       Acc;
+                                   {ok, Host} ->
+                                       maps:update_with(Host, fun(L) -> [Key | L] end, [Key], Acc);
+                                   {error, _} ->
+                                       _ = shoal_registry:release_claim(Cfg, Key, retry),
+                                       Acc
+                               end;
+                           _ ->
+                               Acc
+                       end
+               end, #{}, Keys),
+    Sp1 = maps:fold(fun(Host, HKeys, SpAcc) ->
+                            #peer{pid = Pid} = maps:get(Host, Peers),
+                            shoal_proto:send(Pid, Cfg#shoal_cfg.pool,
+                                             {spawn_async, HKeys, View, self()}),
+                            lists:foldl(fun(K, A) -> A#{K => Host} end, SpAcc, HKeys)
+                    end, Sp, Remote),
+    S#ms{spawning = Sp1}.
+
+on_spawn_async(Keys, View, Home, #ms{active = View, cfg = Cfg} = S) when View =/= none ->
+    Results = [{Key, case shoal_registry:claim(Cfg, Key, nowait) of
+                         claimed ->
+                             case shoal_arbiter:spawn_claimed(Cfg, Key, []) of
+                                 {spawned, Pid, _} ->
+                                     {ok, V} = local_version(Cfg, Key, Pid),
+                                     {ok, node(), Pid, V};
+                                 retry -> retry
+                             end;
+                         {ok, _} -> existing(Cfg, Key);
+                         {wait, _} -> retry
+                     end} || Key <- Keys],
+    shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned_async, Results}),
+    S;
+on_spawn_async(Keys, _View, Home, #ms{cfg = Cfg} = S) ->
+    shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned_async, [{K, retry} || K <- Keys]}),
+    S.
+
+on_spawned_async(Results, #ms{cfg = Cfg, spawning = Sp} = S) ->
+    {Sp1, Again} =
+        lists:foldl(
+          fun({Key, Result}, {SpAcc, Ag}) ->
+                  case Result of
+                      {ok, Node, Pid, Vsn} ->
+                          _ = shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, 0),
+                          {maps:remove(Key, SpAcc), Ag};
+                      _ ->
+                          _ = shoal_registry:release_claim(Cfg, Key, retry),
+                          {maps:remove(Key, SpAcc), [Key | Ag]}
+                  end
+          end, {Sp, []}, Results),
+    flush_async(S#ms{spawning = Sp1, async = Again ++ S#ms.async}).
+
+group(Fun, List) ->
+    lists:foldl(fun(X, Acc) -> maps:update_with(Fun(X), fun(L) -> [X | L] end, [X], Acc) end,
+                #{}, List).
+
+%%% Other requests ---------------------------------------------------------------------------
+
+on_where(Key, ReplyTo, #ms{cfg = Cfg} = S) ->
+    Answer = case shoal_registry:worker(Cfg, Key) of
+                 {Node, Pid, Vsn} -> {ok, Node, Pid, Vsn};
+                 undefined -> none
+             end,
+    shoal_proto:reply(ReplyTo, Cfg#shoal_cfg.pool, where_is, [Answer]),
+    S.
+
+%% What a stopped or offloaded worker still had queued goes to the key's next incarnation.
+reroute(Cfg, Key, Msgs) ->
+    case shoal_arbiter:resolve(Cfg, Key, call, 5000) of
+        {ok, Pid} -> _ = [Pid ! M || M <- Msgs], ok;
+        {error, _} -> ok
+    end.
+
+local_health(#shoal_cfg{meter = M} = Cfg) ->
+    #{count => shoal_registry:count(Cfg, node()),
+      crashes_per_minute => shoal_nif:meter_sum(M, 60)}.
+
+%%% Cluster configuration ----------------------------------------------------------------
+
+local_config(#shoal_cfg{ctab = CTab}) ->
+    [{window, node(), W} || {{window, N}, W} <- ets:tab2list(CTab), N =:= node()] ++
+        [{drained, node(), true} || ets:member(CTab, {drained, node()})].
+
+apply_config(#shoal_cfg{ctab = CTab}, {window, Node, W}) ->
+    ets:insert(CTab, {{window, Node}, W});
+apply_config(#shoal_cfg{ctab = CTab}, {drained, Node, true}) ->
+    ets:insert(CTab, {{drained, Node}, true});
+apply_config(#shoal_cfg{ctab = CTab}, {drained, Node, false}) ->
+    ets:delete(CTab, {drained, Node});
+apply_config(_, _) ->
+    true.

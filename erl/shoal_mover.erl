@@ -1,0 +1,280 @@
+%% @doc Moving workers between members: the source's side of batched moves (drain and
+%% rebalance), the target's side of every move (takeover), and the plans and requests that
+%% drive them (docs/protocol.md, "Moves").
+%%
+%% A batched move freezes up to ?MOVE_BATCH local workers (each hands its state over and
+%% holds its messages), asks the target's member to start and register their successors in
+%% one round trip, points this node's table at each successor, and tells each old worker
+%% where its successor is (it then forwards what it held, in order) or to thaw.
+-module(shoal_mover).
+
+-include("shoal_int.hrl").
+
+-export([migrate/3, drain/2, rebalance/1, plan/1]).
+-export([takeover/2, evacuate/1, move_some/3, move_batch/3]).
+
+-define(MOVERS, 8).
+-define(MOVE_BATCH, 256).
+-define(TAKEOVER_TIMEOUT, 60000).
+
+%%% Requests (on any member) ---------------------------------------------------------------
+
+%% @doc Move the worker for Key to Node with its state (the worker runs the move).
+-spec migrate(#shoal_cfg{}, term(), node()) -> {ok, pid()} | {error, term()}.
+migrate(Cfg, Key, Node) ->
+    case lists:member(Node, shoal_view:members(Cfg)) of
+        false -> {error, {not_a_member, Node}};
+        true ->
+            case shoal_registry:whereis(Cfg, Key) of
+                undefined -> {error, not_found};
+                Pid when node(Pid) =:= Node -> {ok, Pid};
+                Pid ->
+                    try gen_server:call(Pid, {'$shoal_migrate', Node}, 2 * ?TAKEOVER_TIMEOUT) of
+                        {ok, NewPid} = Ok when node(NewPid) =:= Node -> Ok;
+                        {ok, Other} when node(Other) =/= Node ->
+                            %% A stale replica pointed us at an old incarnation that had
+                            %% already moved: the call reached the current one, which was
+                            %% already where we wanted it.
+                            {ok, Other};
+                        Error -> Error
+                    catch exit:{Reason, _} -> {error, Reason}
+                    end
+            end
+    end.
+
+%% @doc Ask Node's member to move every worker it holds to the other members (Node must
+%% already be drained, or placement would send workers back); returns when it is empty.
+-spec drain(#shoal_cfg{}, node()) -> ok | {error, term()}.
+drain(Cfg, Node) ->
+    request(Cfg, Node, evacuate, infinity).
+
+%% @doc Move the fewest workers that bring every member inside its window.
+-spec rebalance(#shoal_cfg{}) -> {ok, #{moved := non_neg_integer()}}.
+rebalance(Cfg) ->
+    Moved = lists:sum([case request(Cfg, Src, {move_some, N, Dst}, infinity) of
+                           {ok, M} -> M;
+                           {error, _} -> 0
+                       end || {Src, Dst, N} <- plan(Cfg)]),
+    {ok, #{moved => Moved}}.
+
+request(#shoal_cfg{pool = Pool} = Cfg, Node, What, Timeout) ->
+    case shoal_view:peer(Cfg, Node) of
+        undefined -> {error, {not_a_member, Node}};
+        Member ->
+            Ref = shoal_proto:request_ref(),
+            Mref = erlang:monitor(process, Member),
+            Body = case What of
+                       evacuate -> {evacuate, {self(), Ref}};
+                       {move_some, N, Dst} -> {move_some, N, Dst, {self(), Ref}}
+                   end,
+            shoal_proto:send(Member, Pool, Body),
+            receive
+                {'$shoal', _, Pool, {done, Ref, Reply}} ->
+                    erlang:demonitor(Mref, [flush]),
+                    Reply;
+                {'DOWN', Mref, process, _, Why} ->
+                    shoal_proto:drop_ref(Ref),
+                    {error, {member_down, Node, Why}}
+            after Timeout ->
+                    erlang:demonitor(Mref, [flush]),
+                    shoal_proto:drop_ref(Ref),
+                    {error, timeout}
+            end
+    end.
+
+%% @doc The moves rebalance/1 makes: `[{From, To, N}]'. Nodes over `high' (a drained node's
+%% high is 0) must shed the excess, nodes under `low' must receive the shortfall; the total
+%% is the larger of the two, the least that brings everyone inside its window. Extra sources
+%% are the nodes furthest above their target; extra destinations the nodes furthest below
+%% theirs.
+-spec plan(#shoal_cfg{}) -> [{node(), node(), pos_integer()}].
+plan(Cfg) ->
+    Cands = [{N, C, eff_window(W, D)} || {N, C, W, D} <- shoal_view:candidates(Cfg)],
+    Out0 = [{N, C - H} || {N, C, #{high := H}} <- Cands, H =/= infinity, C > H],
+    In0 = [{N, L - C} || {N, C, #{low := L}} <- Cands, C < L],
+    NeedOut = lists:sum([X || {_, X} <- Out0]),
+    NeedIn = lists:sum([X || {_, X} <- In0]),
+    Total = max(NeedOut, NeedIn),
+    Out = top_up(Out0, Total - NeedOut,
+                 [{N, C - max(L, tgt(T, C))} || {N, C, #{low := L, target := T}} <- Cands,
+                                                 not lists:keymember(N, 1, Out0)]),
+    In = top_up(In0, Total - NeedIn,
+                [{N, room_below(W, C)} || {N, C, W} <- Cands,
+                                          not lists:keymember(N, 1, In0),
+                                          not lists:keymember(N, 1, Out)]),
+    pair(Out, In).
+
+eff_window(W, true) -> W#{high := 0, target := 0, low := 0};
+eff_window(W, false) -> W.
+
+tgt(infinity, C) -> C;
+tgt(T, _) -> T.
+
+room_below(#{target := infinity, high := infinity}, _) -> 1 bsl 40;
+room_below(#{target := infinity, high := H}, C) -> H - C;
+room_below(#{target := T}, C) -> T - C.
+
+%% Add up to Extra more, from the candidates with the most to give.
+top_up(Base, Extra, _Cands) when Extra =< 0 -> Base;
+top_up(Base, Extra, Cands) ->
+    Sorted = lists:reverse(lists:keysort(2, [{N, X} || {N, X} <- Cands, X > 0])),
+    {More, _} = lists:mapfoldl(fun({N, X}, Left) ->
+                                       Take = min(X, Left),
+                                       {{N, Take}, Left - Take}
+                               end, Extra, Sorted),
+    Base ++ [{N, X} || {N, X} <- More, X > 0].
+
+pair([], _) -> [];
+pair(_, []) -> [];
+pair([{S, A} | Out], [{D, B} | In]) ->
+    N = min(A, B),
+    Rest = case {A - N, B - N} of
+               {0, 0} -> pair(Out, In);
+               {0, B1} -> pair(Out, [{D, B1} | In]);
+               {A1, 0} -> pair([{S, A1} | Out], In)
+           end,
+    [{S, D, N} | Rest].
+
+%%% On the source --------------------------------------------------------------------------
+
+%% @doc Move every local worker to the other members, keeping state. Returns when none is
+%% left (or `{error, {stuck, N}}' if N could not be moved after three rounds).
+-spec evacuate(#shoal_cfg{}) -> ok | {error, term()}.
+evacuate(Cfg) ->
+    move_keys(Cfg, shoal_registry:keys_on(Cfg, node()), any, 3).
+
+%% @doc Move N local workers to Dest (or wherever placement says, with `any').
+-spec move_some(#shoal_cfg{}, non_neg_integer(), node() | any) -> {ok, non_neg_integer()}.
+move_some(Cfg, N, Dest) ->
+    Keys = lists:sublist(shoal_registry:keys_on(Cfg, node()), N),
+    Failed = run_moves(Cfg, Keys, Dest),
+    {ok, length(Keys) - Failed}.
+
+move_keys(_Cfg, [], _Dest, _Tries) -> ok;
+move_keys(Cfg, Keys, Dest, Tries) ->
+    _ = run_moves(Cfg, Keys, Dest),
+    case shoal_registry:keys_on(Cfg, node()) of
+        [] -> ok;
+        Left when Tries > 1 -> move_keys(Cfg, Left, Dest, Tries - 1);
+        Left -> {error, {stuck, length(Left)}}
+    end.
+
+%% Moves go in batches of ?MOVE_BATCH keys per target node, ?MOVERS batches at a time;
+%% returns how many keys failed to move.
+run_moves(Cfg, Keys, Dest) ->
+    Members = case shoal_view:active(Cfg) of
+                  inactive -> shoal_view:members(Cfg);
+                  Ms -> Ms
+              end,
+    ByTarget = lists:foldl(
+                 fun(Key, Acc) ->
+                         T = case target(Cfg, Members, Key, Dest) of
+                                 {ok, Node} -> Node;
+                                 {error, _} -> none
+                             end,
+                         maps:update_with(T, fun(L) -> [Key | L] end, [Key], Acc)
+                 end, #{}, Keys),
+    {NoTarget, Movable} = case maps:take(none, ByTarget) of
+                              {L, Rest} -> {length(L), Rest};
+                              error -> {0, ByTarget}
+                          end,
+    Batches = lists:append([[{Node, B} || B <- chunks(Ks, ?MOVE_BATCH)]
+                            || {Node, Ks} <- maps:to_list(Movable)]),
+    NoTarget + run_batches(Cfg, Batches, 0).
+
+target(Cfg, Members, Key, any) ->
+    Cands = [C || {N, _, _, _} = C <- shoal_view:candidates(Cfg, Members), N =/= node()],
+    shoal_placement:choose(Key, Cands);
+target(_Cfg, _Members, _Key, Node) -> {ok, Node}.
+
+run_batches(_Cfg, [], Failed) -> Failed;
+run_batches(Cfg, Batches, Failed) ->
+    {Now, Later} = lists:split(min(?MOVERS, length(Batches)), Batches),
+    Self = self(),
+    Pids = [spawn_link(fun() -> Self ! {moved, self(), move_batch(Cfg, Keys, Node)} end)
+            || {Node, Keys} <- Now],
+    F = lists:sum([receive {moved, P, N} -> N end || P <- Pids]),
+    run_batches(Cfg, Later, Failed + F).
+
+chunks([], _) -> [];
+chunks(L, N) when length(L) =< N -> [L];
+chunks(L, N) -> {A, B} = lists:split(N, L), [A | chunks(B, N)].
+
+%% @doc Move the local workers of Keys to Node with one round trip for the whole batch;
+%% returns how many failed to move.
+-spec move_batch(#shoal_cfg{}, [term()], node()) -> non_neg_integer().
+move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node) ->
+    Local = [{K, P} || K <- Keys, {local, P, _, false} <- [shoal_registry:lookup(Cfg, K)]],
+    Reqs = [{K, P, gen_server:send_request(P, '$shoal_freeze')} || {K, P} <- Local],
+    Frozen = lists:filtermap(
+               fun({K, P, R}) ->
+                       case gen_server:wait_response(R, 30000) of
+                           {reply, {ok, Transfer, Vsn}} -> {true, {K, P, Transfer, Vsn}};
+                           _ -> false
+                       end
+               end, Reqs),
+    Results = case Frozen of
+                  [] -> #{};
+                  _ -> maps:from_list(takeover_on(Cfg, Pool, Node,
+                                                  [{K, Tr, V} || {K, _, Tr, V} <- Frozen]))
+              end,
+    Moved = lists:foldl(
+              fun({K, P, _, _}, N) ->
+                      case maps:get(K, Results, error) of
+                          {ok, Node, NewPid, NewVsn} ->
+                              %% Point this node's table at the successor before returning,
+                              %% so counts and later walks see the move as done (this
+                              %% replaces the moving entry and relays the successor).
+                              _ = shoal_registry:put_remote(Cfg, K, Node, NewPid, NewVsn, 0),
+                              P ! {'$shoal_moved', Node, NewPid, NewVsn},
+                              N + 1;
+                          _ ->
+                              P ! {'$shoal_thaw', Node},
+                              N
+                      end
+              end, 0, Frozen),
+    length(Keys) - Moved.
+
+takeover_on(Cfg, Pool, Node, Items) ->
+    case shoal_view:peer(Cfg, Node) of
+        undefined -> [];
+        Member ->
+            Ref = shoal_proto:request_ref(),
+            Mref = erlang:monitor(process, Member),
+            shoal_proto:send(Member, Pool, {takeover, Items, {self(), Ref}}),
+            receive
+                {'$shoal', _, Pool, {taken, Ref, Results}} ->
+                    erlang:demonitor(Mref, [flush]),
+                    Results;
+                {'DOWN', Mref, process, _, _} ->
+                    shoal_proto:drop_ref(Ref),
+                    []
+            after ?TAKEOVER_TIMEOUT ->
+                    erlang:demonitor(Mref, [flush]),
+                    shoal_proto:drop_ref(Ref),
+                    []
+            end
+    end.
+
+%%% On the target --------------------------------------------------------------------------
+
+%% @doc Start the successors of a move here (in parallel), each from its predecessor's
+%% transferred state, and register each over the replica of its predecessor with a version
+%% above it.
+-spec takeover(#shoal_cfg{}, [{term(), term(), shoal_nif:version()}]) ->
+          [{term(), shoal_proto:result()}].
+takeover(#shoal_cfg{counters = C} = Cfg, Items) ->
+    Spawned = [begin
+                   Ref = make_ref(),
+                   {K, shoal_worker_proc:spawn_worker(Cfg, K, [{self(), Ref}], {takeover, Tr}),
+                    Ref, Vsn}
+               end || {K, Tr, Vsn} <- Items],
+    counters:add(C, ?C_SPAWNS, length(Spawned)),
+    [{K, case shoal_arbiter:await_started(Pid, Ref, 30000) of
+             {ok, Pid} ->
+                 case shoal_registry:register(Cfg, K, Pid, {over, Vsn, none}) of
+                     {ok, NewVsn} -> {ok, node(), Pid, NewVsn};
+                     {error, R} -> exit(Pid, kill), {error, R}
+                 end;
+             {error, _} = E -> exit(Pid, kill), E
+         end} || {K, Pid, Ref, Vsn} <- Spawned].

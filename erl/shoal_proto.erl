@@ -1,0 +1,104 @@
+%% @doc The member protocol's messages: the one module that builds and parses them.
+%%
+%% The protocol itself (who sends what, when, and what it guarantees) is written in
+%% docs/protocol.md. Every message between members, and every reply to a caller or order to
+%% a worker that belongs to the protocol, is `{'$shoal', Vsn, Pool, Body}'; this module
+%% builds the envelope, sends it (never auto-connecting: members only talk to connected
+%% peers) and parses it. Bodies, version 1:
+%%
+%% Membership
+%% `{hello, MemberPid, Node, MinVsn, MaxVsn, Config}', `{hello_ack, ...}',
+%% `{view, Seq, Members}', `{view_ack, Seq}', `{config, Item}'.
+%%
+%% Replication and anti-entropy
+%% `{repl, [{up | down, Key, Node, Pid, Vsn}]}',
+%% `{sync, T0, [{Key, Pid, Vsn}], first | middle | last | only}'.
+%%
+%% Arbitration (caller = `{Pid, Ref, Sync :: boolean()}')
+%% `{claim, Key, View, Caller}', `{spawn, Key, View, [Caller], HomeMember | none}',
+%% `{claimed, Ref, Result, Acked}' (to a caller), `{spawned, Key, Result}' (to the home),
+%% `{claim_async, Keys, View, FromMember}', `{claim_async_retry, Keys}',
+%% `{spawn_async, Keys, View, HomeMember}', `{spawned_async, [{Key, Result}]}',
+%% `{where, Key, {Pid, Ref}}', `{where_is, Ref, Result}';
+%% `Result = {ok, Node, Pid, Vsn} | retry | {error, Reason}'.
+%%
+%% Moves and operations
+%% `{takeover, [{Key, Transfer, Vsn}], {Pid, Ref}}', `{taken, Ref, [{Key, Result}]}',
+%% `{move_some, N, Dest, {Pid, Ref}}', `{evacuate, {Pid, Ref}}',
+%% `{done, Ref, Reply}' (answer to move_some/evacuate/health), `{health, {Pid, Ref}}'.
+%%
+%% To workers (plain messages, not calls): `{'$shoal_yield', Node, Winner, WinnerVsn}',
+%% `{'$shoal_merged', LoserPid}', `{'$shoal_merged_ack', WinnerPid}',
+%% `{'$shoal_started', Ref, ok | {error, Reason}}'.
+-module(shoal_proto).
+
+-export([vsn/0, min_vsn/0, send/3, send_node/4, reply/4, request_ref/0, drop_ref/1, is_msg/1,
+         body/2, member_name/1]).
+-export_type([body/0, caller/0, result/0]).
+
+-define(VSN, 1).
+-define(MIN_VSN, 1).
+
+-type caller() :: {pid(), reference(), boolean()}.
+-type result() :: {ok, node(), pid(), shoal_nif:version()} | retry | {error, term()}.
+-type body() :: tuple().
+
+%% @doc The protocol version this member speaks best.
+-spec vsn() -> pos_integer().
+vsn() -> ?VSN.
+
+%% @doc The oldest protocol version this member still speaks.
+-spec min_vsn() -> pos_integer().
+min_vsn() -> ?MIN_VSN.
+
+%% @doc The registered name of Pool's member on every node.
+-spec member_name(atom()) -> atom().
+member_name(Pool) -> list_to_atom("shoal_ps_" ++ atom_to_list(Pool)).
+
+%% @doc Send Body of Pool's protocol to a pid (a member, a caller or a worker).
+-spec send(pid(), atom(), body()) -> ok.
+send(To, Pool, Body) ->
+    _ = erlang:send(To, {'$shoal', ?VSN, Pool, Body}, [noconnect]),
+    ok.
+
+%% @doc Send Body to Pool's member on Node (by its registered name).
+-spec send_node(node(), atom(), atom(), body()) -> ok.
+send_node(Node, Name, Pool, Body) ->
+    _ = erlang:send({Name, Node}, {'$shoal', ?VSN, Pool, Body}, [noconnect]),
+    ok.
+
+%% @doc Answer a caller `{Pid, Ref, _}' or `{Pid, Ref}' with `{Tag, Ref, ...Rest}'. Ref is
+%% the caller's alias (`erlang:alias([reply])'): the answer is sent to it, so a caller gets
+%% at most one answer per request and none after it gave up.
+-spec reply(caller() | {pid(), reference()}, atom(), atom(), [term()]) -> ok.
+reply({_Pid, Ref, _Sync}, Pool, Tag, Rest) -> send_alias(Ref, Pool, list_to_tuple([Tag, Ref | Rest]));
+reply({_Pid, Ref}, Pool, Tag, Rest) -> send_alias(Ref, Pool, list_to_tuple([Tag, Ref | Rest])).
+
+send_alias(Alias, Pool, Body) ->
+    _ = erlang:send(Alias, {'$shoal', ?VSN, Pool, Body}, [noconnect]),
+    ok.
+
+%% @doc A fresh reply address for one request (see reply/4).
+-spec request_ref() -> reference().
+request_ref() -> erlang:alias([reply]).
+
+%% @doc Stop accepting answers to a request given up.
+-spec drop_ref(reference()) -> ok.
+drop_ref(Ref) ->
+    _ = erlang:unalias(Ref),
+    ok.
+
+%% @doc Whether Msg is a protocol envelope of any version.
+-spec is_msg(term()) -> boolean().
+is_msg({'$shoal', V, P, B}) when is_integer(V), is_atom(P), is_tuple(B) -> true;
+is_msg(_) -> false.
+
+%% @doc The body of a message of Pool in a version this member speaks, or an error.
+-spec body(term(), atom()) -> {ok, body()} | {error, {bad_version, term()} | bad_message}.
+body({'$shoal', V, Pool, Body}, Pool) when is_integer(V), V >= ?MIN_VSN, V =< ?VSN,
+                                             is_tuple(Body), tuple_size(Body) >= 1 ->
+    {ok, Body};
+body({'$shoal', V, _, _}, _) when is_integer(V), (V < ?MIN_VSN orelse V > ?VSN) ->
+    {error, {bad_version, V}};
+body(_, _) ->
+    {error, bad_message}.

@@ -1,0 +1,127 @@
+%% @doc A pool's cluster view on this node, as its member publishes it: the agreed view
+%% and the gate that fences arbitration (docs/protocol.md, "Membership and views"), the
+%% proposed member list, the peers' member pids, and the placement configuration (windows,
+%% drains).
+%%
+%% The member (shoal_member) is the only writer; everything here is a read or the two gate
+%% operations an arbitration brackets its table write with. The gate is an `atomics' array:
+%% slot 1 is the number of the active view (0 while the member is not active), slot 2
+%% counts arbitrations between their check and their table write. The member closes the
+%% gate (slot 1 := 0) and waits for slot 2 to drain before it proposes a new view.
+-module(shoal_view).
+
+-include("shoal_int.hrl").
+
+-export([new_gate/0, enter/1, leave/1, active/1, await_active/2, close/1, open/3, inflight/1]).
+-export([members/1, peer/2, window/2, drained/2, candidates/1, candidates/2]).
+
+-define(G_VIEW, 1).
+-define(G_INFLIGHT, 2).
+
+%% @doc A closed gate.
+-spec new_gate() -> atomics:atomics_ref().
+new_gate() -> atomics:new(2, [{signed, true}]).
+
+%% @doc Enter the gate: `{ok, Members}' of the active view, to be left with leave/1 once
+%% the arbitration's table write is done; `inactive' (nothing to leave) otherwise.
+-spec enter(#shoal_cfg{}) -> {ok, [node(), ...]} | inactive.
+enter(#shoal_cfg{gate = G, ctab = CTab}) ->
+    atomics:add(G, ?G_INFLIGHT, 1),
+    case atomics:get(G, ?G_VIEW) of
+        0 ->
+            atomics:sub(G, ?G_INFLIGHT, 1),
+            inactive;
+        N ->
+            %% The member writes the view before it opens the gate on it, and cannot
+            %% replace it while we are inside.
+            [{_, Members}] = ets:lookup(CTab, {view, N}),
+            {ok, Members}
+    end.
+
+%% @doc Leave the gate entered with enter/1.
+-spec leave(#shoal_cfg{}) -> ok.
+leave(#shoal_cfg{gate = G}) ->
+    atomics:sub(G, ?G_INFLIGHT, 1),
+    ok.
+
+%% @doc The members of the active view, or `inactive'. A read without entering: good for
+%% answering users, not for arbitrating.
+-spec active(#shoal_cfg{}) -> [node(), ...] | inactive.
+active(#shoal_cfg{gate = G, ctab = CTab}) ->
+    case atomics:get(G, ?G_VIEW) of
+        0 -> inactive;
+        N ->
+            case ets:lookup(CTab, {view, N}) of
+                [{_, Members}] -> Members;
+                [] -> inactive
+            end
+    end.
+
+%% @doc Wait until the member is active (or answer at once if it is): `ok', or
+%% `{error, not_ready}' after Timeout.
+-spec await_active(#shoal_cfg{}, timeout()) -> ok | {error, not_ready}.
+await_active(#shoal_cfg{server = Name} = Cfg, Timeout) ->
+    case active(Cfg) of
+        inactive ->
+            try gen_server:call(Name, await_active, Timeout)
+            catch exit:_ -> {error, not_ready}
+            end;
+        _ -> ok
+    end.
+
+%% @doc Close the gate (member only). Arbitrations already inside finish; new ones see
+%% `inactive'.
+-spec close(#shoal_cfg{}) -> ok.
+close(#shoal_cfg{gate = G}) ->
+    atomics:put(G, ?G_VIEW, 0),
+    ok.
+
+%% @doc Open the gate on view number N with Members (member only).
+-spec open(#shoal_cfg{}, pos_integer(), [node(), ...]) -> ok.
+open(#shoal_cfg{gate = G, ctab = CTab}, N, Members) ->
+    ets:insert(CTab, {{view, N}, Members}),
+    ets:select_delete(CTab, [{{{view, '$1'}, '_'}, [{'=/=', '$1', N}], [true]}]),
+    atomics:put(G, ?G_VIEW, N),
+    ok.
+
+%% @doc Arbitrations inside the gate right now.
+-spec inflight(#shoal_cfg{}) -> integer().
+inflight(#shoal_cfg{gate = G}) -> atomics:get(G, ?G_INFLIGHT).
+
+%% @doc The proposed member list: this node and its peers, sorted.
+-spec members(#shoal_cfg{}) -> [node(), ...].
+members(#shoal_cfg{ctab = CTab}) ->
+    case ets:lookup(CTab, members) of
+        [{members, Ms}] -> Ms;
+        [] -> [node()]
+    end.
+
+%% @doc The member process of Pool on Node, if Node is a peer (or this node).
+-spec peer(#shoal_cfg{}, node()) -> pid() | undefined.
+peer(#shoal_cfg{server = Name}, Node) when Node =:= node() -> whereis(Name);
+peer(#shoal_cfg{ctab = CTab}, Node) ->
+    case ets:lookup(CTab, {peer, Node}) of
+        [{_, Pid}] -> Pid;
+        [] -> undefined
+    end.
+
+%% @doc Node's placement window.
+-spec window(#shoal_cfg{}, node()) -> shoal_placement:window().
+window(#shoal_cfg{ctab = CTab}, Node) ->
+    case ets:lookup(CTab, {window, Node}) of
+        [{_, W}] -> W;
+        [] -> shoal_placement:default_window()
+    end.
+
+%% @doc Whether Node is drained.
+-spec drained(#shoal_cfg{}, node()) -> boolean().
+drained(#shoal_cfg{ctab = CTab}, Node) -> ets:member(CTab, {drained, Node}).
+
+%% @doc Placement candidates among Members: node, worker count, window, drained.
+-spec candidates(#shoal_cfg{}) -> [shoal_placement:candidate()].
+candidates(Cfg) -> candidates(Cfg, members(Cfg)).
+
+%% @doc Placement candidates among the given members.
+-spec candidates(#shoal_cfg{}, [node()]) -> [shoal_placement:candidate()].
+candidates(Cfg, Members) ->
+    [{N, shoal_registry:count(Cfg, N), window(Cfg, N), drained(Cfg, N)} || N <- Members].

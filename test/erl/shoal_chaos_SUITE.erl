@@ -1,0 +1,441 @@
+%% shoal_chaos_SUITE: five real OTP peer nodes under continuous call/cast load while nodes
+%% join late, leave (drained, then stopped), are killed and restarted, are cut apart and
+%% healed, and workers are migrated, drained and rebalanced — one fault at a time, chosen
+%% by a seeded random schedule.
+%%
+%% Checked, at the end and by sampling during the run:
+%%   * no key ever had two live workers outside a partition: sampled every 500 ms on the
+%%     members whose links have been up for the last 1.5 s, and from the workers' own
+%%     start/stop events (a worker that started while another live worker of its key ran on
+%%     a node it had been connected to for a second is a violation);
+%%   * every acknowledged call, and every cast sent outside a partition, is in its worker's
+%%     state exactly once (for keys whose state no kill, stop or lost conflict destroyed),
+%%     and no id is ever applied twice;
+%%   * no call timed out (explicit errors — a node that went away, a view not agreed yet —
+%%     are counted and printed);
+%%   * how long the cluster took to converge after the last fault (every member's table
+%%     equal to the union of the owners' tables), asserted under 30 s.
+%%
+%% The run lasts SHOAL_CHAOS_SECONDS (60 in `make test'; `make chaos' runs longer) with
+%% seed SHOAL_CHAOS_SEED (random if unset; printed, so a failing run can be replayed).
+-module(shoal_chaos_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
+-export([chaos/1]).
+-export([p_client/4, p_stop/1, p_local_keys/1, p_snapshot/1, p_dump/1, p_final_ids/2,
+         p_migrate_some/3]).
+
+-define(POOL, chaos).
+-define(WORKER, shoal_chaos_worker).
+-define(KEYS, 300).
+-define(STABLE_MS, 1500).
+
+suite() -> [{timetrap, {minutes, 60}}].
+
+all() -> [chaos].
+
+init_per_suite(Config) ->
+    Seconds = list_to_integer(os:getenv("SHOAL_CHAOS_SECONDS", "60")),
+    Seed = case os:getenv("SHOAL_CHAOS_SEED") of
+               false -> erlang:phash2({os:timestamp(), self()}, 1000000);
+               S -> list_to_integer(S)
+           end,
+    [{paths, shoal_test_cluster:code_paths([?MODULE, ?WORKER])}, {seconds, Seconds},
+     {seed, Seed} | Config].
+
+end_per_suite(_Config) -> ok.
+
+%%% The run --------------------------------------------------------------------------------
+
+chaos(Config) ->
+    Seed = ?config(seed, Config),
+    ct:pal("chaos: seed ~b, ~b s (replay: make chaos SHOAL_CHAOS_SEED=~b "
+           "SHOAL_CHAOS_SECONDS=~b)", [Seed, ?config(seconds, Config), Seed, ?config(seconds, Config)]),
+    rand:seed(exsss, {Seed, Seed * 7 + 1, Seed * 13 + 3}),
+    Paths = ?config(paths, Config),
+    Peers = shoal_test_cluster:start_peers(chaos, 5, Paths),
+    Names = maps:from_list([{N, hd(string:split(atom_to_list(N), "@"))} || {_, N} <- Peers]),
+    [A, B, C, D, E] = [N || {_, N} <- Peers],
+    St0 = #{peers => maps:from_list([{N, P} || {P, N} <- Peers]), names => Names,
+            paths => Paths, alive => [A, B, C, D, E], pool => [], links => [],
+            history => [], saved => [], affected => #{}, faults => #{}, t0 => now_us()},
+    try
+        St1 = link_all(St0, [A, B, C, D]),
+        St2 = lists:foldl(fun(N, S) -> start_pool(S, N) end, St1, [A, B, C, D]),
+        [ok = pcall(St2, N, shoal, await_ready, [?POOL, 10000]) || N <- [A, B, C, D]],
+        Keys = [{k, I} || I <- lists:seq(1, ?KEYS)],
+        Tab = ets:new(chaos_state, [public, set]),
+        publish(Tab, St2),
+        Clients = [{N, pcall(St2, N, ?MODULE, p_client, [?POOL, Keys, {N, I}, Seed + I])}
+                   || N <- [A, B], I <- [1, 2]],
+        Sampler = spawn_link(fun() -> sampler(Tab, []) end),
+        Deadline = erlang:monotonic_time(millisecond) + ?config(seconds, Config) * 1000,
+        St3 = fault_loop(St2, Tab, Deadline, [C, D, E]),
+        %% Quiet: every living node back in, every link up, then stop the clients.
+        St4 = settle(St3, Tab),
+        LastFault = now_us(),
+        Results = [{N, pcall(St4, N, ?MODULE, p_stop, [W])} || {N, W} <- Clients],
+        Stopped = now_us(),
+        Sampler ! {stop, self()},
+        Samples = receive {sampled, Sa} -> Sa end,
+        Converged = converge(St4, 30000),
+        report_and_check(St4, Keys, Results, Samples, Converged, LastFault, Stopped)
+    after
+        shoal_test_cluster:stop_peers(Peers)
+    end.
+
+%%% Faults -----------------------------------------------------------------------------------
+
+fault_loop(St, Tab, Deadline, Killable) ->
+    case erlang:monotonic_time(millisecond) > Deadline of
+        true -> St;
+        false ->
+            timer:sleep(500 + rand:uniform(1500)),
+            Kind = pick([join, leave, kill, cut, migrate, drain, rebalance, revive]),
+            St1 = try fault(Kind, St, Killable)
+                  catch Class:Reason:Stack ->
+                          ct:pal("fault ~p failed: ~p:~p ~p", [Kind, Class, Reason, Stack]),
+                          St
+                  end,
+            publish(Tab, St1),
+            fault_loop(count_fault(Kind, St1), Tab, Deadline, Killable)
+    end.
+
+count_fault(Kind, #{faults := F} = St) -> St#{faults := maps:update_with(Kind, fun(X) -> X + 1 end, 1, F)}.
+
+%% A node that is alive but not a member joins: it connects to everyone and starts the pool.
+fault(join, #{alive := Alive, pool := Pool} = St, _) ->
+    case Alive -- Pool of
+        [] -> St;
+        Out -> start_pool(link_all(St, Alive), pick(Out))
+    end;
+%% A member is drained (its workers move away, keeping state) and its pool stopped.
+fault(leave, #{pool := Pool} = St, Killable) ->
+    case [N || N <- Pool, lists:member(N, Killable)] of
+        [] -> St;
+        Cands ->
+            N = pick(Cands),
+            Res = pcall(St, hd(Pool -- [N]), shoal, drain, [?POOL, N]),
+            Left = pcall(St, N, ?MODULE, p_local_keys, [?POOL]),
+            ok = pcall(St, N, shoal, stop_pool, [?POOL]),
+            ct:pal("leave ~p: drain ~p, ~b keys lost with the stop", [N, Res, length(Left)]),
+            changed(affect(St#{pool := Pool -- [N]}, Left, {left, N}))
+    end;
+%% A member is killed (halt); a later `revive' restarts it under its name.
+fault(kill, #{alive := Alive, peers := Peers} = St, Killable) ->
+    case [N || N <- Alive, lists:member(N, Killable)] of
+        [] -> St;
+        Cands ->
+            N = pick(Cands),
+            {Keys, Events} = pcall(St, N, ?MODULE, p_snapshot, [?POOL]),
+            peer:cast(maps:get(N, Peers), erlang, halt, []),
+            St1 = St#{alive := Alive -- [N], pool := maps:get(pool, St) -- [N],
+                      links := [L || L <- maps:get(links, St), not lists:member(N, tuple_to_list(L))],
+                      saved := Events ++ maps:get(saved, St)},
+            ct:pal("kill ~p (~b workers on it)", [N, length(Keys)]),
+            changed(affect(St1, Keys, {killed, N}))
+    end;
+fault(revive, #{alive := Alive, names := Names, paths := Paths, peers := Peers} = St, _) ->
+    case maps:keys(Names) -- Alive of
+        [] -> St;
+        Dead ->
+            N = pick(Dead),
+            wait_gone(St, N),
+            {P, N} = shoal_test_cluster:start_peer(maps:get(N, Names), Paths),
+            St1 = St#{peers := Peers#{N => P}, alive := [N | Alive]},
+            start_pool(link_all(St1, [N | Alive]), N)
+    end;
+%% A clean partition: the members are split in two groups and every link between them cut;
+%% healed 1 to 2 s later.
+fault(cut, #{alive := Alive} = St, _) when length(Alive) >= 2 ->
+    Shuffled = shuffle(Alive),
+    {G1, G2} = lists:split(rand:uniform(length(Alive) - 1), Shuffled),
+    T1 = now_us(),
+    St1 = lists:foldl(fun({X, Y}, S) -> unlink_pair(S, X, Y) end, St, [{X, Y} || X <- G1, Y <- G2]),
+    St2 = changed(St1),
+    ct:pal("cut ~p | ~p", [G1, G2]),
+    timer:sleep(1000 + rand:uniform(1000)),
+    St3 = link_all(St2, maps:get(alive, St2)),
+    St3#{cuts => [{T1, now_us()} | maps:get(cuts, St3, [])]};
+fault(cut, St, _) -> St;
+fault(migrate, #{pool := Pool} = St, _) when Pool =/= [] ->
+    Res = pcall(St, pick(Pool), ?MODULE, p_migrate_some, [?POOL, 20, Pool]),
+    St#{migrations => [Res | maps:get(migrations, St, [])]};
+fault(drain, #{pool := Pool} = St, _) when length(Pool) >= 2 ->
+    N = pick(Pool),
+    From = pick(Pool),
+    Res = pcall(St, From, shoal, drain, [?POOL, N]),
+    ok = pcall(St, From, shoal, undrain, [?POOL, N]),
+    St#{drains => [Res | maps:get(drains, St, [])]};
+fault(rebalance, #{pool := Pool} = St, _) when length(Pool) >= 2 ->
+    From = pick(Pool),
+    [ok = pcall(St, From, shoal, set_target, [?POOL, N, #{target => rand:uniform(150)}])
+     || N <- lists:sublist(shuffle(Pool), 2)],
+    {ok, #{moved := M}} = pcall(St, From, shoal, rebalance, [?POOL]),
+    [ok = pcall(St, From, shoal, set_target, [?POOL, N, #{}]) || N <- Pool],
+    St#{rebalanced => maps:get(rebalanced, St, 0) + M};
+fault(_, St, _) ->
+    St.
+
+%% After the last fault: revive nobody, but link every living node and give every living
+%% node the pool, and wait until every member is active.
+settle(#{alive := Alive, pool := Pool} = St0, Tab) ->
+    St1 = link_all(St0, Alive),
+    St2 = lists:foldl(fun(N, S) -> start_pool(S, N) end, St1, Alive -- Pool),
+    [ok = pcall(St2, N, shoal, await_ready, [?POOL, 30000]) || N <- maps:get(pool, St2)],
+    publish(Tab, St2),
+    St2.
+
+start_pool(#{pool := Pool} = St, N) ->
+    {ok, _} = pcall(St, N, shoal, start_pool, [?POOL, #{worker => ?WORKER, handoff_grace => 2000}]),
+    changed(St#{pool := lists:usort([N | Pool])}).
+
+link_all(St, Nodes) ->
+    lists:foldl(fun({X, Y}, S) -> link_pair(S, X, Y) end, St, [{X, Y} || X <- Nodes, Y <- Nodes, X < Y]).
+
+link_pair(#{links := Links} = St, X, Y) ->
+    case lists:member({X, Y}, Links) of
+        true -> St;
+        false ->
+            ok = shoal_test_cluster:connect(maps:get(X, maps:get(peers, St)), Y),
+            changed(St#{links := [{X, Y} | Links]})
+    end.
+
+unlink_pair(#{links := Links} = St, X0, Y0) ->
+    {X, Y} = {min(X0, Y0), max(X0, Y0)},
+    ok = shoal_test_cluster:disconnect(maps:get(X, maps:get(peers, St)), Y),
+    St#{links := Links -- [{X, Y}]}.
+
+%% Remember the state of links and pools at this instant (the history the checks read).
+changed(#{history := H, links := L, pool := P} = St) ->
+    St#{history := [{now_us(), lists:usort(L), lists:usort(P)} | H]}.
+
+affect(#{affected := Af} = St, Keys, Why) ->
+    St#{affected := lists:foldl(fun(K, A) -> A#{K => Why} end, Af, Keys)}.
+
+wait_gone(#{peers := Peers}, N) ->
+    Ref = erlang:monitor(process, maps:get(N, Peers)),
+    receive {'DOWN', Ref, process, _, _} -> ok after 10000 -> ok end.
+
+publish(Tab, #{peers := Peers, links := Links, pool := Pool, history := H}) ->
+    ets:insert(Tab, {state, Peers, Links, Pool, H}).
+
+%%% Sampling ---------------------------------------------------------------------------------
+
+%% Every 500 ms: each member's own live (not moving) workers; a key held by two members
+%% whose link has been up (and pools running) for ?STABLE_MS is a violation.
+sampler(Tab, Found) ->
+    receive
+        {stop, From} -> From ! {sampled, Found}
+    after 500 ->
+            [{state, Peers, Links, Pool, History}] = ets:lookup(Tab, state),
+            Now = now_us(),
+            Held = lists:append(
+                     [[{K, N} || K <- Ks]
+                      || N <- Pool,
+                         Ks <- [try peer:call(maps:get(N, Peers), ?MODULE, p_local_keys, [?POOL], 5000)
+                                catch _:_ -> []
+                                end]]),
+            ByKey = lists:foldl(fun({K, N}, M) -> maps:update_with(K, fun(L) -> [N | L] end, [N], M) end,
+                                #{}, Held),
+            New = [{Now, K, Ns} || {K, Ns} <- maps:to_list(ByKey), length(Ns) > 1,
+                                   X <- Ns, Y <- Ns, X < Y, lists:member({X, Y}, Links),
+                                   stable(History, X, Y, Now)],
+            sampler(Tab, New ++ Found)
+    end.
+
+%% X and Y linked, both pools running, throughout the ?STABLE_MS before T.
+stable(History, X, Y, T) ->
+    Since = T - ?STABLE_MS * 1000,
+    Relevant = [S || {Ts, _, _} = S <- History, Ts =< T],
+    case Relevant of
+        [] -> false;
+        _ ->
+            {Before, During} = lists:partition(fun({Ts, _, _}) -> Ts =< Since end, Relevant),
+            Window = During ++ [hd(Before) || Before =/= []],
+            Before =/= [] andalso
+                lists:all(fun({_, L, P}) ->
+                                  lists:member({min(X, Y), max(X, Y)}, L)
+                                      andalso lists:member(X, P) andalso lists:member(Y, P)
+                          end, Window)
+    end.
+
+%%% Convergence ------------------------------------------------------------------------------
+
+%% Poll until every member's table equals the union of the members' own workers.
+converge(#{pool := Pool} = St, Max) ->
+    T0 = now_us(),
+    Deadline = erlang:monotonic_time(millisecond) + Max,
+    converge_loop(St, Pool, T0, Deadline).
+
+converge_loop(St, Pool, T0, Deadline) ->
+    Dumps = [{N, pcall(St, N, ?MODULE, p_dump, [?POOL])} || N <- Pool],
+    Owned = lists:usort(lists:append([[E || {_, EN, _} = E <- D, EN =:= N] || {N, D} <- Dumps])),
+    case lists:all(fun({_, D}) -> D =:= Owned end, Dumps) of
+        true -> {ok, (now_us() - T0) div 1000};
+        false ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true ->
+                    Diff = [{N, length(D -- Owned), length(Owned -- D)} || {N, D} <- Dumps],
+                    {timeout, Diff};
+                false -> timer:sleep(20), converge_loop(St, Pool, T0, Deadline)
+            end
+    end.
+
+%%% Checks -------------------------------------------------------------------------------------
+
+report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history := History,
+                   faults := Faults} = St, Keys, Results, Samples, Converged, LastFault, Stopped) ->
+    Events = Saved ++ lists:append([element(2, pcall(St, N, ?MODULE, p_snapshot, [?POOL]))
+                                    || N <- maps:get(alive, St)]),
+    Final = pcall(St, hd(Pool), ?MODULE, p_final_ids, [?POOL, Keys]),
+    Conflicted = lists:usort([K || {conflict, K, _, _} <- Events]),
+    Overlaps = overlaps(Events, History),
+    Affected = lists:foldl(fun(K, A) -> A#{K => conflict} end, Affected0, Conflicted),
+    Calls = lists:append([maps:get(acked, R) || {_, R} <- Results]),
+    Casts = lists:append([maps:get(casts, R) || {_, R} <- Results]),
+    Errors = lists:append([maps:get(errors, R) || {_, R} <- Results]),
+    Timeouts = [E || {_, _, timeout, _} = E <- Errors],
+    Partitions = maps:get(cuts, St, []),
+    FinalMap = maps:from_list(Final),
+    Twice = [{K, Id} || {K, Ids} <- Final, Id <- Ids -- lists:usort(Ids)],
+    Checked = [K || K <- Keys, not maps:is_key(K, Affected)],
+    CheckedSet = maps:from_list([{K, true} || K <- Checked]),
+    MissingCalls = [{K, Id} || {K, Id} <- Calls, maps:is_key(K, CheckedSet),
+                               not lists:member(Id, maps:get(K, FinalMap, []))],
+    CastsChecked = [{K, Id} || {K, Id, T} <- Casts, maps:is_key(K, CheckedSet),
+                               not in_partition(T, Partitions)],
+    MissingCasts = [{K, Id} || {K, Id} <- CastsChecked,
+                               not lists:member(Id, maps:get(K, FinalMap, []))],
+    ErrorKinds = lists:foldl(fun({_, _, R, _}, M) -> maps:update_with(kind(R), fun(X) -> X + 1 end, 1, M) end,
+                             #{}, Errors),
+    ct:pal("chaos report~n"
+           "  faults: ~p~n"
+           "  calls acknowledged ~b, casts sent ~b (~b outside partitions checked), errors ~p~n"
+           "  keys ~b: ~b with state destroyed by a kill/stop or a lost conflict (~b conflicts), "
+           "~b checked~n"
+           "  duplicates outside a partition: sampled ~b, from worker events ~b~n"
+           "  acknowledged calls missing from their worker's state: ~b; casts missing: ~b; "
+           "ids applied twice: ~b; calls timed out: ~b~n"
+           "  convergence after the last fault: ~p ms (clients stopped ~b ms after it)",
+           [Faults, length(Calls), length(Casts), length(CastsChecked), ErrorKinds,
+            length(Keys), map_size(Affected), length(Conflicted), length(Checked),
+            length(Samples), length(Overlaps), length(MissingCalls), length(MissingCasts),
+            length(Twice), length(Timeouts), Converged, (Stopped - LastFault) div 1000]),
+    ?assertEqual([], lists:sublist(Samples, 10)),
+    ?assertEqual([], lists:sublist(Overlaps, 10)),
+    ?assertEqual([], lists:sublist(Twice, 10)),
+    ?assertEqual([], lists:sublist(MissingCalls, 10)),
+    ?assertEqual([], lists:sublist(MissingCasts, 10)),
+    ?assertEqual([], Timeouts),
+    ?assertMatch({ok, _}, Converged),
+    ok.
+
+kind({Reason, _}) when is_atom(Reason) -> Reason;
+kind({{Reason, _}, _}) when is_atom(Reason) -> Reason;
+kind(R) when is_atom(R) -> R;
+kind(_) -> other.
+
+%% Casts sent from just before a cut until a second after its heal may be lost on the way
+%% to the other side.
+in_partition(T, Partitions) ->
+    lists:any(fun({From, To}) -> T >= From - 100000 andalso T =< To + 1000000 end, Partitions).
+
+%% Incarnations of one key that were live at once on two nodes linked (with pools up) for
+%% the second before the younger one started.
+overlaps(Events, History) ->
+    Ends = maps:from_list([{P, T} || {down_at, P, T} <- Events]
+                          ++ [{P, T} || {handoff, _, P, T} <- Events]
+                          ++ [{P, T} || {conflict, _, P, T} <- Events]),
+    Lives = [{K, P, N, T, maps:get(P, Ends, infinity)} || {live, K, P, N, T} <- Events],
+    ByKey = lists:foldl(fun({K, _, _, _, _} = L, M) -> maps:update_with(K, fun(X) -> [L | X] end, [L], M) end,
+                        #{}, Lives),
+    [{K, {N1, T1}, {N2, T2}}
+     || {K, Ls} <- maps:to_list(ByKey),
+        {_, P1, N1, T1, E1} <- Ls, {_, P2, N2, T2, _} <- Ls,
+        P1 =/= P2, N1 =/= N2, T1 =< T2, E1 =:= infinity orelse T2 < E1,
+        stable(History, N1, N2, T2)].
+
+%%% On the peers -------------------------------------------------------------------------------
+
+%% @private A client: ~500 operations a second on random keys, 85% calls `{incr, Id}', 15%
+%% casts `{mark, Id}'; p_stop/1 answers #{acked => [{Key, Id}], casts => [{Key, Id, T}],
+%% errors => [{Key, Id, Reason, T}]}.
+p_client(Pool, Keys, Tag, Seed) ->
+    spawn(fun() ->
+                  rand:seed(exsss, {Seed, Seed + 1, Seed + 2}),
+                  client(Pool, list_to_tuple(Keys), Tag, 0, [], [], [])
+          end).
+
+client(Pool, Keys, Tag, Seq, Acked, Casts, Errors) ->
+    receive
+        {stop, From} ->
+            From ! {stopped, self(), #{acked => Acked, casts => Casts, errors => Errors}}
+    after 2 ->
+            K = element(rand:uniform(tuple_size(Keys)), Keys),
+            Id = {Tag, Seq},
+            case rand:uniform(100) =< 85 of
+                true ->
+                    try shoal:call(Pool, K, {incr, Id}, 5000) of
+                        N when is_integer(N) ->
+                            client(Pool, Keys, Tag, Seq + 1, [{K, Id} | Acked], Casts, Errors)
+                    catch
+                        exit:{Reason, _} ->
+                            client(Pool, Keys, Tag, Seq + 1, Acked, Casts,
+                                   [{K, Id, Reason, now_us()} | Errors])
+                    end;
+                false ->
+                    ok = shoal:cast(Pool, K, {mark, Id}),
+                    client(Pool, Keys, Tag, Seq + 1, Acked, [{K, Id, now_us()} | Casts], Errors)
+            end
+    end.
+
+%% @private Stop a client and return its record.
+p_stop(Pid) ->
+    Pid ! {stop, self()},
+    receive {stopped, Pid, R} -> R after 60000 -> {no_answer, Pid} end.
+
+%% @private This node's own live (not moving) workers' keys.
+p_local_keys(Pool) ->
+    case persistent_term:get({shoal_pool, Pool}, undefined) of
+        undefined -> [];
+        Cfg -> [K || {K, _, _} <- shoal_registry:owned(Cfg),
+                     {local, _, _, false} <- [shoal_registry:lookup(Cfg, K)]]
+    end.
+
+%% @private This node's own keys and every event recorded here.
+p_snapshot(Pool) ->
+    {p_local_keys(Pool), ets:tab2list(shoal_test_events)}.
+
+%% @private This node's table as [{Key, Node, Pid}], sorted.
+p_dump(Pool) ->
+    case persistent_term:get({shoal_pool, Pool}, undefined) of
+        undefined -> [];
+        Cfg -> lists:sort([{K, N, P} || {K, N, P, _} <- shoal_registry:dump(Cfg)])
+    end.
+
+%% @private The ids each key's worker holds (keys without a worker are left out).
+p_final_ids(Pool, Keys) ->
+    [{K, shoal:call(Pool, K, ids, 10000)} || K <- Keys, shoal:whereis(Pool, K) =/= undefined].
+
+%% @private Migrate N random keys to random members, in parallel; the results.
+p_migrate_some(Pool, N, Nodes) ->
+    Self = self(),
+    Keys = [{k, rand:uniform(?KEYS)} || _ <- lists:seq(1, N)],
+    Ps = [spawn(fun() -> Self ! {self(), catch shoal:migrate(Pool, K, lists:nth(rand:uniform(length(Nodes)), Nodes))} end)
+          || K <- Keys],
+    [receive {P, R} -> R after 120000 -> timeout end || P <- Ps].
+
+%%% Helpers ------------------------------------------------------------------------------------
+
+pcall(#{peers := Peers}, N, M, F, A) ->
+    shoal_test_cluster:pcall(maps:get(N, Peers), M, F, A).
+
+pick(L) -> lists:nth(rand:uniform(length(L)), L).
+
+shuffle(L) -> [X || {_, X} <- lists:sort([{rand:uniform(), X} || X <- L])].
+
+now_us() -> os:system_time(microsecond).

@@ -1,0 +1,53 @@
+%% @doc The worker of shoal_chaos_SUITE: it keeps the ids of every call and cast it
+%% applied, in order, so the suite can check at the end that each acknowledged call and
+%% each cast was applied exactly once by the incarnation that holds the state.
+%%
+%% Calls: `{incr, Id}' appends Id and answers how many ids the state holds; `ids' answers
+%% them (oldest first). Casts: `{mark, Id}' appends Id. The state moves with the worker
+%% (the default handoff/takeover). Every incarnation records, in the collector's
+%% `shoal_test_events' table, `{live, Key, Pid, node(), Microseconds}' when it starts (init
+%% or takeover), `{handoff, Key, Pid, Microseconds}' when it hands its state over and
+%% `{conflict, Key, Pid, Microseconds}' when it loses a conflict; the collector records its
+%% exit (`down_at').
+-module(shoal_chaos_worker).
+-behaviour(shoal_worker).
+
+-export([init/2, handle_call/3, handle_cast/2, handoff/1, takeover/3, conflict/3]).
+
+init(Key, _Args) ->
+    live(Key),
+    {ok, #{key => Key, ids => []}}.
+
+handle_call({incr, Id}, _From, #{ids := Ids} = St) ->
+    Ids1 = [Id | Ids],
+    {reply, length(Ids1), St#{ids := Ids1}};
+handle_call(ids, _From, #{ids := Ids} = St) ->
+    {reply, lists:reverse(Ids), St}.
+
+handle_cast({mark, Id}, #{ids := Ids} = St) ->
+    {noreply, St#{ids := [Id | Ids]}}.
+
+handoff(#{key := Key} = St) ->
+    event({handoff, Key, self(), now_us()}),
+    {ok, St}.
+
+takeover(Key, Transfer, _Args) ->
+    live(Key),
+    {ok, Transfer}.
+
+conflict(Key, _Winner, _St) ->
+    event({conflict, Key, self(), now_us()}),
+    ok.
+
+live(Key) ->
+    event({live, Key, self(), node(), now_us()}),
+    case whereis(shoal_test_collector) of
+        undefined -> ok;
+        C -> C ! {watch, Key, self()}, ok
+    end.
+
+event(E) ->
+    try ets:insert(shoal_test_events, E) catch error:badarg -> ok end,
+    ok.
+
+now_us() -> os:system_time(microsecond).

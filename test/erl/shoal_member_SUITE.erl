@@ -1,0 +1,486 @@
+%% shoal_member_SUITE: the member protocol's guarantees while membership changes
+%% (docs/protocol.md), on real OTP peer nodes (shoal_test_cluster).
+%%
+%% The scenarios a user meets after every deploy are repeated ?REPEAT times each (50 by
+%% default; SHOAL_REPEAT overrides): callers racing on a cluster whose mesh is still
+%% forming, nodes that start their pool before they are connected (with a quorum), and
+%% migrations racing a node's join. The other cases pin down read-your-writes, the
+%% ensure_started/2 contract, re-learning a dead replica, hidden members and the smaller
+%% contracts of issue #7.
+-module(shoal_member_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, groups/0, suite/0, init_per_suite/1, end_per_suite/1, init_per_group/2,
+         end_per_group/2, init_per_testcase/2, end_per_testcase/2]).
+-export([callers_racing_a_forming_mesh_get_one_worker/1,
+         nodes_started_apart_with_a_quorum_get_one_worker/1,
+         a_stale_announcement_never_displaces_a_successor/1,
+         a_remote_spawn_reads_its_own_writes/1,
+         ensure_started_racers_all_get_the_init_failure/1,
+         ensure_started_racers_all_wait_for_a_slow_init/1,
+         a_bad_timeout_fails_before_anything_is_spawned/1,
+         concurrent_migrations_to_one_node_agree/1,
+         a_dead_pid_in_a_replica_is_relearnt/1,
+         a_hidden_node_becomes_a_member/1,
+         membership_agreement_is_observable/1]).
+-export([p_start_and_race/5, p_race/5, p_hammer/3, p_stop/1, p_poke_stale/3, p_put_stale/4,
+         p_migrate_when_member/3, p_spawn_on/3]).
+
+-define(WORKER, shoal_counter_worker).
+-define(CALL_TIMEOUT, 60000).
+
+suite() -> [{timetrap, {minutes, 5}}].
+
+all() -> [{group, forming}, {group, formed}, {group, hidden}].
+
+groups() ->
+    [{forming, [],
+      [callers_racing_a_forming_mesh_get_one_worker,
+       nodes_started_apart_with_a_quorum_get_one_worker,
+       a_stale_announcement_never_displaces_a_successor]},
+     {formed, [],
+      [a_remote_spawn_reads_its_own_writes,
+       ensure_started_racers_all_get_the_init_failure,
+       ensure_started_racers_all_wait_for_a_slow_init,
+       a_bad_timeout_fails_before_anything_is_spawned,
+       concurrent_migrations_to_one_node_agree,
+       a_dead_pid_in_a_replica_is_relearnt,
+       membership_agreement_is_observable]},
+     {hidden, [], [a_hidden_node_becomes_a_member]}].
+
+init_per_suite(Config) ->
+    Paths = shoal_test_cluster:code_paths([?MODULE, ?WORKER, shoal_slow_init_worker]),
+    Repeat = case os:getenv("SHOAL_REPEAT") of
+                 false -> 50;
+                 N -> list_to_integer(N)
+             end,
+    [{paths, Paths}, {repeat, Repeat} | Config].
+
+end_per_suite(_Config) -> ok.
+
+init_per_group(hidden, Config) ->
+    Config;
+init_per_group(Group, Config) ->
+    Peers = shoal_test_cluster:start_peers(Group, 3, ?config(paths, Config)),
+    ok = shoal_test_cluster:connect_all(Peers),
+    [{peers, Peers} | Config].
+
+end_per_group(hidden, _Config) -> ok;
+end_per_group(_, Config) -> shoal_test_cluster:stop_peers(?config(peers, Config)).
+
+init_per_testcase(Case, Config) ->
+    case lists:member(Case, element(3, lists:keyfind(formed, 1, groups()))) of
+        true ->
+            Pool = Case,
+            [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => worker_of(Case),
+                                                          args => args_of(Case)}])
+             || {P, _} <- peers(Config)],
+            [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- peers(Config)],
+            All = nodes_of(Config),
+            [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000, {members, N})
+             || {P, N} <- peers(Config)],
+            [{pool, Pool} | Config];
+        false ->
+            Config
+    end.
+
+end_per_testcase(_Case, Config) ->
+    case proplists:get_value(pool, Config) of
+        undefined -> ok;
+        Pool -> [catch pcall(P, shoal, stop_pool, [Pool]) || {P, _} <- peers(Config)], ok
+    end.
+
+worker_of(Case) when Case =:= ensure_started_racers_all_get_the_init_failure;
+                     Case =:= ensure_started_racers_all_wait_for_a_slow_init ->
+    shoal_slow_init_worker;
+worker_of(_) -> ?WORKER.
+
+args_of(ensure_started_racers_all_get_the_init_failure) ->
+    #{delay => 150, outcome => {stop, boom}};
+args_of(ensure_started_racers_all_wait_for_a_slow_init) ->
+    #{delay => 150, outcome => ok};
+args_of(_) -> #{}.
+
+%%% Forming clusters ----------------------------------------------------------------------
+
+%% The deploy case of issue #7: B is connected to A and to C, but A and C are not connected
+%% yet (OTP peers connect to each other some time after they connect to the first node).
+%% The pool starts on all three at once and 100 callers on each node call a key nobody has
+%% spawned, right away; A and C connect a few ms later. Every caller gets the same worker,
+%% and its init/2 ran once in the whole cluster. Repeated with a fresh pool each round.
+callers_racing_a_forming_mesh_get_one_worker(Config) ->
+    [{PA, _}, {_, B}, {PC, C}] = Peers = peers(Config),
+    Rounds = ?config(repeat, Config),
+    Times = [begin
+                 Pool = list_to_atom("mesh_" ++ integer_to_list(R)),
+                 shoal_test_cluster:disconnect(PA, C),
+                 shoal_test_cluster:wait_connected(PA, [B]),
+                 shoal_test_cluster:wait_connected(PC, [B]),
+                 Key = {mesh, R},
+                 Delay = rand:uniform(30) - 1,
+                 T0 = erlang:monotonic_time(millisecond),
+                 Racers = [race_async(P, Pool, #{}, Key, 100) || {P, _} <- Peers],
+                 timer:sleep(Delay),
+                 shoal_test_cluster:connect(PA, C),
+                 Results = lists:append([collect(R1) || R1 <- Racers]),
+                 T1 = erlang:monotonic_time(millisecond),
+                 one_worker(Peers, Key, Results),
+                 [ok = pcall(P, shoal, stop_pool, [Pool]) || {P, _} <- Peers],
+                 T1 - T0
+             end || R <- lists:seq(1, Rounds)],
+    ct:pal("~b rounds, each 300 callers on a forming mesh: one worker every time; "
+           "race took ~p ms (median), ~p ms (max)", [Rounds, median(Times), lists:max(Times)]),
+    ok.
+
+%% Nodes that start their pool before they are connected to each other are separate
+%% clusters (each would spawn its own worker) unless the pool has a quorum: with
+%% `quorum => 3' no node places a new key until three members agree. All three links are
+%% cut, the pool starts on each, 100 callers per node call one key, and the links come up
+%% one by one in a random order: one worker, one init.
+nodes_started_apart_with_a_quorum_get_one_worker(Config) ->
+    [{PA, A}, {PB, B}, {_, C}] = Peers = peers(Config),
+    Links = [{PA, B}, {PB, C}, {PA, C}],
+    Rounds = ?config(repeat, Config),
+    Waits = [begin
+                 Pool = list_to_atom("apart_" ++ integer_to_list(R)),
+                 [shoal_test_cluster:disconnect(P, N) || {P, N} <- Links],
+                 [shoal_test_cluster:wait_connected(P, []) || {P, _} <- Peers],
+                 Key = {apart, R},
+                 T0 = erlang:monotonic_time(millisecond),
+                 Racers = [race_async(P, Pool, #{quorum => 3}, Key, 100) || {P, _} <- Peers],
+                 [begin timer:sleep(rand:uniform(20)), shoal_test_cluster:connect(P, N) end
+                  || {_, {P, N}} <- lists:sort([{rand:uniform(), L} || L <- Links])],
+                 Results = lists:append([collect(R1) || R1 <- Racers]),
+                 one_worker(Peers, Key, Results),
+                 [ok = pcall(P, shoal, stop_pool, [Pool]) || {P, _} <- Peers],
+                 erlang:monotonic_time(millisecond) - T0
+             end || R <- lists:seq(1, Rounds)],
+    shoal_test_cluster:connect_all(Peers),
+    _ = [A, B, C],
+    ct:pal("~b rounds: one worker every time; callers waited ~p ms (median), ~p (max)",
+           [Rounds, median(Waits), lists:max(Waits)]),
+    ok.
+
+%% The migration case of issue #7: A and B run the pool, 20 workers live on A (B takes
+%% none) and a client keeps calling them. C starts the pool and, as soon as it is a member,
+%% every worker is migrated from A to C — while A's sync to C (sent when they met, listing
+%% the workers at their old version) may still be on its way. A stale announcement must
+%% never make a successor step aside: afterwards every key has exactly one live worker, on
+%% C; no conflict was ever detected; every acknowledged call is in the counters; and no
+%% call failed.
+a_stale_announcement_never_displaces_a_successor(Config) ->
+    [{PA, A}, {PB, B}, {PC, C}] = Peers = peers(Config),
+    shoal_test_cluster:connect_all(Peers),
+    Rounds = ?config(repeat, Config),
+    Keys = [{moving, I} || I <- lists:seq(1, 20)],
+    lists:foreach(
+      fun(R) ->
+              Pool = list_to_atom("stale_" ++ integer_to_list(R)),
+              [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => ?WORKER}])
+               || P <- [PA, PB]],
+              wait_until(fun() -> pcall(PA, shoal, nodes, [Pool]) =:= [A, B] end, 5000, ab),
+              ok = pcall(PA, shoal, set_target, [Pool, B, #{high => 0}]),
+              wait_until(fun() -> #{high := 0} = shoal_view_window(PB, Pool, B) end, 2000, window),
+              [1 = pcall(PA, shoal, call, [Pool, K, incr]) || K <- Keys],
+              [{ok, A, _} = pcall(PA, shoal, lookup, [Pool, K]) || K <- Keys],
+              Hammer = pcall(PB, ?MODULE, p_hammer, [Pool, Keys, 10000]),
+              Mover = pcall(PA, ?MODULE, p_migrate_when_member, [Pool, Keys, C]),
+              {ok, _} = pcall(PC, shoal, start_pool, [Pool, #{worker => ?WORKER}]),
+              Moves = p_stop_remote(PA, Mover),
+              #{acked := Acked, per_key := PerKey, errors := Errors} = p_stop_remote(PB, Hammer),
+              ?assertEqual({R, []}, {R, [M || {_, M} <- Moves, element(1, M) =/= ok]}),
+              ?assertEqual({R, []}, {R, Errors}),
+              [wait_until(fun() -> lists:usort([pcall(P, shoal, lookup, [Pool, K]) || {P, _} <- Peers])
+                                       =:= [pcall(PC, shoal, lookup, [Pool, K])] end,
+                          5000, {agreed, R, K}) || K <- Keys],
+              Live = lists:append([pcall(P, ?MODULE, p_poke_stale, [Pool, Keys, moving]) || {P, _} <- Peers]),
+              ?assertEqual({R, lists:sort(Keys)}, {R, lists:sort([K || {K, _} <- Live])}),
+              ?assertEqual({R, [C]}, {R, lists:usort([node(P) || {_, P} <- Live])}),
+              Conflicts = lists:append([pcall(P, ets, lookup, [shoal_test_events, conflict]) || {P, _} <- Peers]),
+              ?assertEqual({R, []}, {R, Conflicts}),
+              Values = [pcall(PC, shoal, call, [Pool, K, get]) || K <- Keys],
+              ?assertEqual({R, [1 + maps:get(K, PerKey, 0) || K <- Keys]}, {R, Values}),
+              Acked > 0 orelse ct:pal("round ~b: no call landed during the moves", [R]),
+              [ok = pcall(P, shoal, stop_pool, [Pool]) || {P, _} <- Peers],
+              [pcall(P, ets, delete_all_objects, [shoal_test_events]) || {P, _} <- Peers]
+      end, lists:seq(1, Rounds)),
+    ok.
+
+%%% A formed cluster ----------------------------------------------------------------------
+
+%% A call from A whose worker is placed on B or C returns only once A's own table has it:
+%% whereis, lookup, count, migrate (to where it is) and stop_worker on A see it at once.
+a_remote_spawn_reads_its_own_writes(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A} | _] = peers(Config),
+    Results = pcall(PA, ?MODULE, p_poke_stale, [Pool, [{rw, I} || I <- lists:seq(1, 300)], rw]),
+    Remote = [K || {K, P} <- Results, node(P) =/= A],
+    ct:pal("~b of 300 keys were placed on another node", [length(Remote)]),
+    ?assert(length(Remote) > 100),
+    ok.
+
+%% 30 callers on each node call ensure_started/2 on a key whose init/2 fails after 150 ms:
+%% every one of the 90 gets {error, boom}, none gets a pid.
+ensure_started_racers_all_get_the_init_failure(Config) ->
+    Pool = ?config(pool, Config),
+    Results = race(Config, Pool, {failing, 1}, ensure_started, 30),
+    ?assertEqual([{error, boom}], lists:usort(Results)),
+    ok.
+
+%% The same with an init/2 that succeeds after 150 ms: every caller gets the same pid, and
+%% none returns before that init/2 is done (each answer comes at least 150 ms after the
+%% race began).
+ensure_started_racers_all_wait_for_a_slow_init(Config) ->
+    Pool = ?config(pool, Config),
+    Timed = race(Config, Pool, {slow, 1}, timed_ensure_started, 30),
+    [{ok, Pid}] = lists:usort([R || {R, _} <- Timed]),
+    ?assert(is_pid(Pid)),
+    Early = [T || {_, T} <- Timed, T < 150],
+    ?assertEqual([], Early),
+    Inits = lists:append([pcall(P, ets, lookup, [shoal_test_events, init]) || {P, _} <- peers(Config)]),
+    ?assertEqual(1, length([x || {init, {slow, 1}, _, _} <- Inits])),
+    ok.
+
+%% call/4 with a timeout that is neither infinity nor a non-negative integer exits before
+%% it does anything: no worker is spawned.
+a_bad_timeout_fails_before_anything_is_spawned(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, _} | _] = peers(Config),
+    #{spawns := Before} = pcall(PA, shoal, stats, [Pool]),
+    Exit = pcall(PA, ?MODULE, p_race, [Pool, {bad_timeout}, bad_timeout, 1, now_ms()]),
+    ?assertMatch([{exit, {{bad_timeout, -5}, {shoal, call, _}}}], Exit),
+    ?assertEqual(undefined, pcall(PA, shoal, whereis, [Pool, {bad_timeout}])),
+    #{spawns := Before} = pcall(PA, shoal, stats, [Pool]),
+    ok.
+
+%% A worker on A is migrated to C from A and from B at the same moment, 20 times: both get
+%% {ok, Pid} for the same pid on C (B's migrate may reach the old incarnation through a
+%% replica that still names it: it follows it to the successor, which is already on C).
+concurrent_migrations_to_one_node_agree(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, _}, {PC, C}] = peers(Config),
+    lists:foreach(
+      fun(I) ->
+              Key = {mig, I},
+              {_, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, Key, A]),
+              Self = self(),
+              Ms = [spawn_link(fun() -> Self ! {self(), pcall(P, shoal, migrate, [Pool, Key, C])} end)
+                    || P <- [PA, PB]],
+              Rs = [receive {M, R} -> R end || M <- Ms],
+              [{ok, Pid}] = lists:usort(Rs),
+              ?assertEqual(C, node(Pid)),
+              ?assertEqual({ok, C, Pid}, pcall(PC, shoal, lookup, [Pool, Key]))
+      end, lists:seq(1, 20)),
+    ok.
+
+%% A replica that names a dead process (as if its removal had been lost) is found out by
+%% the first call that meets it: the call exits noproc inside shoal:call, which asks the
+%% dead pid's node where the key is now, stores the answer and sends the call there (here
+%% it spawns a fresh worker). The caller sees only the reply.
+a_dead_pid_in_a_replica_is_relearnt(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, _}, {PB, B} | _] = peers(Config),
+    Dead = pcall(PB, erlang, spawn, [erlang, is_atom, [x]]),
+    wait_until(fun() -> not pcall(PB, erlang, is_process_alive, [Dead]) end, 1000, dead),
+    Key = {relearn, 1},
+    stored = pcall(PA, ?MODULE, p_put_stale, [Pool, Key, B, Dead]),
+    ?assertEqual(Dead, pcall(PA, shoal, whereis, [Pool, Key])),
+    ?assertEqual(1, pcall(PA, shoal, call, [Pool, Key, incr])),
+    Now = pcall(PA, shoal, whereis, [Pool, Key]),
+    ?assert(is_pid(Now) andalso Now =/= Dead),
+    [wait_until(fun() -> pcall(P, shoal, whereis, [Pool, Key]) =:= Now end, 2000, {agreed, N})
+     || {P, N} <- peers(Config)],
+    ok.
+
+%% shoal:ready/1, await_ready/2 and view/1 say when the members agree.
+membership_agreement_is_observable(Config) ->
+    Pool = ?config(pool, Config),
+    All = nodes_of(Config),
+    [begin
+         ?assert(pcall(P, shoal, ready, [Pool])),
+         #{members := All, agreed := true, active := All} = pcall(P, shoal, view, [Pool])
+     end || {P, _} <- peers(Config)],
+    ok.
+
+%%% Hidden nodes ----------------------------------------------------------------------------
+
+%% A node started with -hidden (as every C node is) is greeted like any other: it becomes
+%% a member, and keys placed on it or elsewhere are reached from both sides.
+a_hidden_node_becomes_a_member(Config) ->
+    Paths = ?config(paths, Config),
+    [{PA, A}, {PB, B}] = Peers = shoal_test_cluster:start_peers(hidden, 2, Paths),
+    {ok, PH, H} = peer:start(#{name => peer:random_name(shoal_hidden), connection => standard_io,
+                               args => ["-hidden" | shoal_test_cluster:peer_args(Paths)]}),
+    try
+        ok = pcall(PH, shoal_test_cluster, peer_init, []),
+        ok = shoal_test_cluster:connect_all(Peers),
+        Pool = hidden_pool,
+        [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => ?WORKER}]) || P <- [PA, PB, PH]],
+        shoal_test_cluster:connect(PH, A),
+        shoal_test_cluster:connect(PH, B),
+        ?assertEqual([], pcall(PA, erlang, nodes, [])-- [B]),  %% H is not visible
+        ?assert(lists:member(H, pcall(PA, erlang, nodes, [hidden]))),
+        All = lists:sort([A, B, H]),
+        [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000, {members, P})
+         || P <- [PA, PB, PH]],
+        [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || P <- [PA, PB, PH]],
+        Keys = [{h, I} || I <- lists:seq(1, 60)],
+        [1 = pcall(PH, shoal, call, [Pool, K, incr]) || K <- Keys],
+        [2 = pcall(PA, shoal, call, [Pool, K, incr]) || K <- Keys],
+        Hosts = lists:usort([node(pcall(PB, shoal, whereis, [Pool, K])) || K <- Keys]),
+        ?assertEqual(All, Hosts)
+    after
+        catch peer:stop(PH),
+        shoal_test_cluster:stop_peers(Peers)
+    end.
+
+%%% On the peers ---------------------------------------------------------------------------
+
+%% @private Start Pool here (with Opts) and release N callers of Key at once; every result.
+p_start_and_race(Pool, Opts, Key, N, Kind) ->
+    {ok, _} = shoal:start_pool(Pool, Opts#{worker => ?WORKER}),
+    p_race(Pool, Key, Kind, N, now_ms()).
+
+%% @private N callers of Key released together at wall-clock time StartAt (ms; the same
+%% instant on every node of this machine): their results (Kind says which call; a timed
+%% one also says how many ms after StartAt it returned).
+p_race(Pool, Key, Kind, N, StartAt) ->
+    Self = self(),
+    Pids = [spawn(fun() ->
+                          receive go -> ok end,
+                          timer:sleep(max(0, StartAt - now_ms())),
+                          R = try one(Kind, Pool, Key) catch Class:Reason -> {Class, Reason} end,
+                          Self ! {raced, self(), result(Kind, R, StartAt)}
+                  end) || _ <- lists:seq(1, N)],
+    [P ! go || P <- Pids],
+    [receive {raced, P, R} -> R after 30000 -> {no_answer, P} end || P <- Pids].
+
+now_ms() -> os:system_time(millisecond).
+
+one(call, Pool, Key) -> {ok, shoal:call(Pool, Key, whoami, 20000)};
+one(ensure_started, Pool, Key) -> shoal:ensure_started(Pool, Key);
+one(timed_ensure_started, Pool, Key) -> shoal:ensure_started(Pool, Key);
+one(bad_timeout, Pool, Key) -> shoal:call(Pool, Key, whoami, -5).
+
+result(timed_ensure_started, R, T0) -> {R, now_ms() - T0};
+result(_, R, _) -> R.
+
+%% @private A client calling incr on Keys round robin until stopped (p_stop/1 answers
+%% #{acked, per_key, errors}).
+p_hammer(Pool, Keys, Timeout) ->
+    spawn(fun() -> hammer(Pool, Keys, Keys, Timeout, 0, #{}, []) end).
+
+hammer(Pool, [], All, Timeout, Acked, Per, Errs) -> hammer(Pool, All, All, Timeout, Acked, Per, Errs);
+hammer(Pool, [K | Ks], All, Timeout, Acked, Per, Errs) ->
+    receive
+        {stop, From} ->
+            From ! {stopped, self(), #{acked => Acked, per_key => Per, errors => lists:reverse(Errs)}}
+    after 0 ->
+            try shoal:call(Pool, K, incr, Timeout) of
+                N when is_integer(N) ->
+                    hammer(Pool, Ks, All, Timeout, Acked + 1,
+                           maps:update_with(K, fun(X) -> X + 1 end, 1, Per), Errs)
+            catch
+                Class:Reason ->
+                    hammer(Pool, Ks, All, Timeout, Acked, Per, [{K, {Class, Reason}} | Errs])
+            end
+    end.
+
+%% @private Migrate each of Keys to Node, in parallel, as soon as Node is a member here;
+%% a process whose result p_stop/1 collects: [{Key, Result}].
+p_migrate_when_member(Pool, Keys, Node) ->
+    spawn(fun() ->
+                  wait_member(Pool, Node),
+                  Self = self(),
+                  Ps = [spawn_link(fun() -> Self ! {self(), K, shoal:migrate(Pool, K, Node)} end)
+                        || K <- Keys],
+                  Rs = [receive {P, K, R} -> {K, R} end || P <- Ps],
+                  receive {stop, From} -> From ! {stopped, self(), Rs} end
+          end).
+
+wait_member(Pool, Node) ->
+    case lists:member(Node, shoal:nodes(Pool)) of
+        true -> ok;
+        false -> erlang:yield(), wait_member(Pool, Node)
+    end.
+
+%% @private Stop a helper and return its answer.
+p_stop(Pid) ->
+    Pid ! {stop, self()},
+    receive {stopped, Pid, R} -> R after 30000 -> {no_answer, Pid} end.
+
+%% @private For `moving': the live counter workers here among Keys, [{Key, Pid}] (a worker
+%% that moved away is alive for its grace but forwards: it is not counted, its entry here
+%% is a replica). For `rw': call each key, then check at once that this node's reads see
+%% the worker the call reached; returns [{Key, Pid}].
+p_poke_stale(Pool, Keys, moving) ->
+    [{K, P} || K <- Keys, {local, P, _, false} <- [shoal_registry:lookup(cfg(Pool), K)]];
+p_poke_stale(Pool, Keys, rw) ->
+    lists:map(
+      fun(K) ->
+              {Pid, Node} = shoal:call(Pool, K, whoami),
+              Pid = shoal:whereis(Pool, K),
+              {ok, Node, Pid} = shoal:lookup(Pool, K),
+              true = shoal:count(Pool) > 0,
+              {ok, Pid} = shoal:migrate(Pool, K, Node),
+              case erlang:phash2(K, 3) of
+                  0 -> ok = shoal:stop_worker(Pool, K);
+                  _ -> ok
+              end,
+              {K, Pid}
+      end, Keys).
+
+%% @private Spawn Key's worker and move it to Node: {Pid, Node}.
+p_spawn_on(Pool, Key, Node) ->
+    _ = shoal:call(Pool, Key, whoami),
+    {ok, Pid} = shoal:migrate(Pool, Key, Node),
+    {Pid, node(Pid)}.
+
+%% @private Store a replica of Key naming Dead on Node at the oldest version (as if its
+%% removal had been lost).
+p_put_stale(Pool, Key, Node, Dead) ->
+    shoal_registry:put_remote(cfg(Pool), Key, Node, Dead, 1, 0).
+
+cfg(Pool) -> persistent_term:get({shoal_pool, Pool}).
+
+%%% CT side ---------------------------------------------------------------------------------
+
+peers(Config) -> ?config(peers, Config).
+nodes_of(Config) -> lists:sort([N || {_, N} <- peers(Config)]).
+pcall(P, M, F, A) -> shoal_test_cluster:pcall(P, M, F, A).
+wait_until(Fun, Ms, What) -> shoal_test_cluster:wait_until(Fun, Ms, What).
+
+race_async(P, Pool, Opts, Key, N) ->
+    Self = self(),
+    spawn_link(fun() ->
+                       Self ! {self(), pcall(P, ?MODULE, p_start_and_race, [Pool, Opts, Key, N, call])}
+               end).
+
+collect(Racer) -> receive {Racer, R} -> R end.
+
+race(Config, Pool, Key, Kind, PerNode) ->
+    Self = self(),
+    StartAt = now_ms() + 300,
+    Rs = [spawn_link(fun() -> Self ! {self(), pcall(P, ?MODULE, p_race, [Pool, Key, Kind, PerNode, StartAt])} end)
+          || {P, _} <- peers(Config)],
+    lists:append([collect(R) || R <- Rs]).
+
+%% Every result names one worker, and that worker's init/2 ran once in the cluster.
+one_worker(Peers, Key, Results) ->
+    ?assertEqual({Key, 300}, {Key, length(Results)}),
+    case lists:usort(Results) of
+        [{ok, {Pid, Host}}] -> ?assertEqual(Host, node(Pid));
+        Many -> ct:fail({Key, more_than_one_answer, Many})
+    end,
+    Inits = lists:append([pcall(P, ets, lookup, [shoal_test_events, init]) || {P, _} <- Peers]),
+    ?assertEqual({Key, 1}, {Key, length([x || {init, K, _, _} <- Inits, K =:= Key])}).
+
+p_stop_remote(P, Pid) -> pcall(P, ?MODULE, p_stop, [Pid]).
+
+shoal_view_window(P, Pool, Node) ->
+    #{nodes := #{Node := #{window := W}}} = pcall(P, shoal, health, [Pool]),
+    W.
+
+median(L) -> lists:nth((length(L) + 1) div 2, lists:sort(L)).
