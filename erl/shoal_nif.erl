@@ -1,21 +1,56 @@
-%% @doc The NIF set: worker tables, key hashing and rate meters (c_src/nif/shoal_nif.c).
+%% @doc The NIF set: worker tables, key hashing, the node's clock and rate meters
+%% (c_src/nif/, over the registry core in c_src/core/registry.c).
 %%
 %% Everything here is a thin stub; the real work is C. A missing or broken shared object
-%% makes every function raise `{shoal_nif_not_loaded, Function}`, so the failure is obvious.
+%% makes every function raise `{shoal_nif_not_loaded, Function}', so the failure is obvious.
 %% Bad arguments of any kind (a wrong or deleted table, a fun as a key, a key over 64 KiB
-%% or nested deeper than 64) raise `badarg`.
+%% or nested deeper than 64, a map key with more entries than fit) raise `badarg'.
+%%
+%% A table holds at most one entry per key, in one of these states (docs/protocol.md):
+%% <ul>
+%% <li>`claimed': a local process (the claimer) is arbitrating a spawn of the key; other
+%%     local processes may queue behind it as waiters;</li>
+%% <li>`local': a worker of this node (monitored: when it dies the entry goes by itself,
+%%     with no Erlang process involved), with its version and a `moving' flag;</li>
+%% <li>`remote': the replica of another node's worker: owner node, pid, version;</li>
+%% <li>`tomb': the key's last known incarnation died; blocks replicas that are not newer.
+%%     A tomb counts as absent for every reader.</li>
+%% </ul>
+%%
+%% Versions are 64-bit hybrid-logical-clock values (`hlc/0'); "newer" compares
+%% `{Vsn, Node}' pairs, so equal versions from two nodes are ordered by node name. Every
+%% version a table is given (put_remote, remove_remote, register over) is observed by the
+%% clock, so versions the node hands out later are above it.
+%%
+%% The table's listener (set_listener/2) is sent, for every change of a local entry:
+%% `{'$shoal_up', Key, Pid, Vsn}' when a local worker is registered;
+%% `{'$shoal_down', Key, Pid, Vsn}' when a local worker's entry goes (it died, or was
+%% unregistered); `{'$shoal_replaced', Key, Pid, Vsn, Node, NewPid, NewVsn}' when a local
+%% (moving) entry is replaced in place by a newer replica.
+%%
+%% Waiters of a claim are sent `{'$shoal_claim', Ref, Result}' once, when the claim
+%% resolves: `{ok, Pid}' (a worker was registered or a replica stored over the claim),
+%% `retry' (the claim was given up or its claimer died) or `{error, Reason}' (given up with
+%% that reason).
 -module(shoal_nif).
 
--export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, register/3, register/4,
-         unregister/3, release_claim/2, put_remote/5, delete_remote/3, set_moving/4,
+-export([new/1, delete/1,
+         whereis/2, lookup/2, route/3,
+         claim/3, release_claim/3, register/4, unregister/3, set_moving/4,
+         put_remote/6, remove_remote/5,
          set_listener/2, count/1, count/2, info/1, fold/3,
-         canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
--export_type([table/0, meter/0]).
+         hlc/0, canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
+-export_type([table/0, meter/0, version/0, entry/0]).
 
 -on_load(init/0).
 
 -opaque table() :: reference().
 -opaque meter() :: reference().
+-type version() :: non_neg_integer().
+-type entry() :: {local, pid(), version(), Moving :: boolean()}
+               | {remote, node(), pid(), version()}
+               | {claimed, pid()}
+               | {tomb, version()}.
 
 -define(NOT_LOADED, erlang:nif_error({shoal_nif_not_loaded, ?FUNCTION_NAME})).
 
@@ -35,68 +70,88 @@ new(_SegmentsLog2) -> ?NOT_LOADED.
 -spec delete(table()) -> ok.
 delete(_T) -> ?NOT_LOADED.
 
-%% @doc The worker for Key (local or replicated), or undefined. Claims count as absent.
+%% @doc The worker for Key, local or remote, or `undefined' (absent, claimed, tomb).
+%% The hot path: a remote worker is answered about as fast as a local one.
 -spec whereis(table(), term()) -> pid() | undefined.
 whereis(_T, _Key) -> ?NOT_LOADED.
 
-%% @doc The entry for Key: a worker, a claim being spawned, or nothing.
--spec lookup(table(), term()) ->
-          {active, pid(), Incarnation :: non_neg_integer()} | {claimed, pid()} | undefined.
+%% @doc The entry for Key, or `undefined' when there is none.
+-spec lookup(table(), term()) -> entry() | undefined.
 lookup(_T, _Key) -> ?NOT_LOADED.
 
-%% @doc Look Key up and send Msg to its local worker in one call.
--spec route(table(), term(), term()) -> ok | undefined | {remote, pid()}.
+%% @doc Look Key up and send Msg to its local worker (moving or not) in the same call:
+%% `ok' when sent, `{remote, Pid}' for a replica (the caller sends), `undefined' otherwise.
+-spec route(table(), term(), term()) -> ok | {remote, pid()} | undefined.
 route(_T, _Key, _Msg) -> ?NOT_LOADED.
 
-%% @doc Claim Key for the caller (insert-if-absent). On `{wait, Claimer}' another process
-%% holds the claim and, given a Ref, the caller will receive
-%% `{'$shoal_claim', Ref, {ok, Pid} | retry}' (given `nowait', nothing). Claims are not
-%% monitored: a waiter watches Claimer and, should it die, calls unregister(T, Key, Claimer).
+%% @doc Claim Key for the calling process (insert-if-absent; a tomb counts as absent).
+%% `claimed': the caller holds the claim (also when it already held it). `{wait, Claimer}':
+%% another process holds it; given a Ref the caller is queued as a waiter and will get
+%% `{'$shoal_claim', Ref, Result}' (given `nowait' it is told nothing). `{ok, Pid}': the key
+%% has a worker (local or remote). Claims are not monitored: a waiter watches the claimer
+%% and, should it die, removes the claim with unregister/3 (its waiters get `retry').
 -spec claim(table(), term(), reference() | nowait) -> claimed | {wait, pid()} | {ok, pid()}.
 claim(_T, _Key, _Ref) -> ?NOT_LOADED.
 
-%% @doc Make local Pid the worker for Key, replacing any claim and telling its waiters.
-%% The entry goes away by itself when Pid dies.
--spec register(table(), term(), pid()) ->
-          {ok, non_neg_integer()} | {error, noproc | {already_registered, pid()}}.
-register(_T, _Key, _Pid) -> ?NOT_LOADED.
+%% @doc Give up the caller's claim on Key; its waiters get Result.
+-spec release_claim(table(), term(), retry | {error, term()}) -> ok | not_found.
+release_claim(_T, _Key, _Result) -> ?NOT_LOADED.
 
-%% @doc register/3, and with `Over = true' also replacing a replica of a remote worker (the
-%% takeover at the end of a migration).
--spec register(table(), term(), pid(), boolean()) ->
-          {ok, non_neg_integer()} | {error, noproc | {already_registered, pid()}}.
-register(_T, _Key, _Pid, _Over) -> ?NOT_LOADED.
+%% @doc Make local process Pid the worker for Key and return the version it was given
+%% (the clock's next value, above anything the entry replaced). The entry goes by itself
+%% when Pid dies (then the listener gets `$shoal_down').
+%%
+%% `claim': Key must be claimed by the calling process; the claim's waiters get
+%% `{ok, Pid}'. Errors: `not_claimed' (absent or tomb), `{claimed, Other}',
+%% `{already_registered, Worker}' (a local or remote worker is there).
+%%
+%% `{over, MaxVsn, Node}' (a migration's takeover, or a worker taking its key back):
+%% replaces an absent entry, a tomb, a replica whose version is at most MaxVsn, or any
+%% replica owned by Node (`none' for no such node); the new version is above MaxVsn and
+%% above what it replaced. If the entry is already Pid's own, its moving flag is cleared and
+%% its version returned. Errors: `{claimed, Claimer}', `{already_registered, Other}' (another
+%% local worker), `{newer, Node, Pid, Vsn}' (a newer replica).
+%%
+%% `{error, noproc}' if Pid is not alive.
+-spec register(table(), term(), pid(), claim | {over, version(), node() | none}) ->
+          {ok, version()}
+        | {error, noproc | not_claimed | {claimed, pid()} | {already_registered, pid()}
+                  | {newer, node(), pid(), version()}}.
+register(_T, _Key, _Pid, _Mode) -> ?NOT_LOADED.
 
-%% @doc Mark the local worker Pid of Key as migrating (a replica of its successor may then
-%% replace it), or clear the mark.
--spec set_moving(table(), term(), pid(), boolean()) -> ok | not_found.
-set_moving(_T, _Key, _Pid, _On) -> ?NOT_LOADED.
-
-%% @doc The process told `{'$shoal_up', Key, Pid, Inc}' and `{'$shoal_down', Key, Pid}' of
-%% every local worker registered or removed (the pool server, in a cluster).
--spec set_listener(table(), pid() | undefined) -> ok.
-set_listener(_T, _Pid) -> ?NOT_LOADED.
-
-%% @doc Remove Key if its entry (claim or worker) belongs to Pid.
+%% @doc Remove Key's entry if it is local worker Pid (the listener gets `$shoal_down') or a
+%% claim held by Pid (its waiters get `retry').
 -spec unregister(table(), term(), pid()) -> ok | not_found.
 unregister(_T, _Key, _Pid) -> ?NOT_LOADED.
 
-%% @doc Give up the caller's claim on Key; its waiters are told to retry.
--spec release_claim(table(), term()) -> ok | not_found.
-release_claim(_T, _Key) -> ?NOT_LOADED.
+%% @doc Mark local worker Pid of Key as moving (a newer replica may then replace it), or
+%% clear the mark.
+-spec set_moving(table(), term(), pid(), boolean()) -> ok | not_found.
+set_moving(_T, _Key, _Pid, _On) -> ?NOT_LOADED.
 
-%% @doc Store the replica of a worker that lives on another node, replacing an older
-%% replica, a claim (its waiters get the pid) or a local worker marked as moving. A live
-%% local worker is left alone: `{error, {local, Pid}}' is a conflict for the caller.
--spec put_remote(table(), term(), node(), pid(), non_neg_integer()) ->
-          new | replaced | {error, {local, pid()}}.
-put_remote(_T, _Key, _Node, _Pid, _Inc) -> ?NOT_LOADED.
+%% @doc Store the replica of Node's worker Pid for Key at version Vsn, if it is newer than
+%% what the entry holds. `stored': it replaced nothing, a claim (whose waiters get
+%% `{ok, Pid}'), a tomb or an older replica, or a moving local worker (the listener gets
+%% `$shoal_replaced'). `stale': the entry is newer (or the same replica: then only its mark
+%% is updated). `{conflict, LocalPid, LocalVsn}': a live, not moving local worker is older;
+%% the entry is left alone for the caller to resolve. Mark (0 = none) tags the stored or
+%% confirmed replica for fold/3's `sweep_node'.
+-spec put_remote(table(), term(), node(), pid(), version(), non_neg_integer()) ->
+          stored | stale | {conflict, pid(), version()}.
+put_remote(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
 
-%% @doc Drop the replica of Key if it still names Pid.
--spec delete_remote(table(), term(), pid()) -> ok | not_found.
-delete_remote(_T, _Key, _Pid) -> ?NOT_LOADED.
+%% @doc Node says its worker Pid for Key, at version Vsn, is gone: a replica that is not
+%% newer than `{Vsn, Node}' becomes a tomb at Vsn (`removed'); an absent entry or an older
+%% tomb becomes a tomb at Vsn (`tombstoned'); anything newer, a local worker or a claim is
+%% left alone (`stale').
+-spec remove_remote(table(), term(), node(), pid(), version()) -> removed | tombstoned | stale.
+remove_remote(_T, _Key, _Node, _Pid, _Vsn) -> ?NOT_LOADED.
 
-%% @doc Live workers in the table (local and replicated).
+%% @doc The process told of every change of a local entry (see the module doc).
+-spec set_listener(table(), pid() | undefined) -> ok.
+set_listener(_T, _Pid) -> ?NOT_LOADED.
+
+%% @doc Live workers in the table (local and replicated; no claims, no tombs).
 -spec count(table()) -> non_neg_integer().
 count(_T) -> ?NOT_LOADED.
 
@@ -106,15 +161,34 @@ count(_T, _Node) -> ?NOT_LOADED.
 
 %% @doc Entry and memory figures for the table.
 -spec info(table()) -> #{entries := non_neg_integer(), workers := non_neg_integer(),
-                         local_workers := non_neg_integer(), table_bytes := non_neg_integer()}.
+                         local_workers := non_neg_integer(),
+                         remote_workers := non_neg_integer(), claims := non_neg_integer(),
+                         tombs := non_neg_integer(), nodes := non_neg_integer(),
+                         table_bytes := non_neg_integer()}.
 info(_T) -> ?NOT_LOADED.
 
-%% @doc Yielding walk over the whole table: `dump' lists `{Key, Pid}' of every worker,
-%% `keys_on' the keys on a node (`local' for this node's own), `purge_node' removes every
-%% replica of a node and returns how many.
--spec fold(table(), dump | keys_on | purge_node, term()) ->
-          [{term(), pid()}] | [term()] | non_neg_integer().
+%% @doc Yielding walks over the whole table (each segment read or changed under one hold of
+%% its lock, so no entry present for the whole walk is missed or seen twice):
+%% <ul>
+%% <li>`owned' (Arg ignored): `[{Key, Pid, Vsn}]' of the local workers;</li>
+%% <li>`dump' (Arg ignored): `[{Key, Node, Pid, Vsn}]' of every worker (local ones with
+%%     `node()');</li>
+%% <li>`keys_on', Node or `local': the keys of Node's replicas, or of the local workers;</li>
+%% <li>`purge_node', Node: removes every replica of Node, returns how many;</li>
+%% <li>`sweep_node', `{Node, Mark, Before}': removes Node's replicas whose mark is not Mark
+%%     and whose version is below Before, returns how many;</li>
+%% <li>`sweep_tombs', AgeMs: removes tombs older than AgeMs milliseconds, returns how
+%%     many.</li>
+%% </ul>
+-spec fold(table(), owned | dump | keys_on | purge_node | sweep_node | sweep_tombs, term()) ->
+          [{term(), pid(), version()}] | [{term(), node(), pid(), version()}] | [term()]
+        | non_neg_integer().
 fold(_T, _Op, _Arg) -> ?NOT_LOADED.
+
+%% @doc The node's clock: strictly increasing, microseconds of wall time or above, and
+%% above every version any table of this node has been given.
+-spec hlc() -> version().
+hlc() -> ?NOT_LOADED.
 
 %% @doc The canonical bytes of a key (see c_src/core/keyhash.h).
 -spec canonical(term()) -> binary().
