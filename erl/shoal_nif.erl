@@ -208,7 +208,8 @@ fold(_T, _Op, _Arg) -> ?NOT_LOADED.
 
 %% @doc The node's clock: strictly increasing, `erlang:system_time(microsecond)' or above,
 %% and above every version any table of this node has been given. One clock per VM, kept
-%% across a library upgrade.
+%% across a library upgrade. It saturates at 2^64-1 rather than wrap (only an absurd
+%% version given to a table can take it there).
 -spec hlc() -> version().
 hlc() -> ?NOT_LOADED.
 

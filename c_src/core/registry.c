@@ -55,7 +55,7 @@ uint64_t registry_clock_next(registry_clock *c, uint64_t now_us)
 {
     uint64_t last = atomic_load_explicit(&c->last, memory_order_relaxed), next;
     do {
-        next = now_us > last ? now_us : last + 1;
+        next = now_us > last ? now_us : last == UINT64_MAX ? last : last + 1;
     } while (!atomic_compare_exchange_weak_explicit(&c->last, &last, next, memory_order_relaxed,
                                                     memory_order_relaxed));
     return next;

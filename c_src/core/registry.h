@@ -69,7 +69,9 @@ typedef struct registry_clock {
 void registry_clock_init(registry_clock *c);
 
 /* registry_clock_next - the next version: max(now_us, last + 1), recorded as last.
- * Strictly greater than every value returned before or observed. Thread-safe. */
+ * Strictly greater than every value returned before or observed, except that it saturates
+ * at UINT64_MAX (reached only by observing an absurd version: wall time in microseconds
+ * gets there in the year 586,000) instead of wrapping to 0. Thread-safe. */
 uint64_t registry_clock_next(registry_clock *c, uint64_t now_us);
 
 /* registry_clock_observe - raise last to v if it is below (so later versions exceed v). */

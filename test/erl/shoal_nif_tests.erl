@@ -245,7 +245,7 @@ bad_replica_arguments_are_badarg_test() ->
     ?assertError(badarg, shoal_nif:remove_remote(T, k, 1, R, 1)),
     ?assertError(badarg, shoal_nif:remove_remote(T, k, n@h, R, -5)),
     ?assertError(badarg, shoal_nif:count(T, "node")),
-    ?assertEqual(stored, shoal_nif:put_remote(T, k, n@h, R, (1 bsl 64) - 1, (1 bsl 32) - 1)),
+    ?assertEqual(stored, shoal_nif:put_remote(T, k, n@h, R, 1, (1 bsl 32) - 1)),
     ?assertEqual(#{entries => 1, nodes => 1},
                  maps:with([entries, nodes], shoal_nif:info(T))).
 
@@ -496,9 +496,10 @@ register_over_replaces_absent_tombs_and_old_or_named_replicas_test() ->
     {ok, V2} = shoal_nif:register(T, k2, W, {over, 1, a@h}),
     ?assert(V2 > 200),
     %% A tomb, whatever its version, and an absent key.
-    tombstoned = shoal_nif:remove_remote(T, k3, a@h, remote_pid(a@h, 3), 1 bsl 60),
+    Ahead = shoal_nif:hlc() + 1000000000,
+    tombstoned = shoal_nif:remove_remote(T, k3, a@h, remote_pid(a@h, 3), Ahead),
     {ok, V3} = shoal_nif:register(T, k3, W, {over, 0, none}),
-    ?assert(V3 > 1 bsl 60),
+    ?assert(V3 > Ahead),
     {ok, V4} = shoal_nif:register(T, k4, W, {over, 0, none}),
     ?assert(V4 > V3),
     ?assertEqual(4, shoal_nif:count(T, local)),
@@ -927,10 +928,10 @@ churn(T, W, Stop) ->
         0 ->
             K = {c, rand:uniform(20000)},
             case rand:uniform(4) of
-                1 -> shoal_nif:register(T, K, W, {over, 1 bsl 62, n@h});
+                1 -> shoal_nif:register(T, K, W, {over, shoal_nif:hlc(), n@h});
                 2 -> shoal_nif:unregister(T, K, W);
                 3 -> shoal_nif:put_remote(T, K, n@h, remote_pid(n@h, 1), shoal_nif:hlc(), 0);
-                4 -> shoal_nif:remove_remote(T, K, n@h, remote_pid(n@h, 1), 1 bsl 63)
+                4 -> shoal_nif:remove_remote(T, K, n@h, remote_pid(n@h, 1), shoal_nif:hlc())
             end,
             churn(T, W, Stop)
     end.
