@@ -32,6 +32,15 @@
 %% resolves: `{ok, Pid}' (a worker was registered or a replica stored over the claim),
 %% `retry' (the claim was given up or its claimer died) or `{error, Reason}' (given up with
 %% that reason).
+%%
+%% A claim made over a tomb keeps the tomb's `{Vsn, Node}': a replica that is not newer
+%% than it does not resolve the claim (put_remote says `stale'), a remove_remote that is
+%% newer raises it, and a claim given up (release_claim, or unregister of a dead claimer)
+%% becomes that tomb again, its age counted from then.
+%%
+%% Node names are kept per table as long as an entry names them (a replica, a tomb, or a
+%% claim that kept a tomb): there is no limit on how many distinct nodes a table sees over
+%% its life.
 -module(shoal_nif).
 
 -export([new/1, delete/1,
@@ -75,7 +84,8 @@ delete(_T) -> ?NOT_LOADED.
 -spec whereis(table(), term()) -> pid() | undefined.
 whereis(_T, _Key) -> ?NOT_LOADED.
 
-%% @doc The entry for Key, or `undefined' when there is none.
+%% @doc The entry for Key, or `undefined' when there is none. A tomb is reported as
+%% `{tomb, Vsn}' here (and only here: every other reader takes it for absent).
 -spec lookup(table(), term()) -> entry() | undefined.
 lookup(_T, _Key) -> ?NOT_LOADED.
 
@@ -104,6 +114,8 @@ release_claim(_T, _Key, _Result) -> ?NOT_LOADED.
 %% `claim': Key must be claimed by the calling process; the claim's waiters get
 %% `{ok, Pid}'. Errors: `not_claimed' (absent or tomb), `{claimed, Other}',
 %% `{already_registered, Worker}' (a local or remote worker is there).
+%%
+%% Claim mode with Pid already the key's worker is `{already_registered, Pid}'.
 %%
 %% `{over, MaxVsn, Node}' (a migration's takeover, or a worker taking its key back):
 %% replaces an absent entry, a tomb, a replica whose version is at most MaxVsn, or any
@@ -134,8 +146,10 @@ set_moving(_T, _Key, _Pid, _On) -> ?NOT_LOADED.
 %% `{ok, Pid}'), a tomb or an older replica, or a moving local worker (the listener gets
 %% `$shoal_replaced'). `stale': the entry is newer (or the same replica: then only its mark
 %% is updated). `{conflict, LocalPid, LocalVsn}': a live, not moving local worker is older;
-%% the entry is left alone for the caller to resolve. Mark (0 = none) tags the stored or
-%% confirmed replica for fold/3's `sweep_node'.
+%% the entry is left alone for the caller to resolve. Mark (0..2^32-1; 0 = none) tags the
+%% stored or confirmed replica for fold/3's `sweep_node'; confirming with Mark 0 leaves the
+%% replica's mark as it was. A tie with a local entry's version is broken by the names of
+%% Node and of the local worker's node.
 -spec put_remote(table(), term(), node(), pid(), version(), non_neg_integer()) ->
           stored | stale | {conflict, pid(), version()}.
 put_remote(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
@@ -143,7 +157,8 @@ put_remote(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
 %% @doc Node says its worker Pid for Key, at version Vsn, is gone: a replica that is not
 %% newer than `{Vsn, Node}' becomes a tomb at Vsn (`removed'); an absent entry or an older
 %% tomb becomes a tomb at Vsn (`tombstoned'); anything newer, a local worker or a claim is
-%% left alone (`stale').
+%% left alone (`stale'; a claim keeps `{Vsn, Node}' as its tomb, see the module doc). Pid
+%% must be a pid and is otherwise not used: versions decide.
 -spec remove_remote(table(), term(), node(), pid(), version()) -> removed | tombstoned | stale.
 remove_remote(_T, _Key, _Node, _Pid, _Vsn) -> ?NOT_LOADED.
 
@@ -155,11 +170,14 @@ set_listener(_T, _Pid) -> ?NOT_LOADED.
 -spec count(table()) -> non_neg_integer().
 count(_T) -> ?NOT_LOADED.
 
-%% @doc This node's own workers (`local') or the replicas of Node's workers.
+%% @doc This node's own workers (`local') or the replicas of Node's workers (0 for a node
+%% the table has no entry of).
 -spec count(table(), node() | local) -> non_neg_integer().
 count(_T, _Node) -> ?NOT_LOADED.
 
-%% @doc Entry and memory figures for the table.
+%% @doc Entry and memory figures for the table: `entries' counts every entry (workers,
+%% claims and tombs); `nodes' the node names the table keeps (see the module doc);
+%% `table_bytes' the table's own structures plus an estimate of its entries.
 -spec info(table()) -> #{entries := non_neg_integer(), workers := non_neg_integer(),
                          local_workers := non_neg_integer(),
                          remote_workers := non_neg_integer(), claims := non_neg_integer(),
@@ -177,16 +195,21 @@ info(_T) -> ?NOT_LOADED.
 %% <li>`purge_node', Node: removes every replica of Node, returns how many;</li>
 %% <li>`sweep_node', `{Node, Mark, Before}': removes Node's replicas whose mark is not Mark
 %%     and whose version is below Before, returns how many;</li>
-%% <li>`sweep_tombs', AgeMs: removes tombs older than AgeMs milliseconds, returns how
-%%     many.</li>
+%% <li>`sweep_tombs', AgeMs: removes tombs at least AgeMs milliseconds old (0: every tomb),
+%%     returns how many.</li>
 %% </ul>
+%% Lists come in no particular order. `dump' names local workers with the node's name at
+%% the start of the walk. A segment's lock is held for one pass over that segment, so keep
+%% segments to a few thousand entries (2^8 segments up to about a million entries).
 -spec fold(table(), owned | dump | keys_on | purge_node | sweep_node | sweep_tombs, term()) ->
           [{term(), pid(), version()}] | [{term(), node(), pid(), version()}] | [term()]
         | non_neg_integer().
 fold(_T, _Op, _Arg) -> ?NOT_LOADED.
 
-%% @doc The node's clock: strictly increasing, microseconds of wall time or above, and
-%% above every version any table of this node has been given.
+%% @doc The node's clock: strictly increasing, `erlang:system_time(microsecond)' or above,
+%% and above every version any table of this node has been given. One clock per VM, kept
+%% across a library upgrade. It saturates at 2^64-1 rather than wrap (only an absurd
+%% version given to a table can take it there).
 -spec hlc() -> version().
 hlc() -> ?NOT_LOADED.
 

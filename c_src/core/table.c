@@ -16,16 +16,21 @@
 #define SEG_MIN_SLOTS 16u
 #define CACHE_LINE 64
 
-/* A slot: the entry pointer (tagged, see slot_make), the entry's `fast` word, and keys of
- * up to SLOT_KEY bytes inline, so a lookup of a short key is answered from the slot array
- * alone (one cache miss instead of two) by table_get_fast. 32 bytes, two per cache line. */
+/* A slot: the entry pointer (tagged, see slot_make), the entry's `fast` word and `kind`,
+ * and keys of up to SLOT_KEY bytes inline, so a lookup of a short key is answered from the
+ * slot array alone (one cache miss instead of two) by table_get_fast. 32 bytes, two per
+ * cache line. */
 #define SLOT_KEY 15
 typedef struct slot {
     uint64_t ptr;                /* 0 = empty */
     uint64_t fast;               /* copy of entry->fast */
-    uint8_t klen;                /* key length if inline (1..SLOT_KEY), else 0 */
+    uint8_t meta;                /* low 4 bits: key length if inline (1..SLOT_KEY), else 0;
+                                    high 4 bits: copy of entry->kind */
     unsigned char key[SLOT_KEY]; /* the key bytes, if inline */
 } slot;
+
+#define META_KLEN(m) ((unsigned)(m) & 0x0Fu)
+#define META_KIND(m) ((unsigned)(m) >> 4)
 
 typedef struct segment {
     pthread_rwlock_t lock;
@@ -38,7 +43,29 @@ struct table {
     table_ops ops;
     unsigned seg_bits; /* 2^seg_bits segments */
     segment *segs;     /* aligned array */
+    void *segs_raw;    /* what was allocated for segs */
 };
+
+static void *tmalloc(const table *t, size_t n)
+{
+    return t->ops.alloc ? t->ops.alloc(n) : malloc(n);
+}
+
+static void *tcalloc(const table *t, size_t n)
+{
+    void *p = tmalloc(t, n);
+    if (p != NULL) memset(p, 0, n);
+    return p;
+}
+
+static void tfree(const table *t, void *p)
+{
+    if (p == NULL) return;
+    if (t->ops.free)
+        t->ops.free(p);
+    else
+        free(p);
+}
 
 static inline segment *seg_of(const table *t, uint64_t hash)
 {
@@ -77,16 +104,25 @@ static inline table_entry *slot_entry(uint64_t v)
     return (table_entry *)(uintptr_t)((v & SLOT_TAGGED) ? (v & SLOT_PTR) : v);
 }
 
+static inline uint8_t meta_of(const table_entry *e)
+{
+    unsigned klen = e->klen <= SLOT_KEY ? e->klen : 0;
+    return (uint8_t)(((unsigned)(e->kind & TABLE_KIND_MAX) << 4) | klen);
+}
+
 static inline void slot_fill(slot *sl, table_entry *e)
 {
     sl->ptr = slot_make(e);
     sl->fast = e->fast;
-    if (e->klen <= SLOT_KEY) {
-        sl->klen = (uint8_t)e->klen;
-        memcpy(sl->key, e->key, e->klen);
-    } else {
-        sl->klen = 0;
-    }
+    sl->meta = meta_of(e);
+    if (e->klen <= SLOT_KEY) memcpy(sl->key, e->key, e->klen);
+}
+
+/* The entry changed its fast word or kind in place. */
+static inline void slot_refresh(slot *sl, const table_entry *e)
+{
+    sl->fast = e->fast;
+    sl->meta = meta_of(e);
 }
 
 /* Does the slot hold this key? A tagged slot whose tag differs cannot; an inline key is
@@ -96,7 +132,7 @@ static inline int slot_matches(const slot *sl, uint64_t hash, const void *key, s
     uint64_t v = sl->ptr;
     if ((v & SLOT_TAGGED) && ((v >> 48) & 0x7FFF) != tag_of(hash)) return 0;
     if (klen <= SLOT_KEY && (v & SLOT_TAGGED))
-        return sl->klen == klen && memcmp(sl->key, key, klen) == 0;
+        return META_KLEN(sl->meta) == klen && memcmp(sl->key, key, klen) == 0;
     return same_key(slot_entry(v), hash, key, klen);
 }
 
@@ -111,9 +147,9 @@ static uint32_t probe(const segment *s, uint64_t hash, const void *key, size_t k
     }
 }
 
-static int resize(segment *s, uint32_t nslots)
+static int resize(const table *t, segment *s, uint32_t nslots)
 {
-    slot *slots = calloc(nslots, sizeof *slots);
+    slot *slots = tcalloc(t, (size_t)nslots * sizeof *slots);
     if (slots == NULL) return SHOAL_ENOMEM;
     uint32_t mask = nslots - 1;
     for (uint32_t i = 0; i <= s->mask; i++) {
@@ -123,7 +159,7 @@ static int resize(segment *s, uint32_t nslots)
         while (slots[j].ptr != 0) j = (j + 1) & mask;
         slots[j] = s->slots[i];
     }
-    free(s->slots);
+    tfree(t, s->slots);
     s->slots = slots;
     s->mask = mask;
     return 0;
@@ -153,39 +189,42 @@ done:
     atomic_fetch_sub_explicit(&s->count, 1, memory_order_relaxed);
 }
 
-static void maybe_shrink(segment *s)
+static void maybe_shrink(const table *t, segment *s)
 {
     uint32_t n = s->mask + 1;
     uint32_t c = atomic_load_explicit(&s->count, memory_order_relaxed);
-    if (n > SEG_MIN_SLOTS && c < n / 8) (void)resize(s, n / 2); /* failure just keeps it big */
+    if (n > SEG_MIN_SLOTS && c < n / 8) (void)resize(t, s, n / 2); /* failure keeps it big */
 }
 
 int table_new(table **out, unsigned segments_log2, const table_ops *ops)
 {
-    if (out == NULL || ops == NULL || ops->release == NULL || segments_log2 > 16)
+    if (out == NULL || ops == NULL || ops->release == NULL || segments_log2 > 16 ||
+        (ops->alloc == NULL) != (ops->free == NULL))
         return SHOAL_EINVAL;
-    table *t = calloc(1, sizeof *t);
+    table tmp = {.ops = *ops};
+    table *t = tcalloc(&tmp, sizeof *t);
     if (t == NULL) return SHOAL_ENOMEM;
     size_t nseg = (size_t)1 << segments_log2;
     t->ops = *ops;
     t->seg_bits = segments_log2;
-    t->segs = aligned_alloc(CACHE_LINE, nseg * sizeof(segment));
-    if (t->segs == NULL) {
-        free(t);
+    t->segs_raw = tcalloc(t, nseg * sizeof(segment) + CACHE_LINE);
+    if (t->segs_raw == NULL) {
+        tfree(&tmp, t);
         return SHOAL_ENOMEM;
     }
-    memset(t->segs, 0, nseg * sizeof(segment));
+    uintptr_t at = ((uintptr_t)t->segs_raw + CACHE_LINE - 1) & ~(uintptr_t)(CACHE_LINE - 1);
+    t->segs = (segment *)at;
     for (size_t i = 0; i < nseg; i++) {
         segment *s = &t->segs[i];
-        s->slots = calloc(SEG_MIN_SLOTS, sizeof *s->slots);
+        s->slots = tcalloc(t, SEG_MIN_SLOTS * sizeof *s->slots);
         if (s->slots == NULL || pthread_rwlock_init(&s->lock, NULL) != 0) {
-            free(s->slots);
+            tfree(t, s->slots);
             for (size_t k = 0; k < i; k++) {
                 pthread_rwlock_destroy(&t->segs[k].lock);
-                free(t->segs[k].slots);
+                tfree(t, t->segs[k].slots);
             }
-            free(t->segs);
-            free(t);
+            tfree(t, t->segs_raw);
+            tfree(&tmp, t);
             return SHOAL_ENOMEM;
         }
         s->mask = SEG_MIN_SLOTS - 1;
@@ -203,11 +242,12 @@ void table_free(table *t)
         segment *s = &t->segs[i];
         for (uint32_t j = 0; j <= s->mask; j++)
             if (s->slots[j].ptr != 0) t->ops.release(t->ops.ctx, slot_entry(s->slots[j].ptr));
-        free(s->slots);
+        tfree(t, s->slots);
         pthread_rwlock_destroy(&s->lock);
     }
-    free(t->segs);
-    free(t);
+    table tmp = {.ops = t->ops};
+    tfree(t, t->segs_raw);
+    tfree(&tmp, t);
 }
 
 int table_get(table *t, uint64_t hash, const void *key, size_t klen, table_visit_fn fn,
@@ -221,13 +261,14 @@ int table_get(table *t, uint64_t hash, const void *key, size_t klen, table_visit
     return e != NULL ? 0 : SHOAL_ENOENT;
 }
 
-int table_get_fast(table *t, uint64_t hash, const void *key, size_t klen, uint64_t *fast)
+int table_get_fast(table *t, uint64_t hash, const void *key, size_t klen, table_fast_fn fn,
+                   void *ctx)
 {
     segment *s = seg_of(t, hash);
     pthread_rwlock_rdlock(&s->lock);
     const slot *sl = &s->slots[probe(s, hash, key, klen)];
     int found = sl->ptr != 0;
-    if (found) *fast = sl->fast;
+    if (found) fn(ctx, sl->fast, META_KIND(sl->meta));
     pthread_rwlock_unlock(&s->lock);
     return found ? 0 : SHOAL_ENOENT;
 }
@@ -253,7 +294,7 @@ int table_update(table *t, uint64_t hash, const void *key, size_t klen, table_up
         }
         if ((uint64_t)(atomic_load_explicit(&s->count, memory_order_relaxed) + 1) * 4 >
             (uint64_t)(s->mask + 1) * 3) {
-            if (resize(s, (s->mask + 1) * 2) != 0) {
+            if (resize(t, s, (s->mask + 1) * 2) != 0) {
                 rc = SHOAL_ENOMEM;
                 break;
             }
@@ -266,8 +307,11 @@ int table_update(table *t, uint64_t hash, const void *key, size_t klen, table_up
         if (cur != NULL) {
             delete_slot(s, i);
             released = cur;
-            maybe_shrink(s);
+            maybe_shrink(t, s);
         }
+        break;
+    case TABLE_REFRESH:
+        if (cur != NULL) slot_refresh(&s->slots[i], cur);
         break;
     }
     pthread_rwlock_unlock(&s->lock);
@@ -336,38 +380,68 @@ size_t table_memory(const table *t)
     return n;
 }
 
-int table_fold(table *t, table_cursor *cur, size_t budget, int may_delete, table_fold_fn fn,
-               void *ctx)
+size_t table_segments(const table *t)
 {
-    size_t nseg = (size_t)1 << t->seg_bits;
-    while (cur->segment < nseg && budget > 0) {
-        segment *s = &t->segs[cur->segment];
-        table_entry *dead[64];
-        size_t ndead = 0;
-        if (may_delete)
-            pthread_rwlock_wrlock(&s->lock);
-        else
-            pthread_rwlock_rdlock(&s->lock);
-        /* Released entries are collected and given back after the unlock; a full batch
-         * of them ends this locked stretch early. */
-        while (cur->slot <= s->mask && budget > 0 && ndead < 64) {
-            table_entry *e = slot_entry(s->slots[cur->slot].ptr);
-            budget--;
-            if (e != NULL && fn(ctx, e) == TABLE_DELETE && may_delete) {
-                delete_slot(s, cur->slot);
-                dead[ndead++] = e;
-                continue; /* a later entry may have shifted into this slot */
+    return (size_t)1 << t->seg_bits;
+}
+
+#define FOLD_STACK 256
+
+size_t table_fold_segment(table *t, size_t seg, int write, table_fold_fn fn, void *ctx)
+{
+    if (seg >= table_segments(t)) return 0;
+    segment *s = &t->segs[seg];
+    table_entry *stack[FOLD_STACK], **dead = stack;
+    size_t ndead = 0, cap = FOLD_STACK, visited = 0;
+    if (write)
+        pthread_rwlock_wrlock(&s->lock);
+    else
+        pthread_rwlock_rdlock(&s->lock);
+    /* Start just after an empty slot (there is one: the load stays under 3/4) and go once
+     * around: no probe run crosses the start, so a backward shift never carries an entry
+     * from the visited part to the unvisited part or back. */
+    uint32_t n = s->mask + 1, start = 0;
+    while (s->slots[start].ptr != 0) start++;
+    uint32_t i = (start + 1) & s->mask, left = n - 1;
+    while (left > 0) {
+        table_entry *e = slot_entry(s->slots[i].ptr);
+        if (e == NULL) {
+            i = (i + 1) & s->mask;
+            left--;
+            continue;
+        }
+        visited++;
+        table_action a = fn(ctx, e);
+        if (write && a == TABLE_DELETE) {
+            delete_slot(s, i);
+            if (ndead == cap) {
+                table_entry **more = tmalloc(t, 2 * cap * sizeof *more);
+                if (more != NULL) {
+                    memcpy(more, dead, ndead * sizeof *more);
+                    if (dead != stack) tfree(t, dead);
+                    dead = more;
+                    cap *= 2;
+                }
             }
-            cur->slot++;
+            if (ndead < cap)
+                dead[ndead++] = e;
+            else
+                t->ops.release(t->ops.ctx, e); /* out of memory: release under the lock */
+            /* The rest of the run shifted back: slot i holds the next entry (or nothing),
+             * and the run is one slot shorter. */
+            if (s->slots[i].ptr == 0) {
+                i = (i + 1) & s->mask;
+                left--;
+            }
+            continue;
         }
-        int seg_done = cur->slot > s->mask;
-        if (seg_done && may_delete) maybe_shrink(s);
-        pthread_rwlock_unlock(&s->lock);
-        for (size_t k = 0; k < ndead; k++) t->ops.release(t->ops.ctx, dead[k]);
-        if (seg_done) {
-            cur->segment++;
-            cur->slot = 0;
-        }
+        if (write && a == TABLE_REFRESH) slot_refresh(&s->slots[i], e);
+        i = (i + 1) & s->mask;
+        left--;
     }
-    return cur->segment < nseg;
+    if (write) maybe_shrink(t, s);
+    pthread_rwlock_unlock(&s->lock);
+    for (size_t k = 0; k < ndead; k++) t->ops.release(t->ops.ctx, dead[k]);
+    if (dead != stack) tfree(t, dead);
+    return visited;
 }

@@ -14,6 +14,7 @@ const char *test_core_vectors_path(void);
 CU_ErrorCode test_core_register_keyhash(void);
 CU_ErrorCode test_core_register_ratemeter(void);
 CU_ErrorCode test_core_register_table(void);
+CU_ErrorCode test_core_register_registry(void);
 
 /* An assertion whose failure message carries formatted context (which vector, which key):
  * CUnit's own macros only print the expression. */

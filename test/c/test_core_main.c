@@ -1,4 +1,4 @@
-/* test_core_main.c - the CUnit runner for the core C library (keyhash, ratemeter, table).
+/* test_core_main.c - the CUnit runner for the core C library (keyhash, ratemeter, table, registry).
  *
  * `build/test_core test/vectors/keyhash.txt` runs every suite with the basic interface and
  * exits non-zero when any test failed, so make and CI notice. The failure count is read before
@@ -31,7 +31,8 @@ int main(int argc, char **argv)
     }
     if ((rc = test_core_register_keyhash()) != CUE_SUCCESS ||
         (rc = test_core_register_ratemeter()) != CUE_SUCCESS ||
-        (rc = test_core_register_table()) != CUE_SUCCESS) {
+        (rc = test_core_register_table()) != CUE_SUCCESS ||
+        (rc = test_core_register_registry()) != CUE_SUCCESS) {
         fprintf(stderr, "test_core: registering suites: %s\n", CU_get_error_msg());
         CU_cleanup_registry();
         return 2;

@@ -73,6 +73,8 @@ static table *new_table(unsigned log2, release_counter *rc, table_ops *ops)
     rc->free_on_release = 0;
     ops->release = count_release;
     ops->ctx = rc;
+    ops->alloc = NULL;
+    ops->free = NULL;
     CU_ASSERT_EQUAL_FATAL(table_new(&t, log2, ops), 0);
     CU_ASSERT_FATAL(t != NULL);
     return t;
@@ -122,13 +124,15 @@ static int update_id(table *t, uint64_t id, update_script *s)
 static void test_new_rejects_bad_arguments(void)
 {
     release_counter rc = {0};
-    table_ops ops = {count_release, &rc};
-    table_ops no_release = {NULL, &rc};
+    table_ops ops = {count_release, &rc, NULL, NULL};
+    table_ops no_release = {NULL, &rc, NULL, NULL};
+    table_ops half_alloc = {count_release, &rc, malloc, NULL};
     table *t = (table *)0x1;
     CU_ASSERT_EQUAL(table_new(&t, 17, &ops), SHOAL_EINVAL);
     CU_ASSERT_EQUAL(table_new(&t, 1000, &ops), SHOAL_EINVAL);
     CU_ASSERT_EQUAL(table_new(&t, 8, NULL), SHOAL_EINVAL);
     CU_ASSERT_EQUAL(table_new(&t, 8, &no_release), SHOAL_EINVAL);
+    CU_ASSERT_EQUAL(table_new(&t, 8, &half_alloc), SHOAL_EINVAL);
     for (unsigned log2 = 0; log2 <= 16; log2 += 4) {
         t = NULL;
         CU_ASSERT_EQUAL(table_new(&t, log2, &ops), 0);
@@ -139,6 +143,45 @@ static void test_new_rejects_bad_arguments(void)
     }
     table_free(NULL); /* a no-op */
     CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
+}
+
+/* With alloc/free hooks, every byte the table holds comes from them and goes back. */
+static atomic_long hook_live;
+
+static void *hook_alloc(size_t n)
+{
+    size_t *p = malloc(n + sizeof(size_t) * 2);
+    if (p == NULL) return NULL;
+    p[0] = n;
+    atomic_fetch_add(&hook_live, (long)n);
+    return p + 2;
+}
+
+static void hook_free(void *q)
+{
+    size_t *p = (size_t *)q - 2;
+    atomic_fetch_sub(&hook_live, (long)p[0]);
+    free(p);
+}
+
+static void test_alloc_hooks_hold_all_table_memory(void)
+{
+    release_counter rc = {0};
+    rc.free_on_release = 1;
+    table_ops ops = {count_release, &rc, hook_alloc, hook_free};
+    table *t = NULL;
+    atomic_store(&hook_live, 0);
+    CU_ASSERT_EQUAL_FATAL(table_new(&t, 4, &ops), 0);
+    for (uint64_t i = 0; i < 50000; i++) {
+        test_entry *e = entry_new(i);
+        CU_ASSERT_EQUAL(table_insert_new(t, &e->base), 0);
+    }
+    CHECKF((size_t)atomic_load(&hook_live) >= table_memory(t) - 64,
+           "hooks hold %ld bytes, table_memory says %zu", atomic_load(&hook_live),
+           table_memory(t));
+    table_free(t);
+    CU_ASSERT_EQUAL(atomic_load(&hook_live), 0);
+    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 50000);
 }
 
 /* ---- single-key operations ------------------------------------------------------------ */
@@ -421,50 +464,53 @@ static void fill(table *t, test_entry **e, size_t n)
     }
 }
 
+/* Walk every segment in turn; returns the entries visited. */
+static size_t fold_all(table *t, int write, table_fold_fn fn, void *ctx)
+{
+    size_t n = 0;
+    for (size_t seg = 0; seg < table_segments(t); seg++)
+        n += table_fold_segment(t, seg, write, fn, ctx);
+    return n;
+}
+
 static void test_fold_visits_every_entry_once(void)
 {
     enum { N = 20000 };
-    static const size_t budgets[] = {1, 7, 100, 4096, (size_t)-1};
-    release_counter rc;
-    table_ops ops;
-    table *t = new_table(6, &rc, &ops);
-    test_entry **e = malloc(N * sizeof *e);
-    fold_state f = {.visits = calloc(N, sizeof(unsigned)), .n = N};
-    CU_ASSERT_FATAL(e != NULL && f.visits != NULL);
-    fill(t, e, N);
-
-    for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
-        table_cursor cur = {0, 0};
-        size_t calls = 0;
-        memset(f.visits, 0, N * sizeof(unsigned));
-        while (table_fold(t, &cur, budgets[b], 0, fold_visit, &f) == 1)
-            CU_ASSERT_FATAL(++calls < 100000000);
+    static const unsigned logs[] = {0, 1, 3, 6, 10};
+    for (size_t b = 0; b < sizeof logs / sizeof logs[0]; b++) {
+        release_counter rc;
+        table_ops ops;
+        table *t = new_table(logs[b], &rc, &ops);
+        test_entry **e = malloc(N * sizeof *e);
+        fold_state f = {.visits = calloc(N, sizeof(unsigned)), .n = N};
+        CU_ASSERT_FATAL(e != NULL && f.visits != NULL);
+        fill(t, e, N);
+        CU_ASSERT_EQUAL(table_segments(t), (size_t)1 << logs[b]);
+        CU_ASSERT_EQUAL(fold_all(t, 0, fold_visit, &f), N);
         int not_once = 0;
         for (size_t i = 0; i < N; i++)
             not_once += f.visits[i] != 1;
-        CHECKF(not_once == 0, "budget %zu: %d entries not visited exactly once", budgets[b],
+        CHECKF(not_once == 0, "2^%u segments: %d entries not visited exactly once", logs[b],
                not_once);
-        if (budgets[b] == (size_t)-1)
-            CU_ASSERT_EQUAL(calls, 0); /* an unlimited budget finishes in one call */
+        CU_ASSERT_EQUAL(f.bad, 0);
+        CU_ASSERT_EQUAL(table_count(t), N);
+        CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
+        /* A segment number out of range visits nothing. */
+        CU_ASSERT_EQUAL(table_fold_segment(t, table_segments(t), 0, fold_visit, &f), 0);
+        table_free(t);
+        for (size_t i = 0; i < N; i++)
+            free(e[i]);
+        free(e);
+        free(f.visits);
     }
-    CU_ASSERT_EQUAL(f.bad, 0);
-    CU_ASSERT_EQUAL(table_count(t), N);
-    CU_ASSERT_EQUAL(atomic_load(&rc.releases), 0);
-
-    /* An empty table folds to completion at once. */
+    /* An empty table folds to nothing. */
+    release_counter rc;
+    table_ops ops;
+    fold_state f = {.visits = NULL, .n = 0};
     table *empty = new_table(4, &rc, &ops);
-    table_cursor cur = {0, 0};
-    int guard = 0;
-    while (table_fold(empty, &cur, 1000, 0, fold_visit, &f) == 1 && ++guard < 1000)
-        ;
-    CU_ASSERT(guard < 1000);
+    CU_ASSERT_EQUAL(fold_all(empty, 0, fold_visit, &f), 0);
+    CU_ASSERT_EQUAL(fold_all(empty, 1, fold_visit, &f), 0);
     table_free(empty);
-
-    table_free(t);
-    for (size_t i = 0; i < N; i++)
-        free(e[i]);
-    free(e);
-    free(f.visits);
 }
 
 static void test_fold_deleting_half_by_predicate(void)
@@ -478,15 +524,12 @@ static void test_fold_deleting_half_by_predicate(void)
     CU_ASSERT_FATAL(e != NULL && f.visits != NULL);
     fill(t, e, N);
 
-    table_cursor cur = {0, 0};
-    while (table_fold(t, &cur, 333, 1, fold_visit, &f) == 1)
-        ;
-    /* The header allows an entry to be seen twice while deleting (backward shift moves
-     * entries); what must hold is the final content. */
-    int unseen = 0;
+    CU_ASSERT_EQUAL(fold_all(t, 1, fold_visit, &f), N);
+    /* Deleting moves other entries back along their probe runs; each is still seen once. */
+    int not_once = 0;
     for (size_t i = 0; i < N; i++)
-        unseen += f.visits[i] == 0;
-    CU_ASSERT_EQUAL(unseen, 0);
+        not_once += f.visits[i] != 1;
+    CU_ASSERT_EQUAL(not_once, 0);
     CU_ASSERT_EQUAL(f.bad, 0);
     CU_ASSERT_EQUAL(table_count(t), N / 2);
     CU_ASSERT_EQUAL(atomic_load(&rc.releases), N / 2);
@@ -502,10 +545,8 @@ static void test_fold_deleting_half_by_predicate(void)
     /* A second, read-only fold sees exactly the odd half once each. */
     memset(f.visits, 0, N * sizeof(unsigned));
     f.delete_even = 0;
-    cur = (table_cursor){0, 0};
-    while (table_fold(t, &cur, 1000, 0, fold_visit, &f) == 1)
-        ;
-    int not_once = 0;
+    CU_ASSERT_EQUAL(fold_all(t, 0, fold_visit, &f), N / 2);
+    not_once = 0;
     for (size_t i = 0; i < N; i++)
         not_once += f.visits[i] != (i % 2 == 1);
     CU_ASSERT_EQUAL(not_once, 0);
@@ -656,6 +697,26 @@ static table_action put_given(void *ctx, table_entry *cur, table_entry **repl)
     return TABLE_PUT;
 }
 
+struct fast_seen {
+    uint64_t fast;
+    unsigned kind;
+};
+
+static void fast_copy(void *ctx, uint64_t fast, unsigned kind)
+{
+    struct fast_seen *f = ctx;
+    f->fast = fast;
+    f->kind = kind;
+}
+
+static int get_fast(table *t, uint64_t hash, const void *key, size_t klen, uint64_t *fast)
+{
+    struct fast_seen f = {0, 99};
+    int rc = table_get_fast(t, hash, key, klen, fast_copy, &f);
+    *fast = f.fast;
+    return rc;
+}
+
 static void test_get_fast(void)
 {
     release_counter rc;
@@ -681,9 +742,9 @@ static void test_get_fast(void)
     int wrong = 0;
     for (int i = 0; i < N; i++) {
         uint64_t f = 0;
-        wrong += table_get_fast(t, shorts[i]->base.hash, shorts[i]->keybuf, 8, &f) != 0 ||
+        wrong += get_fast(t, shorts[i]->base.hash, shorts[i]->keybuf, 8, &f) != 0 ||
                  f != 1000000 + (uint64_t)i;
-        wrong += table_get_fast(t, longs[i]->base.hash, longkeys[i], 24, &f) != 0 ||
+        wrong += get_fast(t, longs[i]->base.hash, longkeys[i], 24, &f) != 0 ||
                  f != 2000000 + (uint64_t)i;
     }
     CU_ASSERT_EQUAL(wrong, 0);
@@ -692,18 +753,142 @@ static void test_get_fast(void)
     again->base.fast = 77;
     CU_ASSERT_EQUAL(table_update(t, again->base.hash, again->keybuf, 8, put_given, again), 0);
     uint64_t f = 0;
-    CU_ASSERT_EQUAL(table_get_fast(t, again->base.hash, again->keybuf, 8, &f), 0);
+    CU_ASSERT_EQUAL(get_fast(t, again->base.hash, again->keybuf, 8, &f), 0);
     CU_ASSERT_EQUAL(f, 77);
     /* Absent keys, deleted or never there. */
     uint64_t h7 = again->base.hash;
     unsigned char k7[8];
     memcpy(k7, again->keybuf, 8);
     CU_ASSERT_EQUAL(table_remove_entry(t, &again->base), 0); /* frees it */
-    CU_ASSERT_EQUAL(table_get_fast(t, h7, k7, 8, &f), SHOAL_ENOENT);
+    CU_ASSERT_EQUAL(get_fast(t, h7, k7, 8, &f), SHOAL_ENOENT);
     unsigned char other[24];
     memset(other, 'z', sizeof other);
-    CU_ASSERT_EQUAL(table_get_fast(t, keyhash_hash64(other, 24), other, 24, &f), SHOAL_ENOENT);
+    CU_ASSERT_EQUAL(get_fast(t, keyhash_hash64(other, 24), other, 24, &f), SHOAL_ENOENT);
     table_free(t);
+}
+
+/* An entry's kind travels into its slot with its fast word; REFRESH (from an update or a
+ * writing fold) copies a word and kind changed in place, and nothing else does. */
+static table_action change_in_place(void *ctx, table_entry *cur, table_entry **repl)
+{
+    (void)repl;
+    uint64_t *v = ctx;
+    cur->fast = v[0];
+    cur->kind = (uint8_t)v[1];
+    return v[2] ? TABLE_REFRESH : TABLE_KEEP;
+}
+
+static table_action bump_fold(void *ctx, table_entry *e)
+{
+    (void)ctx;
+    e->fast += 1000;
+    e->kind = 9;
+    return TABLE_REFRESH;
+}
+
+static void test_kind_and_refresh(void)
+{
+    release_counter rc;
+    table_ops ops;
+    table *t = new_table(1, &rc, &ops);
+    rc.free_on_release = 1;
+    test_entry *e = entry_new(5);
+    e->base.fast = 11;
+    e->base.kind = 3;
+    CU_ASSERT_EQUAL(table_insert_new(t, &e->base), 0);
+    struct fast_seen f;
+    CU_ASSERT_EQUAL(table_get_fast(t, e->base.hash, e->keybuf, 8, fast_copy, &f), 0);
+    CU_ASSERT(f.fast == 11 && f.kind == 3);
+    uint64_t keep[3] = {12, 4, 0}, refresh[3] = {13, 15, 1};
+    CU_ASSERT_EQUAL(table_update(t, e->base.hash, e->keybuf, 8, change_in_place, keep), 0);
+    CU_ASSERT_EQUAL(table_get_fast(t, e->base.hash, e->keybuf, 8, fast_copy, &f), 0);
+    CU_ASSERT(f.fast == 11 && f.kind == 3); /* changed in the entry, not in the slot */
+    CU_ASSERT_EQUAL(table_update(t, e->base.hash, e->keybuf, 8, change_in_place, refresh), 0);
+    CU_ASSERT_EQUAL(table_get_fast(t, e->base.hash, e->keybuf, 8, fast_copy, &f), 0);
+    CU_ASSERT(f.fast == 13 && f.kind == 15);
+    CU_ASSERT_EQUAL(fold_all(t, 1, bump_fold, NULL), 1);
+    CU_ASSERT_EQUAL(table_get_fast(t, e->base.hash, e->keybuf, 8, fast_copy, &f), 0);
+    CU_ASSERT(f.fast == 1013 && f.kind == 9);
+    /* A read-only fold's answers are ignored. */
+    CU_ASSERT_EQUAL(fold_all(t, 0, bump_fold, NULL), 1);
+    CU_ASSERT_EQUAL(table_get_fast(t, e->base.hash, e->keybuf, 8, fast_copy, &f), 0);
+    CU_ASSERT(f.fast == 1013);
+    table_free(t);
+}
+
+/* The anti-entropy walk's promise: while other threads insert and delete keys (growing,
+ * shrinking and shifting the segments), a walk segment by segment sees every entry that
+ * is present for the whole walk exactly once. */
+enum { CH_STABLE = 20000, CH_CHURN = 20000, CH_ROUNDS = 30 };
+
+typedef struct churn_shared {
+    table *t;
+    atomic_int stop;
+    atomic_int seed;
+} churn_shared;
+
+static void *churn_worker(void *arg)
+{
+    churn_shared *sh = arg;
+    uint64_t x = 0x9E3779B97F4A7C15ULL ^ (uint64_t)atomic_fetch_add(&sh->seed, 1) * 7919;
+    while (!atomic_load(&sh->stop)) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        uint64_t id = CH_STABLE + x % CH_CHURN;
+        test_entry *e = entry_new(id);
+        if (table_insert_new(sh->t, &e->base) != 0) {
+            free(e);
+            unsigned char kb[8];
+            make_key(kb, id);
+            (void)table_update(sh->t, keyhash_hash64(kb, 8), kb, 8, mt_delete_fn, NULL);
+        }
+    }
+    return NULL;
+}
+
+static table_action stable_visit(void *ctx, table_entry *te)
+{
+    fold_state *f = ctx;
+    test_entry *e = (test_entry *)te;
+    if (e->check != check_of(e->id)) f->bad++;
+    if (e->id < CH_STABLE) f->visits[e->id]++;
+    return TABLE_KEEP;
+}
+
+static void test_walk_under_churn_sees_stable_entries_once(void)
+{
+    release_counter rc;
+    table_ops ops;
+    churn_shared sh;
+    sh.t = new_table(2, &rc, &ops);
+    rc.free_on_release = 1;
+    atomic_init(&sh.stop, 0);
+    atomic_init(&sh.seed, 1);
+    test_entry **e = malloc(CH_STABLE * sizeof *e);
+    CU_ASSERT_FATAL(e != NULL);
+    fill(sh.t, e, CH_STABLE);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, churn_worker, &sh), 0);
+    fold_state f = {.visits = calloc(CH_STABLE, sizeof(unsigned)), .n = CH_STABLE};
+    CU_ASSERT_FATAL(f.visits != NULL);
+    int wrong = 0;
+    for (int round = 0; round < CH_ROUNDS; round++) {
+        memset(f.visits, 0, CH_STABLE * sizeof(unsigned));
+        (void)fold_all(sh.t, round % 2, stable_visit, &f);
+        for (size_t i = 0; i < CH_STABLE; i++)
+            wrong += f.visits[i] != 1;
+    }
+    atomic_store(&sh.stop, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    CHECKF(wrong == 0, "%d stable entries not seen exactly once over %d walks", wrong,
+           CH_ROUNDS);
+    CU_ASSERT_EQUAL(f.bad, 0);
+    table_free(sh.t);
+    free(e);
+    free(f.visits);
 }
 
 static void test_concurrent_mixed_operations(void)
@@ -736,9 +921,7 @@ static void test_concurrent_mixed_operations(void)
     CU_ASSERT(held <= MT_KEYS);
     fold_state f = {.visits = calloc(MT_KEYS, sizeof(unsigned)), .n = MT_KEYS};
     CU_ASSERT_FATAL(f.visits != NULL);
-    table_cursor cur = {0, 0};
-    while (table_fold(sh.t, &cur, 64, 0, count_visit, &f) == 1)
-        ;
+    (void)fold_all(sh.t, 0, count_visit, &f);
     size_t visited = 0;
     int dup = 0, lost = 0;
     for (uint64_t id = 0; id < MT_KEYS; id++) {
@@ -780,6 +963,7 @@ CU_ErrorCode test_core_register_table(void)
         CU_TestFunc fn;
     } tests[] = {
         {"table_new rejects bad arguments", test_new_rejects_bad_arguments},
+        {"alloc/free hooks hold all the table's memory", test_alloc_hooks_hold_all_table_memory},
         {"insert_new claims a key once (EEXIST keeps the entry with the caller)",
          test_insert_new_claims_a_key_once},
         {"get finds only present keys, comparing key bytes", test_get_finds_only_present_keys},
@@ -789,10 +973,13 @@ CU_ErrorCode test_core_register_table(void)
         {"growth to 1,000,000 entries, all found, then all deleted",
          test_growth_to_a_million_entries},
         {"growth of a single segment to 1,000,000 entries", test_growth_of_a_single_segment},
-        {"fold visits every entry once, at any budget", test_fold_visits_every_entry_once},
+        {"fold visits every entry once, at any segment count", test_fold_visits_every_entry_once},
         {"fold deleting half by predicate", test_fold_deleting_half_by_predicate},
         {"4 threads of mixed insert/get/delete stay consistent", test_concurrent_mixed_operations},
         {"get_fast answers the stored fast word, short keys and long", test_get_fast},
+        {"kind travels with fast; REFRESH copies in-place changes", test_kind_and_refresh},
+        {"a walk under concurrent churn sees every stable entry once",
+         test_walk_under_churn_sees_stable_entries_once},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
         if (CU_add_test(s, tests[i].name, tests[i].fn) == NULL) return CU_get_error();

@@ -1,0 +1,236 @@
+/* nif_priv.h - what the files of the shoal_nif library share: the private data made in
+ * `load` (every atom and resource type), the table and entry structures, and the entry
+ * points of each file. One concern per file:
+ *
+ *   shoal_nif.c     load / upgrade / unload, the function table, hlc/0, load_info/0
+ *   nif_key.c       canonical key bytes straight from terms; node names; canonical/1,
+ *                   hash/1
+ *   nif_table.c     the table resource, lookups (whereis, lookup, route), counts, info
+ *   nif_registry.c  claims, register, unregister, moving, replicas, the owner monitors
+ *   nif_pidstore.c  how a replica keeps its remote pid
+ *   nif_fold.c      the yielding walks
+ *   nif_meter.c     the rate meters
+ *
+ * Every C symbol here is internal: the library is built with -fvisibility=hidden and only
+ * the NIF init function is exported. */
+#ifndef SHOAL_NIF_PRIV_H
+#define SHOAL_NIF_PRIV_H
+
+#include <erl_nif.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "keyhash.h"
+#include "registry.h"
+
+/* ---- private data ----------------------------------------------------------------------- */
+
+/* What outlives an upgrade: made by the first load, handed to every later instance. */
+typedef struct nif_shared {
+    atomic_int loads;     /* instances of the library loaded (2 during an upgrade) */
+    registry_clock clock; /* the node's clock: one per VM, shared by every table */
+} nif_shared;
+
+#define NIF_ATOMS(X)                                                                           \
+    X(ok, "ok") X(error, "error") X(undefined, "undefined") X(true_, "true")                   \
+    X(false_, "false") X(claimed, "claimed") X(wait, "wait") X(nowait, "nowait")               \
+    X(claim, "claim") X(over, "over") X(none, "none") X(noproc, "noproc")                      \
+    X(not_claimed, "not_claimed") X(already_registered, "already_registered")                  \
+    X(newer, "newer") X(not_found, "not_found") X(local, "local") X(remote, "remote")          \
+    X(tomb, "tomb") X(retry, "retry") X(stored, "stored") X(stale, "stale")                    \
+    X(conflict, "conflict") X(removed, "removed") X(tombstoned, "tombstoned")                  \
+    X(claim_msg, "$shoal_claim") X(up_msg, "$shoal_up") X(down_msg, "$shoal_down")            \
+    X(replaced_msg, "$shoal_replaced") X(owned, "owned") X(dump, "dump")                     \
+    X(keys_on, "keys_on") X(purge_node, "purge_node") X(sweep_node, "sweep_node")              \
+    X(sweep_tombs, "sweep_tombs") X(entries, "entries") X(workers, "workers")                  \
+    X(local_workers, "local_workers") X(remote_workers, "remote_workers")                      \
+    X(claims, "claims") X(tombs, "tombs") X(nodes, "nodes") X(table_bytes, "table_bytes")      \
+    X(enomem, "enomem")
+
+typedef struct nif_atoms {
+#define X(field, name) ERL_NIF_TERM field;
+    NIF_ATOMS(X)
+#undef X
+} nif_atoms;
+
+typedef struct nif_priv {
+    nif_shared *shared;
+    ErlNifResourceType *table_rt; /* ntab_res: the Erlang handle of a table */
+    ErlNifResourceType *local_rt; /* nlocal: a LOCAL entry (a resource, to be monitored) */
+    ErlNifResourceType *meter_rt; /* meter_res */
+    nif_atoms a;
+} nif_priv;
+
+static inline nif_priv *priv_of(ErlNifEnv *env)
+{
+    return (nif_priv *)enif_priv_data(env);
+}
+
+/* ---- tables and entries ----------------------------------------------------------------- */
+
+/* A table. Reference-counted by its Erlang resource and by every LOCAL entry, because a
+ * monitor's down callback may run after the Erlang side dropped the table; `life` guards
+ * `r` against being freed under a down callback. */
+typedef struct ntab {
+    registry *r;                /* NULL once freed */
+    ErlNifRWLock *life;         /* write: freeing r; read: down callbacks */
+    atomic_int refs;            /* the resource + every LOCAL entry */
+    atomic_int dead;            /* shoal_nif:delete/1 was called */
+    _Atomic uint64_t listener;  /* local pid word told of local changes; 0 = none */
+} ntab;
+
+typedef struct ntab_res {
+    ntab *nt;
+} ntab_res;
+
+/* te.user of every entry says how it was allocated. */
+enum { NE_LOCAL = 1, NE_CLAIM = 2, NE_PLAIN = 3 };
+
+/* A LOCAL entry: a resource, so the worker can be monitored. */
+typedef struct nlocal {
+    registry_entry re;   /* first */
+    ntab *nt;            /* counted reference */
+    ErlNifMonitor mon;   /* on the worker */
+    unsigned char key[]; /* canonical key bytes */
+} nlocal;
+
+/* A CLAIMED entry (enif_alloc); it may become a TOMB in place. */
+typedef struct nclaim {
+    registry_entry re;    /* first */
+    ErlNifEnv *wenv;      /* holds `waiters`; NULL until the first waiter */
+    ERL_NIF_TERM waiters; /* [{Pid, Ref}] */
+    unsigned char key[];
+} nclaim;
+
+/* A REMOTE or TOMB entry (enif_alloc): the key, then for a replica what the pid store
+ * keeps inline (nif_pidstore.c). */
+typedef struct nplain {
+    registry_entry re; /* first */
+    unsigned char key[];
+} nplain;
+
+/* A node name's payload (registry_node.payload). */
+typedef struct nnode {
+    ERL_NIF_TERM atom; /* the node's atom (atoms live as long as the VM) */
+} nnode;
+
+/* ---- nif_key.c -------------------------------------------------------------------------- */
+
+#define STACK_KEY 256
+
+typedef struct kbuf {
+    unsigned char *p;
+    size_t len, cap;
+    unsigned char stack[STACK_KEY];
+} kbuf;
+
+/* Encode `key` into b (with the leading 131) and hash it: 0 or a SHOAL_E* code. On success
+ * free b with kbuf_free. */
+int key_encode(ErlNifEnv *env, ERL_NIF_TERM key, kbuf *b, uint64_t *hash);
+void kbuf_free(kbuf *b);
+
+/* The UTF-8 bytes of atom `a` into b (no tag): 0, or SHOAL_EINVAL when `a` is no atom. */
+int key_atom_name(ErlNifEnv *env, ERL_NIF_TERM a, kbuf *b);
+
+/* The term whose canonical bytes are (p, len), made in env (undefined if they do not
+ * decode, which cannot happen for bytes key_encode wrote). */
+ERL_NIF_TERM key_decode(ErlNifEnv *env, const unsigned char *p, size_t len);
+
+/* The node name of local pid word `w` (its atom's UTF-8 bytes) into b: 0 or SHOAL_EINVAL. */
+int key_pid_node(ErlNifEnv *env, uint64_t w, kbuf *b);
+
+/* The atom named by the UTF-8 bytes (p, len), or 0 if it cannot be made. */
+ERL_NIF_TERM key_make_atom(ErlNifEnv *env, const unsigned char *p, size_t len);
+
+ERL_NIF_TERM nif_canonical(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_hash(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+
+/* ---- nif_table.c ------------------------------------------------------------------------ */
+
+/* The live table behind term t, or NULL (not a table, or deleted). */
+ntab *table_of(ErlNifEnv *env, ERL_NIF_TERM t);
+void ntab_unref(ntab *nt);
+/* badarg, or an `enomem` error for SHOAL_ENOMEM. */
+ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc);
+/* Send {Tag, Key, ...} to the table's listener, if any (Key in caller env). */
+void tell_listener(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM msg_in_caller_env);
+/* The node payload's atom (node_init made it). */
+static inline ERL_NIF_TERM node_atom(const registry_node *n)
+{
+    return ((const nnode *)n->payload)->atom;
+}
+/* The interned node for atom `a` (one reference), or NULL with *rc. create: intern if new. */
+registry_node *node_of(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM a, int create, int *rc);
+/* Every entry leaving a table ends here. */
+void entry_release(void *ctx, registry_entry *e);
+int node_init(void *ctx, registry_node *n, void *arg);
+void node_fini(void *ctx, registry_node *n);
+/* Microseconds of Erlang system time; milliseconds of Erlang monotonic time. */
+uint64_t now_us(void);
+int64_t now_ms(void);
+
+ERL_NIF_TERM nif_new(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_delete(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_whereis(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_lookup(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_route(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_set_listener(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_count(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_count_node(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_info(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+void table_dtor(ErlNifEnv *env, void *obj);
+
+/* ---- nif_registry.c --------------------------------------------------------------------- */
+
+ERL_NIF_TERM nif_claim(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_release_claim(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_register(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_unregister(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_set_moving(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_put_remote(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_remove_remote(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+void local_dtor(ErlNifEnv *env, void *obj);
+void local_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon);
+/* Free a claim's waiters env (a claim that leaves without being resolved). */
+void claim_free_waiters(nclaim *c);
+
+/* ---- nif_pidstore.c --------------------------------------------------------------------- */
+
+/* Bytes a REMOTE entry needs after its key for pid `pid`, or 0 if it is no pid. */
+size_t pidstore_extra(ErlNifEnv *env, ERL_NIF_TERM pid);
+/* Keep `pid` for replica e (allocated with pidstore_extra bytes after its key) and set
+ * e->re.te.fast. Runs under the key's segment lock, before e is stored. */
+void pidstore_put(ErlNifEnv *env, nplain *e, ERL_NIF_TERM pid);
+/* The pid of a replica with payload word w, made in env. Call under the segment's lock. */
+ERL_NIF_TERM pidstore_get(ErlNifEnv *env, uint64_t w);
+/* Replica e is leaving its table. */
+void pidstore_drop(nplain *e);
+
+/* ---- nif_fold.c ------------------------------------------------------------------------- */
+
+ERL_NIF_TERM nif_fold(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+
+/* ---- nif_meter.c ------------------------------------------------------------------------ */
+
+ERL_NIF_TERM nif_meter_new(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_meter_add(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_meter_sum(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+void meter_dtor(ErlNifEnv *env, void *obj);
+
+
+/* Shorthands for the NIFs. */
+#define GET_TABLE(nt, term)                                                                    \
+    ntab *nt = table_of(env, term);                                                            \
+    if (nt == NULL) return enif_make_badarg(env)
+
+#define GET_KEY(kb, k, term)                                                                   \
+    kbuf kb;                                                                                   \
+    registry_key k;                                                                            \
+    do {                                                                                       \
+        int rc_ = key_encode(env, term, &kb, &k.hash);                                         \
+        if (rc_ != 0) return raise_for(env, rc_);                                              \
+        k.bytes = kb.p;                                                                        \
+        k.len = kb.len;                                                                        \
+    } while (0)
+
+#endif
