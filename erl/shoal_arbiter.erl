@@ -12,7 +12,7 @@
 -include("shoal_int.hrl").
 
 -export([resolve/4, spawn_async/2, relearn/3, spawn_claimed/3, await_started/3,
-         ready/2, await_claim/5]).
+         ready/2, await_claim/5, choose_host/3]).
 
 -type mode() :: call | sync.
 -export_type([mode/0]).
@@ -104,6 +104,7 @@ spawn_claimed(#shoal_cfg{counters = C} = Cfg, Key, Acks) ->
     counters:add(C, ?C_SPAWNS, 1),
     case shoal_registry:register(Cfg, Key, Pid, claim) of
         {ok, _Vsn} ->
+            Pid ! '$shoal_go',
             {spawned, Pid, case Acks of [{_, R} | _] -> R; [] -> none end};
         {error, _} ->
             %% It died before it could be registered (killed with its segment): give the
@@ -245,16 +246,19 @@ unwrap({shutdown, {init_failed, R}}) -> R;
 unwrap(R) -> R.
 
 %% @doc Start the worker for Key if there is none, without waiting: the key goes to this
-%% node's member, which arbitrates keys in batches per home.
+%% node's member, which arbitrates keys in batches (per home, in a cluster), so the caller
+%% only sends a message.
 -spec spawn_async(#shoal_cfg{}, term()) -> ok.
-spawn_async(#shoal_cfg{pool = Pool, server = Name} = Cfg, Key) ->
+spawn_async(Cfg, Key) ->
     case shoal_registry:whereis(Cfg, Key) of
-        undefined ->
-            case whereis(Name) of
-                undefined -> ok;
-                Member -> shoal_proto:send(Member, Pool, {place_async, Key})
-            end;
+        undefined -> to_member(Cfg, Key);
         _ -> ok
+    end.
+
+to_member(#shoal_cfg{pool = Pool, server = Name}, Key) ->
+    case whereis(Name) of
+        undefined -> ok;
+        Member -> shoal_proto:send(Member, Pool, {place_async, Key})
     end.
 
 %% @doc A call to Dead, Key's worker in this node's table, exited `noproc': drop that
@@ -292,6 +296,10 @@ relearn(#shoal_cfg{pool = Pool} = Cfg, Key, Dead) ->
             none
     end.
 
+%% @doc The host of a new worker for Key among the active view's Members. A pool alone on
+%% its node places every key here, as a single-node pool always has.
+-spec choose_host(#shoal_cfg{}, term(), [node()]) -> {ok, node()} | {error, no_capacity}.
+choose_host(_Cfg, _Key, [Node]) when Node =:= node() -> {ok, Node};
 choose_host(Cfg, Key, Members) ->
     shoal_placement:choose(Key, shoal_view:candidates(Cfg, Members)).
 

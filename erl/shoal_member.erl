@@ -16,8 +16,10 @@
 %%     short-lived processes, see shoal_mover), `where', `health' and configuration.</li>
 %% </ul>
 %%
-%% It is the first child of the pool supervisor, so it stops last: after the segments have
-%% stopped every worker, it deletes the table and removes the configuration.
+%% It is the last child of the pool supervisor: it starts once the segments are up (so a
+%% worker it is asked to start, by a caller or a peer, always has its segment) and stops
+%% first, removing the configuration and deleting the table, so its peers drop its replicas
+%% before its workers stop.
 -module(shoal_member).
 -behaviour(gen_server).
 
@@ -29,6 +31,7 @@
 -define(BATCH, 2000).           %% replication ops and sync entries per message
 -define(TOMB_TTL, 10000).       %% ms a tomb blocks stale replicas
 -define(SWEEP_EVERY, 5000).     %% ms between tomb sweeps
+-define(MAX_DELAY_US, 1000).    %% us a replication op may wait for its batch
 
 -record(peer, {pid :: pid(),
                mref :: reference(),
@@ -52,11 +55,19 @@
              claims = #{} :: #{reference() => {term(), pid(), reference()}},
              %% Home: keys we asked a host to spawn: Key => Host.
              spawning = #{} :: #{term() => node()},
-             %% ensure_started_async keys waiting for us to be active.
+             %% ensure_started_async keys not routed yet (we route them in batches, once
+             %% we are active), and how many.
              async = [] :: [term()],
+             async_len = 0 :: non_neg_integer(),
              %% Incoming syncs in progress: Node => Mark.
              sync_in = #{} :: #{node() => pos_integer()},
-             mark = 0 :: non_neg_integer()}).
+             mark = 0 :: non_neg_integer(),
+             %% Replication ops not sent yet (newest first), how many, and since when (us).
+             buf = [] :: [tuple()],
+             buf_len = 0 :: non_neg_integer(),
+             buf_since = 0 :: integer(),
+             %% A fence in progress: the marker we sent ourselves (see fence/1).
+             fence = none :: none | reference()}).
 
 %% @doc Start the member of the pool described by Cfg, registered under its name.
 -spec start_link(#shoal_cfg{}) -> {ok, pid()} | {error, term()}.
@@ -85,50 +96,79 @@ init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
             {ok, propose(S1)}
     end.
 
+%% Every handler ends with tick/1: replication ops and async keys are buffered in the
+%% state (never fished out of the mailbox with a selective receive, which would scan a long
+%% mailbox once per message) and sent when a batch is full, when the oldest has waited a
+%% millisecond, or when the mailbox is empty (the 0 timeout).
+
 %% @private
--spec handle_call(term(), gen_server:from(), #ms{}) -> {reply, term(), #ms{}} | {noreply, #ms{}}.
+-spec handle_call(term(), gen_server:from(), #ms{}) ->
+          {reply, term(), #ms{}, timeout()} | {noreply, #ms{}, timeout()}.
 handle_call(await_active, From, #ms{active = none, waiting = Ws} = S) ->
-    {noreply, S#ms{waiting = [From | Ws]}};
+    noreply(S#ms{waiting = [From | Ws]});
 handle_call(await_active, _From, S) ->
-    {reply, ok, S};
+    reply(ok, S);
 handle_call({config, Item}, _From, #ms{cfg = Cfg, peers = Peers} = S) ->
     apply_config(Cfg, Item),
     _ = [shoal_proto:send(P, Cfg#shoal_cfg.pool, {config, Item})
          || #peer{pid = P} <- maps:values(Peers)],
-    {reply, ok, S};
+    reply(ok, S);
 handle_call(view, _From, #ms{p = P, active = A, view_no = N, peers = Peers, probes = Pr} = S) ->
-    {reply, #{members => P, agreed => A =/= none, active => A, changes => N,
-              peers => maps:keys(Peers), probing => lists:usort(maps:values(Pr))}, S};
+    reply(#{members => P, agreed => A =/= none, active => A, changes => N,
+            peers => maps:keys(Peers), probing => lists:usort(maps:values(Pr))}, S);
 handle_call(_Req, _From, S) ->
-    {reply, {error, unknown_call}, S}.
+    reply({error, unknown_call}, S).
 
 %% @private
--spec handle_cast(term(), #ms{}) -> {noreply, #ms{}}.
-handle_cast(_Msg, S) -> {noreply, S}.
+-spec handle_cast(term(), #ms{}) -> {noreply, #ms{}, timeout()}.
+handle_cast(_Msg, S) -> noreply(S).
 
 %% @private
--spec handle_info(term(), #ms{}) -> {noreply, #ms{}}.
+-spec handle_info(term(), #ms{}) -> {noreply, #ms{}, timeout()}.
 handle_info({'$shoal', _, _, _} = Msg, #ms{cfg = #shoal_cfg{pool = Pool}} = S) ->
     case shoal_proto:body(Msg, Pool) of
-        {ok, Body} -> {noreply, body(Body, S)};
+        {ok, Body} -> noreply(body(Body, S));
         {error, Why} ->
             logger:warning(#{what => shoal_dropped_message, pool => Pool, why => Why},
                            #{domain => [shoal]}),
-            {noreply, S}
+            noreply(S)
     end;
-handle_info({'$shoal_up', _, _, _} = Ev, S) -> {noreply, replicate(Ev, S)};
-handle_info({'$shoal_down', _, _, _} = Ev, S) -> {noreply, replicate(Ev, S)};
-handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) -> {noreply, replicate(Ev, S)};
-handle_info({'$shoal_claim', Ref, Result}, S) -> {noreply, claim_resolved(Ref, Result, S)};
-handle_info({nodeup, Node, _Info}, S) -> {noreply, probe(Node, S)};
-handle_info({nodedown, _Node, _Info}, S) -> {noreply, S};  %% the monitors say it
-handle_info({'DOWN', Ref, process, _, Reason}, S) -> {noreply, down(Ref, Reason, S)};
+handle_info({'$shoal_up', _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
+handle_info({'$shoal_down', _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
+handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
+handle_info({'$shoal_claim', Ref, Result}, S) -> noreply(claim_resolved(Ref, Result, S));
+handle_info({fence, Ref}, #ms{fence = Ref} = S) -> noreply(fenced(S));
+handle_info(timeout, S) -> noreply(flush_async(flush(S)));
+handle_info({nodeup, Node, _Info}, S) -> noreply(probe(Node, S));
+handle_info({nodedown, _Node, _Info}, S) -> noreply(S);  %% the monitors say it
+handle_info({'DOWN', Ref, process, _, Reason}, S) -> noreply(down(Ref, Reason, S));
 handle_info(sweep_tombs, #ms{cfg = Cfg} = S) ->
     _ = shoal_registry:sweep_tombs(Cfg, ?TOMB_TTL),
     erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
-    {noreply, S};
+    noreply(S);
 handle_info(_Info, S) ->
-    {noreply, S}.
+    noreply(S).
+
+noreply(S0) ->
+    S = tick(S0),
+    {noreply, S, idle_timeout(S)}.
+
+reply(R, S0) ->
+    S = tick(S0),
+    {reply, R, S, idle_timeout(S)}.
+
+tick(#ms{buf_len = N, buf_since = T0, async_len = A} = S0) ->
+    S = case N > 0 andalso (N >= ?BATCH orelse now_us() - T0 >= ?MAX_DELAY_US) of
+            true -> flush(S0);
+            false -> S0
+        end,
+    case A >= ?BATCH of
+        true -> flush_async(S);
+        false -> S
+    end.
+
+idle_timeout(#ms{buf_len = 0, async = []}) -> infinity;
+idle_timeout(_) -> 0.
 
 %% @private
 -spec terminate(term(), #ms{}) -> ok.
@@ -151,9 +191,11 @@ body({sync, Node, T0, Entries, Part}, S) ->
 body({claim, Key, View, Caller}, S) -> on_claim(Key, View, Caller, S);
 body({spawn, Key, View, Callers, Home}, S) -> on_spawn(Key, View, Callers, Home, S);
 body({spawned, Key, Result}, S) -> on_spawned(Key, Result, S);
-body({place_async, Key}, S) -> place_async([Key | collect_async(?BATCH)], S);
+body({place_async, Key}, #ms{async = A, async_len = N} = S) ->
+    S#ms{async = [Key | A], async_len = N + 1};
 body({claim_async, Keys, View, From}, S) -> on_claim_async(Keys, View, From, S);
-body({claim_async_retry, Keys}, #ms{async = A} = S) -> flush_async(S#ms{async = Keys ++ A});
+body({claim_async_retry, Keys}, #ms{async = A, async_len = N} = S) ->
+    S#ms{async = Keys ++ A, async_len = N + length(Keys)};
 body({spawn_async, Keys, View, Home}, S) -> on_spawn_async(Keys, View, Home, S);
 body({spawned_async, Results}, S) -> on_spawned_async(Results, S);
 body({where, Key, ReplyTo}, S) -> on_where(Key, ReplyTo, S);
@@ -260,33 +302,46 @@ down(Ref, _Reason, #ms{peers = Peers} = S) ->
         [] -> claimer_down(Ref, gone, S)
     end.
 
-%% Our proposed view is ourself and our peers. When it changes: fence, then tell every
-%% peer, and acknowledge the peers that already proposed the same.
-propose(#ms{cfg = #shoal_cfg{ctab = CTab} = Cfg, peers = Peers, p = Old, seq = Seq} = S0) ->
+%% Our proposed view is ourself and our peers. When it changes we fence (fence/1) and,
+%% once the fence is done (fenced/1), tell every peer and acknowledge the peers that already
+%% proposed the same.
+propose(#ms{cfg = #shoal_cfg{ctab = CTab}, peers = Peers, p = Old, seq = Seq} = S0) ->
     P = lists:sort([node() | maps:keys(Peers)]),
-    S = case P =:= Old of
-            true -> S0;
-            false ->
-                S1 = fence(S0),
-                ets:insert(CTab, {members, P}),
-                Seq1 = Seq + 1,
-                _ = [shoal_proto:send(Pid, Cfg#shoal_cfg.pool, {view, node(), Seq1, P})
-                     || #peer{pid = Pid} <- maps:values(Peers)],
-                _ = [shoal_proto:send(Pid, Cfg#shoal_cfg.pool, {view_ack, node(), PSeq})
-                     || #peer{pid = Pid, last_view = {PSeq, PV}} <- maps:values(Peers),
-                        PV =:= P],
-                S1#ms{p = P, seq = Seq1}
-        end,
-    maybe_activate(S).
+    case P =:= Old of
+        true -> maybe_activate(S0);
+        false ->
+            ets:insert(CTab, {members, P}),
+            S1 = S0#ms{p = P, seq = Seq + 1},
+            case map_size(Peers) of
+                0 ->
+                    %% Alone: nobody to tell, only arbitrations to let finish.
+                    S2 = close(S1),
+                    wait_inflight(S2#ms.cfg),
+                    maybe_activate(S2);
+                _ ->
+                    fence(S1)
+            end
+    end.
 
-%% Close the gate, let the arbitrations inside finish, and send our peers what they
-%% registered: a peer that hears our next `view' has heard of every worker we registered
-%% under the old one.
-fence(#ms{active = none} = S) -> flush_events(S);
-fence(#ms{cfg = Cfg} = S) ->
+close(#ms{active = none} = S) -> S;
+close(#ms{cfg = Cfg} = S) ->
     ok = shoal_view:close(Cfg),
+    S#ms{active = none}.
+
+%% Close the gate and let the arbitrations inside finish; their registrations' events are
+%% then in our mailbox, ahead of the marker we send ourselves. When the marker comes
+%% (fenced/1) every one of them is in our buffer: we send it, and only then our `view' and
+%% our acknowledgements. So a peer that hears our next `view' (or acknowledgement) has
+%% heard of every worker we registered under the old view. While a fence is in progress we
+%% acknowledge nothing and cannot become active.
+fence(#ms{fence = none, cfg = Cfg} = S0) ->
+    S = close(S0),
     wait_inflight(Cfg),
-    flush_events(S#ms{active = none}).
+    Ref = make_ref(),
+    self() ! {fence, Ref},
+    S#ms{fence = Ref};
+fence(S) ->
+    S.  %% the marker on its way will send the view as it is by then
 
 wait_inflight(Cfg) ->
     case shoal_view:inflight(Cfg) of
@@ -294,18 +349,20 @@ wait_inflight(Cfg) ->
         _ -> erlang:yield(), wait_inflight(Cfg)
     end.
 
-flush_events(S) ->
-    receive
-        {'$shoal_up', _, _, _} = Ev -> flush_events(replicate(Ev, S));
-        {'$shoal_down', _, _, _} = Ev -> flush_events(replicate(Ev, S));
-        {'$shoal_replaced', _, _, _, _, _, _} = Ev -> flush_events(replicate(Ev, S))
-    after 0 -> S
-    end.
+fenced(#ms{cfg = #shoal_cfg{pool = Pool}, peers = Peers, p = P, seq = Seq} = S0) ->
+    S = flush(S0#ms{fence = none}),
+    _ = [shoal_proto:send(Pid, Pool, {view, node(), Seq, P})
+         || #peer{pid = Pid} <- maps:values(Peers)],
+    _ = [shoal_proto:send(Pid, Pool, {view_ack, node(), PSeq})
+         || #peer{pid = Pid, last_view = {PSeq, PV}} <- maps:values(Peers), PV =:= P],
+    maybe_activate(S).
 
-on_view(Node, Seq, PV, #ms{cfg = Cfg, peers = Peers, p = P} = S) ->
+on_view(Node, Seq, PV, #ms{cfg = Cfg, peers = Peers, p = P, fence = F} = S) ->
     case maps:find(Node, Peers) of
         {ok, #peer{pid = Pid} = Peer} ->
-            PV =:= P andalso shoal_proto:send(Pid, Cfg#shoal_cfg.pool, {view_ack, node(), Seq}),
+            %% During a fence the acknowledgement waits for fenced/1.
+            PV =:= P andalso F =:= none andalso
+                shoal_proto:send(Pid, Cfg#shoal_cfg.pool, {view_ack, node(), Seq}),
             S#ms{peers = Peers#{Node := Peer#peer{last_view = {Seq, PV}}}};
         error ->
             S
@@ -321,7 +378,7 @@ on_view_ack(_Node, _OldSeq, S) ->
 
 %% Active once every peer acknowledged our current proposal, no probe is open, and the
 %% view has at least the pool's quorum of members.
-maybe_activate(#ms{active = none, probes = Pr, peers = Peers, seq = Seq, p = P,
+maybe_activate(#ms{active = none, fence = none, probes = Pr, peers = Peers, seq = Seq, p = P,
                    cfg = #shoal_cfg{quorum = Q} = Cfg, view_no = N, waiting = Ws} = S)
   when map_size(Pr) =:= 0, length(P) >= Q ->
     case lists:all(fun(#peer{acked = A}) -> A =:= Seq end, maps:values(Peers)) of
@@ -337,26 +394,22 @@ maybe_activate(S) ->
 
 %%% Replication ----------------------------------------------------------------------------
 
-%% Send our peers what our table reports, with whatever else is queued (up to a batch).
-replicate(Ev, #ms{cfg = #shoal_cfg{pool = Pool} = Cfg, peers = Peers} = S) ->
-    Ops = collect(Cfg, [op(Cfg, Ev)], ?BATCH),
-    case [O || O <- Ops, O =/= skip] of
-        [] -> ok;
-        Live ->
-            _ = [shoal_proto:send(Pid, Pool, {repl, node(), Live})
-                 || #peer{pid = Pid} <- maps:values(Peers)],
-            ok
-    end,
-    S.
-
-collect(_Cfg, Acc, 0) -> lists:reverse(Acc);
-collect(Cfg, Acc, N) ->
-    receive
-        {'$shoal_up', _, _, _} = Ev -> collect(Cfg, [op(Cfg, Ev) | Acc], N - 1);
-        {'$shoal_down', _, _, _} = Ev -> collect(Cfg, [op(Cfg, Ev) | Acc], N - 1);
-        {'$shoal_replaced', _, _, _, _, _, _} = Ev -> collect(Cfg, [op(Cfg, Ev) | Acc], N - 1)
-    after 0 -> lists:reverse(Acc)
+%% A table event becomes a replication op in our buffer (see tick/1).
+buffer(Ev, #ms{cfg = Cfg, buf = B, buf_len = N, buf_since = T0} = S) ->
+    case op(Cfg, Ev) of
+        skip -> S;
+        Op -> S#ms{buf = [Op | B], buf_len = N + 1,
+                   buf_since = case N of 0 -> now_us(); _ -> T0 end}
     end.
+
+%% Send the buffered ops to every peer, in the order they happened.
+flush(#ms{buf_len = 0} = S) -> S;
+flush(#ms{cfg = #shoal_cfg{pool = Pool}, peers = Peers, buf = B} = S) ->
+    Ops = lists:reverse(B),
+    _ = [shoal_proto:send(Pid, Pool, {repl, node(), Ops}) || #peer{pid = Pid} <- maps:values(Peers)],
+    S#ms{buf = [], buf_len = 0}.
+
+now_us() -> erlang:monotonic_time(microsecond).
 
 %% An `up' is only announced if the worker is still there at that version: its `down' may
 %% have overtaken it (the two come from different processes). A replaced entry is relayed
@@ -448,7 +501,7 @@ arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims 
             Mref = erlang:monitor(process, Claimer),
             S#ms{pending = Pending#{Key => Callers}, claims = Claims#{Ref => {Key, Claimer, Mref}}};
         claimed ->
-            case shoal_placement:choose(Key, shoal_view:candidates(Cfg, View)) of
+            case shoal_arbiter:choose_host(Cfg, Key, View) of
                 {ok, Host} when Host =:= node() ->
                     spawn_here(Key, Callers, S),
                     S;
@@ -592,21 +645,15 @@ on_spawn(Key, _View, Callers, Home, #ms{cfg = Cfg} = S) ->
 
 %%% ensure_started_async --------------------------------------------------------------------
 
-collect_async(0) -> [];
-collect_async(N) ->
-    receive {'$shoal', _, _, {place_async, Key}} -> [Key | collect_async(N - 1)]
-    after 0 -> []
-    end.
-
-place_async(Keys, #ms{async = A} = S) ->
-    flush_async(S#ms{async = Keys ++ A}).
-
 %% Route queued keys to their homes, once we are active.
 flush_async(#ms{active = none} = S) -> S;
 flush_async(#ms{async = []} = S) -> S;
+flush_async(#ms{async = Keys, active = [Node]} = S) when Node =:= node() ->
+    %% Alone: every key is ours to place, here.
+    arbitrate_async(lists:reverse(Keys), S#ms{async = [], async_len = 0});
 flush_async(#ms{async = Keys, active = View, cfg = #shoal_cfg{pool = Pool}, peers = Peers} = S) ->
     ByHome = group(fun(K) -> shoal_placement:home(K, View) end, lists:usort(Keys)),
-    S1 = S#ms{async = []},
+    S1 = S#ms{async = [], async_len = 0},
     maps:fold(fun(Home, HKeys, Acc) when Home =:= node() -> arbitrate_async(HKeys, Acc);
                  (Home, HKeys, Acc) ->
                       #peer{pid = Pid} = maps:get(Home, Peers),
@@ -627,7 +674,7 @@ arbitrate_async(Keys, #ms{cfg = Cfg, active = View, peers = Peers, spawning = Sp
                fun(Key, Acc) ->
                        case shoal_registry:claim(Cfg, Key, nowait) of
                            claimed ->
-                               case shoal_placement:choose(Key, shoal_view:candidates(Cfg, View)) of
+                               case shoal_arbiter:choose_host(Cfg, Key, View) of
                                    {ok, Host} when Host =:= node() ->
                                        _ = shoal_arbiter:spawn_claimed(Cfg, Key, []),
                                        Acc;
@@ -680,7 +727,7 @@ on_spawned_async(Results, #ms{cfg = Cfg, spawning = Sp} = S) ->
                           {maps:remove(Key, SpAcc), [Key | Ag]}
                   end
           end, {Sp, []}, Results),
-    flush_async(S#ms{spawning = Sp1, async = Again ++ S#ms.async}).
+    S#ms{spawning = Sp1, async = Again ++ S#ms.async, async_len = S#ms.async_len + length(Again)}.
 
 group(Fun, List) ->
     lists:foldl(fun(X, Acc) -> maps:update_with(Fun(X), fun(L) -> [X | L] end, [X], Acc) end,

@@ -235,25 +235,22 @@ move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node) ->
               end, 0, Frozen),
     length(Keys) - Moved.
 
-takeover_on(Cfg, Pool, Node, Items) ->
-    case shoal_view:peer(Cfg, Node) of
-        undefined -> [];
-        Member ->
-            Ref = shoal_proto:request_ref(),
-            Mref = erlang:monitor(process, Member),
-            shoal_proto:send(Member, Pool, {takeover, Items, {self(), Ref}}),
-            receive
-                {'$shoal', _, Pool, {taken, Ref, Results}} ->
-                    erlang:demonitor(Mref, [flush]),
-                    Results;
-                {'DOWN', Mref, process, _, _} ->
-                    shoal_proto:drop_ref(Ref),
-                    []
-            after ?TAKEOVER_TIMEOUT ->
-                    erlang:demonitor(Mref, [flush]),
-                    shoal_proto:drop_ref(Ref),
-                    []
-            end
+%% Addressed by name, like a single migration's (see shoal_worker_proc).
+takeover_on(#shoal_cfg{server = Name}, Pool, Node, Items) ->
+    Ref = shoal_proto:request_ref(),
+    Mref = erlang:monitor(process, {Name, Node}),
+    shoal_proto:send_node(Node, Name, Pool, {takeover, Items, {self(), Ref}}),
+    receive
+        {'$shoal', _, Pool, {taken, Ref, Results}} ->
+            erlang:demonitor(Mref, [flush]),
+            Results;
+        {'DOWN', Mref, process, _, _} ->
+            shoal_proto:drop_ref(Ref),
+            []
+    after ?TAKEOVER_TIMEOUT ->
+            erlang:demonitor(Mref, [flush]),
+            shoal_proto:drop_ref(Ref),
+            []
     end.
 
 %%% On the target --------------------------------------------------------------------------

@@ -93,7 +93,9 @@ init(#shoal_cfg{pool = Pool, segs = Segs} = Cfg) ->
                   start => {shoal_segment, start_link, [Pool, element(I, Segs)]},
                   type => supervisor, shutdown => infinity}
                 || I <- lists:seq(1, tuple_size(Segs))],
-    {ok, {#{strategy => one_for_all, intensity => 3, period => 5}, [Server | SegSpecs]}}.
+    %% The member starts last, once every worker it may be asked to start has its segment,
+    %% and so stops first: its peers drop its replicas before its workers stop.
+    {ok, {#{strategy => one_for_all, intensity => 3, period => 5}, SegSpecs ++ [Server]}}.
 
 %% @private The registered name of segment I of Pool.
 -spec seg_name(atom(), pos_integer()) -> atom().

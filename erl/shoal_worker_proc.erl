@@ -95,27 +95,18 @@ ack(Acks, Result) ->
     _ = [Pid ! {'$shoal_started', Ref, Result} || {Pid, Ref} <- Acks],
     ok.
 
-%% Run init/2 only once registered: the spawner registers us right after spawning us (the
-%% usual case: already done when we look). Should it give up its claim, or die before it
-%% registers us, nobody can reach us: leave.
-await_registered(Cfg, Key, Spawner) ->
-    Self = self(),
-    case shoal_registry:lookup(Cfg, Key) of
-        {local, Self, _, _} -> true;
-        {claimed, Spawner} ->
-            Ref = make_ref(),
-            case shoal_registry:claim(Cfg, Key, Ref) of
-                {wait, Spawner} ->
-                    Mref = erlang:monitor(process, Spawner),
-                    receive
-                        {'$shoal_claim', Ref, {ok, Self}} -> erlang:demonitor(Mref, [flush]);
-                        {'$shoal_claim', Ref, _} -> exit(normal);
-                        {'DOWN', Mref, process, Spawner, _} -> exit(normal)
-                    end;
-                {ok, Self} -> true;
+%% Run init/2 only once registered: the spawner registers us right after spawning us and
+%% then says so. Should it die in between, we look for ourselves in the table after a
+%% while; if it gave up its claim instead, it kills us.
+await_registered(Cfg, Key, _Spawner) ->
+    receive
+        '$shoal_go' -> true
+    after 5000 ->
+            Self = self(),
+            case shoal_registry:lookup(Cfg, Key) of
+                {local, Self, _, _} -> true;
                 _ -> exit(normal)
-            end;
-        _ -> exit(normal)
+            end
     end.
 
 %% @private Never called: workers enter the loop through init_it/6.
@@ -229,28 +220,25 @@ code_change(_Old, W, _Extra) -> {ok, W}.
 %% Move to Node (migrate/3): we are inside a call, so nothing else is handled meanwhile.
 %% Hand the state over, have Node's member start and register the successor, point our
 %% table at it, and from then on forward everything to it until we retire.
-migrate(Node, #w{cfg = #shoal_cfg{pool = Pool} = Cfg, key = Key} = W0) ->
+migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, server = Name}, key = Key} = W0) ->
     case hand_off(W0) of
         {ok, Transfer, Vsn, W} ->
-            Result = case shoal_view:peer(Cfg, Node) of
-                         undefined -> {error, {not_a_member, Node}};
-                         Member ->
-                             Ref = shoal_proto:request_ref(),
-                             Mref = erlang:monitor(process, Member),
-                             shoal_proto:send(Member, Pool,
-                                              {takeover, [{Key, Transfer, Vsn}], {self(), Ref}}),
-                             receive
-                                 {'$shoal', _, Pool, {taken, Ref, [{Key, R}]}} ->
-                                     erlang:demonitor(Mref, [flush]),
-                                     R;
-                                 {'DOWN', Mref, process, _, Why} ->
-                                     shoal_proto:drop_ref(Ref),
-                                     {error, {target_down, Node, Why}}
-                             after 60000 ->
-                                     erlang:demonitor(Mref, [flush]),
-                                     shoal_proto:drop_ref(Ref),
-                                     {error, timeout}
-                             end
+            %% Addressed by name: our member may not have met the target's yet (the caller's
+            %% node has); a target without the pool answers with a `DOWN'.
+            Ref = shoal_proto:request_ref(),
+            Mref = erlang:monitor(process, {Name, Node}),
+            shoal_proto:send_node(Node, Name, Pool, {takeover, [{Key, Transfer, Vsn}], {self(), Ref}}),
+            Result = receive
+                         {'$shoal', _, Pool, {taken, Ref, [{Key, R}]}} ->
+                             erlang:demonitor(Mref, [flush]),
+                             R;
+                         {'DOWN', Mref, process, _, Why} ->
+                             shoal_proto:drop_ref(Ref),
+                             {error, {target_down, Node, Why}}
+                     after 60000 ->
+                             erlang:demonitor(Mref, [flush]),
+                             shoal_proto:drop_ref(Ref),
+                             {error, timeout}
                      end,
             case Result of
                 {ok, Node, NewPid, NewVsn} ->

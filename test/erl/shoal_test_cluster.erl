@@ -140,7 +140,7 @@ peer_init() ->
     Self = self(),
     Pid = spawn(fun() ->
                         register(shoal_test_collector, self()),
-                        ets:new(shoal_test_events, [named_table, public, bag]),
+                        ets:new(shoal_test_events, [named_table, public, duplicate_bag]),
                         ets:new(shoal_test_store, [named_table, public, set]),
                         Self ! {collector, self()},
                         collector()
