@@ -73,7 +73,7 @@ chaos(Config) ->
                    || N <- [A, B], I <- [1, 2]],
         Sampler = spawn_link(fun() -> sampler(Tab, []) end),
         Deadline = erlang:monotonic_time(millisecond) + ?config(seconds, Config) * 1000,
-        St3 = fault_loop(St2, Tab, Deadline, [C, D, E]),
+        St3 = fault_loop(St2#{tab => Tab}, Tab, Deadline, [C, D, E]),
         %% Quiet: every living node back in, every link up, then stop the clients.
         St4 = settle(St3, Tab),
         LastFault = now_us(),
@@ -120,9 +120,10 @@ fault(leave, #{pool := Pool} = St, Killable) ->
             N = pick(Cands),
             Res = pcall(St, hd(Pool -- [N]), shoal, drain, [?POOL, N]),
             Left = pcall(St, N, ?MODULE, p_local_keys, [?POOL]),
+            St1 = changed(St#{pool := Pool -- [N]}),
             ok = pcall(St, N, shoal, stop_pool, [?POOL]),
             ct:pal("leave ~p: drain ~p, ~b keys lost with the stop", [N, Res, length(Left)]),
-            changed(affect(St#{pool := Pool -- [N]}, Left, {left, N}))
+            affect(St1, Left, {left, N})
     end;
 %% A member is killed (halt); a later `revive' restarts it under its name.
 fault(kill, #{alive := Alive, peers := Peers} = St, Killable) ->
@@ -131,12 +132,14 @@ fault(kill, #{alive := Alive, peers := Peers} = St, Killable) ->
         Cands ->
             N = pick(Cands),
             {Keys, Events} = pcall(St, N, ?MODULE, p_snapshot, [?POOL]),
+            St1 = changed(St#{alive := Alive -- [N], pool := maps:get(pool, St) -- [N],
+                              links := [L || L <- maps:get(links, St),
+                                             not lists:member(N, tuple_to_list(L))],
+                              saved := Events ++ maps:get(saved, St),
+                              kills => [{N, now_us()} | maps:get(kills, St, [])]}),
             peer:cast(maps:get(N, Peers), erlang, halt, []),
-            St1 = St#{alive := Alive -- [N], pool := maps:get(pool, St) -- [N],
-                      links := [L || L <- maps:get(links, St), not lists:member(N, tuple_to_list(L))],
-                      saved := Events ++ maps:get(saved, St)},
             ct:pal("kill ~p (~b workers on it)", [N, length(Keys)]),
-            changed(affect(St1, Keys, {killed, N}))
+            affect(St1, Keys, {killed, N})
     end;
 fault(revive, #{alive := Alive, names := Names, paths := Paths, peers := Peers} = St, _) ->
     case maps:keys(Names) -- Alive of
@@ -154,8 +157,11 @@ fault(cut, #{alive := Alive} = St, _) when length(Alive) >= 2 ->
     Shuffled = shuffle(Alive),
     {G1, G2} = lists:split(rand:uniform(length(Alive) - 1), Shuffled),
     T1 = now_us(),
-    St1 = lists:foldl(fun({X, Y}, S) -> unlink_pair(S, X, Y) end, St, [{X, Y} || X <- G1, Y <- G2]),
-    St2 = changed(St1),
+    Cross = [{min(X, Y), max(X, Y)} || X <- G1, Y <- G2],
+    %% Recorded before the links go, so no spawn the cut allows precedes its record.
+    St1 = changed(St#{links := maps:get(links, St) -- Cross}),
+    [ok = shoal_test_cluster:disconnect(maps:get(X, maps:get(peers, St)), Y) || {X, Y} <- Cross],
+    St2 = St1,
     ct:pal("cut ~p | ~p", [G1, G2]),
     timer:sleep(1000 + rand:uniform(1000)),
     St3 = link_all(St2, maps:get(alive, St2)),
@@ -204,14 +210,15 @@ link_pair(#{links := Links} = St, X, Y) ->
             changed(St#{links := [{X, Y} | Links]})
     end.
 
-unlink_pair(#{links := Links} = St, X0, Y0) ->
-    {X, Y} = {min(X0, Y0), max(X0, Y0)},
-    ok = shoal_test_cluster:disconnect(maps:get(X, maps:get(peers, St)), Y),
-    St#{links := Links -- [{X, Y}]}.
-
-%% Remember the state of links and pools at this instant (the history the checks read).
-changed(#{history := H, links := L, pool := P} = St) ->
-    St#{history := [{now_us(), lists:usort(L), lists:usort(P)} | H]}.
+%% Remember the state of links and pools at this instant (the history the checks read),
+%% and show it to the sampler at once.
+changed(#{history := H, links := L, pool := P} = St0) ->
+    St = St0#{history := [{now_us(), lists:usort(L), lists:usort(P)} | H]},
+    case maps:find(tab, St) of
+        {ok, Tab} -> publish(Tab, St);
+        error -> ok
+    end,
+    St.
 
 affect(#{affected := Af} = St, Keys, Why) ->
     St#{affected := lists:foldl(fun(K, A) -> A#{K => Why} end, Af, Keys)}.
@@ -280,6 +287,12 @@ converge_loop(St, Pool, T0, Deadline) ->
             case erlang:monotonic_time(millisecond) > Deadline of
                 true ->
                     Diff = [{N, length(D -- Owned), length(Owned -- D)} || {N, D} <- Dumps],
+                    Examples = [{N, lists:sublist(D -- Owned, 3), lists:sublist(Owned -- D, 3)}
+                                || {N, D} <- Dumps],
+                    ct:pal("not converged: extra / missing per member ~p", [Examples]),
+                    [ct:pal("~p: ~p", [K, [{N, pcall(St, N, shoal_registry, lookup,
+                                                     [persistent_term_cfg(St, N), K])} || N <- Pool]])
+                     || {_, _, Missing} <- Examples, {K, _, _} <- lists:sublist(Missing, 2)],
                     {timeout, Diff};
                 false -> timer:sleep(20), converge_loop(St, Pool, T0, Deadline)
             end
@@ -293,7 +306,7 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
                                     || N <- maps:get(alive, St)]),
     Final = pcall(St, hd(Pool), ?MODULE, p_final_ids, [?POOL, Keys]),
     Conflicted = lists:usort([K || {conflict, K, _, _} <- Events]),
-    Overlaps = overlaps(Events, History),
+    Overlaps = overlaps(Events, History, maps:get(kills, St, [])),
     Affected = lists:foldl(fun(K, A) -> A#{K => conflict} end, Affected0, Conflicted),
     Calls = lists:append([maps:get(acked, R) || {_, R} <- Results]),
     Casts = lists:append([maps:get(casts, R) || {_, R} <- Results]),
@@ -325,6 +338,13 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
             length(Keys), map_size(Affected), length(Conflicted), length(Checked),
             length(Samples), length(Overlaps), length(MissingCalls), length(MissingCasts),
             length(Twice), length(Timeouts), Converged, (Stopped - LastFault) div 1000]),
+    ct:pal("history (time, links, pools): ~p", [lists:reverse(History)]),
+    [ct:pal("overlap ~p: events ~p~nnow ~p", [O, lists:sort([{element(tuple_size(E), E), E} || E <- Events,
+                                                                        element(2, E) =:= element(1, O) orelse
+                                                                        (element(1, E) =:= down_at andalso
+                                                                         lists:keymember(element(2, E), 3, [X || X <- Events, element(1, X) =:= live, element(2, X) =:= element(1, O)]))]),
+                                        [{N, pcall(St, N, shoal_registry, lookup, [persistent_term_cfg(St, N), element(1, O)])} || N <- Pool]])
+     || O <- lists:sublist(Overlaps, 3)],
     ?assertEqual([], lists:sublist(Samples, 10)),
     ?assertEqual([], lists:sublist(Overlaps, 10)),
     ?assertEqual([], lists:sublist(Twice, 10)),
@@ -346,11 +366,21 @@ in_partition(T, Partitions) ->
 
 %% Incarnations of one key that were live at once on two nodes linked (with pools up) for
 %% the second before the younger one started.
-overlaps(Events, History) ->
+overlaps(Events, History, Kills) ->
     Ends = maps:from_list([{P, T} || {down_at, P, T} <- Events]
                           ++ [{P, T} || {handoff, _, P, T} <- Events]
                           ++ [{P, T} || {conflict, _, P, T} <- Events]),
-    Lives = [{K, P, N, T, maps:get(P, Ends, infinity)} || {live, K, P, N, T} <- Events],
+    %% A worker on a node that was killed ended with it (its exit was never recorded).
+    Killed = fun(N, T) ->
+                     case lists:sort([KT || {KN, KT} <- Kills, KN =:= N, KT >= T]) of
+                         [KT | _] -> KT;
+                         [] -> infinity
+                     end
+             end,
+    Lives = [{K, P, N, T, case maps:get(P, Ends, none) of
+                              none -> Killed(N, T);
+                              E -> E
+                          end} || {live, K, P, N, T} <- Events],
     ByKey = lists:foldl(fun({K, _, _, _, _} = L, M) -> maps:update_with(K, fun(X) -> [L | X] end, [L], M) end,
                         #{}, Lives),
     [{K, {N1, T1}, {N2, T2}}
@@ -435,6 +465,8 @@ pcall(#{peers := Peers}, N, M, F, A) ->
     shoal_test_cluster:pcall(maps:get(N, Peers), M, F, A).
 
 pick(L) -> lists:nth(rand:uniform(length(L)), L).
+
+persistent_term_cfg(St, N) -> pcall(St, N, persistent_term, get, [{shoal_pool, ?POOL}]).
 
 shuffle(L) -> [X || {_, X} <- lists:sort([{rand:uniform(), X} || X <- L])].
 
