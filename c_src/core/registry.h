@@ -120,6 +120,10 @@ size_t registry_node_replicas(const registry_node *n);
 /* registry_nodes - node names currently interned (named by an entry or held). */
 size_t registry_nodes(registry *r);
 
+/* registry_node_each - call fn(ctx, n) for every interned node, under the node map's
+ * mutex: fn must be quick and must not call into the registry. */
+void registry_node_each(registry *r, void (*fn)(void *ctx, registry_node *n), void *ctx);
+
 /* ---- Entries ---------------------------------------------------------------------------- */
 
 typedef struct registry_entry {

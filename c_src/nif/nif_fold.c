@@ -140,7 +140,7 @@ static ERL_NIF_TERM fold_slice(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     }
     registry_node_put(nt->r, node);
     ERL_NIF_TERM acc = removing ? enif_make_uint64(env, removed) : w.acc;
-    if (seg >= nseg) return acc;
+    if (seg >= nseg) return removing ? pidstore_after(env, nt, argv[0], acc) : acc;
     int pct = (int)(spent * 100 / 1000);
     (void)enif_consume_timeslice(env, pct < 1 ? 1 : pct > 100 ? 100 : pct);
     ERL_NIF_TERM next[6] = {argv[0], argv[1], argv[2], enif_make_uint(env, seg), acc, argv[5]};

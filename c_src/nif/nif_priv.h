@@ -71,20 +71,29 @@ static inline nif_priv *priv_of(ErlNifEnv *env)
 /* A table. Reference-counted by its Erlang resource and by every LOCAL entry, because a
  * monitor's down callback may run after the Erlang side dropped the table; `life` guards
  * `r` against being freed under a down callback. */
+#define PENDING_MAX 8
+
 typedef struct ntab {
     registry *r;                /* NULL once freed */
     ErlNifRWLock *life;         /* write: freeing r; read: down callbacks */
     atomic_int refs;            /* the resource + every LOCAL entry */
     atomic_int dead;            /* shoal_nif:delete/1 was called */
     _Atomic uint64_t listener;  /* local pid word told of local changes; 0 = none */
+    atomic_long entry_bytes;    /* bytes of the entries in the table */
+    ErlNifMutex *pend_lock;     /* guards pending */
+    registry_node *pending[PENDING_MAX]; /* nodes whose pid store waits for compaction
+                                            (each held) */
+    atomic_int npending;
 } ntab;
 
 typedef struct ntab_res {
     ntab *nt;
 } ntab_res;
 
-/* te.user of every entry says how it was allocated. */
+/* te.user of every entry: how it was allocated (low 2 bits), and for a replica the
+ * generation of its pid store that holds its pid (the rest, see nif_pidstore.c). */
 enum { NE_LOCAL = 1, NE_CLAIM = 2, NE_PLAIN = 3 };
+#define NE_KIND(e) ((e)->te.user & 3u)
 
 /* A LOCAL entry: a resource, so the worker can be monitored. */
 typedef struct nlocal {
@@ -102,16 +111,21 @@ typedef struct nclaim {
     unsigned char key[];
 } nclaim;
 
-/* A REMOTE or TOMB entry (enif_alloc): the key, then for a replica what the pid store
- * keeps inline (nif_pidstore.c). */
+/* A REMOTE or TOMB entry (enif_alloc): just the key. A replica's pid lives in its node's
+ * pid store (nif_pidstore.c); te.fast is that term. */
 typedef struct nplain {
     registry_entry re; /* first */
     unsigned char key[];
 } nplain;
 
-/* A node name's payload (registry_node.payload). */
+/* A node name's payload (registry_node.payload): its atom and its pid store. */
 typedef struct nnode {
-    ERL_NIF_TERM atom; /* the node's atom (atoms live as long as the VM) */
+    ERL_NIF_TERM atom;  /* the node's atom (atoms live as long as the VM) */
+    ErlNifMutex *lock;  /* guards the rest; taken under segment locks, never around them */
+    ErlNifEnv *env;     /* the pids of the node's replicas (process-independent) */
+    unsigned gen;       /* generation of env (14 bits), recorded in each replica */
+    size_t live, dead;  /* terms in env still referenced / abandoned */
+    int compacting;     /* a compaction is queued or running */
 } nnode;
 
 /* ---- nif_key.c -------------------------------------------------------------------------- */
@@ -163,8 +177,8 @@ static inline ERL_NIF_TERM node_atom(const registry_node *n)
 registry_node *node_of(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM a, int create, int *rc);
 /* Every entry leaving a table ends here. */
 void entry_release(void *ctx, registry_entry *e);
-int node_init(void *ctx, registry_node *n, void *arg);
-void node_fini(void *ctx, registry_node *n);
+/* Bytes an entry takes (for info's table_bytes). */
+size_t entry_size(const registry_entry *e);
 /* Microseconds of Erlang system time; milliseconds of Erlang monotonic time. */
 uint64_t now_us(void);
 int64_t now_ms(void);
@@ -196,15 +210,27 @@ void claim_free_waiters(nclaim *c);
 
 /* ---- nif_pidstore.c --------------------------------------------------------------------- */
 
-/* Bytes a REMOTE entry needs after its key for pid `pid`, or 0 if it is no pid. */
-size_t pidstore_extra(ErlNifEnv *env, ERL_NIF_TERM pid);
-/* Keep `pid` for replica e (allocated with pidstore_extra bytes after its key) and set
- * e->re.te.fast. Runs under the key's segment lock, before e is stored. */
-void pidstore_put(ErlNifEnv *env, nplain *e, ERL_NIF_TERM pid);
-/* The pid of a replica with payload word w, made in env. Call under the segment's lock. */
-ERL_NIF_TERM pidstore_get(ErlNifEnv *env, uint64_t w);
-/* Replica e is leaving its table. */
-void pidstore_drop(nplain *e);
+/* registry hooks: a node name is interned (arg: its atom) / its last entry left. */
+int node_init(void *ctx, registry_node *n, void *arg);
+void node_fini(void *ctx, registry_node *n);
+/* Keep `pid` (a term of the caller's env) in the store of replica e's node and point
+ * e->re.te.fast at it. Runs under the key's segment lock, before e is stored. */
+void pidstore_put(nplain *e, ERL_NIF_TERM pid);
+/* The pid of a replica with payload word w, copied into env. Call under the key's segment
+ * lock (which keeps the term from being moved or freed meanwhile). */
+static inline ERL_NIF_TERM pidstore_get(ErlNifEnv *env, uint64_t w)
+{
+    return enif_make_copy(env, (ERL_NIF_TERM)w);
+}
+/* Replica e is leaving table nt (its node still valid): its term is dead from now on. */
+void pidstore_drop(ntab *nt, nplain *e);
+/* `result`, or, if a node's store is due for compaction, a dirty continuation that
+ * compacts it and then returns `result`. tterm is the table's term. */
+ERL_NIF_TERM pidstore_after(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM tterm, ERL_NIF_TERM result);
+/* Give up the compactions still queued (the table is being emptied or freed). */
+void pidstore_forget(ntab *nt);
+/* Bytes the stores of nt's nodes hold. */
+size_t pidstore_bytes(ntab *nt);
 
 /* ---- nif_fold.c ------------------------------------------------------------------------- */
 
