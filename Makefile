@@ -25,7 +25,7 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench bench-nif clean fmt
+.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench bench-nif nif-asan clean fmt
 
 deps:
 	@bash scripts/deps.sh
@@ -62,6 +62,10 @@ c-test: deps $(BUILD)/test_core
 c-test-asan: deps $(BUILD)/test_core_asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(BUILD)/test_core_asan test/vectors/keyhash.txt
+
+# The NIF built with ASan + UBSan and its EUnit suites run against it.
+nif-asan: all
+	bash scripts/nif_asan.sh
 
 # --- Erlang: EUnit + Common Test ------------------------------------------------------------
 erl-test: all

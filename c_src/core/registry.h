@@ -141,6 +141,7 @@ typedef struct registry_entry {
 void registry_entry_init(registry_entry *e, uint64_t hash, const unsigned char *key,
                          uint32_t len);
 
+/* registry_state_of - the state of entry e (te.kind). */
 static inline registry_state registry_state_of(const registry_entry *e)
 {
     return (registry_state)e->te.kind;

@@ -12,7 +12,7 @@
 #include "nif_priv.h"
 #include "shoal_err.h"
 
-#define SLICE_US 500
+#define SLICE_US 250
 
 enum { OP_OWNED = 1, OP_DUMP, OP_KEYS_ON, OP_PURGE_NODE, OP_SWEEP_NODE, OP_SWEEP_TOMBS };
 
