@@ -146,9 +146,21 @@ void kbuf_free(kbuf *b);
 /* The UTF-8 bytes of atom `a` into b (no tag): 0, or SHOAL_EINVAL when `a` is no atom. */
 int key_atom_name(ErlNifEnv *env, ERL_NIF_TERM a, kbuf *b);
 
-/* The term whose canonical bytes are (p, len), made in env (undefined if they do not
- * decode, which cannot happen for bytes key_encode wrote). */
-ERL_NIF_TERM key_decode(ErlNifEnv *env, const unsigned char *p, size_t len);
+/* The last atoms a walk decoded (key_decode's cache; zero it before the first use). */
+#define KEY_ATOMS 8
+#define KEY_ATOM_MAX 32
+typedef struct key_atoms {
+    int n;
+    unsigned next;
+    uint16_t len[KEY_ATOMS];
+    unsigned char name[KEY_ATOMS][KEY_ATOM_MAX];
+    ERL_NIF_TERM atom[KEY_ATOMS];
+} key_atoms;
+
+/* The term whose canonical bytes are (p, len), made in env (`undefined` if they do not
+ * decode, which cannot happen for bytes key_encode wrote). atoms may be NULL. */
+ERL_NIF_TERM key_decode(ErlNifEnv *env, const nif_atoms *a, const unsigned char *p, size_t len,
+                        key_atoms *atoms);
 
 /* The node name of local pid word `w` (its atom's UTF-8 bytes) into b: 0 or SHOAL_EINVAL. */
 int key_pid_node(ErlNifEnv *env, uint64_t w, kbuf *b);

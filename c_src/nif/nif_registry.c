@@ -408,7 +408,8 @@ void local_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
     if (m == NULL) return;
     ErlNifPid to;
     to.pid = (ERL_NIF_TERM)atomic_load_explicit(&nt->listener, memory_order_relaxed);
-    ERL_NIF_TERM msg = enif_make_tuple4(m, a->down_msg, key_decode(m, e->key, e->re.te.klen),
+    ERL_NIF_TERM msg = enif_make_tuple4(m, a->down_msg,
+                                        key_decode(m, a, e->key, e->re.te.klen, NULL),
                                         enif_make_pid(m, pid), enif_make_uint64(m, vsn));
     (void)enif_send(env, &to, m, msg);
     enif_free_env(m);
