@@ -174,7 +174,7 @@ ERL_NIF_TERM nif_hash(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 /* ---- nif_table.c ------------------------------------------------------------------------ */
 
 /* The live table behind term t, or NULL (not a table, or deleted). */
-ntab *table_of(ErlNifEnv *env, ERL_NIF_TERM t);
+ntab *ntab_of(ErlNifEnv *env, ERL_NIF_TERM t);
 void ntab_unref(ntab *nt);
 /* badarg, or an `enomem` error for SHOAL_ENOMEM. */
 ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc);
@@ -204,7 +204,7 @@ ERL_NIF_TERM nif_set_listener(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_count(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_count_node(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_info(ErlNifEnv *, int, const ERL_NIF_TERM[]);
-void table_dtor(ErlNifEnv *env, void *obj);
+void ntab_dtor(ErlNifEnv *env, void *obj);
 
 /* ---- nif_registry.c --------------------------------------------------------------------- */
 
@@ -258,7 +258,7 @@ void meter_dtor(ErlNifEnv *env, void *obj);
 
 /* Shorthands for the NIFs. */
 #define GET_TABLE(nt, term)                                                                    \
-    ntab *nt = table_of(env, term);                                                            \
+    ntab *nt = ntab_of(env, term);                                                            \
     if (nt == NULL) return enif_make_badarg(env)
 
 #define GET_KEY(kb, k, term)                                                                   \

@@ -26,7 +26,7 @@ ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc)
     return enif_make_badarg(env);
 }
 
-ntab *table_of(ErlNifEnv *env, ERL_NIF_TERM t)
+ntab *ntab_of(ErlNifEnv *env, ERL_NIF_TERM t)
 {
     ntab_res *res;
     if (!enif_get_resource(env, t, priv_of(env)->table_rt, (void **)&res) || res->nt == NULL)
@@ -134,7 +134,7 @@ ERL_NIF_TERM nif_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return term;
 }
 
-void table_dtor(ErlNifEnv *env, void *obj)
+void ntab_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;
     ntab *nt = ((ntab_res *)obj)->nt;
