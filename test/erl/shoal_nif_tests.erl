@@ -433,14 +433,14 @@ claiming_twice_is_still_claimed_and_leaks_nothing_test() ->
                      end || I <- lists:seq(1, 100000)],
                     ok
             end,
-    %% Two rounds to warm the allocators up, three to measure: an entry lost per cycle
-    %% would be over 20 MB. Entries live outside process heaps (which the test runner's
-    %% own processes move by megabytes), so those are left out.
+    %% Two rounds to warm the allocators up, three to measure: a claim lost per cycle
+    %% would be 30 MB (allocator caches move a few). Entries live outside process heaps
+    %% (which the test runner's own processes move by megabytes), so those are left out.
     [ok = in_proc(Cycle) || _ <- [1, 2]],
     Before = erlang:memory(total) - erlang:memory(processes),
     [ok = in_proc(Cycle) || _ <- [1, 2, 3]],
     Grown = erlang:memory(total) - erlang:memory(processes) - Before,
-    ?assert(Grown < 2000000),
+    ?assert(Grown < 6000000),
     ?assertEqual(1, maps:get(entries, shoal_nif:info(T))).
 
 release_claim_is_the_claimers_only_and_tells_the_result_test() ->
