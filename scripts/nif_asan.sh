@@ -19,7 +19,8 @@ LD_PRELOAD="$LIBS" ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 
     erl -noshell -pa "$APP/ebin" -pa _build/test/lib/shoal/test/erl -eval '
       Dir = code:priv_dir(shoal),
       true = lists:prefix(filename:absname("build/nif_asan"), filename:absname(Dir)),
-      case eunit:test([shoal_nif_tests, shoal_prop_tests, shoal_keyhash_tests], []) of
+      case eunit:test([shoal_nif_tests, shoal_nif_keys_tests, shoal_prop_tests,
+                       shoal_keyhash_tests], []) of
           ok -> halt(0);
           _ -> halt(1)
       end.'
