@@ -25,7 +25,7 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt chaos
+.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench bench-nif nif-asan clean fmt chaos
 
 deps:
 	@bash scripts/deps.sh
@@ -63,6 +63,10 @@ c-test-asan: deps $(BUILD)/test_core_asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(BUILD)/test_core_asan test/vectors/keyhash.txt
 
+# The NIF built with ASan + UBSan and its EUnit suites run against it.
+nif-asan: all
+	bash scripts/nif_asan.sh
+
 # --- Erlang: EUnit + Common Test ------------------------------------------------------------
 erl-test: all
 	bash scripts/erl_test.sh
@@ -88,6 +92,15 @@ demo: all
 bench: all
 	bash scripts/bench.sh
 	@$(MAKE) --no-print-directory cnode-bench
+
+# The NIF table alone: whereis of remote against local keys, ETS beside them, bytes per
+# replica (bench/results/nif.md). SHOAL_NIF_BENCH_N="100000,1000000" and friends scale it.
+bench-nif: all
+	@mkdir -p build/bench
+	erlc -o build/bench +debug_info bench/shoal_nif_bench.erl
+	erl -noshell -pa _build/default/lib/shoal/ebin -pa build/bench \
+	    -eval "try shoal_nif_bench:main() of ok -> halt(0) \
+	           catch C:R:S -> io:format(standard_error, \"nif bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1) end."
 
 fmt:
 	clang-format -i c_src/*/*.[ch] include/*.h test/c/*.c

@@ -41,6 +41,12 @@
 %% Node names are kept per table as long as an entry names them (a replica, a tomb, or a
 %% claim that kept a tomb): there is no limit on how many distinct nodes a table sees over
 %% its life.
+%%
+%% A replica's pid is kept as a term in a store per node, so whereis/2 answers a replica
+%% from the key's slot like a local worker, with one copy of the pid. Replicas that go
+%% leave dead terms behind; when a store holds more dead than live ones (and at least
+%% 4096), the put_remote/6, remove_remote/5, register/4 or removing fold/3 that tipped it
+%% returns only after compacting that store on a dirty scheduler (a walk of the table).
 -module(shoal_nif).
 
 -export([new/1, delete/1,

@@ -200,6 +200,14 @@ size_t registry_nodes(registry *r)
     return n;
 }
 
+void registry_node_each(registry *r, void (*fn)(void *ctx, registry_node *n), void *ctx)
+{
+    pthread_mutex_lock(&r->nodes_lock);
+    for (size_t i = 0; i < r->nbuckets; i++)
+        for (registry_node *x = r->buckets[i]; x != NULL; x = x->next) fn(ctx, x);
+    pthread_mutex_unlock(&r->nodes_lock);
+}
+
 /* ---- versions --------------------------------------------------------------------------- */
 
 static int cmp_names(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)

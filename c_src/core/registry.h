@@ -120,6 +120,10 @@ size_t registry_node_replicas(const registry_node *n);
 /* registry_nodes - node names currently interned (named by an entry or held). */
 size_t registry_nodes(registry *r);
 
+/* registry_node_each - call fn(ctx, n) for every interned node, under the node map's
+ * mutex: fn must be quick and must not call into the registry. */
+void registry_node_each(registry *r, void (*fn)(void *ctx, registry_node *n), void *ctx);
+
 /* ---- Entries ---------------------------------------------------------------------------- */
 
 typedef struct registry_entry {
@@ -137,6 +141,7 @@ typedef struct registry_entry {
 void registry_entry_init(registry_entry *e, uint64_t hash, const unsigned char *key,
                          uint32_t len);
 
+/* registry_state_of - the state of entry e (te.kind). */
 static inline registry_state registry_state_of(const registry_entry *e)
 {
     return (registry_state)e->te.kind;

@@ -12,7 +12,7 @@
 #include "nif_priv.h"
 #include "shoal_err.h"
 
-#define SLICE_US 500
+#define SLICE_US 250
 
 enum { OP_OWNED = 1, OP_DUMP, OP_KEYS_ON, OP_PURGE_NODE, OP_SWEEP_NODE, OP_SWEEP_TOMBS };
 
@@ -23,7 +23,10 @@ struct walk {
     const registry_node *node; /* keys_on Node; NULL: keys_on local */
     ERL_NIF_TERM self;         /* dump: node() */
     ERL_NIF_TERM acc;
+    key_atoms atoms;           /* the atoms the keys share */
 };
+
+#define KEY(w, e) key_decode((w)->env, &(w)->P->a, (e)->te.key, (e)->te.klen, &(w)->atoms)
 
 static void visit(void *ctx, const registry_entry *e)
 {
@@ -34,16 +37,15 @@ static void visit(void *ctx, const registry_entry *e)
     switch (w->op) {
     case OP_OWNED:
         if (st != REGISTRY_LOCAL) return;
-        item = enif_make_tuple3(env, key_decode(env, e->te.key, e->te.klen),
+        item = enif_make_tuple3(env, KEY(w, e),
                                 (ERL_NIF_TERM)e->te.fast, enif_make_uint64(env, e->vsn));
         break;
     case OP_DUMP:
         if (st == REGISTRY_LOCAL)
-            item = enif_make_tuple4(env, key_decode(env, e->te.key, e->te.klen), w->self,
+            item = enif_make_tuple4(env, KEY(w, e), w->self,
                                     (ERL_NIF_TERM)e->te.fast, enif_make_uint64(env, e->vsn));
         else if (st == REGISTRY_REMOTE)
-            item = enif_make_tuple4(env, key_decode(env, e->te.key, e->te.klen),
-                                    node_atom(e->node), pidstore_get(env, e->te.fast),
+            item = enif_make_tuple4(env, KEY(w, e), node_atom(e->node), pidstore_get(env, e->te.fast),
                                     enif_make_uint64(env, e->vsn));
         else
             return;
@@ -52,7 +54,7 @@ static void visit(void *ctx, const registry_entry *e)
         if (w->node == NULL ? st != REGISTRY_LOCAL
                             : st != REGISTRY_REMOTE || e->node != w->node)
             return;
-        item = key_decode(env, e->te.key, e->te.klen);
+        item = KEY(w, e);
         break;
     }
     w->acc = enif_make_list_cell(env, item, w->acc);
@@ -112,7 +114,7 @@ static ERL_NIF_TERM fold_slice(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     unsigned seg;
     if (!enif_get_int(env, argv[1], &op) || !enif_get_uint(env, argv[3], &seg))
         return enif_make_badarg(env);
-    struct walk w = {env, P, op, NULL, argv[5], argv[4]};
+    struct walk w = {env, P, op, NULL, argv[5], argv[4], {0}};
     int removing = op == OP_PURGE_NODE || op == OP_SWEEP_NODE || op == OP_SWEEP_TOMBS;
     ErlNifUInt64 removed = 0;
     registry_sweep sweep;
@@ -140,7 +142,7 @@ static ERL_NIF_TERM fold_slice(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     }
     registry_node_put(nt->r, node);
     ERL_NIF_TERM acc = removing ? enif_make_uint64(env, removed) : w.acc;
-    if (seg >= nseg) return acc;
+    if (seg >= nseg) return removing ? pidstore_after(env, nt, argv[0], acc) : acc;
     int pct = (int)(spent * 100 / 1000);
     (void)enif_consume_timeslice(env, pct < 1 ? 1 : pct > 100 ? 100 : pct);
     ERL_NIF_TERM next[6] = {argv[0], argv[1], argv[2], enif_make_uint(env, seg), acc, argv[5]};

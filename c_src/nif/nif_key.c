@@ -243,10 +243,157 @@ int key_atom_name(ErlNifEnv *env, ERL_NIF_TERM a, kbuf *b)
     return 0;
 }
 
-ERL_NIF_TERM key_decode(ErlNifEnv *env, const unsigned char *p, size_t len)
+/* Decoding the common shapes directly (walks list every key) spares enif_binary_to_term
+ * its generality and, for atoms, the atom table's lock: a walk's keys mostly share a few
+ * atoms, which a small cache of the last ones made answers. Anything else (bignums over 64
+ * bits, non-ASCII atoms, bitstrings, maps, pids, ports, refs) sends the whole key through
+ * enif_binary_to_term. */
+typedef struct dec {
+    ErlNifEnv *env;
+    const unsigned char *p;
+    size_t len, pos;
+    key_atoms *atoms;
+} dec;
+
+#define DEC_FAIL 1
+
+static int dec_need(const dec *d, size_t n)
 {
+    return n <= d->len - d->pos ? 0 : DEC_FAIL;
+}
+
+static uint32_t dec_u32(dec *d)
+{
+    const unsigned char *q = d->p + d->pos;
+    d->pos += 4;
+    return ((uint32_t)q[0] << 24) | ((uint32_t)q[1] << 16) | ((uint32_t)q[2] << 8) | q[3];
+}
+
+static int dec_atom(dec *d, size_t n, ERL_NIF_TERM *out)
+{
+    if (dec_need(d, n)) return DEC_FAIL;
+    const unsigned char *name = d->p + d->pos;
+    key_atoms *c = d->atoms;
+    for (int i = 0; c != NULL && i < c->n; i++)
+        if (c->len[i] == n && memcmp(c->name[i], name, n) == 0) {
+            *out = c->atom[i];
+            d->pos += n;
+            return 0;
+        }
+    for (size_t i = 0; i < n; i++)
+        if (name[i] >= 0x80) return DEC_FAIL; /* enif_make_atom_len takes Latin-1 */
+    if (!enif_make_existing_atom_len(d->env, (const char *)name, n, out, ERL_NIF_LATIN1))
+        *out = enif_make_atom_len(d->env, (const char *)name, n);
+    if (c != NULL && n <= KEY_ATOM_MAX) {
+        int i = c->n < KEY_ATOMS ? c->n++ : (int)(c->next++ % KEY_ATOMS);
+        memcpy(c->name[i], name, n);
+        c->len[i] = (uint16_t)n;
+        c->atom[i] = *out;
+    }
+    d->pos += n;
+    return 0;
+}
+
+static int dec_term(dec *d, ERL_NIF_TERM *out)
+{
+    if (dec_need(d, 1)) return DEC_FAIL;
+    unsigned tag = d->p[d->pos++];
+    switch (tag) {
+    case 97:
+        if (dec_need(d, 1)) return DEC_FAIL;
+        *out = enif_make_int(d->env, d->p[d->pos++]);
+        return 0;
+    case 98:
+        if (dec_need(d, 4)) return DEC_FAIL;
+        *out = enif_make_int(d->env, (int32_t)dec_u32(d));
+        return 0;
+    case 110: {
+        if (dec_need(d, 2)) return DEC_FAIL;
+        unsigned n = d->p[d->pos], neg = d->p[d->pos + 1];
+        d->pos += 2;
+        if (n > 8 || dec_need(d, n)) return DEC_FAIL;
+        uint64_t mag = 0;
+        for (unsigned i = 0; i < n; i++)
+            mag |= (uint64_t)d->p[d->pos + i] << (8 * i);
+        d->pos += n;
+        if (!neg)
+            *out = enif_make_uint64(d->env, mag);
+        else if (mag <= (uint64_t)INT64_MAX + 1)
+            *out = enif_make_int64(d->env, (int64_t)(0 - mag));
+        else
+            return DEC_FAIL;
+        return 0;
+    }
+    case 70: {
+        if (dec_need(d, 8)) return DEC_FAIL;
+        uint64_t u = (uint64_t)dec_u32(d) << 32;
+        u |= dec_u32(d);
+        double x;
+        memcpy(&x, &u, sizeof x);
+        *out = enif_make_double(d->env, x);
+        return 0;
+    }
+    case 119:
+        if (dec_need(d, 1)) return DEC_FAIL;
+        return dec_atom(d, d->p[d->pos++], out);
+    case 118: {
+        if (dec_need(d, 2)) return DEC_FAIL;
+        size_t n = ((size_t)d->p[d->pos] << 8) | d->p[d->pos + 1];
+        d->pos += 2;
+        return dec_atom(d, n, out);
+    }
+    case 109: {
+        if (dec_need(d, 4)) return DEC_FAIL;
+        size_t n = dec_u32(d);
+        if (dec_need(d, n)) return DEC_FAIL;
+        unsigned char *b = enif_make_new_binary(d->env, n, out);
+        if (b == NULL) return DEC_FAIL;
+        memcpy(b, d->p + d->pos, n);
+        d->pos += n;
+        return 0;
+    }
+    case 106: *out = enif_make_list(d->env, 0); return 0;
+    case 104:
+    case 105:
+    case 108: {
+        size_t n;
+        if (tag == 104) {
+            if (dec_need(d, 1)) return DEC_FAIL;
+            n = d->p[d->pos++];
+        } else {
+            if (dec_need(d, 4)) return DEC_FAIL;
+            n = dec_u32(d);
+        }
+        if (n > d->len - d->pos) return DEC_FAIL; /* every element takes a byte at least */
+        ERL_NIF_TERM stack[16], *el = stack;
+        if (n > 16 && (el = enif_alloc(n * sizeof *el)) == NULL) return DEC_FAIL;
+        int rc = 0;
+        for (size_t i = 0; i < n && rc == 0; i++) rc = dec_term(d, &el[i]);
+        if (rc == 0) {
+            if (tag != 108) {
+                *out = enif_make_tuple_from_array(d->env, el, (unsigned)n);
+            } else {
+                ERL_NIF_TERM tail;
+                rc = dec_term(d, &tail);
+                for (size_t i = n; rc == 0 && i > 0; i--)
+                    tail = enif_make_list_cell(d->env, el[i - 1], tail);
+                *out = tail;
+            }
+        }
+        if (el != stack) enif_free(el);
+        return rc;
+    }
+    default: return DEC_FAIL;
+    }
+}
+
+ERL_NIF_TERM key_decode(ErlNifEnv *env, const nif_atoms *a, const unsigned char *p, size_t len,
+                        key_atoms *atoms)
+{
+    dec d = {env, p, len, 1, atoms};
     ERL_NIF_TERM t;
-    if (enif_binary_to_term(env, p, len, &t, 0) == 0) return priv_of(env)->a.undefined;
+    if (len > 0 && p[0] == 131 && dec_term(&d, &t) == 0 && d.pos == len) return t;
+    if (enif_binary_to_term(env, p, len, &t, 0) == 0) return a->undefined;
     return t;
 }
 

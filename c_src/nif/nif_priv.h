@@ -71,20 +71,29 @@ static inline nif_priv *priv_of(ErlNifEnv *env)
 /* A table. Reference-counted by its Erlang resource and by every LOCAL entry, because a
  * monitor's down callback may run after the Erlang side dropped the table; `life` guards
  * `r` against being freed under a down callback. */
+#define PENDING_MAX 8
+
 typedef struct ntab {
     registry *r;                /* NULL once freed */
     ErlNifRWLock *life;         /* write: freeing r; read: down callbacks */
     atomic_int refs;            /* the resource + every LOCAL entry */
     atomic_int dead;            /* shoal_nif:delete/1 was called */
     _Atomic uint64_t listener;  /* local pid word told of local changes; 0 = none */
+    atomic_long entry_bytes;    /* bytes of the entries in the table */
+    ErlNifMutex *pend_lock;     /* guards pending */
+    registry_node *pending[PENDING_MAX]; /* nodes whose pid store waits for compaction
+                                            (each held) */
+    atomic_int npending;
 } ntab;
 
 typedef struct ntab_res {
     ntab *nt;
 } ntab_res;
 
-/* te.user of every entry says how it was allocated. */
+/* te.user of every entry: how it was allocated (low 2 bits), and for a replica the
+ * generation of its pid store that holds its pid (the rest, see nif_pidstore.c). */
 enum { NE_LOCAL = 1, NE_CLAIM = 2, NE_PLAIN = 3 };
+#define NE_KIND(e) ((e)->te.user & 3u)
 
 /* A LOCAL entry: a resource, so the worker can be monitored. */
 typedef struct nlocal {
@@ -102,16 +111,21 @@ typedef struct nclaim {
     unsigned char key[];
 } nclaim;
 
-/* A REMOTE or TOMB entry (enif_alloc): the key, then for a replica what the pid store
- * keeps inline (nif_pidstore.c). */
+/* A REMOTE or TOMB entry (enif_alloc): just the key. A replica's pid lives in its node's
+ * pid store (nif_pidstore.c); te.fast is that term. */
 typedef struct nplain {
     registry_entry re; /* first */
     unsigned char key[];
 } nplain;
 
-/* A node name's payload (registry_node.payload). */
+/* A node name's payload (registry_node.payload): its atom and its pid store. */
 typedef struct nnode {
-    ERL_NIF_TERM atom; /* the node's atom (atoms live as long as the VM) */
+    ERL_NIF_TERM atom;  /* the node's atom (atoms live as long as the VM) */
+    ErlNifMutex *lock;  /* guards the rest; taken under segment locks, never around them */
+    ErlNifEnv *env;     /* the pids of the node's replicas (process-independent) */
+    unsigned gen;       /* generation of env (14 bits), recorded in each replica */
+    size_t live, dead;  /* terms in env still referenced / abandoned */
+    int compacting;     /* a compaction is queued or running */
 } nnode;
 
 /* ---- nif_key.c -------------------------------------------------------------------------- */
@@ -132,9 +146,21 @@ void kbuf_free(kbuf *b);
 /* The UTF-8 bytes of atom `a` into b (no tag): 0, or SHOAL_EINVAL when `a` is no atom. */
 int key_atom_name(ErlNifEnv *env, ERL_NIF_TERM a, kbuf *b);
 
-/* The term whose canonical bytes are (p, len), made in env (undefined if they do not
- * decode, which cannot happen for bytes key_encode wrote). */
-ERL_NIF_TERM key_decode(ErlNifEnv *env, const unsigned char *p, size_t len);
+/* The last atoms a walk decoded (key_decode's cache; zero it before the first use). */
+#define KEY_ATOMS 8
+#define KEY_ATOM_MAX 32
+typedef struct key_atoms {
+    int n;
+    unsigned next;
+    uint16_t len[KEY_ATOMS];
+    unsigned char name[KEY_ATOMS][KEY_ATOM_MAX];
+    ERL_NIF_TERM atom[KEY_ATOMS];
+} key_atoms;
+
+/* The term whose canonical bytes are (p, len), made in env (`undefined` if they do not
+ * decode, which cannot happen for bytes key_encode wrote). atoms may be NULL. */
+ERL_NIF_TERM key_decode(ErlNifEnv *env, const nif_atoms *a, const unsigned char *p, size_t len,
+                        key_atoms *atoms);
 
 /* The node name of local pid word `w` (its atom's UTF-8 bytes) into b: 0 or SHOAL_EINVAL. */
 int key_pid_node(ErlNifEnv *env, uint64_t w, kbuf *b);
@@ -148,7 +174,7 @@ ERL_NIF_TERM nif_hash(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 /* ---- nif_table.c ------------------------------------------------------------------------ */
 
 /* The live table behind term t, or NULL (not a table, or deleted). */
-ntab *table_of(ErlNifEnv *env, ERL_NIF_TERM t);
+ntab *ntab_of(ErlNifEnv *env, ERL_NIF_TERM t);
 void ntab_unref(ntab *nt);
 /* badarg, or an `enomem` error for SHOAL_ENOMEM. */
 ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc);
@@ -163,8 +189,8 @@ static inline ERL_NIF_TERM node_atom(const registry_node *n)
 registry_node *node_of(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM a, int create, int *rc);
 /* Every entry leaving a table ends here. */
 void entry_release(void *ctx, registry_entry *e);
-int node_init(void *ctx, registry_node *n, void *arg);
-void node_fini(void *ctx, registry_node *n);
+/* Bytes an entry takes (for info's table_bytes). */
+size_t entry_size(const registry_entry *e);
 /* Microseconds of Erlang system time; milliseconds of Erlang monotonic time. */
 uint64_t now_us(void);
 int64_t now_ms(void);
@@ -178,7 +204,7 @@ ERL_NIF_TERM nif_set_listener(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_count(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_count_node(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_info(ErlNifEnv *, int, const ERL_NIF_TERM[]);
-void table_dtor(ErlNifEnv *env, void *obj);
+void ntab_dtor(ErlNifEnv *env, void *obj);
 
 /* ---- nif_registry.c --------------------------------------------------------------------- */
 
@@ -196,15 +222,27 @@ void claim_free_waiters(nclaim *c);
 
 /* ---- nif_pidstore.c --------------------------------------------------------------------- */
 
-/* Bytes a REMOTE entry needs after its key for pid `pid`, or 0 if it is no pid. */
-size_t pidstore_extra(ErlNifEnv *env, ERL_NIF_TERM pid);
-/* Keep `pid` for replica e (allocated with pidstore_extra bytes after its key) and set
- * e->re.te.fast. Runs under the key's segment lock, before e is stored. */
-void pidstore_put(ErlNifEnv *env, nplain *e, ERL_NIF_TERM pid);
-/* The pid of a replica with payload word w, made in env. Call under the segment's lock. */
-ERL_NIF_TERM pidstore_get(ErlNifEnv *env, uint64_t w);
-/* Replica e is leaving its table. */
-void pidstore_drop(nplain *e);
+/* registry hooks: a node name is interned (arg: its atom) / its last entry left. */
+int node_init(void *ctx, registry_node *n, void *arg);
+void node_fini(void *ctx, registry_node *n);
+/* Keep `pid` (a term of the caller's env) in the store of replica e's node and point
+ * e->re.te.fast at it. Runs under the key's segment lock, before e is stored. */
+void pidstore_put(nplain *e, ERL_NIF_TERM pid);
+/* The pid of a replica with payload word w, copied into env. Call under the key's segment
+ * lock (which keeps the term from being moved or freed meanwhile). */
+static inline ERL_NIF_TERM pidstore_get(ErlNifEnv *env, uint64_t w)
+{
+    return enif_make_copy(env, (ERL_NIF_TERM)w);
+}
+/* Replica e is leaving table nt (its node still valid): its term is dead from now on. */
+void pidstore_drop(ntab *nt, nplain *e);
+/* `result`, or, if a node's store is due for compaction, a dirty continuation that
+ * compacts it and then returns `result`. tterm is the table's term. */
+ERL_NIF_TERM pidstore_after(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM tterm, ERL_NIF_TERM result);
+/* Give up the compactions still queued (the table is being emptied or freed). */
+void pidstore_forget(ntab *nt);
+/* Bytes the stores of nt's nodes hold. */
+size_t pidstore_bytes(ntab *nt);
 
 /* ---- nif_fold.c ------------------------------------------------------------------------- */
 
@@ -220,7 +258,7 @@ void meter_dtor(ErlNifEnv *env, void *obj);
 
 /* Shorthands for the NIFs. */
 #define GET_TABLE(nt, term)                                                                    \
-    ntab *nt = table_of(env, term);                                                            \
+    ntab *nt = ntab_of(env, term);                                                            \
     if (nt == NULL) return enif_make_badarg(env)
 
 #define GET_KEY(kb, k, term)                                                                   \

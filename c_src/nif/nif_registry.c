@@ -19,7 +19,7 @@ static void entry_key(registry_entry *re, unsigned char *dst, const registry_key
     re->te.user = (uint16_t)user;
 }
 
-static nclaim *claim_new(const registry_key *k, uint64_t claimer)
+static nclaim *claim_new(ntab *nt, const registry_key *k, uint64_t claimer)
 {
     nclaim *c = enif_alloc(sizeof *c + k->len);
     if (c == NULL) return NULL;
@@ -27,15 +27,24 @@ static nclaim *claim_new(const registry_key *k, uint64_t claimer)
     c->re.te.fast = claimer;
     c->wenv = NULL;
     c->waiters = 0;
+    atomic_fetch_add_explicit(&nt->entry_bytes, (long)entry_size(&c->re), memory_order_relaxed);
     return c;
 }
 
-static nplain *plain_new(const registry_key *k, size_t extra)
+static nplain *plain_new(ntab *nt, const registry_key *k)
 {
-    nplain *e = enif_alloc(sizeof *e + k->len + extra);
+    nplain *e = enif_alloc(sizeof *e + k->len);
     if (e == NULL) return NULL;
     entry_key(&e->re, e->key, k, NE_PLAIN);
+    atomic_fetch_add_explicit(&nt->entry_bytes, (long)entry_size(&e->re), memory_order_relaxed);
     return e;
+}
+
+/* A claim or plain entry the operation did not store. */
+static void plain_discard(ntab *nt, registry_entry *e)
+{
+    atomic_fetch_sub_explicit(&nt->entry_bytes, (long)entry_size(e), memory_order_relaxed);
+    enif_free(e);
 }
 
 void claim_free_waiters(nclaim *c)
@@ -67,12 +76,15 @@ static nlocal *local_new(ErlNifEnv *env, ntab *nt, const registry_key *k, ErlNif
         enif_release_resource(e);
         return NULL;
     }
+    atomic_fetch_add_explicit(&nt->entry_bytes, (long)entry_size(&e->re), memory_order_relaxed);
     return e;
 }
 
 /* A LOCAL entry that was never stored. */
 static void local_discard(ErlNifEnv *env, nlocal *e)
 {
+    atomic_fetch_sub_explicit(&e->nt->entry_bytes, (long)entry_size(&e->re),
+                              memory_order_relaxed);
     (void)enif_demonitor_process(env, e, &e->mon);
     enif_release_resource(e);
 }
@@ -137,7 +149,7 @@ static void hook_ending(void *ctx, registry_entry *claim)
 static void hook_storing(void *ctx, registry_entry *mine)
 {
     struct seen *s = ctx;
-    pidstore_put(s->env, (nplain *)mine, s->new_pid);
+    pidstore_put((nplain *)mine, s->new_pid);
 }
 
 static int hook_self_name(void *ctx, const registry_entry *local, const unsigned char **name,
@@ -218,7 +230,7 @@ ERL_NIF_TERM nif_claim(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
         kbuf_free(&kb);
         return enif_make_tuple2(env, a->ok, w.pid);
     }
-    nclaim *mine = claim_new(&k, (uint64_t)s.self.pid);
+    nclaim *mine = claim_new(nt, &k, (uint64_t)s.self.pid);
     if (mine == NULL) {
         kbuf_free(&kb);
         return raise_for(env, SHOAL_ENOMEM);
@@ -227,7 +239,7 @@ ERL_NIF_TERM nif_claim(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     registry_out out;
     int rc = registry_claim(nt->r, &k, &mine->re, &op, &out);
     kbuf_free(&kb);
-    if (!out.stored) enif_free(mine);
+    if (!out.stored) plain_discard(nt, &mine->re);
     switch (rc) {
     case REGISTRY_OK: return a->claimed;
     case REGISTRY_WAIT: return enif_make_tuple2(env, a->wait, s.pid);
@@ -322,7 +334,7 @@ ERL_NIF_TERM nif_register(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     case REGISTRY_OK:
         tell_waiters(env, &s, enif_make_tuple2(env, a->ok, argv[2]));
         tell_listener(env, nt, enif_make_tuple4(env, a->up_msg, argv[1], argv[2], vsn));
-        return enif_make_tuple2(env, a->ok, vsn);
+        return pidstore_after(env, nt, argv[0], enif_make_tuple2(env, a->ok, vsn));
     case REGISTRY_OWN: return enif_make_tuple2(env, a->ok, vsn);
     case REGISTRY_NOPROC: why = a->noproc; break;
     case REGISTRY_NOT_CLAIMED: why = a->not_claimed; break;
@@ -396,7 +408,8 @@ void local_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
     if (m == NULL) return;
     ErlNifPid to;
     to.pid = (ERL_NIF_TERM)atomic_load_explicit(&nt->listener, memory_order_relaxed);
-    ERL_NIF_TERM msg = enif_make_tuple4(m, a->down_msg, key_decode(m, e->key, e->re.te.klen),
+    ERL_NIF_TERM msg = enif_make_tuple4(m, a->down_msg,
+                                        key_decode(m, a, e->key, e->re.te.klen, NULL),
                                         enif_make_pid(m, pid), enif_make_uint64(m, vsn));
     (void)enif_send(env, &to, m, msg);
     enif_free_env(m);
@@ -423,12 +436,10 @@ ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     unsigned mark;
     if (!replica_args(env, argv, &vsn) || !enif_get_uint(env, argv[5], &mark))
         return enif_make_badarg(env);
-    size_t extra = pidstore_extra(env, argv[3]);
-    if (extra == 0) return enif_make_badarg(env);
     GET_KEY(kb, k, argv[1]);
     int rc;
     registry_node *node = node_of(env, nt, argv[2], 1, &rc);
-    nplain *mine = node ? plain_new(&k, extra) : NULL;
+    nplain *mine = node ? plain_new(nt, &k) : NULL;
     if (mine == NULL) {
         kbuf_free(&kb);
         registry_node_put(nt->r, node);
@@ -442,7 +453,7 @@ ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     kbuf_free(&kb);
     if (s.have_name) kbuf_free(&s.self_name);
     registry_node_put(nt->r, node);
-    if (!out.stored) enif_free(mine);
+    if (!out.stored) plain_discard(nt, &mine->re);
     switch (rc) {
     case REGISTRY_STORED:
         tell_waiters(env, &s, enif_make_tuple2(env, a->ok, argv[3]));
@@ -451,7 +462,7 @@ ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
                                   enif_make_uint64(env, out.vsn), argv[2], argv[3], argv[4]};
             tell_listener(env, nt, enif_make_tuple_from_array(env, el, 7));
         }
-        return a->stored;
+        return pidstore_after(env, nt, argv[0], a->stored);
     case REGISTRY_STALE: return a->stale;
     case REGISTRY_CONFLICT:
         return enif_make_tuple3(env, a->conflict, (ERL_NIF_TERM)out.word,
@@ -471,7 +482,7 @@ ERL_NIF_TERM nif_remove_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     GET_KEY(kb, k, argv[1]);
     int rc;
     registry_node *node = node_of(env, nt, argv[2], 1, &rc);
-    nplain *mine = node ? plain_new(&k, 0) : NULL;
+    nplain *mine = node ? plain_new(nt, &k) : NULL;
     if (mine == NULL) {
         kbuf_free(&kb);
         registry_node_put(nt->r, node);
@@ -481,9 +492,9 @@ ERL_NIF_TERM nif_remove_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     rc = registry_remove_remote(nt->r, &k, node, vsn, now_ms(), &mine->re, &out);
     kbuf_free(&kb);
     registry_node_put(nt->r, node);
-    if (!out.stored) enif_free(mine);
+    if (!out.stored) plain_discard(nt, &mine->re);
     switch (rc) {
-    case REGISTRY_REMOVED: return a->removed;
+    case REGISTRY_REMOVED: return pidstore_after(env, nt, argv[0], a->removed);
     case REGISTRY_TOMBSTONED: return a->tombstoned;
     case REGISTRY_STALE: return a->stale;
     default: return raise_for(env, rc);

@@ -26,7 +26,7 @@ ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc)
     return enif_make_badarg(env);
 }
 
-ntab *table_of(ErlNifEnv *env, ERL_NIF_TERM t)
+ntab *ntab_of(ErlNifEnv *env, ERL_NIF_TERM t)
 {
     ntab_res *res;
     if (!enif_get_resource(env, t, priv_of(env)->table_rt, (void **)&res) || res->nt == NULL)
@@ -39,6 +39,7 @@ void ntab_unref(ntab *nt)
 {
     if (atomic_fetch_sub(&nt->refs, 1) == 1) {
         enif_rwlock_destroy(nt->life);
+        enif_mutex_destroy(nt->pend_lock);
         enif_free(nt);
     }
 }
@@ -54,36 +55,30 @@ void tell_listener(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM msg)
 
 /* ---- entries and nodes leaving ------------------------------------------------------------ */
 
+size_t entry_size(const registry_entry *e)
+{
+    switch (NE_KIND(e)) {
+    case NE_LOCAL: return sizeof(nlocal) + e->te.klen;
+    case NE_CLAIM: return sizeof(nclaim) + e->te.klen;
+    default: return sizeof(nplain) + e->te.klen;
+    }
+}
+
 void entry_release(void *ctx, registry_entry *e)
 {
-    (void)ctx;
-    switch (e->te.user) {
+    ntab *nt = ctx;
+    atomic_fetch_sub_explicit(&nt->entry_bytes, (long)entry_size(e), memory_order_relaxed);
+    switch (NE_KIND(e)) {
     case NE_LOCAL: enif_release_resource(e); break;
     case NE_CLAIM:
         claim_free_waiters((nclaim *)e);
         enif_free(e);
         break;
     default:
-        if (registry_state_of(e) == REGISTRY_REMOTE) pidstore_drop((nplain *)e);
+        if (registry_state_of(e) == REGISTRY_REMOTE) pidstore_drop(nt, (nplain *)e);
         enif_free(e);
         break;
     }
-}
-
-int node_init(void *ctx, registry_node *n, void *arg)
-{
-    (void)ctx;
-    nnode *p = enif_alloc(sizeof *p);
-    if (p == NULL) return -1;
-    p->atom = *(ERL_NIF_TERM *)arg;
-    n->payload = p;
-    return 0;
-}
-
-void node_fini(void *ctx, registry_node *n)
-{
-    (void)ctx;
-    enif_free(n->payload);
 }
 
 registry_node *node_of(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM a, int create, int *rc)
@@ -113,11 +108,15 @@ ERL_NIF_TERM nif_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
                             .node_fini = node_fini, .alloc = enif_alloc, .free = enif_free,
                             .ctx = nt};
     if ((nt->life = enif_rwlock_create("shoal_life")) == NULL ||
+        (nt->pend_lock = enif_mutex_create("shoal_pending")) == NULL ||
         registry_new(&nt->r, bits, &P->shared->clock, &hooks) != 0) {
         if (nt->life) enif_rwlock_destroy(nt->life);
+        if (nt->pend_lock) enif_mutex_destroy(nt->pend_lock);
         enif_free(nt);
         return raise_for(env, SHOAL_ENOMEM);
     }
+    atomic_init(&nt->npending, 0);
+    atomic_init(&nt->entry_bytes, 0);
     atomic_init(&nt->refs, 1);
     atomic_init(&nt->dead, 0);
     atomic_init(&nt->listener, 0);
@@ -125,6 +124,7 @@ ERL_NIF_TERM nif_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     if (res == NULL) {
         registry_free(nt->r);
         enif_rwlock_destroy(nt->life);
+        enif_mutex_destroy(nt->pend_lock);
         enif_free(nt);
         return raise_for(env, SHOAL_ENOMEM);
     }
@@ -134,12 +134,17 @@ ERL_NIF_TERM nif_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return term;
 }
 
-void table_dtor(ErlNifEnv *env, void *obj)
+void ntab_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;
     ntab *nt = ((ntab_res *)obj)->nt;
     if (nt == NULL) return;
     enif_rwlock_rwlock(nt->life);
+    /* No NIF call can reach the table any more (its handle is gone, and a compaction
+     * holds the handle in its arguments); down callbacks still can, and find r until it
+     * is freed. Dead: the entries leaving now queue no compaction. */
+    atomic_store(&nt->dead, 1);
+    pidstore_forget(nt);
     registry *r = nt->r;
     nt->r = NULL;
     enif_rwlock_rwunlock(nt->life);
@@ -156,6 +161,7 @@ ERL_NIF_TERM nif_delete(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     enif_rwlock_rlock(nt->life);
     if (nt->r != NULL) registry_clear(nt->r);
     enif_rwlock_runlock(nt->life);
+    pidstore_forget(nt);
     return priv_of(env)->a.ok;
 }
 
@@ -305,10 +311,10 @@ ERL_NIF_TERM nif_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     GET_TABLE(nt, argv[0]);
     registry_counts c;
     registry_count(nt->r, &c);
-    /* Entry bytes: the registry's own structures plus an estimate of the entries (their
-     * header and a 16-byte key each; replicas also keep their pid). */
-    size_t bytes = registry_memory(nt->r) + c.entries * (sizeof(nplain) + 16) +
-                   c.local * (sizeof(nlocal) - sizeof(nplain)) + c.remote * 32;
+    /* The registry's structures, the entries, and the replicas' pids (allocator headers
+     * not included). */
+    long eb = atomic_load_explicit(&nt->entry_bytes, memory_order_relaxed);
+    size_t bytes = registry_memory(nt->r) + (eb > 0 ? (size_t)eb : 0) + pidstore_bytes(nt);
     ERL_NIF_TERM keys[8] = {a->entries, a->workers, a->local_workers, a->remote_workers,
                             a->claims, a->tombs, a->nodes, a->table_bytes};
     ERL_NIF_TERM vals[8] = {enif_make_uint64(env, c.entries),

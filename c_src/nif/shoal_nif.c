@@ -15,7 +15,7 @@
 static int open_types(ErlNifEnv *env, nif_priv *P, ErlNifResourceFlags flags)
 {
     ErlNifResourceTypeInit local_init = {.dtor = local_dtor, .stop = NULL, .down = local_down};
-    ErlNifResourceTypeInit table_init = {.dtor = table_dtor};
+    ErlNifResourceTypeInit table_init = {.dtor = ntab_dtor};
     ErlNifResourceTypeInit meter_init = {.dtor = meter_dtor};
     P->table_rt = enif_open_resource_type_x(env, "shoal_table", &table_init, flags, NULL);
     P->local_rt = enif_open_resource_type_x(env, "shoal_entry", &local_init, flags, NULL);
