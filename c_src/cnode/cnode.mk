@@ -4,7 +4,8 @@ SHOAL_CNODE_MK := 1
 CN_DIR     := c_src/cnode
 CN_BUILD   := $(BUILD)/cnode
 CN_LIB_SRC := $(CN_DIR)/md5.c $(CN_DIR)/wire.c $(CN_DIR)/map.c $(CN_DIR)/node.c \
-              $(CN_DIR)/dist.c $(CN_DIR)/proc.c $(CN_DIR)/echo.c
+              $(CN_DIR)/ctrl.c $(CN_DIR)/proc.c $(CN_DIR)/dist.c $(CN_DIR)/cnode.c \
+              $(CN_DIR)/echo.c
 CN_HDR     := $(wildcard $(CN_DIR)/*.h) include/shoal.h c_src/core/keyhash.h
 CN_CFLAGS  := $(CFLAGS_COMMON) -I$(CN_DIR) -I$(EI_DIR)/include
 CN_LIBS    := -L$(EI_DIR)/lib -lei -luv -pthread

@@ -1,6 +1,9 @@
-/* cnode_int.h - internal structures of the C node shared by node.c (loop, sockets,
- * handshake), dist.c (control messages in and out) and proc.c (C processes, links,
- * monitors, calls). Not installed; the public API is include/shoal.h. */
+/* cnode_int.h - internal structures of the C node shared by its layers, bottom up: node.c
+ * (loop, sockets, handshake, framed stream), ctrl.c (control messages out, pid and ref
+ * codecs), proc.c (C processes, links, monitors, calls), dist.c (control messages in) and
+ * cnode.c (the public life cycle, which wires them together). A layer calls only the layers
+ * below it; node.c reaches up through the node's upcalls (cn_upcalls). Not installed; the
+ * public API is include/shoal.h. */
 #ifndef SHOAL_CNODE_INT_H
 #define SHOAL_CNODE_INT_H
 
@@ -16,6 +19,13 @@
 #define CN_SYSTEM_ID 1         /* id of the node's own system pid (no process behind it) */
 
 typedef struct conn conn;
+
+/* What the transport (node.c) calls in the layers above it; cnode.c fills it in. */
+typedef struct cn_upcalls {
+    int (*frame_in)(conn *c, const frame *f);        /* a frame arrived; < 0 closes c */
+    void (*node_down)(shoal_node *n, uint32_t peer); /* the connection to peer is gone */
+    void (*run_queue)(shoal_node *n);                /* deliver queued local messages */
+} cn_upcalls;
 
 enum conn_state {
     C_RESOLVE,       /* initiator: looking up the host */
@@ -142,6 +152,7 @@ struct shoal_timer {
 
 struct shoal_node {
     uv_loop_t *loop;
+    const cn_upcalls *up;    /* the layers above the transport */
     shoal_node_opts opts;
     shoal_node_hooks hooks;
     char *alive, *host, *full_name, *cookie;
@@ -184,7 +195,21 @@ struct shoal_node {
     } name_cache[16];
 };
 
-/* node.c */
+/* Atoms as term bytes (SMALL_ATOM_UTF8_EXT), for reasons the node makes up itself. */
+static const char ATOM_NORMAL[] = {'w', 6, 'n', 'o', 'r', 'm', 'a', 'l'};
+static const char ATOM_NOPROC[] = {'w', 6, 'n', 'o', 'p', 'r', 'o', 'c'};
+static const char ATOM_NOCONN[] = {'w', 12, 'n', 'o', 'c', 'o', 'n',
+                                   'n', 'e', 'c', 't', 'i', 'o', 'n'};
+static const char ATOM_KILLED[] = {'w', 6, 'k', 'i', 'l', 'l', 'e', 'd'};
+static const char ATOM_SHUTDOWN[] = {'w', 8, 's', 'h', 'u', 't', 'd', 'o', 'w', 'n'};
+
+/* node.c: the transport */
+/* Creates the node (not started) whose transport calls up through `up` (not copied: it
+ * must outlive the node). Returns 0, -EINVAL, -ENOMEM; shoal_node_new's contract. */
+int cn_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
+                const cn_upcalls *up, shoal_node **out);
+void cn_node_close(shoal_node *n); /* closes timers, connections, sockets; once */
+void cn_node_free(shoal_node *n);  /* frees what node.c owns */
 void cn_log(shoal_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void cn_debug(shoal_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int cn_intern(shoal_node *n, const char *name, uint32_t *idx);
@@ -199,8 +224,7 @@ void cn_conn_close(conn *c, const char *why);
 void cn_wake(shoal_node *n); /* make sure the run queue gets drained */
 uint64_t cn_now(shoal_node *n);
 
-/* dist.c */
-int dist_handle_frame(conn *c, const frame *f); /* 0, or negative: close the connection */
+/* ctrl.c */
 int dist_enc_pid(shoal_node *n, dbuf *b, const shoal_pid *p);
 int dist_enc_ref(shoal_node *n, dbuf *b, uint64_t refno);
 int dist_enc_atom(dbuf *b, const char *a);
@@ -211,6 +235,10 @@ int dist_dec_our_ref(shoal_node *n, const char *buf, int *idx, uint64_t *refno);
 int dist_send_ctrl(shoal_node *n, uint32_t peer, int op, const shoal_pid *from,
                    const shoal_pid *to, const char *name, uint64_t refno, const char *refbytes,
                    size_t reflen, const char *term, size_t len);
+int dist_is_atom(const char *term, const char *name); /* term (validated) is that atom */
+
+/* dist.c */
+int dist_handle_frame(conn *c, const frame *f); /* 0, or negative: close the connection */
 
 /* proc.c */
 shoal_proc *proc_get(shoal_node *n, const shoal_pid *pid); /* local live process or NULL */

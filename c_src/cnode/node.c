@@ -158,16 +158,17 @@ static char *host_name(int long_names)
     return strdup(h);
 }
 
-int shoal_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
-                   shoal_node **out)
+int cn_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
+                const cn_upcalls *up, shoal_node **out)
 {
-    if (!loop || !opts || !opts->name || !opts->name[0] || !out)
+    if (!loop || !opts || !opts->name || !opts->name[0] || !up || !out)
         return -EINVAL;
     ei_init();
     shoal_node *n = calloc(1, sizeof *n);
     if (!n)
         return -ENOMEM;
     n->loop = loop;
+    n->up = up;
     n->opts = *opts;
     if (hooks)
         n->hooks = *hooks;
@@ -493,7 +494,7 @@ static void close_conn(conn *c, const char *why, int graceful)
         w = next;
     }
     if (owned)
-        proc_node_down(n, c->peer);
+        n->up->node_down(n, c->peer);
     if (owned && was_up && n->hooks.node_down)
         n->hooks.node_down(n, peer, why, n->hooks.arg);
     close_conn_handles(c, graceful);
@@ -730,7 +731,7 @@ static void conn_consume(conn *c)
                 return;
             }
             off += f.size;
-            if (f.kind == FRAME_PASS && dist_handle_frame(c, &f) < 0) {
+            if (f.kind == FRAME_PASS && n->up->frame_in(c, &f) < 0) {
                 if (c->state != C_CLOSING) {
                     cn_log(n, "closing connection to %s: bad control message",
                            n->names[c->peer]);
@@ -1000,7 +1001,7 @@ int shoal_node_start(shoal_node *n)
 static void on_idle(uv_idle_t *h)
 {
     shoal_node *n = h->data;
-    proc_run_queue(n);
+    n->up->run_queue(n);
     /* keep polling without sleeping for a moment after traffic, as BEAM schedulers spin:
      * a reply or the next request then needs no wake-up from epoll_wait */
     if (!n->runq_len && uv_hrtime() - n->last_io_ns > (uint64_t)n->opts.spin_us * 1000) {
@@ -1313,11 +1314,10 @@ void shoal_timer_stop(shoal_timer *t)
 
 /* ---- closing the node ------------------------------------------------------------------- */
 
-void shoal_node_close(shoal_node *n)
+void cn_node_close(shoal_node *n)
 {
-    if (!n || n->closing)
+    if (n->closing)
         return;
-    proc_close_all(n); /* exit signals and DOWNs go out before the sockets close */
     n->closing = 1;
     while (n->timers)
         shoal_timer_stop(n->timers);
@@ -1334,11 +1334,8 @@ void shoal_node_close(shoal_node *n)
     maybe_closed(n);
 }
 
-void shoal_node_free(shoal_node *n)
+void cn_node_free(shoal_node *n)
 {
-    if (!n)
-        return;
-    proc_free_all(n);
     for (uint32_t i = 0; i < n->nnames; i++)
         free(n->names[i]);
     free(n->names);

@@ -10,14 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *dist_normal_atom(size_t *len);
-int dist_is_atom(const char *term, const char *name);
-
-static const char NOPROC[] = {'w', 6, 'n', 'o', 'p', 'r', 'o', 'c'};
-static const char NOCONN[] = {'w', 12, 'n', 'o', 'c', 'o', 'n', 'n', 'e', 'c', 't', 'i', 'o', 'n'};
-static const char KILLED[] = {'w', 6, 'k', 'i', 'l', 'l', 'e', 'd'};
-static const char SHUTDOWN[] = {'w', 8, 's', 'h', 'u', 't', 'd', 'o', 'w', 'n'};
-
 static void finish_exit(shoal_proc *p);
 
 /* ---- pids -------------------------------------------------------------------------------- */
@@ -242,7 +234,7 @@ static void apply_signal(shoal_proc *p, const shoal_pid *from, const char *reaso
     if (link_signal && !remove_link(p, from))
         return;
     if (!link_signal && dist_is_atom(reason, "kill")) {
-        shoal_exit(p, KILLED, sizeof KILLED);
+        shoal_exit(p, ATOM_KILLED, sizeof ATOM_KILLED);
         return;
     }
     if (p->spec.trap_exit) {
@@ -649,12 +641,12 @@ static void om_timeout(uv_timer_t *t)
     int status = om->async_status ? om->async_status : -ETIMEDOUT;
     om_detach(n, om, !om->async_status);
     if (om->kind == OM_CALL)
-        om->cb(n, status, om->async_status ? NOPROC : NULL,
-               om->async_status ? sizeof NOPROC : 0, om->arg);
+        om->cb(n, status, om->async_status ? ATOM_NOPROC : NULL,
+               om->async_status ? sizeof ATOM_NOPROC : 0, om->arg);
     else {
         shoal_proc *owner = imap_get(&n->procs, om->owner);
         if (owner && !owner->exiting)
-            enqueue(owner, SHOAL_MSG_DOWN, 1, &om->target, NOPROC, sizeof NOPROC, NULL,
+            enqueue(owner, SHOAL_MSG_DOWN, 1, &om->target, ATOM_NOPROC, sizeof ATOM_NOPROC, NULL,
                     om->refno, 0);
     }
     om_free(om);
@@ -826,7 +818,7 @@ int shoal_link(shoal_proc *p, const shoal_pid *pid)
         if (!t || t->exiting) {
             /* like Erlang: linking to a dead pid brings an exit signal noproc */
             int rc = add_link(p, pid);
-            return rc ? rc : enqueue(p, LM_SIGNAL, 1, pid, NOPROC, sizeof NOPROC, NULL, 0, 1);
+            return rc ? rc : enqueue(p, LM_SIGNAL, 1, pid, ATOM_NOPROC, sizeof ATOM_NOPROC, NULL, 0, 1);
         }
         int rc = add_link(p, pid);
         return rc ? rc : add_link(t, &self);
@@ -851,10 +843,12 @@ int shoal_exit(shoal_proc *p, const char *reason, size_t len)
 {
     if (!p || p->exiting)
         return -ESRCH;
-    if (!reason)
-        reason = dist_normal_atom(&len);
-    else if (norm_term(&reason, &len))
+    if (!reason) {
+        reason = ATOM_NORMAL;
+        len = sizeof ATOM_NORMAL;
+    } else if (norm_term(&reason, &len)) {
         return -EINVAL;
+    }
     p->exit_reason = malloc(len);
     if (!p->exit_reason)
         return -ENOMEM;
@@ -975,7 +969,7 @@ void proc_node_down(shoal_node *n, uint32_t peer)
             break;
     for (size_t k = 0; k < cnt; k++)
         if (imap_get(&n->mons, ids[k]))
-            outmon_fire(n, ids[k], NOCONN, sizeof NOCONN, -ENOTCONN);
+            outmon_fire(n, ids[k], ATOM_NOCONN, sizeof ATOM_NOCONN, -ENOTCONN);
     /* processes with links or monitors involving that node */
     cnt = 0;
     i = 0;
@@ -1007,7 +1001,7 @@ void proc_node_down(shoal_node *n, uint32_t peer)
             if (j == p->nlinks)
                 break;
             shoal_pid from = p->links[j];
-            apply_signal(p, &from, NOCONN, sizeof NOCONN, 1);
+            apply_signal(p, &from, ATOM_NOCONN, sizeof ATOM_NOCONN, 1);
         }
     }
     free(ids);
@@ -1024,7 +1018,7 @@ void proc_close_all(shoal_node *n)
     for (size_t k = 0; k < cnt; k++) {
         shoal_proc *p = imap_get(&n->procs, ids[k]);
         if (p && !p->exiting)
-            shoal_exit(p, SHUTDOWN, sizeof SHUTDOWN);
+            shoal_exit(p, ATOM_SHUTDOWN, sizeof ATOM_SHUTDOWN);
     }
     free(ids);
     /* the system pid's calls and monitors */
