@@ -27,6 +27,10 @@
 extern "C" {
 #endif
 
+/* The library is built with -fvisibility=hidden and its internal symbols are made local in
+ * the archive: what this header declares is all it exports. */
+#pragma GCC visibility push(default)
+
 typedef struct shoal_node shoal_node;
 typedef struct shoal_proc shoal_proc;
 typedef struct shoal_from shoal_from; /* where a gen_server reply goes: caller pid + tag */
@@ -224,6 +228,8 @@ void shoal_timer_stop(shoal_timer *t);
 
 /* Installs the echo example process (docs/cnode.md) registered as `echo`. */
 int shoal_echo_spawn(shoal_node *n, shoal_proc **out);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

@@ -7,7 +7,7 @@ CN_LIB_SRC := $(CN_DIR)/md5.c $(CN_DIR)/wire.c $(CN_DIR)/map.c $(CN_DIR)/node.c 
               $(CN_DIR)/ctrl.c $(CN_DIR)/proc.c $(CN_DIR)/dist.c $(CN_DIR)/cnode.c \
               $(CN_DIR)/echo.c
 CN_HDR     := $(wildcard $(CN_DIR)/*.h) include/shoal.h c_src/core/keyhash.h
-CN_CFLAGS  := $(CFLAGS_COMMON) -I$(CN_DIR) -I$(EI_DIR)/include
+CN_CFLAGS  := $(CFLAGS_COMMON) -fvisibility=hidden -I$(CN_DIR) -I$(EI_DIR)/include
 CN_LIBS    := -L$(EI_DIR)/lib -lei -luv -pthread
 CN_OBJ     := $(patsubst $(CN_DIR)/%.c,$(CN_BUILD)/%.o,$(CN_LIB_SRC))
 CN_LIB     := priv/libshoal_cnode.a
@@ -15,7 +15,8 @@ CN_BIN     := priv/shoal_cnode
 CN_TEST_SRC := $(wildcard test/c/test_cnode*.c)
 CN_FUZZ_SECS ?= 20
 
-.PHONY: cnode cnode-test cnode-unit cnode-asan cnode-fuzz-smoke cnode-valgrind cnode-bench fuzz
+.PHONY: cnode cnode-test cnode-unit cnode-asan cnode-symbols cnode-fuzz-smoke cnode-valgrind \
+        cnode-bench fuzz
 
 cnode: $(CN_LIB) $(CN_BIN)
 
@@ -23,9 +24,13 @@ $(CN_BUILD)/%.o: $(CN_DIR)/%.c $(CN_HDR)
 	@mkdir -p $(CN_BUILD)
 	$(CC) $(CN_CFLAGS) -c -o $@ $<
 
+# One relocatable object whose hidden (internal, shoal__*) symbols are made local, so an
+# embedder linking the archive sees only the API of include/shoal.h.
 $(CN_LIB): $(CN_OBJ)
 	@mkdir -p priv
-	rm -f $@ && ar rcs $@ $^
+	ld -r -o $(CN_BUILD)/shoal_cnode_lib.o $^
+	objcopy --localize-hidden $(CN_BUILD)/shoal_cnode_lib.o
+	rm -f $@ && ar rcs $@ $(CN_BUILD)/shoal_cnode_lib.o
 
 $(CN_BIN): $(CN_BUILD)/main.o $(CN_LIB)
 	$(CC) -o $@ $^ $(CN_LIBS)
@@ -55,10 +60,21 @@ cnode-fuzz-smoke: $(CN_BUILD)/fuzz_frame
 	$(CN_BUILD)/fuzz_frame -max_total_time=$(CN_FUZZ_SECS) -max_len=4096 \
 	    $(CN_BUILD)/corpus $(CN_DIR)/fuzz_seeds
 
+# The archive defines exactly the functions include/shoal.h declares: no internal name leaks
+# into an embedder's namespace, and no declared function is missing.
+cnode-symbols: $(CN_LIB)
+	@nm -g --defined-only $(CN_LIB) | awk 'NF == 3 {print $$3}' | sort >$(CN_BUILD)/exported.txt
+	@grep -oE '\bshoal_[a-z][a-z0-9_]*\(' include/shoal.h | tr -d '(' | sort -u \
+	    >$(CN_BUILD)/declared.txt
+	@if ! diff -u $(CN_BUILD)/declared.txt $(CN_BUILD)/exported.txt; then \
+	    echo "cnode-symbols: $(CN_LIB) exports other symbols than include/shoal.h declares"; \
+	    exit 1; fi
+	@echo "cnode-symbols: $(CN_LIB) exports the $$(wc -l <$(CN_BUILD)/declared.txt) functions of include/shoal.h, nothing else"
+
 cnode-valgrind: $(CN_BIN)
 	bash test/c/cnode_valgrind.sh
 
-cnode-test: cnode cnode-unit cnode-asan cnode-fuzz-smoke cnode-valgrind
+cnode-test: cnode cnode-symbols cnode-unit cnode-asan cnode-fuzz-smoke cnode-valgrind
 
 fuzz: $(CN_BUILD)/fuzz_frame
 	@mkdir -p $(CN_BUILD)/corpus

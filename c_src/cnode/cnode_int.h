@@ -2,7 +2,7 @@
  * (loop, sockets, handshake, framed stream), ctrl.c (control messages out, pid and ref
  * codecs), proc.c (C processes, links, monitors, calls), dist.c (control messages in) and
  * cnode.c (the public life cycle, which wires them together). A layer calls only the layers
- * below it; node.c reaches up through the node's upcalls (cn_upcalls). Not installed; the
+ * below it; node.c reaches up through the node's upcalls (node_upcalls). Not installed; the
  * public API is include/shoal.h. */
 #ifndef SHOAL_CNODE_INT_H
 #define SHOAL_CNODE_INT_H
@@ -21,11 +21,11 @@
 typedef struct conn conn;
 
 /* What the transport (node.c) calls in the layers above it; cnode.c fills it in. */
-typedef struct cn_upcalls {
+typedef struct node_upcalls {
     int (*frame_in)(conn *c, const frame *f);        /* a frame arrived; < 0 closes c */
     void (*node_down)(shoal_node *n, uint32_t peer); /* the connection to peer is gone */
     void (*run_queue)(shoal_node *n);                /* deliver queued local messages */
-} cn_upcalls;
+} node_upcalls;
 
 enum conn_state {
     C_RESOLVE,       /* initiator: looking up the host */
@@ -152,7 +152,7 @@ struct shoal_timer {
 
 struct shoal_node {
     uv_loop_t *loop;
-    const cn_upcalls *up;    /* the layers above the transport */
+    const node_upcalls *up;    /* the layers above the transport */
     shoal_node_opts opts;
     shoal_node_hooks hooks;
     char *alive, *host, *full_name, *cookie;
@@ -206,60 +206,62 @@ static const char ATOM_SHUTDOWN[] = {'w', 8, 's', 'h', 'u', 't', 'd', 'o', 'w', 
 /* node.c: the transport */
 /* Creates the node (not started) whose transport calls up through `up` (not copied: it
  * must outlive the node). Returns 0, -EINVAL, -ENOMEM; shoal_node_new's contract. */
-int cn_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
-                const cn_upcalls *up, shoal_node **out);
-void cn_node_close(shoal_node *n); /* closes timers, connections, sockets; once */
-void cn_node_free(shoal_node *n);  /* frees what node.c owns */
-void cn_log(shoal_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void cn_debug(shoal_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int cn_intern(shoal_node *n, const char *name, uint32_t *idx);
+int shoal__node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
+                    const node_upcalls *up, shoal_node **out);
+void shoal__node_close(shoal_node *n); /* closes timers, connections, sockets; once */
+void shoal__node_free(shoal_node *n);  /* frees what node.c owns */
+void shoal__log(shoal_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void shoal__debug(shoal_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int shoal__intern(shoal_node *n, const char *name, uint32_t *idx);
 /* Node index of the name bytes s[0..len) if it was recently seen (a small cache in front of
- * cn_intern for the pid decoder); 0 on a hit, -1 on a miss. cn_name_seen fills the cache. */
-int cn_name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx);
-void cn_name_seen(shoal_node *n, uint32_t idx);
-conn *cn_conn_for(shoal_node *n, uint32_t peer, int create); /* up or pending */
-void cn_mark_dirty(conn *c);
-dbuf *cn_outbuf(conn *c); /* where frames for c go now (out or pending) */
-void cn_conn_close(conn *c, const char *why);
-void cn_wake(shoal_node *n); /* make sure the run queue gets drained */
-uint64_t cn_now(shoal_node *n);
+ * shoal__intern for the pid decoder); 0 on a hit, -1 on a miss. shoal__name_seen fills the
+ * cache. */
+int shoal__name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx);
+void shoal__name_seen(shoal_node *n, uint32_t idx);
+conn *shoal__conn_for(shoal_node *n, uint32_t peer, int create); /* up or pending */
+void shoal__conn_dirty(conn *c);
+dbuf *shoal__conn_outbuf(conn *c); /* where frames for c go now (out or pending) */
+void shoal__conn_close(conn *c, const char *why);
+void shoal__wake(shoal_node *n); /* make sure the run queue gets drained */
+uint64_t shoal__now(shoal_node *n);
 
 /* ctrl.c */
-int dist_enc_pid(shoal_node *n, dbuf *b, const shoal_pid *p);
-int dist_enc_ref(shoal_node *n, dbuf *b, uint64_t refno);
-int dist_enc_atom(dbuf *b, const char *a);
-int dist_enc_long(dbuf *b, long v);
-int dist_enc_tuple(dbuf *b, int arity);
-int dist_dec_pid(shoal_node *n, const char *buf, int *idx, shoal_pid *p);
-int dist_dec_our_ref(shoal_node *n, const char *buf, int *idx, uint64_t *refno); /* -ENOENT: not ours */
-int dist_send_ctrl(shoal_node *n, uint32_t peer, int op, const shoal_pid *from,
-                   const shoal_pid *to, const char *name, uint64_t refno, const char *refbytes,
-                   size_t reflen, const char *term, size_t len);
-int dist_is_atom(const char *term, const char *name); /* term (validated) is that atom */
+int shoal__enc_pid(shoal_node *n, dbuf *b, const shoal_pid *p);
+int shoal__enc_ref(shoal_node *n, dbuf *b, uint64_t refno);
+int shoal__enc_atom(dbuf *b, const char *a);
+int shoal__enc_long(dbuf *b, long v);
+int shoal__enc_tuple(dbuf *b, int arity);
+int shoal__dec_pid(shoal_node *n, const char *buf, int *idx, shoal_pid *p);
+/* -ENOENT: a ref, but not one of ours */
+int shoal__dec_our_ref(shoal_node *n, const char *buf, int *idx, uint64_t *refno);
+int shoal__ctrl_send(shoal_node *n, uint32_t peer, int op, const shoal_pid *from,
+                     const shoal_pid *to, const char *name, uint64_t refno, const char *refbytes,
+                     size_t reflen, const char *term, size_t len);
+int shoal__is_atom(const char *term, const char *name); /* term (validated) is that atom */
 
 /* dist.c */
-int dist_handle_frame(conn *c, const frame *f); /* 0, or negative: close the connection */
+int shoal__dist_frame(conn *c, const frame *f); /* 0, or negative: close the connection */
 
 /* proc.c */
-shoal_proc *proc_get(shoal_node *n, const shoal_pid *pid); /* local live process or NULL */
-shoal_pid proc_pid_of(shoal_node *n, uint64_t id);
-void proc_deliver(shoal_node *n, const shoal_pid *to, int has_from, const shoal_pid *from,
-                  const char *term, size_t len); /* a message to a local pid */
-void proc_deliver_named(shoal_node *n, const char *name, size_t namelen,
-                        const shoal_pid *from, const char *term, size_t len);
-void proc_signal(shoal_node *n, const shoal_pid *to, const shoal_pid *from, const char *reason,
-                 size_t len, int link_signal);
-int proc_add_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote);
-void proc_del_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote);
-int proc_add_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher, uint64_t local_ref,
-                   int by_name, const char *ref, size_t reflen);
-void proc_del_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher, const char *ref,
-                    size_t reflen, uint64_t local_ref);
-void outmon_fire(shoal_node *n, uint64_t refno, const char *reason, size_t len, int status);
-int outmon_reply(shoal_node *n, const char *term, size_t len); /* 1 if it was a call reply */
-void proc_node_down(shoal_node *n, uint32_t peer);
-void proc_run_queue(shoal_node *n);
-void proc_close_all(shoal_node *n);
-void proc_free_all(shoal_node *n);
+shoal_proc *shoal__proc_get(shoal_node *n, const shoal_pid *pid); /* local live process or NULL */
+shoal_pid shoal__proc_pid_of(shoal_node *n, uint64_t id);
+void shoal__proc_deliver(shoal_node *n, const shoal_pid *to, int has_from, const shoal_pid *from,
+                         const char *term, size_t len); /* a message to a local pid */
+void shoal__proc_deliver_named(shoal_node *n, const char *name, size_t namelen,
+                               const shoal_pid *from, const char *term, size_t len);
+void shoal__proc_signal(shoal_node *n, const shoal_pid *to, const shoal_pid *from,
+                        const char *reason, size_t len, int link_signal);
+int shoal__proc_add_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote);
+void shoal__proc_del_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote);
+int shoal__proc_add_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher,
+                          uint64_t local_ref, int by_name, const char *ref, size_t reflen);
+void shoal__proc_del_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher, const char *ref,
+                           size_t reflen, uint64_t local_ref);
+void shoal__outmon_fire(shoal_node *n, uint64_t refno, const char *reason, size_t len, int status);
+int shoal__outmon_reply(shoal_node *n, const char *term, size_t len); /* 1 if it was a call reply */
+void shoal__proc_node_down(shoal_node *n, uint32_t peer);
+void shoal__proc_run_queue(shoal_node *n);
+void shoal__proc_close_all(shoal_node *n);
+void shoal__proc_free_all(shoal_node *n);
 
 #endif

@@ -10,9 +10,9 @@
 
 #define ENC_RESERVE 2200 /* one pid, ref or atom with a long UTF-8 node name */
 
-int dist_enc_tuple(dbuf *b, int arity)
+int shoal__enc_tuple(dbuf *b, int arity)
 {
-    if (dbuf_reserve(b, 8))
+    if (shoal__dbuf_reserve(b, 8))
         return -ENOMEM;
     int idx = 0;
     ei_encode_tuple_header(b->data + b->len, &idx, arity);
@@ -20,9 +20,9 @@ int dist_enc_tuple(dbuf *b, int arity)
     return 0;
 }
 
-int dist_enc_long(dbuf *b, long v)
+int shoal__enc_long(dbuf *b, long v)
 {
-    if (dbuf_reserve(b, 16))
+    if (shoal__dbuf_reserve(b, 16))
         return -ENOMEM;
     int idx = 0;
     ei_encode_long(b->data + b->len, &idx, v);
@@ -30,9 +30,9 @@ int dist_enc_long(dbuf *b, long v)
     return 0;
 }
 
-int dist_enc_atom(dbuf *b, const char *a)
+int shoal__enc_atom(dbuf *b, const char *a)
 {
-    if (dbuf_reserve(b, ENC_RESERVE))
+    if (shoal__dbuf_reserve(b, ENC_RESERVE))
         return -ENOMEM;
     int idx = 0;
     if (ei_encode_atom_len_as(b->data + b->len, &idx, a, (int)strlen(a), ERLANG_UTF8,
@@ -42,11 +42,11 @@ int dist_enc_atom(dbuf *b, const char *a)
     return 0;
 }
 
-int dist_enc_pid(shoal_node *n, dbuf *b, const shoal_pid *p)
+int shoal__enc_pid(shoal_node *n, dbuf *b, const shoal_pid *p)
 {
     if (p->node >= n->nnames)
         return -EINVAL;
-    if (dbuf_reserve(b, ENC_RESERVE))
+    if (shoal__dbuf_reserve(b, ENC_RESERVE))
         return -ENOMEM;
     char *d = b->data + b->len;
     const char *node = n->names[p->node];
@@ -59,52 +59,52 @@ int dist_enc_pid(shoal_node *n, dbuf *b, const shoal_pid *p)
         d[i++] = (char)nl;
     } else {
         d[i++] = 'v';
-        put16(d + i, (uint32_t)nl);
+        shoal__put16(d + i, (uint32_t)nl);
         i += 2;
     }
     memcpy(d + i, node, nl);
     i += nl;
-    put32(d + i, p->num);
-    put32(d + i + 4, p->serial);
-    put32(d + i + 8, p->creation);
+    shoal__put32(d + i, p->num);
+    shoal__put32(d + i + 4, p->serial);
+    shoal__put32(d + i + 8, p->creation);
     b->len += i + 12;
     return 0;
 }
 
-int dist_enc_ref(shoal_node *n, dbuf *b, uint64_t refno)
+int shoal__enc_ref(shoal_node *n, dbuf *b, uint64_t refno)
 {
-    if (dbuf_reserve(b, ENC_RESERVE))
+    if (shoal__dbuf_reserve(b, ENC_RESERVE))
         return -ENOMEM;
     char *d = b->data + b->len;
     const char *node = n->full_name;
     size_t nl = strlen(node), i = 0;
     d[i++] = 'Z';
-    put16(d + i, 3);
+    shoal__put16(d + i, 3);
     i += 2;
     d[i++] = 'w';
     d[i++] = (char)nl;
     memcpy(d + i, node, nl);
     i += nl;
-    put32(d + i, n->creation);
-    put32(d + i + 4, (uint32_t)(refno & 0x3ffff));
-    put32(d + i + 8, (uint32_t)(refno >> 18));
-    put32(d + i + 12, n->ref_salt);
+    shoal__put32(d + i, n->creation);
+    shoal__put32(d + i + 4, (uint32_t)(refno & 0x3ffff));
+    shoal__put32(d + i + 8, (uint32_t)(refno >> 18));
+    shoal__put32(d + i + 12, n->ref_salt);
     b->len += i + 16;
     return 0;
 }
 
-int dist_dec_pid(shoal_node *n, const char *buf, int *idx, shoal_pid *p)
+int shoal__dec_pid(shoal_node *n, const char *buf, int *idx, shoal_pid *p)
 {
     if (buf[*idx] == ERL_NEW_PID_EXT) { /* fast path: a node name seen lately, no copies */
         int j = *idx + 1;
         const char *s;
         size_t nl;
         uint32_t ni;
-        if (atom_view(buf, &j, &s, &nl) == 0 && cn_name_lookup(n, s, nl, &ni) == 0) {
+        if (shoal__atom_view(buf, &j, &s, &nl) == 0 && shoal__name_lookup(n, s, nl, &ni) == 0) {
             p->node = ni;
-            p->num = get32(buf + j);
-            p->serial = get32(buf + j + 4);
-            p->creation = get32(buf + j + 8);
+            p->num = shoal__get32(buf + j);
+            p->serial = shoal__get32(buf + j + 4);
+            p->creation = shoal__get32(buf + j + 8);
             *idx = j + 12;
             return 0;
         }
@@ -113,10 +113,10 @@ int dist_dec_pid(shoal_node *n, const char *buf, int *idx, shoal_pid *p)
     if (ei_decode_pid(buf, idx, &ep) < 0)
         return -EINVAL;
     uint32_t ni;
-    int rc = cn_intern(n, ep.node, &ni);
+    int rc = shoal__intern(n, ep.node, &ni);
     if (rc)
         return rc;
-    cn_name_seen(n, ni);
+    shoal__name_seen(n, ni);
     p->node = ni;
     p->num = ep.num;
     p->serial = ep.serial;
@@ -124,7 +124,7 @@ int dist_dec_pid(shoal_node *n, const char *buf, int *idx, shoal_pid *p)
     return 0;
 }
 
-int dist_dec_our_ref(shoal_node *n, const char *buf, int *idx, uint64_t *refno)
+int shoal__dec_our_ref(shoal_node *n, const char *buf, int *idx, uint64_t *refno)
 {
     erlang_ref r;
     if (ei_decode_ref(buf, idx, &r) < 0)
@@ -138,79 +138,79 @@ int dist_dec_our_ref(shoal_node *n, const char *buf, int *idx, uint64_t *refno)
 
 /* Encodes and queues one control message (and payload) to peer. Every argument the op does
  * not use is ignored. Connects on demand. */
-int dist_send_ctrl(shoal_node *n, uint32_t peer, int op, const shoal_pid *from,
-                   const shoal_pid *to, const char *name, uint64_t refno, const char *refbytes,
-                   size_t reflen, const char *term, size_t len)
+int shoal__ctrl_send(shoal_node *n, uint32_t peer, int op, const shoal_pid *from,
+                     const shoal_pid *to, const char *name, uint64_t refno, const char *refbytes,
+                     size_t reflen, const char *term, size_t len)
 {
-    conn *c = cn_conn_for(n, peer, 1);
+    conn *c = shoal__conn_for(n, peer, 1);
     if (!c)
         return -ENOTCONN;
     if (c->state == C_CLOSING)
         return -ENOTCONN;
-    dbuf *b = cn_outbuf(c);
+    dbuf *b = shoal__conn_outbuf(c);
     size_t start = b->len;
-    long mark = frame_begin(b);
+    long mark = shoal__frame_begin(b);
     if (mark < 0)
         return (int)mark;
     int rc = 0;
     switch (op) {
     case OP_SEND: /* {2, '', ToPid} */
-        rc = dist_enc_tuple(b, 3) || dist_enc_long(b, op) || dist_enc_atom(b, "") ||
-             dist_enc_pid(n, b, to);
+        rc = shoal__enc_tuple(b, 3) || shoal__enc_long(b, op) || shoal__enc_atom(b, "") ||
+             shoal__enc_pid(n, b, to);
         break;
     case OP_REG_SEND: /* {6, FromPid, '', ToName} */
-        rc = dist_enc_tuple(b, 4) || dist_enc_long(b, op) || dist_enc_pid(n, b, from) ||
-             dist_enc_atom(b, "") || dist_enc_atom(b, name);
+        rc = shoal__enc_tuple(b, 4) || shoal__enc_long(b, op) || shoal__enc_pid(n, b, from) ||
+             shoal__enc_atom(b, "") || shoal__enc_atom(b, name);
         break;
     case OP_LINK: /* {1, From, To} */
-        rc = dist_enc_tuple(b, 3) || dist_enc_long(b, op) || dist_enc_pid(n, b, from) ||
-             dist_enc_pid(n, b, to);
+        rc = shoal__enc_tuple(b, 3) || shoal__enc_long(b, op) || shoal__enc_pid(n, b, from) ||
+             shoal__enc_pid(n, b, to);
         break;
     case OP_EXIT:  /* {3, From, To, Reason} */
     case OP_EXIT2: /* {8, From, To, Reason} */
-        rc = dist_enc_tuple(b, 4) || dist_enc_long(b, op) || dist_enc_pid(n, b, from) ||
-             dist_enc_pid(n, b, to) || dbuf_append(b, term, len);
+        rc = shoal__enc_tuple(b, 4) || shoal__enc_long(b, op) || shoal__enc_pid(n, b, from) ||
+             shoal__enc_pid(n, b, to) || shoal__dbuf_append(b, term, len);
         term = NULL;
         break;
     case OP_UNLINK_ID_ACK: /* {36, Id, From, To}; refno carries the id */
-        rc = dist_enc_tuple(b, 4) || dist_enc_long(b, op);
-        if (!rc && dbuf_reserve(b, 16) == 0) {
+        rc = shoal__enc_tuple(b, 4) || shoal__enc_long(b, op);
+        if (!rc && shoal__dbuf_reserve(b, 16) == 0) {
             int idx = 0;
             ei_encode_ulonglong(b->data + b->len, &idx, (unsigned long long)refno);
             b->len += (size_t)idx;
         }
-        rc = rc || dist_enc_pid(n, b, from) || dist_enc_pid(n, b, to);
+        rc = rc || shoal__enc_pid(n, b, from) || shoal__enc_pid(n, b, to);
         break;
     case OP_MONITOR_P:   /* {19, FromPid, ToProc, Ref} */
     case OP_DEMONITOR_P: /* {20, FromPid, ToProc, Ref} */
-        rc = dist_enc_tuple(b, 4) || dist_enc_long(b, op) || dist_enc_pid(n, b, from) ||
-             (name ? dist_enc_atom(b, name) : dist_enc_pid(n, b, to)) ||
-             dist_enc_ref(n, b, refno);
+        rc = shoal__enc_tuple(b, 4) || shoal__enc_long(b, op) || shoal__enc_pid(n, b, from) ||
+             (name ? shoal__enc_atom(b, name) : shoal__enc_pid(n, b, to)) ||
+             shoal__enc_ref(n, b, refno);
         break;
     case OP_MONITOR_P_EXIT: /* {21, FromProc, ToPid, Ref, Reason} */
-        rc = dist_enc_tuple(b, 5) || dist_enc_long(b, op) ||
-             (name ? dist_enc_atom(b, name) : dist_enc_pid(n, b, from)) ||
-             dist_enc_pid(n, b, to) || dbuf_append(b, refbytes, reflen) ||
-             dbuf_append(b, term, len);
+        rc = shoal__enc_tuple(b, 5) || shoal__enc_long(b, op) ||
+             (name ? shoal__enc_atom(b, name) : shoal__enc_pid(n, b, from)) ||
+             shoal__enc_pid(n, b, to) || shoal__dbuf_append(b, refbytes, reflen) ||
+             shoal__dbuf_append(b, term, len);
         term = NULL;
         break;
     default:
         rc = -EINVAL;
     }
     if (!rc && term)
-        rc = frame_msg(b, term, len);
+        rc = shoal__frame_msg(b, term, len);
     if (rc) {
         b->len = start;
         return rc < 0 ? rc : -ENOMEM;
     }
-    frame_end(b, mark);
+    shoal__frame_end(b, mark);
     if (c->state == C_UP)
-        cn_mark_dirty(c);
+        shoal__conn_dirty(c);
     return 0;
 }
 
 /* Is term (validated) the atom `name`? */
-int dist_is_atom(const char *term, const char *name)
+int shoal__is_atom(const char *term, const char *name)
 {
     int idx = 0;
     char a[MAXATOMLEN_UTF8];

@@ -1,7 +1,7 @@
 /* node.c - the C node's life on its libuv loop: naming and cookie, the listen socket, the
  * epmd registration (its socket stays open as long as the node lives), outgoing connection
  * setup (resolve, ask epmd for the port, connect), the version 6 distribution handshake in
- * both directions, and after it the framed stream: reads parsed by frame_parse and handed to
+ * both directions, and after it the framed stream: reads parsed by shoal__frame_parse and handed to
  * dist.c, writes coalesced per loop turn, ticks both ways, and closing one connection on any
  * protocol error, a wrong cookie or a peer that stops reading. Nothing here blocks. */
 #include "cnode_int.h"
@@ -25,7 +25,7 @@ static void vlog(shoal_node *n, const char *fmt, va_list ap)
     fprintf(stderr, "shoal_cnode[%s]: %s\n", n && n->full_name ? n->full_name : "-", line);
 }
 
-void cn_log(shoal_node *n, const char *fmt, ...)
+void shoal__log(shoal_node *n, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -33,7 +33,7 @@ void cn_log(shoal_node *n, const char *fmt, ...)
     va_end(ap);
 }
 
-void cn_debug(shoal_node *n, const char *fmt, ...)
+void shoal__debug(shoal_node *n, const char *fmt, ...)
 {
     if (!n->opts.verbose)
         return;
@@ -43,16 +43,16 @@ void cn_debug(shoal_node *n, const char *fmt, ...)
     va_end(ap);
 }
 
-uint64_t cn_now(shoal_node *n)
+uint64_t shoal__now(shoal_node *n)
 {
     return uv_now(n->loop);
 }
 
 /* ---- names ---------------------------------------------------------------------------- */
 
-int cn_intern(shoal_node *n, const char *name, uint32_t *idx)
+int shoal__intern(shoal_node *n, const char *name, uint32_t *idx)
 {
-    void *v = smap_get(&n->name_idx, name);
+    void *v = shoal__smap_get(&n->name_idx, name);
     if (v) {
         *idx = (uint32_t)((uintptr_t)v - 1);
         return 0;
@@ -74,7 +74,7 @@ int cn_intern(shoal_node *n, const char *name, uint32_t *idx)
     char *copy = strdup(name);
     if (!copy)
         return -ENOMEM;
-    if (smap_put(&n->name_idx, name, (void *)(uintptr_t)(n->nnames + 1))) {
+    if (shoal__smap_put(&n->name_idx, name, (void *)(uintptr_t)(n->nnames + 1))) {
         free(copy);
         return -ENOMEM;
     }
@@ -90,7 +90,7 @@ static unsigned name_slot(const char *s, size_t len)
     return (unsigned)(len * 7 + (len ? u[len - 1] + u[len / 2] * 3 : 0)) & 15u;
 }
 
-int cn_name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx)
+int shoal__name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx)
 {
     unsigned k = name_slot(s, len);
     uint32_t i = n->name_cache[k].idx;
@@ -100,7 +100,7 @@ int cn_name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx)
     return 0;
 }
 
-void cn_name_seen(shoal_node *n, uint32_t idx)
+void shoal__name_seen(shoal_node *n, uint32_t idx)
 {
     if (idx >= n->nnames)
         return;
@@ -158,8 +158,8 @@ static char *host_name(int long_names)
     return strdup(h);
 }
 
-int cn_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
-                const cn_upcalls *up, shoal_node **out)
+int shoal__node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
+                    const node_upcalls *up, shoal_node **out)
 {
     if (!loop || !opts || !opts->name || !opts->name[0] || !up || !out)
         return -EINVAL;
@@ -201,7 +201,7 @@ int cn_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_h
         goto fail;
     sprintf(n->full_name, "%s@%s", n->alive, n->host);
     uint32_t idx;
-    if (cn_intern(n, n->full_name, &idx))
+    if (shoal__intern(n, n->full_name, &idx))
         goto fail;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -227,7 +227,7 @@ fail:
         free(n->names[i]);
     free(n->names);
     free(n->by_peer);
-    smap_free(&n->name_idx);
+    shoal__smap_free(&n->name_idx);
     free(n);
     return rc;
 }
@@ -287,15 +287,15 @@ static conn *conn_new(shoal_node *n, int initiator)
         return NULL;
     c->node = n;
     c->initiator = initiator;
-    c->last_rx = c->last_tx = cn_now(n);
-    c->deadline = cn_now(n) + CN_HS_TIMEOUT_MS;
+    c->last_rx = c->last_tx = shoal__now(n);
+    c->deadline = shoal__now(n) + CN_HS_TIMEOUT_MS;
     c->next = n->conns;
     n->conns = c;
     n->open_handles++; /* the conn itself counts until freed */
     return c;
 }
 
-void cn_mark_dirty(conn *c)
+void shoal__conn_dirty(conn *c)
 {
     if (!c->dirty) {
         c->dirty = 1;
@@ -304,7 +304,7 @@ void cn_mark_dirty(conn *c)
     }
 }
 
-dbuf *cn_outbuf(conn *c)
+dbuf *shoal__conn_outbuf(conn *c)
 {
     return c->state == C_UP ? &c->out : &c->pending;
 }
@@ -322,11 +322,11 @@ static void conn_flush(conn *c)
     int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (w >= 0 && (size_t)w == c->out.len) {
         c->out.len = 0;
-        c->last_tx = cn_now(c->node);
+        c->last_tx = shoal__now(c->node);
         return;
     }
     if (w < 0 && w != UV_EAGAIN) {
-        cn_conn_close(c, "write failed");
+        shoal__conn_close(c, "write failed");
         return;
     }
     size_t done = w > 0 ? (size_t)w : 0;
@@ -337,11 +337,11 @@ static void conn_flush(conn *c)
     b = uv_buf_init(c->inflight.data + done, (unsigned)(c->inflight.len - done));
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rc) {
-        cn_conn_close(c, "write failed");
+        shoal__conn_close(c, "write failed");
         return;
     }
     c->writing = 1;
-    c->last_tx = cn_now(c->node);
+    c->last_tx = shoal__now(c->node);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -350,10 +350,10 @@ static void on_write(uv_write_t *req, int status)
     c->writing = 0;
     c->inflight.len = 0;
     if (c->inflight.cap > (4u << 20)) /* give back what a burst took */
-        dbuf_free(&c->inflight);
+        shoal__dbuf_free(&c->inflight);
     if (status < 0) {
         if (c->state != C_CLOSING)
-            cn_conn_close(c, "write error");
+            shoal__conn_close(c, "write error");
         return;
     }
     conn_flush(c);
@@ -370,9 +370,9 @@ static void on_flush(uv_prepare_t *h)
         c->next_dirty = NULL;
         if (c->state != C_CLOSING) {
             if (c->out.len + c->inflight.len > n->opts.max_outq) {
-                cn_log(n, "closing connection to %s: peer is not reading (%zu bytes queued)",
-                       c->peer ? n->names[c->peer] : "?", c->out.len + c->inflight.len);
-                cn_conn_close(c, "peer not reading");
+                shoal__log(n, "closing connection to %s: peer is not reading (%zu bytes queued)",
+                           c->peer ? n->names[c->peer] : "?", c->out.len + c->inflight.len);
+                shoal__conn_close(c, "peer not reading");
             } else {
                 conn_flush(c);
             }
@@ -383,7 +383,7 @@ static void on_flush(uv_prepare_t *h)
 
 static void hs_send(conn *c)
 {
-    cn_mark_dirty(c);
+    shoal__conn_dirty(c);
 }
 
 /* ---- connections: closing ------------------------------------------------------------- */
@@ -397,11 +397,11 @@ static void conn_free(conn *c)
     if (*pp)
         *pp = c->next;
     free(c->rbuf);
-    dbuf_free(&c->out);
-    dbuf_free(&c->inflight);
-    dbuf_free(&c->pending);
-    dbuf_free(&c->ebuf);
-    dbuf_free(&c->ereq);
+    shoal__dbuf_free(&c->out);
+    shoal__dbuf_free(&c->inflight);
+    shoal__dbuf_free(&c->pending);
+    shoal__dbuf_free(&c->ebuf);
+    shoal__dbuf_free(&c->ereq);
     free(c->why);
     free(c);
     n->open_handles--;
@@ -482,7 +482,7 @@ static void close_conn(conn *c, const char *why, int graceful)
         n->by_peer[c->peer] = NULL;
     const char *peer = c->peer ? n->names[c->peer] : "(unknown)";
     if (was_up)
-        cn_debug(n, "connection to %s closed: %s", peer, why);
+        shoal__debug(n, "connection to %s closed: %s", peer, why);
     /* waiters first: they learn the connection failed */
     conn_waiter *w = c->waiters;
     c->waiters = NULL;
@@ -501,7 +501,7 @@ static void close_conn(conn *c, const char *why, int graceful)
     maybe_free_conn(c);
 }
 
-void cn_conn_close(conn *c, const char *why)
+void shoal__conn_close(conn *c, const char *why)
 {
     close_conn(c, why, 0);
 }
@@ -512,13 +512,13 @@ static void conn_up(conn *c)
 {
     shoal_node *n = c->node;
     c->state = C_UP;
-    c->last_rx = c->last_tx = cn_now(n);
-    cn_debug(n, "connected to %s (%s)", n->names[c->peer], c->initiator ? "out" : "in");
+    c->last_rx = c->last_tx = shoal__now(n);
+    shoal__debug(n, "connected to %s (%s)", n->names[c->peer], c->initiator ? "out" : "in");
     if (c->pending.len) {
-        dbuf_append(&c->out, c->pending.data, c->pending.len);
-        dbuf_free(&c->pending);
+        shoal__dbuf_append(&c->out, c->pending.data, c->pending.len);
+        shoal__dbuf_free(&c->pending);
     }
-    cn_mark_dirty(c);
+    shoal__conn_dirty(c);
     if (n->hooks.node_up)
         n->hooks.node_up(n, n->names[c->peer], n->hooks.arg);
     conn_waiter *w = c->waiters;
@@ -547,22 +547,22 @@ static int acceptor_name(conn *c, const char *body, size_t len)
 {
     shoal_node *n = c->node;
     hs_name hn;
-    if (hs_parse_name(body, len, 0, &hn)) {
-        cn_log(n, "handshake: malformed send_name from an unknown peer; closing");
+    if (shoal__hs_parse_name(body, len, 0, &hn)) {
+        shoal__log(n, "handshake: malformed send_name from an unknown peer; closing");
         return -EINVAL;
     }
     if ((hn.flags & WIRE_MANDATORY_25) != WIRE_MANDATORY_25 &&
         !(hn.flags & DFLAG_MANDATORY_25_DIGEST)) {
-        cn_log(n, "handshake: %s lacks mandatory flags; refusing", hn.name);
-        hs_put_status(&c->out, "not_allowed");
+        shoal__log(n, "handshake: %s lacks mandatory flags; refusing", hn.name);
+        shoal__hs_put_status(&c->out, "not_allowed");
         hs_send(c);
         return -EINVAL;
     }
     uint32_t idx;
-    if (cn_intern(n, hn.name, &idx))
+    if (shoal__intern(n, hn.name, &idx))
         return -ENOMEM;
     if (idx == 0) {
-        cn_log(n, "handshake: peer claims our own name; refusing");
+        shoal__log(n, "handshake: peer claims our own name; refusing");
         return -EINVAL;
     }
     c->peer = idx;
@@ -572,34 +572,34 @@ static int acceptor_name(conn *c, const char *body, size_t len)
     if (old && old != c) {
         if (old->state == C_UP) {
             /* the peer restarted before we saw the old connection die */
-            hs_put_status(&c->out, "alive");
+            shoal__hs_put_status(&c->out, "alive");
             hs_send(c);
             c->state = C_A_ALIVE;
             return 0;
         }
         /* simultaneous connect: the larger name wins */
         if (strcmp(n->full_name, hn.name) > 0) {
-            hs_put_status(&c->out, "nok");
+            shoal__hs_put_status(&c->out, "nok");
             hs_send(c);
             return -EAGAIN;
         }
         /* we yield: move what the pending one queued to this connection */
         if (old->pending.len)
-            dbuf_append(&c->pending, old->pending.data, old->pending.len);
+            shoal__dbuf_append(&c->pending, old->pending.data, old->pending.len);
         old->pending.len = 0;
         c->waiters = old->waiters;
         old->waiters = NULL;
         n->by_peer[idx] = NULL;
         old->peer = 0; /* its close must not take the peer down */
-        cn_conn_close(old, "simultaneous connect");
+        shoal__conn_close(old, "simultaneous connect");
         n->by_peer[idx] = c;
-        hs_put_status(&c->out, "ok_simultaneous");
+        shoal__hs_put_status(&c->out, "ok_simultaneous");
     } else {
         n->by_peer[idx] = c;
-        hs_put_status(&c->out, "ok");
+        shoal__hs_put_status(&c->out, "ok");
     }
     c->my_challenge = new_challenge(n);
-    hs_put_challenge(&c->out, WIRE_OUR_FLAGS, c->my_challenge, n->creation, n->full_name);
+    shoal__hs_put_challenge(&c->out, WIRE_OUR_FLAGS, c->my_challenge, n->creation, n->full_name);
     hs_send(c);
     c->state = C_A_REPLY;
     return 0;
@@ -617,11 +617,11 @@ static int hs_message(conn *c, const char *body, size_t len)
         if (len == 5 && memcmp(body, "strue", 5) == 0) {
             conn *old = n->by_peer[c->peer];
             if (old && old != c)
-                cn_conn_close(old, "peer restarted");
+                shoal__conn_close(old, "peer restarted");
             n->by_peer[c->peer] = c;
             c->my_challenge = new_challenge(n);
-            hs_put_challenge(&c->out, WIRE_OUR_FLAGS, c->my_challenge, n->creation,
-                             n->full_name);
+            shoal__hs_put_challenge(&c->out, WIRE_OUR_FLAGS, c->my_challenge, n->creation,
+                                    n->full_name);
             hs_send(c);
             c->state = C_A_REPLY;
             return 0;
@@ -629,16 +629,16 @@ static int hs_message(conn *c, const char *body, size_t len)
         return -EINVAL;
     case C_A_REPLY:
         if (len != 21 || body[0] != 'r') {
-            cn_log(n, "handshake with %s: bad challenge reply; closing", peer);
+            shoal__log(n, "handshake with %s: bad challenge reply; closing", peer);
             return -EINVAL;
         }
-        hs_digest(n->cookie, c->my_challenge, dig);
+        shoal__hs_digest(n->cookie, c->my_challenge, dig);
         if (memcmp(dig, body + 5, 16) != 0) {
-            cn_log(n, "handshake with %s: wrong cookie; connection refused", peer);
+            shoal__log(n, "handshake with %s: wrong cookie; connection refused", peer);
             return -EACCES;
         }
-        hs_digest(n->cookie, get32(body + 1), dig);
-        hs_put_ack(&c->out, dig);
+        shoal__hs_digest(n->cookie, shoal__get32(body + 1), dig);
+        shoal__hs_put_ack(&c->out, dig);
         hs_send(c);
         conn_up(c);
         return 0;
@@ -650,33 +650,33 @@ static int hs_message(conn *c, const char *body, size_t len)
             return 0;
         }
         if (len == 6 && memcmp(body, "salive", 6) == 0) {
-            hs_put_status(&c->out, "true");
+            shoal__hs_put_status(&c->out, "true");
             hs_send(c);
             c->state = C_I_CHALLENGE;
             return 0;
         }
-        cn_log(n, "handshake with %s: refused (%.*s)", peer, (int)(len > 40 ? 40 : len), body);
+        shoal__log(n, "handshake with %s: refused (%.*s)", peer, (int)(len > 40 ? 40 : len), body);
         return -ECONNREFUSED;
     case C_I_CHALLENGE: {
         hs_name hn;
-        if (hs_parse_name(body, len, 1, &hn)) {
-            cn_log(n, "handshake with %s: malformed challenge; closing", peer);
+        if (shoal__hs_parse_name(body, len, 1, &hn)) {
+            shoal__log(n, "handshake with %s: malformed challenge; closing", peer);
             return -EINVAL;
         }
         if (strcmp(hn.name, n->names[c->peer]) != 0) {
-            cn_log(n, "handshake: expected %s, reached %s; closing", peer, hn.name);
+            shoal__log(n, "handshake: expected %s, reached %s; closing", peer, hn.name);
             return -EINVAL;
         }
         if ((hn.flags & WIRE_MANDATORY_25) != WIRE_MANDATORY_25 &&
             !(hn.flags & DFLAG_MANDATORY_25_DIGEST)) {
-            cn_log(n, "handshake: %s lacks mandatory flags; closing", peer);
+            shoal__log(n, "handshake: %s lacks mandatory flags; closing", peer);
             return -EINVAL;
         }
         c->peer_flags = hn.flags;
         c->peer_creation = hn.creation;
         c->my_challenge = new_challenge(n);
-        hs_digest(n->cookie, hn.challenge, dig);
-        hs_put_reply(&c->out, c->my_challenge, dig);
+        shoal__hs_digest(n->cookie, hn.challenge, dig);
+        shoal__hs_put_reply(&c->out, c->my_challenge, dig);
         hs_send(c);
         c->state = C_I_ACK;
         return 0;
@@ -684,9 +684,9 @@ static int hs_message(conn *c, const char *body, size_t len)
     case C_I_ACK:
         if (len != 17 || body[0] != 'a')
             return -EINVAL;
-        hs_digest(n->cookie, c->my_challenge, dig);
+        shoal__hs_digest(n->cookie, c->my_challenge, dig);
         if (memcmp(dig, body + 1, 16) != 0) {
-            cn_log(n, "handshake with %s: wrong cookie (bad ack digest); closing", peer);
+            shoal__log(n, "handshake with %s: wrong cookie (bad ack digest); closing", peer);
             return -EACCES;
         }
         conn_up(c);
@@ -706,7 +706,7 @@ static void conn_consume(conn *c)
         if (c->state == C_UP) {
             frame f;
             size_t need = 0;
-            int rc = frame_parse(p, avail, n->opts.max_frame, &f, &need);
+            int rc = shoal__frame_parse(p, avail, n->opts.max_frame, &f, &need);
             if (rc == 0) {
                 if (need > c->rcap) { /* make room for the whole frame at once */
                     if (off) {
@@ -716,7 +716,7 @@ static void conn_consume(conn *c)
                     }
                     char *nb = realloc(c->rbuf, need);
                     if (!nb) {
-                        cn_conn_close(c, "out of memory");
+                        shoal__conn_close(c, "out of memory");
                         return;
                     }
                     c->rbuf = nb;
@@ -725,30 +725,30 @@ static void conn_consume(conn *c)
                 break;
             }
             if (rc < 0) {
-                cn_log(n, "closing connection to %s: %s frame", n->names[c->peer],
-                       rc == -E2BIG ? "oversized" : "malformed");
-                cn_conn_close(c, "malformed frame");
+                shoal__log(n, "closing connection to %s: %s frame", n->names[c->peer],
+                           rc == -E2BIG ? "oversized" : "malformed");
+                shoal__conn_close(c, "malformed frame");
                 return;
             }
             off += f.size;
             if (f.kind == FRAME_PASS && n->up->frame_in(c, &f) < 0) {
                 if (c->state != C_CLOSING) {
-                    cn_log(n, "closing connection to %s: bad control message",
-                           n->names[c->peer]);
-                    cn_conn_close(c, "bad control message");
+                    shoal__log(n, "closing connection to %s: bad control message",
+                               n->names[c->peer]);
+                    shoal__conn_close(c, "bad control message");
                 }
                 return;
             }
         } else {
             const char *body;
             size_t blen, used;
-            int rc = hs_frame(p, avail, &body, &blen, &used);
+            int rc = shoal__hs_frame(p, avail, &body, &blen, &used);
             if (rc == 0)
                 break;
             if (rc < 0 || hs_message(c, body, blen) < 0) {
                 if (rc < 0)
-                    cn_log(n, "handshake: garbage from %s; closing",
-                           c->peer ? n->names[c->peer] : "an unknown peer");
+                    shoal__log(n, "handshake: garbage from %s; closing",
+                               c->peer ? n->names[c->peer] : "an unknown peer");
                 close_conn(c, "handshake failed", 1);
                 return;
             }
@@ -795,18 +795,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread < 0) {
         if (c->state != C_UP && c->state != C_CLOSING)
-            cn_log(c->node, "handshake with %s: connection closed by peer",
-                   c->peer ? c->node->names[c->peer] : "an unknown peer");
-        cn_conn_close(c, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
+            shoal__log(c->node, "handshake with %s: connection closed by peer",
+                       c->peer ? c->node->names[c->peer] : "an unknown peer");
+        shoal__conn_close(c, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
         return;
     }
     if (nread == 0)
         return;
     c->rlen += (size_t)nread;
-    c->last_rx = cn_now(c->node);
+    c->last_rx = shoal__now(c->node);
     if (c->node->opts.spin_us) {
         c->node->last_io_ns = uv_hrtime();
-        cn_wake(c->node);
+        shoal__wake(c->node);
     }
     conn_consume(c);
     /* answer now: everything this read produced (replies, acks, for any connection) goes
@@ -830,7 +830,7 @@ static void on_connection(uv_stream_t *server, int status)
     c->state = C_A_NAME;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
-        cn_conn_close(c, "accept failed");
+        shoal__conn_close(c, "accept failed");
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
@@ -848,7 +848,7 @@ static void epmd_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)hint;
     shoal_node *n = h->data;
-    if (dbuf_reserve(&n->epmd_buf, 64)) {
+    if (shoal__dbuf_reserve(&n->epmd_buf, 64)) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
@@ -861,8 +861,8 @@ static void epmd_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     shoal_node *n = s->data;
     if (nread < 0) {
         if (!n->closing) {
-            cn_log(n, "epmd closed our registration socket (%s)",
-                   nread == UV_EOF ? "eof" : uv_strerror((int)nread));
+            shoal__log(n, "epmd closed our registration socket (%s)",
+                       nread == UV_EOF ? "eof" : uv_strerror((int)nread));
             if (!n->epmd_registered)
                 started(n, -ECONNRESET);
         }
@@ -874,18 +874,18 @@ static void epmd_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     int result = 0;
     uint32_t creation = 0;
-    int rc = epmd_parse_alive2(n->epmd_buf.data, n->epmd_buf.len, &result, &creation);
+    int rc = shoal__epmd_parse_alive2(n->epmd_buf.data, n->epmd_buf.len, &result, &creation);
     if (rc == 0)
         return;
     if (rc < 0 || result != 0) {
-        cn_log(n, "epmd refused the name %s (result %d)", n->alive, rc < 0 ? -1 : result);
+        shoal__log(n, "epmd refused the name %s (result %d)", n->alive, rc < 0 ? -1 : result);
         started(n, -EADDRINUSE);
         close_node_handle(n, (uv_handle_t *)&n->epmd);
         return;
     }
     n->epmd_registered = 1;
     n->epmd_buf.len = 0;
-    cn_debug(n, "registered with epmd on port %d", n->port);
+    shoal__debug(n, "registered with epmd on port %d", n->port);
     started(n, 0);
 }
 
@@ -893,7 +893,7 @@ static void epmd_written(uv_write_t *req, int status)
 {
     shoal_node *n = req->data;
     if (status < 0 && !n->closing) {
-        cn_log(n, "epmd: write failed");
+        shoal__log(n, "epmd: write failed");
         started(n, status);
     }
 }
@@ -904,12 +904,12 @@ static void epmd_connected(uv_connect_t *req, int status)
     if (n->closing)
         return;
     if (status < 0) {
-        cn_log(n, "cannot reach epmd on 127.0.0.1:4369 (%s)", uv_strerror(status));
+        shoal__log(n, "cannot reach epmd on 127.0.0.1:4369 (%s)", uv_strerror(status));
         started(n, status);
         return;
     }
-    dbuf_free(&n->epmd_req);
-    if (epmd_put_alive2(&n->epmd_req, n->port, 1, n->alive)) {
+    shoal__dbuf_free(&n->epmd_req);
+    if (shoal__epmd_put_alive2(&n->epmd_req, n->port, 1, n->alive)) {
         started(n, -EINVAL);
         return;
     }
@@ -924,27 +924,27 @@ static void epmd_connected(uv_connect_t *req, int status)
 static void on_tick(uv_timer_t *t)
 {
     shoal_node *n = t->data;
-    uint64_t now = cn_now(n), tick = n->opts.tick_ms;
+    uint64_t now = shoal__now(n), tick = n->opts.tick_ms;
     for (conn *c = n->conns; c; c = c->next) {
         if (c->state == C_CLOSING)
             continue;
         if (c->state != C_UP) {
             if (now >= c->deadline) {
-                cn_log(n, "handshake with %s timed out; closing",
-                       c->peer ? n->names[c->peer] : "an unknown peer");
-                cn_conn_close(c, "handshake timeout");
+                shoal__log(n, "handshake with %s timed out; closing",
+                           c->peer ? n->names[c->peer] : "an unknown peer");
+                shoal__conn_close(c, "handshake timeout");
             }
             continue;
         }
         if (now - c->last_rx > 4 * tick + tick / 2) {
-            cn_log(n, "connection to %s: no traffic for %llu ms (net_tick_timeout); closing",
-                   n->names[c->peer], (unsigned long long)(now - c->last_rx));
-            cn_conn_close(c, "net_tick_timeout");
+            shoal__log(n, "connection to %s: no traffic for %llu ms (net_tick_timeout); closing",
+                       n->names[c->peer], (unsigned long long)(now - c->last_rx));
+            shoal__conn_close(c, "net_tick_timeout");
             continue;
         }
         if (now - c->last_tx >= tick && c->out.len == 0 && !c->writing) {
-            frame_tick(&c->out);
-            cn_mark_dirty(c);
+            shoal__frame_tick(&c->out);
+            shoal__conn_dirty(c);
         }
     }
 }
@@ -973,7 +973,7 @@ int shoal_node_start(shoal_node *n)
     uv_ip4_addr("0.0.0.0", n->opts.port, &addr);
     if ((rc = uv_tcp_bind(&n->listener, (const struct sockaddr *)&addr, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&n->listener, 128, on_connection)) != 0) {
-        cn_log(n, "cannot listen: %s", uv_strerror(rc));
+        shoal__log(n, "cannot listen: %s", uv_strerror(rc));
         return rc;
     }
     struct sockaddr_storage ss;
@@ -990,7 +990,7 @@ int shoal_node_start(shoal_node *n)
     n->epmd_creq.data = n;
     rc = uv_tcp_connect(&n->epmd_creq, &n->epmd, (const struct sockaddr *)&ea, epmd_connected);
     if (rc) {
-        cn_log(n, "cannot connect to epmd: %s", uv_strerror(rc));
+        shoal__log(n, "cannot connect to epmd: %s", uv_strerror(rc));
         return rc;
     }
     return 0;
@@ -1010,7 +1010,7 @@ static void on_idle(uv_idle_t *h)
     }
 }
 
-void cn_wake(shoal_node *n)
+void shoal__wake(shoal_node *n)
 {
     if (!n->idle_on && n->listening && !uv_is_closing((uv_handle_t *)&n->idle)) {
         uv_idle_start(&n->idle, on_idle);
@@ -1026,17 +1026,17 @@ static void on_connected(uv_connect_t *req, int status)
     if (c->state == C_CLOSING)
         return;
     if (status < 0) {
-        cn_log(c->node, "cannot connect to %s: %s", c->node->names[c->peer],
-               uv_strerror(status));
-        cn_conn_close(c, "connect failed");
+        shoal__log(c->node, "cannot connect to %s: %s", c->node->names[c->peer],
+                   uv_strerror(status));
+        shoal__conn_close(c, "connect failed");
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
     c->state = C_I_STATUS;
-    hs_put_name(&c->out, WIRE_OUR_FLAGS, c->node->creation, c->node->full_name);
+    shoal__hs_put_name(&c->out, WIRE_OUR_FLAGS, c->node->creation, c->node->full_name);
     hs_send(c);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
-        cn_conn_close(c, "read failed");
+        shoal__conn_close(c, "read failed");
 }
 
 static void dist_connect(conn *c, int port)
@@ -1053,8 +1053,8 @@ static void dist_connect(conn *c, int port)
     c->creq.data = c;
     int rc = uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&c->addr, on_connected);
     if (rc) {
-        cn_log(n, "cannot connect to %s: %s", n->names[c->peer], uv_strerror(rc));
-        cn_conn_close(c, "connect failed");
+        shoal__log(n, "cannot connect to %s: %s", n->names[c->peer], uv_strerror(rc));
+        shoal__conn_close(c, "connect failed");
     }
 }
 
@@ -1062,7 +1062,7 @@ static void epq_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)hint;
     conn *c = h->data;
-    if (dbuf_reserve(&c->ebuf, 256)) {
+    if (shoal__dbuf_reserve(&c->ebuf, 256)) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
@@ -1078,13 +1078,13 @@ static void epq_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread > 0)
         c->ebuf.len += (size_t)nread;
     int port = 0;
-    int rc = epmd_parse_port2(c->ebuf.data, c->ebuf.len, &port);
+    int rc = shoal__epmd_parse_port2(c->ebuf.data, c->ebuf.len, &port);
     if (rc == 0 && nread >= 0)
         return;
     uv_close((uv_handle_t *)&c->epmd, on_conn_epmd_closed);
     if (rc <= 0 || port < 0) {
-        cn_log(c->node, "epmd on the host of %s does not know it", c->node->names[c->peer]);
-        cn_conn_close(c, "not registered in epmd");
+        shoal__log(c->node, "epmd on the host of %s does not know it", c->node->names[c->peer]);
+        shoal__conn_close(c, "not registered in epmd");
         return;
     }
     dist_connect(c, port);
@@ -1094,7 +1094,7 @@ static void epq_written(uv_write_t *req, int status)
 {
     conn *c = req->data;
     if (status < 0 && c->state == C_EPMD)
-        cn_conn_close(c, "epmd write failed");
+        shoal__conn_close(c, "epmd write failed");
 }
 
 static void epq_connected(uv_connect_t *req, int status)
@@ -1103,9 +1103,9 @@ static void epq_connected(uv_connect_t *req, int status)
     if (c->state != C_EPMD)
         return;
     if (status < 0) {
-        cn_log(c->node, "cannot reach epmd for %s: %s", c->node->names[c->peer],
-               uv_strerror(status));
-        cn_conn_close(c, "epmd unreachable");
+        shoal__log(c->node, "cannot reach epmd for %s: %s", c->node->names[c->peer],
+                   uv_strerror(status));
+        shoal__conn_close(c, "epmd unreachable");
         return;
     }
     const char *name = c->node->names[c->peer];
@@ -1113,8 +1113,8 @@ static void epq_connected(uv_connect_t *req, int status)
     size_t an = (size_t)(strchr(name, '@') - name);
     memcpy(alive, name, an);
     alive[an] = 0;
-    dbuf_free(&c->ereq);
-    epmd_put_port_please(&c->ereq, alive);
+    shoal__dbuf_free(&c->ereq);
+    shoal__epmd_put_port_please(&c->ereq, alive);
     uv_buf_t b = uv_buf_init(c->ereq.data, (unsigned)c->ereq.len);
     c->ewreq.data = c;
     uv_write(&c->ewreq, (uv_stream_t *)&c->epmd, &b, 1, epq_written);
@@ -1132,11 +1132,11 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     if (status < 0 || !res) {
-        cn_log(c->node, "cannot resolve the host of %s: %s", c->node->names[c->peer],
-               uv_strerror(status));
+        shoal__log(c->node, "cannot resolve the host of %s: %s", c->node->names[c->peer],
+                   uv_strerror(status));
         if (res)
             uv_freeaddrinfo(res);
-        cn_conn_close(c, "cannot resolve host");
+        shoal__conn_close(c, "cannot resolve host");
         return;
     }
     memcpy(&c->addr, res->ai_addr, res->ai_addrlen);
@@ -1152,10 +1152,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     c->epmd_open = 1;
     c->ecreq.data = c;
     if (uv_tcp_connect(&c->ecreq, &c->epmd, (struct sockaddr *)&ea, epq_connected) != 0)
-        cn_conn_close(c, "epmd connect failed");
+        shoal__conn_close(c, "epmd connect failed");
 }
 
-conn *cn_conn_for(shoal_node *n, uint32_t peer, int create)
+conn *shoal__conn_for(shoal_node *n, uint32_t peer, int create)
 {
     if (peer == 0 || peer >= n->nnames)
         return NULL;
@@ -1179,7 +1179,7 @@ conn *cn_conn_for(shoal_node *n, uint32_t peer, int create)
     c->gai_active = 1;
     if (uv_getaddrinfo(n->loop, &c->gai, on_resolved, at + 1, NULL, &hints) != 0) {
         c->gai_active = 0;
-        cn_conn_close(c, "cannot resolve host");
+        shoal__conn_close(c, "cannot resolve host");
         return NULL;
     }
     return c;
@@ -1211,12 +1211,12 @@ int shoal_connect(shoal_node *n, const char *node_name,
     if (!n || !node_name || !strchr(node_name, '@'))
         return -EINVAL;
     uint32_t peer;
-    int rc = cn_intern(n, node_name, &peer);
+    int rc = shoal__intern(n, node_name, &peer);
     if (rc)
         return rc;
     if (peer == 0)
         return -EINVAL;
-    conn *c = cn_conn_for(n, peer, 1);
+    conn *c = shoal__conn_for(n, peer, 1);
     if (!c)
         return -ENOTCONN;
     if (!cb)
@@ -1314,7 +1314,7 @@ void shoal_timer_stop(shoal_timer *t)
 
 /* ---- closing the node ------------------------------------------------------------------- */
 
-void cn_node_close(shoal_node *n)
+void shoal__node_close(shoal_node *n)
 {
     if (n->closing)
         return;
@@ -1334,19 +1334,19 @@ void cn_node_close(shoal_node *n)
     maybe_closed(n);
 }
 
-void cn_node_free(shoal_node *n)
+void shoal__node_free(shoal_node *n)
 {
     for (uint32_t i = 0; i < n->nnames; i++)
         free(n->names[i]);
     free(n->names);
     free(n->by_peer);
-    smap_free(&n->name_idx);
-    smap_free(&n->regnames);
-    imap_free(&n->procs);
-    imap_free(&n->mons);
-    dbuf_free(&n->epmd_buf);
-    dbuf_free(&n->epmd_req);
-    dbuf_free(&n->scratch);
+    shoal__smap_free(&n->name_idx);
+    shoal__smap_free(&n->regnames);
+    shoal__imap_free(&n->procs);
+    shoal__imap_free(&n->mons);
+    shoal__dbuf_free(&n->epmd_buf);
+    shoal__dbuf_free(&n->epmd_req);
+    shoal__dbuf_free(&n->scratch);
     free(n->scratch_from);
     free(n->alive);
     free(n->host);
