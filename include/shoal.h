@@ -92,16 +92,28 @@ typedef struct shoal_node_hooks {
     void *arg;
 } shoal_node_hooks;
 
+/* Bounds of shoal_node_opts.max_frame. One message (control tuple + term) must fit in one
+ * frame: the node does not take fragmented messages. The maximum is what the frame's 32-bit
+ * length can say. */
+#define SHOAL_MAX_FRAME_DEFAULT ((size_t)32 << 20) /* 32 MiB */
+#define SHOAL_MAX_FRAME_MIN ((size_t)4096)
+#define SHOAL_MAX_FRAME_MAX ((size_t)UINT32_MAX)
+
 typedef struct shoal_node_opts {
     const char *name;   /* "alive" or "alive@host" (required) */
     int long_names;     /* 0: short host names (-sname), 1: fully qualified (-name) */
     const char *cookie; /* NULL: read ~/.erlang.cookie */
     int port;           /* listen port; 0 picks a free one */
     uint32_t creation;  /* 0: derived from the clock, so every start differs */
-    size_t max_frame;   /* largest frame accepted; 0 = 128 MiB */
+    size_t max_frame;   /* largest frame accepted from a peer, in bytes after the length
+                           prefix; a bigger one closes that connection. 0 = the default
+                           (SHOAL_MAX_FRAME_DEFAULT), else SHOAL_MAX_FRAME_MIN..._MAX */
     size_t max_outq;    /* bytes queued to a peer before it counts as not reading; 0 = 64 MiB */
     unsigned tick_ms;   /* tick interval (net_ticktime / 4); 0 = 15000 */
     int verbose;        /* 1: log connection events, not only errors */
+    unsigned hs_log_burst;     /* failed handshakes logged in full per period; the rest are
+                                  counted and summed up in one line per period; 0 = 10 */
+    unsigned hs_log_period_ms; /* that period in ms; 0 = 60000 */
     int spin_us;        /* busy-poll this long after traffic before sleeping (as BEAM
                            schedulers do); 0 or negative = never spin (the default: on a
                            shared 2-core host spinning cost CPU without a latency gain,
@@ -110,7 +122,8 @@ typedef struct shoal_node_opts {
 
 /* Creates a node on `loop` (not started). opts->name required; the cookie is copied, or read
  * from ~/.erlang.cookie when opts->cookie is NULL. Stores the node in *out (caller frees it
- * with shoal_node_free after closing). Returns 0, -EINVAL (bad name, no cookie), -ENOMEM. */
+ * with shoal_node_free after closing). Returns 0, -EINVAL (bad name, no cookie, max_frame out
+ * of bounds), -ENOMEM. */
 int shoal_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
                    shoal_node **out);
 

@@ -3,7 +3,8 @@ SHOAL_CNODE_MK := 1
 
 CN_DIR     := c_src/cnode
 CN_BUILD   := $(BUILD)/cnode
-CN_LIB_SRC := $(CN_DIR)/md5.c $(CN_DIR)/wire.c $(CN_DIR)/map.c $(CN_DIR)/node.c \
+CN_LIB_SRC := $(CN_DIR)/md5.c $(CN_DIR)/wire.c $(CN_DIR)/map.c $(CN_DIR)/ratelog.c \
+              $(CN_DIR)/node.c \
               $(CN_DIR)/ctrl.c $(CN_DIR)/proc.c $(CN_DIR)/dist.c $(CN_DIR)/cnode.c \
               $(CN_DIR)/echo.c
 CN_HDR     := $(wildcard $(CN_DIR)/*.h) include/shoal.h c_src/core/keyhash.h
@@ -13,6 +14,7 @@ CN_OBJ     := $(patsubst $(CN_DIR)/%.c,$(CN_BUILD)/%.o,$(CN_LIB_SRC))
 CN_LIB     := priv/libshoal_cnode.a
 CN_BIN     := priv/shoal_cnode
 CN_TEST_SRC := $(wildcard test/c/test_cnode*.c)
+CN_TEST_HDR := $(wildcard test/c/test_cnode*.h)
 CN_FUZZ_SECS ?= 20
 
 .PHONY: cnode cnode-test cnode-unit cnode-asan cnode-symbols cnode-fuzz-smoke cnode-valgrind \
@@ -35,11 +37,11 @@ $(CN_LIB): $(CN_OBJ)
 $(CN_BIN): $(CN_BUILD)/main.o $(CN_LIB)
 	$(CC) -o $@ $^ $(CN_LIBS)
 
-$(CN_BUILD)/test_cnode: $(CN_TEST_SRC) $(CN_LIB_SRC) $(CN_HDR)
+$(CN_BUILD)/test_cnode: $(CN_TEST_SRC) $(CN_TEST_HDR) $(CN_LIB_SRC) $(CN_HDR)
 	@mkdir -p $(CN_BUILD)
 	$(CC) $(CN_CFLAGS) -o $@ $(CN_TEST_SRC) $(CN_LIB_SRC) -lcunit $(CN_LIBS)
 
-$(CN_BUILD)/test_cnode_asan: $(CN_TEST_SRC) $(CN_LIB_SRC) $(CN_HDR)
+$(CN_BUILD)/test_cnode_asan: $(CN_TEST_SRC) $(CN_TEST_HDR) $(CN_LIB_SRC) $(CN_HDR)
 	@mkdir -p $(CN_BUILD)
 	$(CC) $(CN_CFLAGS) $(SAN) -o $@ $(CN_TEST_SRC) $(CN_LIB_SRC) -lcunit $(CN_LIBS)
 

@@ -9,6 +9,7 @@
 
 #include "shoal.h"
 #include "map.h"
+#include "ratelog.h"
 #include "wire.h"
 
 #include <stdarg.h>
@@ -74,6 +75,7 @@ struct conn {
     uv_getaddrinfo_t gai;
     int gai_active;
     struct sockaddr_storage addr;
+    char addr_str[64];       /* "ip:port" of the peer once known, for log lines */
     uv_tcp_t epmd;
     int epmd_open;
     uv_connect_t creq, ecreq;
@@ -188,6 +190,8 @@ struct shoal_node {
     shoal_timer *timers;
     int closing, closed_cb_done;
     int open_handles;
+    ratelog hs_log;           /* failed handshakes: how many get a log line */
+    char hs_last[400];        /* the last failed handshake: peer, kind (for the summary) */
     shoal_from *scratch_from; /* reply_to of the call being delivered */
     dbuf scratch;             /* reused by shoal_reply to build {Tag, Reply} */
     struct {                  /* recently decoded node names of pids: bytes -> index */

@@ -14,7 +14,6 @@
 #include <unistd.h>
 #include <netdb.h>
 
-#define DEFAULT_MAX_FRAME (128u << 20)
 #define DEFAULT_MAX_OUTQ (64u << 20)
 #define READ_CHUNK 65536
 
@@ -22,6 +21,9 @@ static void vlog(shoal_node *n, const char *fmt, va_list ap)
 {
     char line[1024];
     vsnprintf(line, sizeof line, fmt, ap);
+    for (char *p = line; *p; p++) /* peers choose names and statuses: one line stays one */
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     fprintf(stderr, "shoal_cnode[%s]: %s\n", n && n->full_name ? n->full_name : "-", line);
 }
 
@@ -46,6 +48,63 @@ void shoal__debug(shoal_node *n, const char *fmt, ...)
 uint64_t shoal__now(shoal_node *n)
 {
     return uv_now(n->loop);
+}
+
+/* ---- handshake failures: logged at a bounded rate ------------------------------------ */
+
+/* What a failed handshake is counted as in the summary line. */
+enum { HSF_COOKIE, HSF_MALFORMED, HSF_REFUSED, HSF_TIMEOUT, HSF_CLOSED, HSF_KINDS };
+static const char *const hsf_names[HSF_KINDS] = {"wrong cookie", "malformed", "refused",
+                                                 "timed out", "closed by the peer"};
+
+/* Who c talks to, for a log line: node name and address, as far as they are known. */
+static const char *peer_desc(const conn *c, char *buf, size_t size)
+{
+    const char *name = c->peer ? c->node->names[c->peer] : NULL;
+    if (name && c->addr_str[0])
+        snprintf(buf, size, "%s (%s)", name, c->addr_str);
+    else
+        snprintf(buf, size, "%s", name ? name : c->addr_str[0] ? c->addr_str : "an unknown peer");
+    return buf;
+}
+
+/* Logs the summary of the handshake failures not logged in full, when one is due. */
+static void hs_summary(shoal_node *n, uint64_t now)
+{
+    ratelog_sum s;
+    if (!shoal__ratelog_summary(&n->hs_log, now, &s))
+        return;
+    char kinds[256];
+    size_t k = 0;
+    kinds[0] = 0;
+    for (unsigned i = 0; i < HSF_KINDS && k < sizeof kinds; i++)
+        if (s.kinds[i]) {
+            int w = snprintf(kinds + k, sizeof kinds - k, "%s%s %llu", k ? ", " : "",
+                             hsf_names[i], (unsigned long long)s.kinds[i]);
+            k += w > 0 ? (size_t)w : 0;
+        }
+    shoal__log(n, "handshake failures: %llu more not logged in the last %llu s (%s); the last: %s",
+               (unsigned long long)s.total, (unsigned long long)(s.span + 999) / 1000, kinds,
+               n->hs_last);
+}
+
+/* A handshake with c failed: logs it in full while the rate allows, else only counts it. */
+static void hs_fail(conn *c, unsigned kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void hs_fail(conn *c, unsigned kind, const char *fmt, ...)
+{
+    shoal_node *n = c->node;
+    uint64_t now = shoal__now(n);
+    char who[320], what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    peer_desc(c, who, sizeof who);
+    hs_summary(n, now);
+    snprintf(n->hs_last, sizeof n->hs_last, "%s, %s", who, hsf_names[kind]);
+    if (shoal__ratelog_hit(&n->hs_log, now, kind))
+        shoal__log(n, "handshake with %s failed: %s", who, what);
 }
 
 /* ---- names ---------------------------------------------------------------------------- */
@@ -163,6 +222,9 @@ int shoal__node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_no
 {
     if (!loop || !opts || !opts->name || !opts->name[0] || !up || !out)
         return -EINVAL;
+    if (opts->max_frame &&
+        (opts->max_frame < SHOAL_MAX_FRAME_MIN || opts->max_frame > SHOAL_MAX_FRAME_MAX))
+        return -EINVAL;
     ei_init();
     shoal_node *n = calloc(1, sizeof *n);
     if (!n)
@@ -173,11 +235,16 @@ int shoal__node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_no
     if (hooks)
         n->hooks = *hooks;
     if (!n->opts.max_frame)
-        n->opts.max_frame = DEFAULT_MAX_FRAME;
+        n->opts.max_frame = SHOAL_MAX_FRAME_DEFAULT;
     if (!n->opts.max_outq)
         n->opts.max_outq = DEFAULT_MAX_OUTQ;
     if (!n->opts.tick_ms)
         n->opts.tick_ms = 15000;
+    if (!n->opts.hs_log_burst)
+        n->opts.hs_log_burst = 10;
+    if (!n->opts.hs_log_period_ms)
+        n->opts.hs_log_period_ms = 60000;
+    shoal__ratelog_init(&n->hs_log, n->opts.hs_log_burst, n->opts.hs_log_period_ms, uv_now(loop));
     if (n->opts.spin_us < 0)
         n->opts.spin_us = 0; /* 0: never spin */
     n->opts.name = NULL;
@@ -548,12 +615,12 @@ static int acceptor_name(conn *c, const char *body, size_t len)
     shoal_node *n = c->node;
     hs_name hn;
     if (shoal__hs_parse_name(body, len, 0, &hn)) {
-        shoal__log(n, "handshake: malformed send_name from an unknown peer; closing");
+        hs_fail(c, HSF_MALFORMED, "malformed send_name; closing");
         return -EINVAL;
     }
     if ((hn.flags & WIRE_MANDATORY_25) != WIRE_MANDATORY_25 &&
         !(hn.flags & DFLAG_MANDATORY_25_DIGEST)) {
-        shoal__log(n, "handshake: %s lacks mandatory flags; refusing", hn.name);
+        hs_fail(c, HSF_REFUSED, "%s lacks mandatory flags; refused", hn.name);
         shoal__hs_put_status(&c->out, "not_allowed");
         hs_send(c);
         return -EINVAL;
@@ -562,7 +629,7 @@ static int acceptor_name(conn *c, const char *body, size_t len)
     if (shoal__intern(n, hn.name, &idx))
         return -ENOMEM;
     if (idx == 0) {
-        shoal__log(n, "handshake: peer claims our own name; refusing");
+        hs_fail(c, HSF_REFUSED, "the peer claims our own name; refused");
         return -EINVAL;
     }
     c->peer = idx;
@@ -608,7 +675,6 @@ static int acceptor_name(conn *c, const char *body, size_t len)
 static int hs_message(conn *c, const char *body, size_t len)
 {
     shoal_node *n = c->node;
-    const char *peer = c->peer ? n->names[c->peer] : "(unknown)";
     unsigned char dig[16];
     switch (c->state) {
     case C_A_NAME:
@@ -626,15 +692,17 @@ static int hs_message(conn *c, const char *body, size_t len)
             c->state = C_A_REPLY;
             return 0;
         }
+        if (!(len == 6 && memcmp(body, "sfalse", 6) == 0)) /* false: the peer keeps the old one */
+            hs_fail(c, HSF_MALFORMED, "bad answer to our status alive; closing");
         return -EINVAL;
     case C_A_REPLY:
         if (len != 21 || body[0] != 'r') {
-            shoal__log(n, "handshake with %s: bad challenge reply; closing", peer);
+            hs_fail(c, HSF_MALFORMED, "bad challenge reply; closing");
             return -EINVAL;
         }
         shoal__hs_digest(n->cookie, c->my_challenge, dig);
         if (memcmp(dig, body + 5, 16) != 0) {
-            shoal__log(n, "handshake with %s: wrong cookie; connection refused", peer);
+            hs_fail(c, HSF_COOKIE, "wrong cookie; connection refused");
             return -EACCES;
         }
         shoal__hs_digest(n->cookie, shoal__get32(body + 1), dig);
@@ -655,21 +723,21 @@ static int hs_message(conn *c, const char *body, size_t len)
             c->state = C_I_CHALLENGE;
             return 0;
         }
-        shoal__log(n, "handshake with %s: refused (%.*s)", peer, (int)(len > 40 ? 40 : len), body);
+        hs_fail(c, HSF_REFUSED, "refused (%.*s)", (int)(len > 40 ? 40 : len), body);
         return -ECONNREFUSED;
     case C_I_CHALLENGE: {
         hs_name hn;
         if (shoal__hs_parse_name(body, len, 1, &hn)) {
-            shoal__log(n, "handshake with %s: malformed challenge; closing", peer);
+            hs_fail(c, HSF_MALFORMED, "malformed challenge; closing");
             return -EINVAL;
         }
         if (strcmp(hn.name, n->names[c->peer]) != 0) {
-            shoal__log(n, "handshake: expected %s, reached %s; closing", peer, hn.name);
+            hs_fail(c, HSF_REFUSED, "reached %s instead; closing", hn.name);
             return -EINVAL;
         }
         if ((hn.flags & WIRE_MANDATORY_25) != WIRE_MANDATORY_25 &&
             !(hn.flags & DFLAG_MANDATORY_25_DIGEST)) {
-            shoal__log(n, "handshake: %s lacks mandatory flags; closing", peer);
+            hs_fail(c, HSF_REFUSED, "the peer lacks mandatory flags; closing");
             return -EINVAL;
         }
         c->peer_flags = hn.flags;
@@ -682,11 +750,13 @@ static int hs_message(conn *c, const char *body, size_t len)
         return 0;
     }
     case C_I_ACK:
-        if (len != 17 || body[0] != 'a')
+        if (len != 17 || body[0] != 'a') {
+            hs_fail(c, HSF_MALFORMED, "malformed challenge ack; closing");
             return -EINVAL;
+        }
         shoal__hs_digest(n->cookie, c->my_challenge, dig);
         if (memcmp(dig, body + 1, 16) != 0) {
-            shoal__log(n, "handshake with %s: wrong cookie (bad ack digest); closing", peer);
+            hs_fail(c, HSF_COOKIE, "wrong cookie (bad ack digest); closing");
             return -EACCES;
         }
         conn_up(c);
@@ -724,9 +794,16 @@ static void conn_consume(conn *c)
                 }
                 break;
             }
+            if (rc == -E2BIG) {
+                shoal__log(n,
+                           "closing connection to %s: a frame of %zu bytes is over the limit "
+                           "of %zu bytes (-max_frame)",
+                           n->names[c->peer], need, n->opts.max_frame);
+                shoal__conn_close(c, "frame over max_frame");
+                return;
+            }
             if (rc < 0) {
-                shoal__log(n, "closing connection to %s: %s frame", n->names[c->peer],
-                           rc == -E2BIG ? "oversized" : "malformed");
+                shoal__log(n, "closing connection to %s: malformed frame", n->names[c->peer]);
                 shoal__conn_close(c, "malformed frame");
                 return;
             }
@@ -747,8 +824,7 @@ static void conn_consume(conn *c)
                 break;
             if (rc < 0 || hs_message(c, body, blen) < 0) {
                 if (rc < 0)
-                    shoal__log(n, "handshake: garbage from %s; closing",
-                               c->peer ? n->names[c->peer] : "an unknown peer");
+                    hs_fail(c, HSF_MALFORMED, "garbage; closing");
                 close_conn(c, "handshake failed", 1);
                 return;
             }
@@ -794,9 +870,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->state == C_CLOSING)
         return;
     if (nread < 0) {
-        if (c->state != C_UP && c->state != C_CLOSING)
-            shoal__log(c->node, "handshake with %s: connection closed by peer",
-                       c->peer ? c->node->names[c->peer] : "an unknown peer");
+        if (c->state == C_I_ACK) /* the peer did not like our digest: a cookie mismatch */
+            hs_fail(c, HSF_CLOSED, "closed by the peer after our challenge reply (wrong cookie?)");
+        else if (c->state != C_UP)
+            hs_fail(c, HSF_CLOSED, "connection closed by the peer");
         shoal__conn_close(c, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
         return;
     }
@@ -816,6 +893,23 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- accepting -------------------------------------------------------------------------- */
 
+/* "ip:port" of a socket address, for log lines. */
+static void addr_text(const struct sockaddr_storage *ss, char *buf, size_t size)
+{
+    char ip[64] = "?";
+    int port = 0;
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        uv_ip6_name(a, ip, sizeof ip);
+        port = ntohs(a->sin6_port);
+    } else if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        uv_ip4_name(a, ip, sizeof ip);
+        port = ntohs(a->sin_port);
+    }
+    snprintf(buf, size, "%s:%d", ip, port);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     shoal_node *n = server->data;
@@ -833,6 +927,10 @@ static void on_connection(uv_stream_t *server, int status)
         shoal__conn_close(c, "accept failed");
         return;
     }
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0)
+        addr_text(&ss, c->addr_str, sizeof c->addr_str);
     uv_tcp_nodelay(&c->tcp, 1);
 }
 
@@ -925,13 +1023,13 @@ static void on_tick(uv_timer_t *t)
 {
     shoal_node *n = t->data;
     uint64_t now = shoal__now(n), tick = n->opts.tick_ms;
+    hs_summary(n, now);
     for (conn *c = n->conns; c; c = c->next) {
         if (c->state == C_CLOSING)
             continue;
         if (c->state != C_UP) {
             if (now >= c->deadline) {
-                shoal__log(n, "handshake with %s timed out; closing",
-                           c->peer ? n->names[c->peer] : "an unknown peer");
+                hs_fail(c, HSF_TIMEOUT, "no answer within %d ms; closing", CN_HS_TIMEOUT_MS);
                 shoal__conn_close(c, "handshake timeout");
             }
             continue;
@@ -1047,6 +1145,7 @@ static void dist_connect(conn *c, int port)
         ((struct sockaddr_in6 *)&c->addr)->sin6_port = htons((uint16_t)port);
     else
         ((struct sockaddr_in *)&c->addr)->sin_port = htons((uint16_t)port);
+    addr_text(&c->addr, c->addr_str, sizeof c->addr_str);
     uv_tcp_init(n->loop, &c->tcp);
     c->tcp.data = c;
     c->tcp_open = 1;

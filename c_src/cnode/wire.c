@@ -308,8 +308,10 @@ int shoal__frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, 
         return 0;
     }
     size_t flen = shoal__get32(buf);
-    if (flen > max_frame)
+    if (flen > max_frame) {
+        *need = flen;
         return -E2BIG;
+    }
     if (len - 4 < flen) {
         *need = 4 + flen;
         return 0;

@@ -98,8 +98,9 @@ typedef struct frame {
 
 /* Parses the frame at buf[0..len). Returns 1 with *f filled when a whole frame is there;
  * 0 when more bytes are needed (*need = bytes the whole frame takes, or 4 when even the
- * length is incomplete); -E2BIG for a frame over max_frame; -EINVAL when malformed (not a
- * pass-through frame, bad or trailing terms, control not a tuple). */
+ * length is incomplete); -E2BIG for a frame whose length (after the prefix) is over max_frame,
+ * with that length in *need; -EINVAL when malformed (not a pass-through frame, bad or
+ * trailing terms, control not a tuple). */
 int shoal__frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, size_t *need);
 
 /* Appends a tick (4 zero bytes). */

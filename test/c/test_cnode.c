@@ -5,6 +5,7 @@
 #include "wire.h"
 #include "md5.h"
 #include "map.h"
+#include "test_cnode.h"
 
 #include <CUnit/Basic.h>
 #include <ei.h>
@@ -218,6 +219,17 @@ static void test_frame_hostile(void)
     /* oversized */
     const char big[] = {0x7f, (char)0xff, (char)0xff, (char)0xff};
     CU_ASSERT_EQUAL(shoal__frame_parse(big, 4, 1 << 20, &f, &need), -E2BIG);
+    CU_ASSERT_EQUAL(need, 0x7fffffff); /* the declared length, for the log line */
+    /* the limit is inclusive: a frame of exactly max_frame bytes is taken */
+    dbuf lim = {0};
+    build_frame(&lim);
+    size_t flen = lim.len - 4;
+    CU_ASSERT_EQUAL(shoal__frame_parse(lim.data, lim.len, flen, &f, &need), 1);
+    CU_ASSERT_EQUAL(shoal__frame_parse(lim.data, lim.len, flen - 1, &f, &need), -E2BIG);
+    CU_ASSERT_EQUAL(need, flen);
+    /* over the limit is known from the length prefix alone, before the body arrives */
+    CU_ASSERT_EQUAL(shoal__frame_parse(lim.data, 4, flen - 1, &f, &need), -E2BIG);
+    shoal__dbuf_free(&lim);
     /* not 'p' */
     const char notp[] = {0, 0, 0, 4, 'q', (char)131, 'h', 0};
     CU_ASSERT_EQUAL(shoal__frame_parse(notp, sizeof notp, 1 << 20, &f, &need), -EINVAL);
@@ -414,6 +426,10 @@ int main(void)
     CU_add_test(s, "epmd messages", test_epmd_messages);
     CU_add_test(s, "hash maps", test_maps);
     CU_add_test(s, "shoal__atom_view", test_atom_view);
+    if (test_cnode_register_ratelog() != CUE_SUCCESS) {
+        CU_cleanup_registry();
+        return 2;
+    }
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_tests_failed() + CU_get_number_of_failures();
