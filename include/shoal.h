@@ -89,6 +89,9 @@ typedef struct shoal_node_hooks {
     void (*node_down)(shoal_node *n, const char *peer, const char *why, void *arg);
     void (*started)(shoal_node *n, int status, void *arg); /* epmd registration done/failed */
     void (*closed)(shoal_node *n, void *arg);              /* shoal_node_close finished */
+    /* Every log line of the node (one line, no newline, valid only during the call) goes
+     * here instead of to stderr when set. */
+    void (*log)(shoal_node *n, const char *line, void *arg);
     void *arg;
 } shoal_node_hooks;
 

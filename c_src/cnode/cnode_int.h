@@ -83,6 +83,7 @@ struct conn {
     dbuf ereq;               /* epmd request */
     dbuf ebuf;               /* epmd answer */
     char *why;               /* reason for the close, for node_down */
+    dbuf *sink;              /* test connections: writes go here; no socket */
 };
 
 typedef struct lmsg { /* a message queued for a local process */
@@ -190,6 +191,7 @@ struct shoal_node {
     shoal_timer *timers;
     int closing, closed_cb_done;
     int open_handles;
+    uint32_t test_challenge;  /* test entry: the challenge we send (0: random) */
     ratelog hs_log;           /* failed handshakes: how many get a log line */
     char hs_last[400];        /* the last failed handshake: peer, kind (for the summary) */
     shoal_from *scratch_from; /* reply_to of the call being delivered */
@@ -228,6 +230,24 @@ dbuf *shoal__conn_outbuf(conn *c); /* where frames for c go now (out or pending)
 void shoal__conn_close(conn *c, const char *why);
 void shoal__wake(shoal_node *n); /* make sure the run queue gets drained */
 uint64_t shoal__now(shoal_node *n);
+
+/* node.c, test entry: connections without a socket, so unit tests and fuzzers can drive the
+ * connection state machine with bytes. Only on a node that was created but not started. */
+enum { SHOAL__TEST_ACCEPT = 1, SHOAL__TEST_INITIATE, SHOAL__TEST_UP };
+/* Opens a connection whose writes are appended to *sink (which must outlive it): ACCEPT waits
+ * for the peer's send_name; INITIATE to `peer` ("alive@host") has sent its own send_name;
+ * UP is connected to `peer` already. Returns 0, -EINVAL, -EEXIST (peer taken), -ENOMEM. The
+ * connection's memory stays valid until shoal__conn_test_release, even once it is closed. */
+int shoal__conn_test_open(shoal_node *n, int role, const char *peer, dbuf *sink, conn **out);
+/* Processes buf as if read from the socket, then flushes every connection's output.
+ * Returns 0, or -ECONNRESET once c is closed (then the bytes are ignored), -ENOMEM. */
+int shoal__conn_test_feed(conn *c, const char *buf, size_t len);
+/* What a loop turn does: runs the local run queue, the periodic tick as if at loop time
+ * tick_now (0: no tick), and flushes output. */
+void shoal__node_test_turn(shoal_node *n, uint64_t tick_now);
+int shoal__conn_test_state(const conn *c); /* 1 up, 0 in the handshake, -1 closed */
+/* Closes c (if it is not) and frees it. Call before shoal_node_close. */
+void shoal__conn_test_release(conn *c);
 
 /* ctrl.c */
 int shoal__enc_pid(shoal_node *n, dbuf *b, const shoal_pid *p);

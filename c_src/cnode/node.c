@@ -24,6 +24,10 @@ static void vlog(shoal_node *n, const char *fmt, va_list ap)
     for (char *p = line; *p; p++) /* peers choose names and statuses: one line stays one */
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
             *p = '?';
+    if (n && n->hooks.log) {
+        n->hooks.log(n, line, n->hooks.arg);
+        return;
+    }
     fprintf(stderr, "shoal_cnode[%s]: %s\n", n && n->full_name ? n->full_name : "-", line);
 }
 
@@ -380,6 +384,11 @@ static void on_write(uv_write_t *req, int status);
 
 static void conn_flush(conn *c)
 {
+    if (c->sink && c->out.len && c->state != C_CLOSING) { /* a test connection */
+        if (shoal__dbuf_append(c->sink, c->out.data, c->out.len) == 0)
+            c->out.len = 0;
+        return;
+    }
     if (c->writing || c->out.len == 0 || c->state == C_CLOSING || !c->tcp_open)
         return;
     if (c->state < C_I_STATUS) /* not connected yet */
@@ -426,9 +435,8 @@ static void on_write(uv_write_t *req, int status)
     conn_flush(c);
 }
 
-static void on_flush(uv_prepare_t *h)
+static void flush_dirty(shoal_node *n)
 {
-    shoal_node *n = h->data;
     conn *c = n->dirty;
     n->dirty = NULL;
     while (c) {
@@ -446,6 +454,11 @@ static void on_flush(uv_prepare_t *h)
         }
         c = next;
     }
+}
+
+static void on_flush(uv_prepare_t *h)
+{
+    flush_dirty(h->data);
 }
 
 static void hs_send(conn *c)
@@ -478,7 +491,7 @@ static void conn_free(conn *c)
 static void maybe_free_conn(conn *c)
 {
     if (c->state == C_CLOSING && !c->tcp_open && !c->epmd_open && !c->gai_active &&
-        !c->writing)
+        !c->writing && !c->sink)
         conn_free(c);
 }
 
@@ -508,6 +521,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 static void close_conn_handles(conn *c, int graceful)
 {
+    if (graceful && c->sink && c->out.len) /* a test connection: what a socket would send */
+        shoal__dbuf_append(c->sink, c->out.data, c->out.len);
     if (c->tcp_open && !uv_is_closing((uv_handle_t *)&c->tcp)) {
         uv_shutdown_t *sr = graceful ? malloc(sizeof *sr) : NULL;
         if (sr) {
@@ -603,6 +618,8 @@ static void conn_up(conn *c)
 
 static uint32_t new_challenge(shoal_node *n)
 {
+    if (n->test_challenge)
+        return n->test_challenge;
     uint32_t v = 0;
     if (uv_random(NULL, NULL, &v, sizeof v, 0, NULL) != 0)
         v = (uint32_t)uv_hrtime() ^ n->ref_salt;
@@ -888,7 +905,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn_consume(c);
     /* answer now: everything this read produced (replies, acks, for any connection) goes
      * out in one write per connection before the loop polls again */
-    on_flush(&c->node->flush);
+    flush_dirty(c->node);
 }
 
 /* ---- accepting -------------------------------------------------------------------------- */
@@ -1019,10 +1036,9 @@ static void epmd_connected(uv_connect_t *req, int status)
 
 /* ---- ticks and handshake timeouts --------------------------------------------------------- */
 
-static void on_tick(uv_timer_t *t)
+static void tick_at(shoal_node *n, uint64_t now)
 {
-    shoal_node *n = t->data;
-    uint64_t now = shoal__now(n), tick = n->opts.tick_ms;
+    uint64_t tick = n->opts.tick_ms;
     hs_summary(n, now);
     for (conn *c = n->conns; c; c = c->next) {
         if (c->state == C_CLOSING)
@@ -1045,6 +1061,12 @@ static void on_tick(uv_timer_t *t)
             shoal__conn_dirty(c);
         }
     }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    shoal_node *n = t->data;
+    tick_at(n, shoal__now(n));
 }
 
 int shoal_node_start(shoal_node *n)
@@ -1420,7 +1442,7 @@ void shoal__node_close(shoal_node *n)
     n->closing = 1;
     while (n->timers)
         shoal_timer_stop(n->timers);
-    on_flush(&n->flush);
+    flush_dirty(n);
     for (conn *c = n->conns; c; c = c->next)
         close_conn(c, "node shutting down", 1);
     if (n->listening) {
@@ -1452,4 +1474,85 @@ void shoal__node_free(shoal_node *n)
     free(n->cookie);
     free(n->full_name);
     free(n);
+}
+
+/* ---- test entry: connections without a socket ------------------------------------------ */
+
+int shoal__conn_test_open(shoal_node *n, int role, const char *peer, dbuf *sink, conn **out)
+{
+    uint32_t idx = 0;
+    if (!n || !sink || !out || n->listening || n->closing || role < SHOAL__TEST_ACCEPT ||
+        role > SHOAL__TEST_UP)
+        return -EINVAL;
+    if (role != SHOAL__TEST_ACCEPT) {
+        int rc = peer ? shoal__intern(n, peer, &idx) : -EINVAL;
+        if (rc)
+            return rc;
+        if (idx == 0 || n->by_peer[idx])
+            return -EEXIST;
+    }
+    conn *c = conn_new(n, role == SHOAL__TEST_INITIATE);
+    if (!c)
+        return -ENOMEM;
+    c->sink = sink;
+    snprintf(c->addr_str, sizeof c->addr_str, "test:%p", (void *)c);
+    if (role == SHOAL__TEST_ACCEPT) {
+        c->state = C_A_NAME;
+    } else {
+        c->peer = idx;
+        n->by_peer[idx] = c;
+        if (role == SHOAL__TEST_INITIATE) { /* as on_connected: our send_name is out */
+            c->state = C_I_STATUS;
+            shoal__hs_put_name(&c->out, WIRE_OUR_FLAGS, n->creation, n->full_name);
+            shoal__conn_dirty(c);
+        } else {
+            c->peer_flags = WIRE_OUR_FLAGS;
+            conn_up(c);
+        }
+    }
+    flush_dirty(n);
+    *out = c;
+    return 0;
+}
+
+int shoal__conn_test_feed(conn *c, const char *buf, size_t len)
+{
+    if (c->state == C_CLOSING)
+        return -ECONNRESET;
+    if (len) {
+        if (c->rcap - c->rlen < len) {
+            char *nb = realloc(c->rbuf, c->rlen + len);
+            if (!nb)
+                return -ENOMEM;
+            c->rbuf = nb;
+            c->rcap = c->rlen + len;
+        }
+        memcpy(c->rbuf + c->rlen, buf, len);
+        c->rlen += len;
+        c->last_rx = shoal__now(c->node);
+        conn_consume(c);
+    }
+    flush_dirty(c->node);
+    return c->state == C_CLOSING ? -ECONNRESET : 0;
+}
+
+void shoal__node_test_turn(shoal_node *n, uint64_t tick_now)
+{
+    n->up->run_queue(n);
+    if (tick_now)
+        tick_at(n, tick_now);
+    flush_dirty(n);
+}
+
+int shoal__conn_test_state(const conn *c)
+{
+    return c->state == C_CLOSING ? -1 : c->state == C_UP ? 1 : 0;
+}
+
+void shoal__conn_test_release(conn *c)
+{
+    if (c->state != C_CLOSING)
+        shoal__conn_close(c, "test done");
+    c->sink = NULL;
+    maybe_free_conn(c);
 }

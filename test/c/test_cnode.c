@@ -426,7 +426,7 @@ int main(void)
     CU_add_test(s, "epmd messages", test_epmd_messages);
     CU_add_test(s, "hash maps", test_maps);
     CU_add_test(s, "shoal__atom_view", test_atom_view);
-    if (test_cnode_register_ratelog() != CUE_SUCCESS) {
+    if (test_cnode_register_ratelog() != CUE_SUCCESS || test_cnode_register_conn() != CUE_SUCCESS) {
         CU_cleanup_registry();
         return 2;
     }

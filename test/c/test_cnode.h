@@ -7,5 +7,6 @@
 
 /* Each returns CUE_SUCCESS or the CUnit error that stopped the registration. */
 CU_ErrorCode test_cnode_register_ratelog(void);
+CU_ErrorCode test_cnode_register_conn(void);
 
 #endif
