@@ -232,6 +232,12 @@ int shoal_encode_pid(shoal_node *n, ei_x_buff *x, const shoal_pid *pid);
 /* Decodes a pid at buf+*index (advancing it). Returns 0, -EINVAL (not a pid), -E2BIG (node
  * name table full). */
 int shoal_decode_pid(shoal_node *n, const char *buf, int *index, shoal_pid *pid);
+/* Decodes a destination at buf+*index (advancing it): a pid, a registered name (an atom,
+ * this node) or {Name, Node}. Names are copied into name and node (MAXATOMLEN_UTF8 bytes
+ * each, NUL-terminated), which *d then points to. Returns 0, -EINVAL (none of these),
+ * -E2BIG (node name table full). */
+int shoal_decode_dest(shoal_node *n, const char *buf, int *index, shoal_dest *d, char *name,
+                      char *node);
 /* 1 when a and b are the same pid. */
 int shoal_pid_eq(const shoal_pid *a, const shoal_pid *b);
 

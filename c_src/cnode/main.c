@@ -135,30 +135,6 @@ static void worker_terminate(shoal_proc *self, const char *reason, size_t len)
 
 /* ---- shoal_ctl ----------------------------------------------------------------------------- */
 
-/* Decodes a destination: pid | Name | {Name, Node}. name/node buffers hold the strings. */
-static int decode_dest(shoal_node *n, const char *b, int *idx, shoal_dest *d, char *name,
-                       char *node)
-{
-    int type, size, arity;
-    memset(d, 0, sizeof *d);
-    ei_get_type(b, idx, &type, &size);
-    if (type == ERL_NEW_PID_EXT || type == ERL_PID_EXT)
-        return shoal_decode_pid(n, b, idx, &d->pid);
-    if (type == ERL_SMALL_TUPLE_EXT) {
-        if (ei_decode_tuple_header(b, idx, &arity) || arity != 2 ||
-            ei_decode_atom_as(b, idx, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL) ||
-            ei_decode_atom_as(b, idx, node, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
-            return -EINVAL;
-        d->name = name;
-        d->node = node;
-        return 0;
-    }
-    if (ei_decode_atom_as(b, idx, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
-        return -EINVAL;
-    d->name = name;
-    return 0;
-}
-
 static void reply_atom(shoal_node *n, const shoal_from *f, const char *a)
 {
     ei_x_buff x;
@@ -219,7 +195,7 @@ static shoal_proc *local_proc(shoal_node *n, const char *b, int *idx)
 {
     shoal_dest d;
     char name[MAXATOMLEN_UTF8], node[MAXATOMLEN_UTF8];
-    if (decode_dest(n, b, idx, &d, name, node))
+    if (shoal_decode_dest(n, b, idx, &d, name, node))
         return NULL;
     if (d.name)
         return shoal_whereis(n, d.name);
@@ -307,7 +283,7 @@ static int ctl_handle(shoal_proc *self, const shoal_msg *m)
         shoal_dest d;
         char name[MAXATOMLEN_UTF8], node[MAXATOMLEN_UTF8];
         uint64_t id;
-        if (!p || decode_dest(n, b, &idx, &d, name, node) || shoal_monitor(p, &d, &id))
+        if (!p || shoal_decode_dest(n, b, &idx, &d, name, node) || shoal_monitor(p, &d, &id))
             reply_error(n, m->reply_to, NULL, 0, "badarg");
         else
             reply_atom(n, m->reply_to, "ok");
@@ -315,7 +291,7 @@ static int ctl_handle(shoal_proc *self, const shoal_msg *m)
         /* {send, Dest, Msg} */
         shoal_dest d;
         char name[MAXATOMLEN_UTF8], node[MAXATOMLEN_UTF8];
-        if (decode_dest(n, b, &idx, &d, name, node)) {
+        if (shoal_decode_dest(n, b, &idx, &d, name, node)) {
             reply_atom(n, m->reply_to, "badarg");
             return 0;
         }
@@ -328,7 +304,7 @@ static int ctl_handle(shoal_proc *self, const shoal_msg *m)
         shoal_dest d;
         char name[MAXATOMLEN_UTF8], node[MAXATOMLEN_UTF8];
         long tmo;
-        if (decode_dest(n, b, &idx, &d, name, node)) {
+        if (shoal_decode_dest(n, b, &idx, &d, name, node)) {
             reply_atom(n, m->reply_to, "badarg");
             return 0;
         }

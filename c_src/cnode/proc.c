@@ -81,6 +81,34 @@ int shoal_decode_pid(shoal_node *n, const char *buf, int *index, shoal_pid *pid)
     return shoal__dec_pid(n, buf, index, pid);
 }
 
+int shoal_decode_dest(shoal_node *n, const char *buf, int *index, shoal_dest *d, char *name,
+                      char *node)
+{
+    int type, size, arity;
+    if (!n || !buf || !index || !d || !name || !node)
+        return -EINVAL;
+    memset(d, 0, sizeof *d);
+    if (ei_get_type(buf, index, &type, &size) < 0)
+        return -EINVAL;
+    if (type == ERL_NEW_PID_EXT || type == ERL_PID_EXT)
+        return shoal__dec_pid(n, buf, index, &d->pid);
+    if (type == ERL_SMALL_TUPLE_EXT) {
+        int i = *index;
+        if (ei_decode_tuple_header(buf, &i, &arity) || arity != 2 ||
+            ei_decode_atom_as(buf, &i, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL) ||
+            ei_decode_atom_as(buf, &i, node, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
+            return -EINVAL;
+        *index = i;
+        d->name = name;
+        d->node = node;
+        return 0;
+    }
+    if (ei_decode_atom_as(buf, index, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
+        return -EINVAL;
+    d->name = name;
+    return 0;
+}
+
 /* Accepts term bytes with or without the version byte; checks they hold exactly one term. */
 static int norm_term(const char **term, size_t *len)
 {

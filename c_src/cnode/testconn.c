@@ -24,31 +24,6 @@ static int atom_eq(const char *buf, int *idx, const char *want)
     return 1;
 }
 
-/* pid | Name | {Name, Node} */
-static int decode_dest(shoal_node *n, const char *b, int *idx, shoal_dest *d, char *name,
-                       char *node)
-{
-    int type, size, arity;
-    memset(d, 0, sizeof *d);
-    if (ei_get_type(b, idx, &type, &size) < 0)
-        return -EINVAL;
-    if (type == ERL_NEW_PID_EXT || type == ERL_PID_EXT)
-        return shoal_decode_pid(n, b, idx, &d->pid);
-    if (type == ERL_SMALL_TUPLE_EXT) {
-        if (ei_decode_tuple_header(b, idx, &arity) || arity != 2 ||
-            ei_decode_atom_as(b, idx, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL) ||
-            ei_decode_atom_as(b, idx, node, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
-            return -EINVAL;
-        d->name = name;
-        d->node = node;
-        return 0;
-    }
-    if (ei_decode_atom_as(b, idx, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
-        return -EINVAL;
-    d->name = name;
-    return 0;
-}
-
 static void call_done(shoal_node *n, int status, const char *term, size_t len, void *arg)
 {
     (void)n, (void)status, (void)term, (void)len, (void)arg;
@@ -103,7 +78,7 @@ static int fz_do(shoal_proc *self, fz_state *st, const char *b, size_t len)
             shoal_link(self, &p);
     } else if (atom_eq(b, &idx, "monitor")) {
         uint64_t id;
-        if (decode_dest(n, b, &idx, &d, name, node) == 0)
+        if (shoal_decode_dest(n, b, &idx, &d, name, node) == 0)
             shoal_monitor(self, &d, &id);
     } else if (atom_eq(b, &idx, "demonitor")) {
         unsigned long long id;
@@ -111,7 +86,7 @@ static int fz_do(shoal_proc *self, fz_state *st, const char *b, size_t len)
             shoal_demonitor(self, id);
     } else if (atom_eq(b, &idx, "call") && arity == 4) {
         long tmo;
-        if (decode_dest(n, b, &idx, &d, name, node) == 0) {
+        if (shoal_decode_dest(n, b, &idx, &d, name, node) == 0) {
             int req = idx;
             if (ei_skip_term(b, &idx) == 0) {
                 int req_end = idx;
@@ -121,7 +96,7 @@ static int fz_do(shoal_proc *self, fz_state *st, const char *b, size_t len)
             }
         }
     } else if (atom_eq(b, &idx, "send") && arity == 3) {
-        if (decode_dest(n, b, &idx, &d, name, node) == 0) {
+        if (shoal_decode_dest(n, b, &idx, &d, name, node) == 0) {
             int msg = idx;
             if (ei_skip_term(b, &idx) == 0)
                 shoal_send(n, self, &d, b + msg, (size_t)(idx - msg));
@@ -130,7 +105,7 @@ static int fz_do(shoal_proc *self, fz_state *st, const char *b, size_t len)
         shoal_exit(self, b + idx, len - (size_t)idx);
     } else if (atom_eq(b, &idx, "kill") && arity == 3) {
         /* makes another local process exit from inside this one's callback */
-        if (decode_dest(n, b, &idx, &d, name, node) == 0) {
+        if (shoal_decode_dest(n, b, &idx, &d, name, node) == 0) {
             shoal_proc *p = d.name ? shoal_whereis(n, d.name) : shoal_proc_by_pid(n, &d.pid);
             if (p && p != self)
                 shoal_exit(p, b + idx, len - (size_t)idx);
@@ -441,6 +416,68 @@ int tc_check_node(const tc_node *t, char *why, size_t wl)
             return -1;
         }
     return 0;
+}
+
+int tc_replay(uv_loop_t *loop, const uint8_t *data, size_t size, char *why, size_t wl)
+{
+    if (size < 1)
+        return 0;
+    unsigned sc = data[0];
+    tc_node t;
+    t.quiet = 1;
+    if (tc_open(&t, loop, sc & 0x80 ? SHOAL_MAX_FRAME_MIN : 65536)) {
+        snprintf(why, wl, "cannot create the node");
+        return -1;
+    }
+    int i;
+    switch (sc & 3) {
+    case 0:
+        i = tc_conn(&t, SHOAL__TEST_ACCEPT, NULL);
+        break;
+    case 1:
+        i = tc_conn(&t, SHOAL__TEST_INITIATE, TC_PEER);
+        break;
+    case 2:
+        i = tc_conn(&t, SHOAL__TEST_UP, TC_PEER);
+        break;
+    default:
+        i = tc_conn(&t, sc & 4 ? SHOAL__TEST_UP : SHOAL__TEST_INITIATE, TC_PEER);
+        if (i >= 0)
+            i = tc_conn(&t, SHOAL__TEST_INITIATE, TC_PEER2);
+        if (i >= 0)
+            i = tc_conn(&t, SHOAL__TEST_ACCEPT, NULL);
+    }
+    int bad = i < 0;
+    if (bad)
+        snprintf(why, wl, "cannot open the connections");
+    static const size_t reads[8] = {(size_t)-1, 1, 2, 3, 5, 8, 64, 512};
+    size_t chunk = reads[(sc >> 3) & 7], left = size - 1;
+    const char *p = (const char *)data + 1;
+    while (!bad && left) {
+        size_t k = left < chunk ? left : chunk;
+        int rc = tc_feed(&t, i, p, k);
+        bad = tc_check_node(&t, why, wl) != 0;
+        if (rc < 0)
+            break;
+        p += k;
+        left -= k;
+    }
+    if (!bad && sc & 0x40) {
+        shoal__node_test_turn(t.n, uv_now(loop) + 3600 * 1000);
+        bad = tc_check_node(&t, why, wl) != 0;
+    }
+    for (int k = 0; !bad && k < t.nconns; k++) {
+        char what[200];
+        if (tc_check_output(&t, k, what, sizeof what)) {
+            snprintf(why, wl, "connection %d wrote what it must not: %s", k, what);
+            bad = 1;
+        }
+    }
+    if (tc_close(&t) && !bad) {
+        snprintf(why, wl, "handles left on the loop after the node closed");
+        bad = 1;
+    }
+    return bad ? -1 : 0;
 }
 
 /* ---- peer bytes ------------------------------------------------------------------------------ */

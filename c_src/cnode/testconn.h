@@ -58,6 +58,17 @@ int tc_check_node(const tc_node *t, char *why, size_t whylen);
  * frees everything. Returns 0, or -1 if the loop still had handles (a leak). */
 int tc_close(tc_node *t);
 
+/* Runs one input of the connection fuzzer on a fresh node on loop: byte 0 picks the
+ * scenario, the rest is what the peer sends.
+ *   bits 0-1: 0 accept, 1 initiate, 2 already up, 3 accept while connections to TC_PEER
+ *             (bit 2: up, else our pending initiation) and TC_PEER2 (pending) exist
+ *   bits 3-5: read size (everything at once, or 1, 2, 3, 5, 8, 64 or 512 bytes a read)
+ *   bit 6:    afterwards, a tick an hour later (handshake and net tick timeouts)
+ *   bit 7:    max_frame at its minimum (4 KiB) instead of 64 KiB
+ * Checks the node's bookkeeping after every read, then what it wrote on each connection, then
+ * that it closes leaving nothing on the loop. Returns 0, or -1 with the broken rule in why. */
+int tc_replay(uv_loop_t *loop, const uint8_t *data, size_t size, char *why, size_t whylen);
+
 /* Builders for peer bytes (into b): handshake messages with a 2-byte length, and frames. */
 void tc_put_send_name(dbuf *b, const char *name);        /* 'N' with OTP 25's flags */
 void tc_put_challenge(dbuf *b, const char *name, uint32_t challenge); /* initiator side */

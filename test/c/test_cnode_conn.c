@@ -2,12 +2,15 @@
  * test node (c_src/cnode/testconn.h): both handshake roles, a restarted peer ("alive"), both
  * outcomes of a simultaneous connect, a wrong cookie, -max_frame, the rate-limited failure
  * log, and after the handshake calls, links, monitors and node down. Each test also checks
- * that everything the node wrote is what the protocol allows (tc_check_output). The
- * regression tests for what the connection fuzzer (fuzz_conn.c) found are at the end. */
+ * that everything the node wrote is what the protocol allows (tc_check_output). At the end,
+ * every input of the connection fuzzer's seed directory is replayed: the generated seeds,
+ * and the inputs of bugs it found, kept there as regression tests. */
 #include "testconn.h"
 #include "test_cnode.h"
 
 #include <CUnit/CUnit.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <string.h>
 
 static uv_loop_t loop;
@@ -426,45 +429,38 @@ static void test_monitor_and_exit(void)
     close_node(&t);
 }
 
-/* ---- regressions found by fuzz_conn ----------------------------------------------------------- */
+/* ---- the fuzzer's inputs, replayed ----------------------------------------------------- */
 
-/* Replays a fuzzer input as fuzz_conn.c does; the test passes when the node survives it,
- * writes only what it may, and closes with nothing left on the loop. */
-static void replay(const unsigned char *in, size_t len)
+/* Every input in c_src/cnode/fuzz_conn_seeds/ (run from the checkout's root, as make does):
+ * the generated seeds, and any input the fuzzer found a bug with, kept there once fixed. */
+static void test_replay_fuzz_inputs(void)
 {
-    tc_node t;
-    unsigned sc = in[0];
-    open_node(&t, sc & 0x80 ? SHOAL_MAX_FRAME_MIN : 65536);
-    int i;
-    switch (sc & 3) {
-    case 0:
-        i = tc_conn(&t, SHOAL__TEST_ACCEPT, NULL);
-        break;
-    case 1:
-        i = tc_conn(&t, SHOAL__TEST_INITIATE, TC_PEER);
-        break;
-    case 2:
-        i = tc_conn(&t, SHOAL__TEST_UP, TC_PEER);
-        break;
-    default:
-        tc_conn(&t, sc & 4 ? SHOAL__TEST_UP : SHOAL__TEST_INITIATE, TC_PEER);
-        tc_conn(&t, SHOAL__TEST_INITIATE, TC_PEER2);
-        i = tc_conn(&t, SHOAL__TEST_ACCEPT, NULL);
+    const char *dir = "c_src/cnode/fuzz_conn_seeds";
+    DIR *d = opendir(dir);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    struct dirent *e;
+    int replayed = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        FILE *f = fopen(path, "rb");
+        CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+        unsigned char buf[65536];
+        size_t len = fread(buf, 1, sizeof buf, f);
+        fclose(f);
+        if (len) {
+            char why[256] = "";
+            int rc = tc_replay(&loop, buf, len, why, sizeof why);
+            CU_ASSERT_EQUAL(rc, 0);
+            if (rc)
+                fprintf(stderr, "%s: %s\n", path, why);
+            replayed++;
+        }
     }
-    CU_ASSERT_FATAL(i >= 0);
-    static const size_t reads[8] = {(size_t)-1, 1, 2, 3, 5, 8, 64, 512};
-    size_t chunk = reads[(sc >> 3) & 7], left = len - 1;
-    const char *p = (const char *)in + 1;
-    while (left) {
-        size_t k = left < chunk ? left : chunk;
-        if (tc_feed(&t, i, p, k) < 0)
-            break;
-        p += k;
-        left -= k;
-    }
-    if (sc & 0x40)
-        shoal__node_test_turn(t.n, uv_now(&loop) + 3600 * 1000);
-    close_node(&t);
+    closedir(d);
+    CU_ASSERT(replayed >= 40);
 }
 
 CU_ErrorCode test_cnode_register_conn(void)
@@ -484,8 +480,9 @@ CU_ErrorCode test_cnode_register_conn(void)
         !CU_add_test(s, "failed handshakes: 10 lines, then a summary",
                      test_failure_log_rate_limited) ||
         !CU_add_test(s, "links from a peer, then its connection dies", test_links_and_node_down) ||
-        !CU_add_test(s, "a monitored and linked process exits", test_monitor_and_exit))
+        !CU_add_test(s, "a monitored and linked process exits", test_monitor_and_exit) ||
+        !CU_add_test(s, "every fuzz_conn seed and saved input replays cleanly",
+                     test_replay_fuzz_inputs))
         return CU_get_error();
-    (void)replay;
     return CUE_SUCCESS;
 }
