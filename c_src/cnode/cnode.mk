@@ -18,7 +18,7 @@ CN_TEST_HDR := $(wildcard test/c/test_cnode*.h)
 # Fuzz smoke runs inside make test: parsers, then the connection state machine (40 s at most
 # together). `make fuzz` runs each FUZZ_SECS (600) with longer inputs.
 CN_FUZZ_SECS ?= 10
-CN_FUZZ_CONN_SECS ?= 20
+CN_FUZZ_CONN_SECS ?= 15
 CN_FUZZ_CFLAGS := $(CSTD) $(WARN) -g -O1 -I$(CN_DIR) -Iinclude -Ic_src/core -I$(EI_DIR)/include \
                   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 CN_TC_SRC  := $(CN_DIR)/testconn.c

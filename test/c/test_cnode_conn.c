@@ -319,6 +319,29 @@ static void test_frame_over_max_frame(void)
     close_node(&t);
 }
 
+/* A peer that connects and says nothing, or stops halfway, is closed after 7 s. */
+static void test_handshake_timeout(void)
+{
+    tc_node t;
+    open_node(&t, 0);
+    int silent = tc_conn(&t, SHOAL__TEST_ACCEPT, NULL);
+    int half = tc_conn(&t, SHOAL__TEST_ACCEPT, NULL);
+    dbuf b = {0};
+    tc_put_send_name(&b, TC_PEER);
+    feed(&t, half, &b);
+    uint64_t now = uv_now(&loop);
+    shoal__node_test_turn(t.n, now + CN_HS_TIMEOUT_MS - 1);
+    CU_ASSERT_EQUAL(shoal__conn_test_state(t.c[silent]), 0);
+    CU_ASSERT_EQUAL(shoal__conn_test_state(t.c[half]), 0);
+    shoal__node_test_turn(t.n, now + CN_HS_TIMEOUT_MS + 1);
+    CU_ASSERT_EQUAL(shoal__conn_test_state(t.c[silent]), -1);
+    CU_ASSERT_EQUAL(shoal__conn_test_state(t.c[half]), -1);
+    CU_ASSERT_EQUAL(t.log_lines, 2);
+    CU_ASSERT(strstr(t.last_line, "no answer within 7000 ms") != NULL);
+    shoal__dbuf_free(&b);
+    close_node(&t);
+}
+
 /* 30 failed handshakes: 10 lines in full, then one summary counting the other 20 when the
  * period is over. */
 static void test_failure_log_rate_limited(void)
@@ -477,6 +500,7 @@ CU_ErrorCode test_cnode_register_conn(void)
                      test_simultaneous_connect) ||
         !CU_add_test(s, "a frame over max_frame closes only its connection",
                      test_frame_over_max_frame) ||
+        !CU_add_test(s, "a handshake that stalls is closed after 7 s", test_handshake_timeout) ||
         !CU_add_test(s, "failed handshakes: 10 lines, then a summary",
                      test_failure_log_rate_limited) ||
         !CU_add_test(s, "links from a peer, then its connection dies", test_links_and_node_down) ||

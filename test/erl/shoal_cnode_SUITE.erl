@@ -617,10 +617,11 @@ frame_over_max_frame_closes_only_that_connection(Config) ->
         stop_cnode(Keeper)
     end.
 
-%% Hundreds of failed handshakes (garbage, wrong cookie, connect-and-close, silence) from
-%% real sockets: the C node logs the first few in full and then one summary line per period
-%% with the counts, so every failure is accounted for exactly once in a log of bounded size;
-%% meanwhile good peers keep connecting.
+%% Hundreds of failed handshakes (garbage, wrong cookie, connect-and-close) from real
+%% sockets: the C node logs the first few in full and then one summary line per period with
+%% the counts, so every failure is accounted for exactly once in a log of bounded size;
+%% meanwhile good peers keep connecting. (Handshake timeouts, 7 s each, go through the same
+%% path; test_cnode_conn.c covers them.)
 handshake_failure_flood_keeps_the_log_bounded(Config) ->
     Burst = 5,
     PeriodS = 2,
@@ -631,22 +632,16 @@ handshake_failure_flood_keeps_the_log_bounded(Config) ->
     Port = cnode_port(Cfg),
     T0 = erlang:monotonic_time(millisecond),
     try
-        Silent = [begin
-                      {ok, S} = gen_tcp:connect("localhost", Port, [binary, {active, false}]),
-                      S
-                  end || _ <- lists:seq(1, 3)],
         Bad = lists:append([[garbage, cookie, scan] || _ <- lists:seq(1, 100)]),
         Self = self(),
         Good = spawn_link(fun() -> good_peers_loop(Cfg, Self, 0) end),
         pmap(fun(Kind) -> bad_handshake(Cfg, Port, Kind) end, Bad, 20),
-        %% the silent ones time out (7 s), closed by the C node
-        [{error, closed} = gen_tcp:recv(S, 0, 15000) || S <- Silent],
         Good ! {Self, stop},
         GoodOk = receive {Good, good, N} -> N end,
         true = GoodOk >= 3,
         {ok, _, Me} = raw_connect(Cfg, "goodafter", ?COOKIE),
         true = is_atom(Me),
-        Events = length(Bad) + length(Silent),
+        Events = length(Bad),
         {Full, Summaries, Counted} = wait_accounted(Cfg, Events, 100),
         Secs = (erlang:monotonic_time(millisecond) - T0) div 1000 + 1,
         Periods = Secs div PeriodS + 1,
@@ -659,9 +654,6 @@ handshake_failure_flood_keeps_the_log_bounded(Config) ->
         true = Full + length(Summaries) < Events div 10,
         All = lists:append(Summaries),
         [true = has(All, K) || K <- ["wrong cookie", "malformed", "closed by the peer"]],
-        %% the silent ones time out seconds after the flood: in full, or in a summary
-        true = has(lists:append(cnode_log(Cfg)), "no answer within 7000 ms") orelse
-            has(All, "timed out"),
         pong = net_adm:ping(C),
         hi = gen_server:call({echo, C}, hi)
     after
