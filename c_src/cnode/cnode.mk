@@ -43,9 +43,10 @@ $(CN_LIB): $(CN_OBJ)
 $(CN_BIN): $(CN_BUILD)/main.o $(CN_LIB)
 	$(CC) -o $@ $^ $(CN_LIBS)
 
-$(CN_BUILD)/test_cnode: $(CN_TEST_SRC) $(CN_TEST_HDR) $(CN_TC_SRC) $(CN_LIB_SRC) $(CN_HDR)
+# The plain unit tests link the library's own objects (internal symbols and all).
+$(CN_BUILD)/test_cnode: $(CN_TEST_SRC) $(CN_TEST_HDR) $(CN_TC_SRC) $(CN_OBJ) $(CN_HDR)
 	@mkdir -p $(CN_BUILD)
-	$(CC) $(CN_CFLAGS) -o $@ $(CN_TEST_SRC) $(CN_TC_SRC) $(CN_LIB_SRC) -lcunit $(CN_LIBS)
+	$(CC) $(CN_CFLAGS) -o $@ $(CN_TEST_SRC) $(CN_TC_SRC) $(CN_OBJ) -lcunit $(CN_LIBS)
 
 $(CN_BUILD)/test_cnode_asan: $(CN_TEST_SRC) $(CN_TEST_HDR) $(CN_TC_SRC) $(CN_LIB_SRC) $(CN_HDR)
 	@mkdir -p $(CN_BUILD)
