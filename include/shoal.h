@@ -27,6 +27,10 @@
 extern "C" {
 #endif
 
+/* The library is built with -fvisibility=hidden and its internal symbols are made local in
+ * the archive: what this header declares is all it exports. */
+#pragma GCC visibility push(default)
+
 typedef struct shoal_node shoal_node;
 typedef struct shoal_proc shoal_proc;
 typedef struct shoal_from shoal_from; /* where a gen_server reply goes: caller pid + tag */
@@ -85,8 +89,18 @@ typedef struct shoal_node_hooks {
     void (*node_down)(shoal_node *n, const char *peer, const char *why, void *arg);
     void (*started)(shoal_node *n, int status, void *arg); /* epmd registration done/failed */
     void (*closed)(shoal_node *n, void *arg);              /* shoal_node_close finished */
+    /* Every log line of the node (one line, no newline, valid only during the call) goes
+     * here instead of to stderr when set. */
+    void (*log)(shoal_node *n, const char *line, void *arg);
     void *arg;
 } shoal_node_hooks;
+
+/* Bounds of shoal_node_opts.max_frame. One message (control tuple + term) must fit in one
+ * frame: the node does not take fragmented messages. The maximum is what the frame's 32-bit
+ * length can say. */
+#define SHOAL_MAX_FRAME_DEFAULT ((size_t)32 << 20) /* 32 MiB */
+#define SHOAL_MAX_FRAME_MIN ((size_t)4096)
+#define SHOAL_MAX_FRAME_MAX ((size_t)UINT32_MAX)
 
 typedef struct shoal_node_opts {
     const char *name;   /* "alive" or "alive@host" (required) */
@@ -94,10 +108,15 @@ typedef struct shoal_node_opts {
     const char *cookie; /* NULL: read ~/.erlang.cookie */
     int port;           /* listen port; 0 picks a free one */
     uint32_t creation;  /* 0: derived from the clock, so every start differs */
-    size_t max_frame;   /* largest frame accepted; 0 = 128 MiB */
+    size_t max_frame;   /* largest frame accepted from a peer, in bytes after the length
+                           prefix; a bigger one closes that connection. 0 = the default
+                           (SHOAL_MAX_FRAME_DEFAULT), else SHOAL_MAX_FRAME_MIN..._MAX */
     size_t max_outq;    /* bytes queued to a peer before it counts as not reading; 0 = 64 MiB */
     unsigned tick_ms;   /* tick interval (net_ticktime / 4); 0 = 15000 */
     int verbose;        /* 1: log connection events, not only errors */
+    unsigned hs_log_burst;     /* failed handshakes logged in full per period; the rest are
+                                  counted and summed up in one line per period; 0 = 10 */
+    unsigned hs_log_period_ms; /* that period in ms; 0 = 60000 */
     int spin_us;        /* busy-poll this long after traffic before sleeping (as BEAM
                            schedulers do); 0 or negative = never spin (the default: on a
                            shared 2-core host spinning cost CPU without a latency gain,
@@ -106,7 +125,8 @@ typedef struct shoal_node_opts {
 
 /* Creates a node on `loop` (not started). opts->name required; the cookie is copied, or read
  * from ~/.erlang.cookie when opts->cookie is NULL. Stores the node in *out (caller frees it
- * with shoal_node_free after closing). Returns 0, -EINVAL (bad name, no cookie), -ENOMEM. */
+ * with shoal_node_free after closing). Returns 0, -EINVAL (bad name, no cookie, max_frame out
+ * of bounds), -ENOMEM. */
 int shoal_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
                    shoal_node **out);
 
@@ -212,6 +232,12 @@ int shoal_encode_pid(shoal_node *n, ei_x_buff *x, const shoal_pid *pid);
 /* Decodes a pid at buf+*index (advancing it). Returns 0, -EINVAL (not a pid), -E2BIG (node
  * name table full). */
 int shoal_decode_pid(shoal_node *n, const char *buf, int *index, shoal_pid *pid);
+/* Decodes a destination at buf+*index (advancing it): a pid, a registered name (an atom,
+ * this node) or {Name, Node}. Names are copied into name and node (MAXATOMLEN_UTF8 bytes
+ * each, NUL-terminated), which *d then points to. Returns 0, -EINVAL (none of these),
+ * -E2BIG (node name table full). */
+int shoal_decode_dest(shoal_node *n, const char *buf, int *index, shoal_dest *d, char *name,
+                      char *node);
 /* 1 when a and b are the same pid. */
 int shoal_pid_eq(const shoal_pid *a, const shoal_pid *b);
 
@@ -224,6 +250,8 @@ void shoal_timer_stop(shoal_timer *t);
 
 /* Installs the echo example process (docs/cnode.md) registered as `echo`. */
 int shoal_echo_spawn(shoal_node *n, shoal_proc **out);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

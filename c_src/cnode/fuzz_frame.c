@@ -59,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (off < size) {
         frame f;
         size_t need;
-        int rc = frame_parse(copy + off, size - off, 1 << 20, &f, &need);
+        int rc = shoal__frame_parse(copy + off, size - off, 1 << 20, &f, &need);
         if (rc <= 0)
             break;
         if (f.kind == FRAME_PASS) {
@@ -73,21 +73,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         off += f.size;
     }
     size_t used;
-    if (term_check(copy, size, &used) == 0) {
+    if (shoal__term_check(copy, size, &used) == 0) {
         int idx = 0;
         walk(copy, &idx, 0);
     }
     const char *body;
     size_t blen, u;
-    if (hs_frame(copy, size, &body, &blen, &u) == 1) {
+    if (shoal__hs_frame(copy, size, &body, &blen, &u) == 1) {
         hs_name hn;
-        hs_parse_name(body, blen, 0, &hn);
-        hs_parse_name(body, blen, 1, &hn);
+        shoal__hs_parse_name(body, blen, 0, &hn);
+        shoal__hs_parse_name(body, blen, 1, &hn);
     }
     int result, port;
     uint32_t creation;
-    epmd_parse_alive2(copy, size, &result, &creation);
-    epmd_parse_port2(copy, size, &port);
+    shoal__epmd_parse_alive2(copy, size, &result, &creation);
+    shoal__epmd_parse_port2(copy, size, &port);
     free(copy);
     return 0;
 }

@@ -6,17 +6,78 @@
 #include "shoal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static void usage(void)
+static void usage(FILE *to)
 {
-    fprintf(stderr, "usage: shoal_cnode (-sname NAME | -name NAME[@HOST]) [-setcookie COOKIE]\n"
-                    "                   [-port N] [-max_outq BYTES] [-ticktime SECONDS]\n"
-                    "                   [-spin_us MICROSECONDS (default 0: never)] [-v]\n");
+    fprintf(to,
+            "usage: shoal_cnode (-sname NAME | -name NAME[@HOST]) [-setcookie COOKIE]\n"
+            "                   [-port N] [-max_frame BYTES] [-max_outq BYTES]\n"
+            "                   [-ticktime SECONDS] [-hs_log_burst N] [-hs_log_period SECONDS]\n"
+            "                   [-spin_us MICROSECONDS] [-v] [-h]\n"
+            "\n"
+            "  -sname NAME         short node name (NAME@shorthost)\n"
+            "  -name NAME[@HOST]   long node name\n"
+            "  -setcookie COOKIE   default: the contents of ~/.erlang.cookie\n"
+            "  -port N             listen port (default 0: any free port)\n"
+            "  -max_frame BYTES    largest frame taken from a peer; a bigger one closes that\n"
+            "                      connection (default 32M; 4K to 4294967295)\n"
+            "  -max_outq BYTES     output queued to a peer before it counts as not reading and\n"
+            "                      is dropped (default 64M; at least 4K)\n"
+            "  -ticktime SECONDS   net_ticktime (default 60; 1 to 86400)\n"
+            "  -hs_log_burst N     failed handshakes logged in full per period; the rest are\n"
+            "                      counted and summed up once per period (default 10)\n"
+            "  -hs_log_period S    that period in seconds (default 60; 1 to 86400)\n"
+            "  -spin_us US         busy-poll this long after traffic (default 0: never)\n"
+            "  -v                  log connection events, not only errors\n"
+            "  -h                  this help\n"
+            "BYTES: a whole number, optionally with K, M or G (powers of 1024): 64K, 32M.\n");
+}
+
+/* Parses a flag's number: digits, and with `units` an optional K, M or G (powers of 1024).
+ * Stores it in *out and returns 0 when it lies in [min, max]; else prints why and returns -1. */
+static int parse_num(const char *flag, const char *v, int units, unsigned long long min,
+                     unsigned long long max, unsigned long long *out)
+{
+    const char *p = v;
+    unsigned long long x = 0;
+    int digits = 0, overflow = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        if (x > (ULLONG_MAX - (unsigned)(*p - '0')) / 10)
+            overflow = 1;
+        else
+            x = x * 10 + (unsigned)(*p - '0');
+    }
+    unsigned shift = 0;
+    if (units && *p && !p[1]) {
+        shift = *p == 'K' || *p == 'k' ? 10 : *p == 'M' || *p == 'm' ? 20
+                : *p == 'G' || *p == 'g' ? 30 : 0;
+        if (shift)
+            p++;
+    }
+    if (!digits || *p) {
+        fprintf(stderr, "shoal_cnode: %s: '%s' is not %s\n", flag, v,
+                units ? "a size (a whole number of bytes, optionally with K, M or G)"
+                      : "a whole number");
+        return -1;
+    }
+    if (overflow || (shift && x > (ULLONG_MAX >> shift)))
+        x = ULLONG_MAX;
+    else
+        x <<= shift;
+    if (x < min || x > max) {
+        fprintf(stderr, "shoal_cnode: %s: %s is out of range (%llu to %llu)\n", flag, v, min,
+                max);
+        return -1;
+    }
+    *out = x;
+    return 0;
 }
 
 /* ---- workers: what shoal_ctl spawns ----------------------------------------------------- */
@@ -73,30 +134,6 @@ static void worker_terminate(shoal_proc *self, const char *reason, size_t len)
 }
 
 /* ---- shoal_ctl ----------------------------------------------------------------------------- */
-
-/* Decodes a destination: pid | Name | {Name, Node}. name/node buffers hold the strings. */
-static int decode_dest(shoal_node *n, const char *b, int *idx, shoal_dest *d, char *name,
-                       char *node)
-{
-    int type, size, arity;
-    memset(d, 0, sizeof *d);
-    ei_get_type(b, idx, &type, &size);
-    if (type == ERL_NEW_PID_EXT || type == ERL_PID_EXT)
-        return shoal_decode_pid(n, b, idx, &d->pid);
-    if (type == ERL_SMALL_TUPLE_EXT) {
-        if (ei_decode_tuple_header(b, idx, &arity) || arity != 2 ||
-            ei_decode_atom_as(b, idx, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL) ||
-            ei_decode_atom_as(b, idx, node, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
-            return -EINVAL;
-        d->name = name;
-        d->node = node;
-        return 0;
-    }
-    if (ei_decode_atom_as(b, idx, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
-        return -EINVAL;
-    d->name = name;
-    return 0;
-}
 
 static void reply_atom(shoal_node *n, const shoal_from *f, const char *a)
 {
@@ -158,7 +195,7 @@ static shoal_proc *local_proc(shoal_node *n, const char *b, int *idx)
 {
     shoal_dest d;
     char name[MAXATOMLEN_UTF8], node[MAXATOMLEN_UTF8];
-    if (decode_dest(n, b, idx, &d, name, node))
+    if (shoal_decode_dest(n, b, idx, &d, name, node))
         return NULL;
     if (d.name)
         return shoal_whereis(n, d.name);
@@ -246,7 +283,7 @@ static int ctl_handle(shoal_proc *self, const shoal_msg *m)
         shoal_dest d;
         char name[MAXATOMLEN_UTF8], node[MAXATOMLEN_UTF8];
         uint64_t id;
-        if (!p || decode_dest(n, b, &idx, &d, name, node) || shoal_monitor(p, &d, &id))
+        if (!p || shoal_decode_dest(n, b, &idx, &d, name, node) || shoal_monitor(p, &d, &id))
             reply_error(n, m->reply_to, NULL, 0, "badarg");
         else
             reply_atom(n, m->reply_to, "ok");
@@ -254,7 +291,7 @@ static int ctl_handle(shoal_proc *self, const shoal_msg *m)
         /* {send, Dest, Msg} */
         shoal_dest d;
         char name[MAXATOMLEN_UTF8], node[MAXATOMLEN_UTF8];
-        if (decode_dest(n, b, &idx, &d, name, node)) {
+        if (shoal_decode_dest(n, b, &idx, &d, name, node)) {
             reply_atom(n, m->reply_to, "badarg");
             return 0;
         }
@@ -267,7 +304,7 @@ static int ctl_handle(shoal_proc *self, const shoal_msg *m)
         shoal_dest d;
         char name[MAXATOMLEN_UTF8], node[MAXATOMLEN_UTF8];
         long tmo;
-        if (decode_dest(n, b, &idx, &d, name, node)) {
+        if (shoal_decode_dest(n, b, &idx, &d, name, node)) {
             reply_atom(n, m->reply_to, "badarg");
             return 0;
         }
@@ -361,39 +398,74 @@ static void on_node_down(shoal_node *n, const char *peer, const char *why, void 
     fprintf(stderr, "shoal_cnode: nodedown %s (%s)\n", peer, why);
 }
 
+/* Exit statuses: 0 after a clean stop (and for -h), 1 when the node could not start or
+ * run, 2 for a bad command line (with a line saying what is wrong). */
 int main(int argc, char **argv)
 {
     shoal_node_opts o = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if ((!strcmp(a, "-sname") || !strcmp(a, "-name")) && v) {
+        unsigned long long x;
+        if (!strcmp(a, "-h") || !strcmp(a, "-help") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "-v")) {
+            o.verbose = 1;
+            continue;
+        }
+        if (strcmp(a, "-sname") && strcmp(a, "-name") && strcmp(a, "-setcookie") &&
+            strcmp(a, "-port") && strcmp(a, "-max_frame") && strcmp(a, "-max_outq") &&
+            strcmp(a, "-ticktime") && strcmp(a, "-spin_us") && strcmp(a, "-hs_log_burst") &&
+            strcmp(a, "-hs_log_period")) {
+            fprintf(stderr, "shoal_cnode: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (!v) {
+            fprintf(stderr, "shoal_cnode: %s needs a value\n", a);
+            usage(stderr);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "-sname") || !strcmp(a, "-name")) {
             o.name = v;
             o.long_names = !strcmp(a, "-name");
-            i++;
-        } else if (!strcmp(a, "-setcookie") && v) {
+        } else if (!strcmp(a, "-setcookie")) {
             o.cookie = v;
-            i++;
-        } else if (!strcmp(a, "-port") && v) {
-            o.port = atoi(v);
-            i++;
-        } else if (!strcmp(a, "-max_outq") && v) {
-            o.max_outq = (size_t)strtoull(v, NULL, 10);
-            i++;
-        } else if (!strcmp(a, "-ticktime") && v) {
-            o.tick_ms = (unsigned)atoi(v) * 250;
-            i++;
-        } else if (!strcmp(a, "-spin_us") && v) {
-            o.spin_us = atoi(v);
-            i++;
-        } else if (!strcmp(a, "-v")) {
-            o.verbose = 1;
-        } else {
-            usage();
-            return 2;
+        } else if (!strcmp(a, "-port")) {
+            if (parse_num(a, v, 0, 0, 65535, &x))
+                return 2;
+            o.port = (int)x;
+        } else if (!strcmp(a, "-max_frame")) {
+            if (parse_num(a, v, 1, SHOAL_MAX_FRAME_MIN, SHOAL_MAX_FRAME_MAX, &x))
+                return 2;
+            o.max_frame = (size_t)x;
+        } else if (!strcmp(a, "-max_outq")) {
+            if (parse_num(a, v, 1, 4096, SIZE_MAX, &x))
+                return 2;
+            o.max_outq = (size_t)x;
+        } else if (!strcmp(a, "-ticktime")) {
+            if (parse_num(a, v, 0, 1, 86400, &x))
+                return 2;
+            o.tick_ms = (unsigned)x * 250;
+        } else if (!strcmp(a, "-hs_log_burst")) {
+            if (parse_num(a, v, 0, 1, 1000000, &x))
+                return 2;
+            o.hs_log_burst = (unsigned)x;
+        } else if (!strcmp(a, "-hs_log_period")) {
+            if (parse_num(a, v, 0, 1, 86400, &x))
+                return 2;
+            o.hs_log_period_ms = (unsigned)x * 1000;
+        } else { /* -spin_us */
+            if (parse_num(a, v, 0, 0, 1000000, &x))
+                return 2;
+            o.spin_us = (int)x;
         }
     }
     if (!o.name) {
-        usage();
+        fprintf(stderr, "shoal_cnode: -sname or -name is required\n");
+        usage(stderr);
         return 2;
     }
     uv_loop_t *loop = uv_default_loop();

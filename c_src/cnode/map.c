@@ -28,7 +28,7 @@ static int imap_resize(imap *m, size_t cap)
     return 0;
 }
 
-void *imap_get(const imap *m, uint64_t key)
+void *shoal__imap_get(const imap *m, uint64_t key)
 {
     if (!m->cap || !key)
         return NULL;
@@ -41,7 +41,7 @@ void *imap_get(const imap *m, uint64_t key)
     return NULL;
 }
 
-int imap_put(imap *m, uint64_t key, void *val)
+int shoal__imap_put(imap *m, uint64_t key, void *val)
 {
     if (!key)
         return -EINVAL;
@@ -60,7 +60,7 @@ int imap_put(imap *m, uint64_t key, void *val)
     return 0;
 }
 
-void *imap_del(imap *m, uint64_t key)
+void *shoal__imap_del(imap *m, uint64_t key)
 {
     if (!m->cap || !key)
         return NULL;
@@ -87,14 +87,14 @@ void *imap_del(imap *m, uint64_t key)
     return val;
 }
 
-void imap_free(imap *m)
+void shoal__imap_free(imap *m)
 {
     free(m->slots);
     m->slots = NULL;
     m->cap = m->count = 0;
 }
 
-void *imap_next(const imap *m, size_t *i, uint64_t *key)
+void *shoal__imap_next(const imap *m, size_t *i, uint64_t *key)
 {
     while (*i < m->cap) {
         imap_slot *s = &m->slots[(*i)++];
@@ -134,7 +134,7 @@ static int smap_resize(smap *m, size_t cap)
     return 0;
 }
 
-void *smap_get(const smap *m, const char *key)
+void *shoal__smap_get(const smap *m, const char *key)
 {
     if (!m->cap)
         return NULL;
@@ -148,7 +148,7 @@ void *smap_get(const smap *m, const char *key)
     return NULL;
 }
 
-void *smap_getn(const smap *m, const char *key, size_t len)
+void *shoal__smap_getn(const smap *m, const char *key, size_t len)
 {
     if (!m->cap)
         return NULL;
@@ -166,7 +166,7 @@ void *smap_getn(const smap *m, const char *key, size_t len)
     return NULL;
 }
 
-int smap_put(smap *m, const char *key, void *val)
+int shoal__smap_put(smap *m, const char *key, void *val)
 {
     if ((m->count + 1) * 2 > m->cap) {
         int rc = smap_resize(m, m->cap ? m->cap * 2 : 16);
@@ -192,7 +192,7 @@ int smap_put(smap *m, const char *key, void *val)
     return 0;
 }
 
-void *smap_del(smap *m, const char *key)
+void *shoal__smap_del(smap *m, const char *key)
 {
     if (!m->cap)
         return NULL;
@@ -218,7 +218,7 @@ void *smap_del(smap *m, const char *key)
     return val;
 }
 
-void smap_free(smap *m)
+void shoal__smap_free(smap *m)
 {
     for (size_t i = 0; i < m->cap; i++)
         free(m->slots[i].key);

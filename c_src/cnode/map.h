@@ -18,13 +18,13 @@ typedef struct imap {
     size_t count; /* live entries */
 } imap;
 
-void *imap_get(const imap *m, uint64_t key);
-int imap_put(imap *m, uint64_t key, void *val); /* insert or replace; 0 or -ENOMEM */
-void *imap_del(imap *m, uint64_t key);          /* returns the removed value or NULL */
-void imap_free(imap *m);
+void *shoal__imap_get(const imap *m, uint64_t key);
+int shoal__imap_put(imap *m, uint64_t key, void *val); /* insert or replace; 0 or -ENOMEM */
+void *shoal__imap_del(imap *m, uint64_t key);          /* returns the removed value or NULL */
+void shoal__imap_free(imap *m);
 /* Iteration: start with *i = 0; returns the next value or NULL when done. Do not insert
  * while iterating; deleting the entry just returned is not allowed either (collect first). */
-void *imap_next(const imap *m, size_t *i, uint64_t *key);
+void *shoal__imap_next(const imap *m, size_t *i, uint64_t *key);
 
 typedef struct smap_slot {
     char *key; /* owned copy; NULL = empty */
@@ -38,10 +38,10 @@ typedef struct smap {
     size_t count;
 } smap;
 
-void *smap_get(const smap *m, const char *key);
-void *smap_getn(const smap *m, const char *key, size_t len); /* key: len bytes, no NUL */
-int smap_put(smap *m, const char *key, void *val); /* copies key; 0 or -ENOMEM */
-void *smap_del(smap *m, const char *key);
-void smap_free(smap *m);
+void *shoal__smap_get(const smap *m, const char *key);
+void *shoal__smap_getn(const smap *m, const char *key, size_t len); /* key: len bytes, no NUL */
+int shoal__smap_put(smap *m, const char *key, void *val); /* copies key; 0 or -ENOMEM */
+void *shoal__smap_del(smap *m, const char *key);
+void shoal__smap_free(smap *m);
 
 #endif

@@ -55,7 +55,7 @@ static void block(md5_ctx *c, const unsigned char *p)
     c->d += d;
 }
 
-void md5_init(md5_ctx *c)
+void shoal__md5_init(md5_ctx *c)
 {
     c->a = 0x67452301;
     c->b = 0xefcdab89;
@@ -64,7 +64,7 @@ void md5_init(md5_ctx *c)
     c->len = 0;
 }
 
-void md5_update(md5_ctx *c, const void *data, size_t len)
+void shoal__md5_update(md5_ctx *c, const void *data, size_t len)
 {
     const unsigned char *p = data;
     size_t have = (size_t)(c->len % 64);
@@ -82,16 +82,16 @@ void md5_update(md5_ctx *c, const void *data, size_t len)
     }
 }
 
-void md5_final(md5_ctx *c, unsigned char out[16])
+void shoal__md5_final(md5_ctx *c, unsigned char out[16])
 {
     uint64_t bits = c->len * 8;
     unsigned char pad = 0x80, zero = 0, lenb[8];
-    md5_update(c, &pad, 1);
+    shoal__md5_update(c, &pad, 1);
     while (c->len % 64 != 56)
-        md5_update(c, &zero, 1);
+        shoal__md5_update(c, &zero, 1);
     for (int i = 0; i < 8; i++)
         lenb[i] = (unsigned char)(bits >> (8 * i));
-    md5_update(c, lenb, 8);
+    shoal__md5_update(c, lenb, 8);
     uint32_t v[4] = {c->a, c->b, c->c, c->d};
     for (int i = 0; i < 16; i++)
         out[i] = (unsigned char)(v[i / 4] >> (8 * (i % 4)));

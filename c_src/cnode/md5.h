@@ -11,8 +11,8 @@ typedef struct md5_ctx {
     unsigned char buf[64]; /* partial block */
 } md5_ctx;
 
-void md5_init(md5_ctx *c);
-void md5_update(md5_ctx *c, const void *data, size_t len);
-void md5_final(md5_ctx *c, unsigned char out[16]);
+void shoal__md5_init(md5_ctx *c);
+void shoal__md5_update(md5_ctx *c, const void *data, size_t len);
+void shoal__md5_final(md5_ctx *c, unsigned char out[16]);
 
 #endif

@@ -1,7 +1,7 @@
 /* node.c - the C node's life on its libuv loop: naming and cookie, the listen socket, the
  * epmd registration (its socket stays open as long as the node lives), outgoing connection
  * setup (resolve, ask epmd for the port, connect), the version 6 distribution handshake in
- * both directions, and after it the framed stream: reads parsed by frame_parse and handed to
+ * both directions, and after it the framed stream: reads parsed by shoal__frame_parse and handed to
  * dist.c, writes coalesced per loop turn, ticks both ways, and closing one connection on any
  * protocol error, a wrong cookie or a peer that stops reading. Nothing here blocks. */
 #include "cnode_int.h"
@@ -14,7 +14,6 @@
 #include <unistd.h>
 #include <netdb.h>
 
-#define DEFAULT_MAX_FRAME (128u << 20)
 #define DEFAULT_MAX_OUTQ (64u << 20)
 #define READ_CHUNK 65536
 
@@ -22,10 +21,17 @@ static void vlog(shoal_node *n, const char *fmt, va_list ap)
 {
     char line[1024];
     vsnprintf(line, sizeof line, fmt, ap);
+    for (char *p = line; *p; p++) /* peers choose names and statuses: one line stays one */
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    if (n && n->hooks.log) {
+        n->hooks.log(n, line, n->hooks.arg);
+        return;
+    }
     fprintf(stderr, "shoal_cnode[%s]: %s\n", n && n->full_name ? n->full_name : "-", line);
 }
 
-void cn_log(shoal_node *n, const char *fmt, ...)
+void shoal__log(shoal_node *n, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -33,7 +39,7 @@ void cn_log(shoal_node *n, const char *fmt, ...)
     va_end(ap);
 }
 
-void cn_debug(shoal_node *n, const char *fmt, ...)
+void shoal__debug(shoal_node *n, const char *fmt, ...)
 {
     if (!n->opts.verbose)
         return;
@@ -43,16 +49,73 @@ void cn_debug(shoal_node *n, const char *fmt, ...)
     va_end(ap);
 }
 
-uint64_t cn_now(shoal_node *n)
+uint64_t shoal__now(shoal_node *n)
 {
     return uv_now(n->loop);
 }
 
+/* ---- handshake failures: logged at a bounded rate ------------------------------------ */
+
+/* What a failed handshake is counted as in the summary line. */
+enum { HSF_COOKIE, HSF_MALFORMED, HSF_REFUSED, HSF_TIMEOUT, HSF_CLOSED, HSF_KINDS };
+static const char *const hsf_names[HSF_KINDS] = {"wrong cookie", "malformed", "refused",
+                                                 "timed out", "closed by the peer"};
+
+/* Who c talks to, for a log line: node name and address, as far as they are known. */
+static const char *peer_desc(const conn *c, char *buf, size_t size)
+{
+    const char *name = c->peer ? c->node->names[c->peer] : NULL;
+    if (name && c->addr_str[0])
+        snprintf(buf, size, "%s (%s)", name, c->addr_str);
+    else
+        snprintf(buf, size, "%s", name ? name : c->addr_str[0] ? c->addr_str : "an unknown peer");
+    return buf;
+}
+
+/* Logs the summary of the handshake failures not logged in full, when one is due. */
+static void hs_summary(shoal_node *n, uint64_t now)
+{
+    ratelog_sum s;
+    if (!shoal__ratelog_summary(&n->hs_log, now, &s))
+        return;
+    char kinds[256];
+    size_t k = 0;
+    kinds[0] = 0;
+    for (unsigned i = 0; i < HSF_KINDS && k < sizeof kinds; i++)
+        if (s.kinds[i]) {
+            int w = snprintf(kinds + k, sizeof kinds - k, "%s%s %llu", k ? ", " : "",
+                             hsf_names[i], (unsigned long long)s.kinds[i]);
+            k += w > 0 ? (size_t)w : 0;
+        }
+    shoal__log(n, "handshake failures: %llu more not logged in the last %llu s (%s); the last: %s",
+               (unsigned long long)s.total, (unsigned long long)(s.span + 999) / 1000, kinds,
+               n->hs_last);
+}
+
+/* A handshake with c failed: logs it in full while the rate allows, else only counts it. */
+static void hs_fail(conn *c, unsigned kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void hs_fail(conn *c, unsigned kind, const char *fmt, ...)
+{
+    shoal_node *n = c->node;
+    uint64_t now = shoal__now(n);
+    char who[320], what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    peer_desc(c, who, sizeof who);
+    hs_summary(n, now);
+    snprintf(n->hs_last, sizeof n->hs_last, "%s, %s", who, hsf_names[kind]);
+    if (shoal__ratelog_hit(&n->hs_log, now, kind))
+        shoal__log(n, "handshake with %s failed: %s", who, what);
+}
+
 /* ---- names ---------------------------------------------------------------------------- */
 
-int cn_intern(shoal_node *n, const char *name, uint32_t *idx)
+int shoal__intern(shoal_node *n, const char *name, uint32_t *idx)
 {
-    void *v = smap_get(&n->name_idx, name);
+    void *v = shoal__smap_get(&n->name_idx, name);
     if (v) {
         *idx = (uint32_t)((uintptr_t)v - 1);
         return 0;
@@ -74,7 +137,7 @@ int cn_intern(shoal_node *n, const char *name, uint32_t *idx)
     char *copy = strdup(name);
     if (!copy)
         return -ENOMEM;
-    if (smap_put(&n->name_idx, name, (void *)(uintptr_t)(n->nnames + 1))) {
+    if (shoal__smap_put(&n->name_idx, name, (void *)(uintptr_t)(n->nnames + 1))) {
         free(copy);
         return -ENOMEM;
     }
@@ -90,7 +153,7 @@ static unsigned name_slot(const char *s, size_t len)
     return (unsigned)(len * 7 + (len ? u[len - 1] + u[len / 2] * 3 : 0)) & 15u;
 }
 
-int cn_name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx)
+int shoal__name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx)
 {
     unsigned k = name_slot(s, len);
     uint32_t i = n->name_cache[k].idx;
@@ -100,7 +163,7 @@ int cn_name_lookup(shoal_node *n, const char *s, size_t len, uint32_t *idx)
     return 0;
 }
 
-void cn_name_seen(shoal_node *n, uint32_t idx)
+void shoal__name_seen(shoal_node *n, uint32_t idx)
 {
     if (idx >= n->nnames)
         return;
@@ -158,25 +221,34 @@ static char *host_name(int long_names)
     return strdup(h);
 }
 
-int shoal_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
-                   shoal_node **out)
+int shoal__node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_node_hooks *hooks,
+                    const node_upcalls *up, shoal_node **out)
 {
-    if (!loop || !opts || !opts->name || !opts->name[0] || !out)
+    if (!loop || !opts || !opts->name || !opts->name[0] || !up || !out)
+        return -EINVAL;
+    if (opts->max_frame &&
+        (opts->max_frame < SHOAL_MAX_FRAME_MIN || opts->max_frame > SHOAL_MAX_FRAME_MAX))
         return -EINVAL;
     ei_init();
     shoal_node *n = calloc(1, sizeof *n);
     if (!n)
         return -ENOMEM;
     n->loop = loop;
+    n->up = up;
     n->opts = *opts;
     if (hooks)
         n->hooks = *hooks;
     if (!n->opts.max_frame)
-        n->opts.max_frame = DEFAULT_MAX_FRAME;
+        n->opts.max_frame = SHOAL_MAX_FRAME_DEFAULT;
     if (!n->opts.max_outq)
         n->opts.max_outq = DEFAULT_MAX_OUTQ;
     if (!n->opts.tick_ms)
         n->opts.tick_ms = 15000;
+    if (!n->opts.hs_log_burst)
+        n->opts.hs_log_burst = 10;
+    if (!n->opts.hs_log_period_ms)
+        n->opts.hs_log_period_ms = 60000;
+    shoal__ratelog_init(&n->hs_log, n->opts.hs_log_burst, n->opts.hs_log_period_ms, uv_now(loop));
     if (n->opts.spin_us < 0)
         n->opts.spin_us = 0; /* 0: never spin */
     n->opts.name = NULL;
@@ -200,7 +272,7 @@ int shoal_node_new(uv_loop_t *loop, const shoal_node_opts *opts, const shoal_nod
         goto fail;
     sprintf(n->full_name, "%s@%s", n->alive, n->host);
     uint32_t idx;
-    if (cn_intern(n, n->full_name, &idx))
+    if (shoal__intern(n, n->full_name, &idx))
         goto fail;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -226,7 +298,7 @@ fail:
         free(n->names[i]);
     free(n->names);
     free(n->by_peer);
-    smap_free(&n->name_idx);
+    shoal__smap_free(&n->name_idx);
     free(n);
     return rc;
 }
@@ -286,15 +358,15 @@ static conn *conn_new(shoal_node *n, int initiator)
         return NULL;
     c->node = n;
     c->initiator = initiator;
-    c->last_rx = c->last_tx = cn_now(n);
-    c->deadline = cn_now(n) + CN_HS_TIMEOUT_MS;
+    c->last_rx = c->last_tx = shoal__now(n);
+    c->deadline = shoal__now(n) + CN_HS_TIMEOUT_MS;
     c->next = n->conns;
     n->conns = c;
     n->open_handles++; /* the conn itself counts until freed */
     return c;
 }
 
-void cn_mark_dirty(conn *c)
+void shoal__conn_dirty(conn *c)
 {
     if (!c->dirty) {
         c->dirty = 1;
@@ -303,7 +375,7 @@ void cn_mark_dirty(conn *c)
     }
 }
 
-dbuf *cn_outbuf(conn *c)
+dbuf *shoal__conn_outbuf(conn *c)
 {
     return c->state == C_UP ? &c->out : &c->pending;
 }
@@ -312,6 +384,11 @@ static void on_write(uv_write_t *req, int status);
 
 static void conn_flush(conn *c)
 {
+    if (c->sink && c->out.len && c->state != C_CLOSING) { /* a test connection */
+        if (shoal__dbuf_append(c->sink, c->out.data, c->out.len) == 0)
+            c->out.len = 0;
+        return;
+    }
     if (c->writing || c->out.len == 0 || c->state == C_CLOSING || !c->tcp_open)
         return;
     if (c->state < C_I_STATUS) /* not connected yet */
@@ -321,11 +398,11 @@ static void conn_flush(conn *c)
     int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (w >= 0 && (size_t)w == c->out.len) {
         c->out.len = 0;
-        c->last_tx = cn_now(c->node);
+        c->last_tx = shoal__now(c->node);
         return;
     }
     if (w < 0 && w != UV_EAGAIN) {
-        cn_conn_close(c, "write failed");
+        shoal__conn_close(c, "write failed");
         return;
     }
     size_t done = w > 0 ? (size_t)w : 0;
@@ -336,11 +413,11 @@ static void conn_flush(conn *c)
     b = uv_buf_init(c->inflight.data + done, (unsigned)(c->inflight.len - done));
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rc) {
-        cn_conn_close(c, "write failed");
+        shoal__conn_close(c, "write failed");
         return;
     }
     c->writing = 1;
-    c->last_tx = cn_now(c->node);
+    c->last_tx = shoal__now(c->node);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -349,18 +426,17 @@ static void on_write(uv_write_t *req, int status)
     c->writing = 0;
     c->inflight.len = 0;
     if (c->inflight.cap > (4u << 20)) /* give back what a burst took */
-        dbuf_free(&c->inflight);
+        shoal__dbuf_free(&c->inflight);
     if (status < 0) {
         if (c->state != C_CLOSING)
-            cn_conn_close(c, "write error");
+            shoal__conn_close(c, "write error");
         return;
     }
     conn_flush(c);
 }
 
-static void on_flush(uv_prepare_t *h)
+static void flush_dirty(shoal_node *n)
 {
-    shoal_node *n = h->data;
     conn *c = n->dirty;
     n->dirty = NULL;
     while (c) {
@@ -369,9 +445,9 @@ static void on_flush(uv_prepare_t *h)
         c->next_dirty = NULL;
         if (c->state != C_CLOSING) {
             if (c->out.len + c->inflight.len > n->opts.max_outq) {
-                cn_log(n, "closing connection to %s: peer is not reading (%zu bytes queued)",
-                       c->peer ? n->names[c->peer] : "?", c->out.len + c->inflight.len);
-                cn_conn_close(c, "peer not reading");
+                shoal__log(n, "closing connection to %s: peer is not reading (%zu bytes queued)",
+                           c->peer ? n->names[c->peer] : "?", c->out.len + c->inflight.len);
+                shoal__conn_close(c, "peer not reading");
             } else {
                 conn_flush(c);
             }
@@ -380,9 +456,14 @@ static void on_flush(uv_prepare_t *h)
     }
 }
 
+static void on_flush(uv_prepare_t *h)
+{
+    flush_dirty(h->data);
+}
+
 static void hs_send(conn *c)
 {
-    cn_mark_dirty(c);
+    shoal__conn_dirty(c);
 }
 
 /* ---- connections: closing ------------------------------------------------------------- */
@@ -396,11 +477,11 @@ static void conn_free(conn *c)
     if (*pp)
         *pp = c->next;
     free(c->rbuf);
-    dbuf_free(&c->out);
-    dbuf_free(&c->inflight);
-    dbuf_free(&c->pending);
-    dbuf_free(&c->ebuf);
-    dbuf_free(&c->ereq);
+    shoal__dbuf_free(&c->out);
+    shoal__dbuf_free(&c->inflight);
+    shoal__dbuf_free(&c->pending);
+    shoal__dbuf_free(&c->ebuf);
+    shoal__dbuf_free(&c->ereq);
     free(c->why);
     free(c);
     n->open_handles--;
@@ -410,7 +491,7 @@ static void conn_free(conn *c)
 static void maybe_free_conn(conn *c)
 {
     if (c->state == C_CLOSING && !c->tcp_open && !c->epmd_open && !c->gai_active &&
-        !c->writing)
+        !c->writing && !c->sink)
         conn_free(c);
 }
 
@@ -440,6 +521,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 static void close_conn_handles(conn *c, int graceful)
 {
+    if (graceful && c->sink && c->out.len) /* a test connection: what a socket would send */
+        shoal__dbuf_append(c->sink, c->out.data, c->out.len);
     if (c->tcp_open && !uv_is_closing((uv_handle_t *)&c->tcp)) {
         uv_shutdown_t *sr = graceful ? malloc(sizeof *sr) : NULL;
         if (sr) {
@@ -481,7 +564,7 @@ static void close_conn(conn *c, const char *why, int graceful)
         n->by_peer[c->peer] = NULL;
     const char *peer = c->peer ? n->names[c->peer] : "(unknown)";
     if (was_up)
-        cn_debug(n, "connection to %s closed: %s", peer, why);
+        shoal__debug(n, "connection to %s closed: %s", peer, why);
     /* waiters first: they learn the connection failed */
     conn_waiter *w = c->waiters;
     c->waiters = NULL;
@@ -493,14 +576,14 @@ static void close_conn(conn *c, const char *why, int graceful)
         w = next;
     }
     if (owned)
-        proc_node_down(n, c->peer);
+        n->up->node_down(n, c->peer);
     if (owned && was_up && n->hooks.node_down)
         n->hooks.node_down(n, peer, why, n->hooks.arg);
     close_conn_handles(c, graceful);
     maybe_free_conn(c);
 }
 
-void cn_conn_close(conn *c, const char *why)
+void shoal__conn_close(conn *c, const char *why)
 {
     close_conn(c, why, 0);
 }
@@ -511,13 +594,13 @@ static void conn_up(conn *c)
 {
     shoal_node *n = c->node;
     c->state = C_UP;
-    c->last_rx = c->last_tx = cn_now(n);
-    cn_debug(n, "connected to %s (%s)", n->names[c->peer], c->initiator ? "out" : "in");
+    c->last_rx = c->last_tx = shoal__now(n);
+    shoal__debug(n, "connected to %s (%s)", n->names[c->peer], c->initiator ? "out" : "in");
     if (c->pending.len) {
-        dbuf_append(&c->out, c->pending.data, c->pending.len);
-        dbuf_free(&c->pending);
+        shoal__dbuf_append(&c->out, c->pending.data, c->pending.len);
+        shoal__dbuf_free(&c->pending);
     }
-    cn_mark_dirty(c);
+    shoal__conn_dirty(c);
     if (n->hooks.node_up)
         n->hooks.node_up(n, n->names[c->peer], n->hooks.arg);
     conn_waiter *w = c->waiters;
@@ -535,6 +618,8 @@ static void conn_up(conn *c)
 
 static uint32_t new_challenge(shoal_node *n)
 {
+    if (n->test_challenge)
+        return n->test_challenge;
     uint32_t v = 0;
     if (uv_random(NULL, NULL, &v, sizeof v, 0, NULL) != 0)
         v = (uint32_t)uv_hrtime() ^ n->ref_salt;
@@ -546,22 +631,22 @@ static int acceptor_name(conn *c, const char *body, size_t len)
 {
     shoal_node *n = c->node;
     hs_name hn;
-    if (hs_parse_name(body, len, 0, &hn)) {
-        cn_log(n, "handshake: malformed send_name from an unknown peer; closing");
+    if (shoal__hs_parse_name(body, len, 0, &hn)) {
+        hs_fail(c, HSF_MALFORMED, "malformed send_name; closing");
         return -EINVAL;
     }
     if ((hn.flags & WIRE_MANDATORY_25) != WIRE_MANDATORY_25 &&
         !(hn.flags & DFLAG_MANDATORY_25_DIGEST)) {
-        cn_log(n, "handshake: %s lacks mandatory flags; refusing", hn.name);
-        hs_put_status(&c->out, "not_allowed");
+        hs_fail(c, HSF_REFUSED, "%s lacks mandatory flags; refused", hn.name);
+        shoal__hs_put_status(&c->out, "not_allowed");
         hs_send(c);
         return -EINVAL;
     }
     uint32_t idx;
-    if (cn_intern(n, hn.name, &idx))
+    if (shoal__intern(n, hn.name, &idx))
         return -ENOMEM;
     if (idx == 0) {
-        cn_log(n, "handshake: peer claims our own name; refusing");
+        hs_fail(c, HSF_REFUSED, "the peer claims our own name; refused");
         return -EINVAL;
     }
     c->peer = idx;
@@ -571,34 +656,34 @@ static int acceptor_name(conn *c, const char *body, size_t len)
     if (old && old != c) {
         if (old->state == C_UP) {
             /* the peer restarted before we saw the old connection die */
-            hs_put_status(&c->out, "alive");
+            shoal__hs_put_status(&c->out, "alive");
             hs_send(c);
             c->state = C_A_ALIVE;
             return 0;
         }
         /* simultaneous connect: the larger name wins */
         if (strcmp(n->full_name, hn.name) > 0) {
-            hs_put_status(&c->out, "nok");
+            shoal__hs_put_status(&c->out, "nok");
             hs_send(c);
             return -EAGAIN;
         }
         /* we yield: move what the pending one queued to this connection */
         if (old->pending.len)
-            dbuf_append(&c->pending, old->pending.data, old->pending.len);
+            shoal__dbuf_append(&c->pending, old->pending.data, old->pending.len);
         old->pending.len = 0;
         c->waiters = old->waiters;
         old->waiters = NULL;
         n->by_peer[idx] = NULL;
         old->peer = 0; /* its close must not take the peer down */
-        cn_conn_close(old, "simultaneous connect");
+        shoal__conn_close(old, "simultaneous connect");
         n->by_peer[idx] = c;
-        hs_put_status(&c->out, "ok_simultaneous");
+        shoal__hs_put_status(&c->out, "ok_simultaneous");
     } else {
         n->by_peer[idx] = c;
-        hs_put_status(&c->out, "ok");
+        shoal__hs_put_status(&c->out, "ok");
     }
     c->my_challenge = new_challenge(n);
-    hs_put_challenge(&c->out, WIRE_OUR_FLAGS, c->my_challenge, n->creation, n->full_name);
+    shoal__hs_put_challenge(&c->out, WIRE_OUR_FLAGS, c->my_challenge, n->creation, n->full_name);
     hs_send(c);
     c->state = C_A_REPLY;
     return 0;
@@ -607,7 +692,6 @@ static int acceptor_name(conn *c, const char *body, size_t len)
 static int hs_message(conn *c, const char *body, size_t len)
 {
     shoal_node *n = c->node;
-    const char *peer = c->peer ? n->names[c->peer] : "(unknown)";
     unsigned char dig[16];
     switch (c->state) {
     case C_A_NAME:
@@ -616,28 +700,30 @@ static int hs_message(conn *c, const char *body, size_t len)
         if (len == 5 && memcmp(body, "strue", 5) == 0) {
             conn *old = n->by_peer[c->peer];
             if (old && old != c)
-                cn_conn_close(old, "peer restarted");
+                shoal__conn_close(old, "peer restarted");
             n->by_peer[c->peer] = c;
             c->my_challenge = new_challenge(n);
-            hs_put_challenge(&c->out, WIRE_OUR_FLAGS, c->my_challenge, n->creation,
-                             n->full_name);
+            shoal__hs_put_challenge(&c->out, WIRE_OUR_FLAGS, c->my_challenge, n->creation,
+                                    n->full_name);
             hs_send(c);
             c->state = C_A_REPLY;
             return 0;
         }
+        if (!(len == 6 && memcmp(body, "sfalse", 6) == 0)) /* false: the peer keeps the old one */
+            hs_fail(c, HSF_MALFORMED, "bad answer to our status alive; closing");
         return -EINVAL;
     case C_A_REPLY:
         if (len != 21 || body[0] != 'r') {
-            cn_log(n, "handshake with %s: bad challenge reply; closing", peer);
+            hs_fail(c, HSF_MALFORMED, "bad challenge reply; closing");
             return -EINVAL;
         }
-        hs_digest(n->cookie, c->my_challenge, dig);
+        shoal__hs_digest(n->cookie, c->my_challenge, dig);
         if (memcmp(dig, body + 5, 16) != 0) {
-            cn_log(n, "handshake with %s: wrong cookie; connection refused", peer);
+            hs_fail(c, HSF_COOKIE, "wrong cookie; connection refused");
             return -EACCES;
         }
-        hs_digest(n->cookie, get32(body + 1), dig);
-        hs_put_ack(&c->out, dig);
+        shoal__hs_digest(n->cookie, shoal__get32(body + 1), dig);
+        shoal__hs_put_ack(&c->out, dig);
         hs_send(c);
         conn_up(c);
         return 0;
@@ -649,43 +735,45 @@ static int hs_message(conn *c, const char *body, size_t len)
             return 0;
         }
         if (len == 6 && memcmp(body, "salive", 6) == 0) {
-            hs_put_status(&c->out, "true");
+            shoal__hs_put_status(&c->out, "true");
             hs_send(c);
             c->state = C_I_CHALLENGE;
             return 0;
         }
-        cn_log(n, "handshake with %s: refused (%.*s)", peer, (int)(len > 40 ? 40 : len), body);
+        hs_fail(c, HSF_REFUSED, "refused (%.*s)", (int)(len > 40 ? 40 : len), body);
         return -ECONNREFUSED;
     case C_I_CHALLENGE: {
         hs_name hn;
-        if (hs_parse_name(body, len, 1, &hn)) {
-            cn_log(n, "handshake with %s: malformed challenge; closing", peer);
+        if (shoal__hs_parse_name(body, len, 1, &hn)) {
+            hs_fail(c, HSF_MALFORMED, "malformed challenge; closing");
             return -EINVAL;
         }
         if (strcmp(hn.name, n->names[c->peer]) != 0) {
-            cn_log(n, "handshake: expected %s, reached %s; closing", peer, hn.name);
+            hs_fail(c, HSF_REFUSED, "reached %s instead; closing", hn.name);
             return -EINVAL;
         }
         if ((hn.flags & WIRE_MANDATORY_25) != WIRE_MANDATORY_25 &&
             !(hn.flags & DFLAG_MANDATORY_25_DIGEST)) {
-            cn_log(n, "handshake: %s lacks mandatory flags; closing", peer);
+            hs_fail(c, HSF_REFUSED, "the peer lacks mandatory flags; closing");
             return -EINVAL;
         }
         c->peer_flags = hn.flags;
         c->peer_creation = hn.creation;
         c->my_challenge = new_challenge(n);
-        hs_digest(n->cookie, hn.challenge, dig);
-        hs_put_reply(&c->out, c->my_challenge, dig);
+        shoal__hs_digest(n->cookie, hn.challenge, dig);
+        shoal__hs_put_reply(&c->out, c->my_challenge, dig);
         hs_send(c);
         c->state = C_I_ACK;
         return 0;
     }
     case C_I_ACK:
-        if (len != 17 || body[0] != 'a')
+        if (len != 17 || body[0] != 'a') {
+            hs_fail(c, HSF_MALFORMED, "malformed challenge ack; closing");
             return -EINVAL;
-        hs_digest(n->cookie, c->my_challenge, dig);
+        }
+        shoal__hs_digest(n->cookie, c->my_challenge, dig);
         if (memcmp(dig, body + 1, 16) != 0) {
-            cn_log(n, "handshake with %s: wrong cookie (bad ack digest); closing", peer);
+            hs_fail(c, HSF_COOKIE, "wrong cookie (bad ack digest); closing");
             return -EACCES;
         }
         conn_up(c);
@@ -705,7 +793,7 @@ static void conn_consume(conn *c)
         if (c->state == C_UP) {
             frame f;
             size_t need = 0;
-            int rc = frame_parse(p, avail, n->opts.max_frame, &f, &need);
+            int rc = shoal__frame_parse(p, avail, n->opts.max_frame, &f, &need);
             if (rc == 0) {
                 if (need > c->rcap) { /* make room for the whole frame at once */
                     if (off) {
@@ -715,7 +803,7 @@ static void conn_consume(conn *c)
                     }
                     char *nb = realloc(c->rbuf, need);
                     if (!nb) {
-                        cn_conn_close(c, "out of memory");
+                        shoal__conn_close(c, "out of memory");
                         return;
                     }
                     c->rbuf = nb;
@@ -723,31 +811,37 @@ static void conn_consume(conn *c)
                 }
                 break;
             }
+            if (rc == -E2BIG) {
+                shoal__log(n,
+                           "closing connection to %s: a frame of %zu bytes is over the limit "
+                           "of %zu bytes (-max_frame)",
+                           n->names[c->peer], need, n->opts.max_frame);
+                shoal__conn_close(c, "frame over max_frame");
+                return;
+            }
             if (rc < 0) {
-                cn_log(n, "closing connection to %s: %s frame", n->names[c->peer],
-                       rc == -E2BIG ? "oversized" : "malformed");
-                cn_conn_close(c, "malformed frame");
+                shoal__log(n, "closing connection to %s: malformed frame", n->names[c->peer]);
+                shoal__conn_close(c, "malformed frame");
                 return;
             }
             off += f.size;
-            if (f.kind == FRAME_PASS && dist_handle_frame(c, &f) < 0) {
+            if (f.kind == FRAME_PASS && n->up->frame_in(c, &f) < 0) {
                 if (c->state != C_CLOSING) {
-                    cn_log(n, "closing connection to %s: bad control message",
-                           n->names[c->peer]);
-                    cn_conn_close(c, "bad control message");
+                    shoal__log(n, "closing connection to %s: bad control message",
+                               n->names[c->peer]);
+                    shoal__conn_close(c, "bad control message");
                 }
                 return;
             }
         } else {
             const char *body;
             size_t blen, used;
-            int rc = hs_frame(p, avail, &body, &blen, &used);
+            int rc = shoal__hs_frame(p, avail, &body, &blen, &used);
             if (rc == 0)
                 break;
             if (rc < 0 || hs_message(c, body, blen) < 0) {
                 if (rc < 0)
-                    cn_log(n, "handshake: garbage from %s; closing",
-                           c->peer ? n->names[c->peer] : "an unknown peer");
+                    hs_fail(c, HSF_MALFORMED, "garbage; closing");
                 close_conn(c, "handshake failed", 1);
                 return;
             }
@@ -793,27 +887,45 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->state == C_CLOSING)
         return;
     if (nread < 0) {
-        if (c->state != C_UP && c->state != C_CLOSING)
-            cn_log(c->node, "handshake with %s: connection closed by peer",
-                   c->peer ? c->node->names[c->peer] : "an unknown peer");
-        cn_conn_close(c, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
+        if (c->state == C_I_ACK) /* the peer did not like our digest: a cookie mismatch */
+            hs_fail(c, HSF_CLOSED, "closed by the peer after our challenge reply (wrong cookie?)");
+        else if (c->state != C_UP)
+            hs_fail(c, HSF_CLOSED, "connection closed by the peer");
+        shoal__conn_close(c, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
         return;
     }
     if (nread == 0)
         return;
     c->rlen += (size_t)nread;
-    c->last_rx = cn_now(c->node);
+    c->last_rx = shoal__now(c->node);
     if (c->node->opts.spin_us) {
         c->node->last_io_ns = uv_hrtime();
-        cn_wake(c->node);
+        shoal__wake(c->node);
     }
     conn_consume(c);
     /* answer now: everything this read produced (replies, acks, for any connection) goes
      * out in one write per connection before the loop polls again */
-    on_flush(&c->node->flush);
+    flush_dirty(c->node);
 }
 
 /* ---- accepting -------------------------------------------------------------------------- */
+
+/* "ip:port" of a socket address, for log lines. */
+static void addr_text(const struct sockaddr_storage *ss, char *buf, size_t size)
+{
+    char ip[64] = "?";
+    int port = 0;
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        uv_ip6_name(a, ip, sizeof ip);
+        port = ntohs(a->sin6_port);
+    } else if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        uv_ip4_name(a, ip, sizeof ip);
+        port = ntohs(a->sin_port);
+    }
+    snprintf(buf, size, "%s:%d", ip, port);
+}
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -829,9 +941,13 @@ static void on_connection(uv_stream_t *server, int status)
     c->state = C_A_NAME;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
-        cn_conn_close(c, "accept failed");
+        shoal__conn_close(c, "accept failed");
         return;
     }
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0)
+        addr_text(&ss, c->addr_str, sizeof c->addr_str);
     uv_tcp_nodelay(&c->tcp, 1);
 }
 
@@ -847,7 +963,7 @@ static void epmd_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)hint;
     shoal_node *n = h->data;
-    if (dbuf_reserve(&n->epmd_buf, 64)) {
+    if (shoal__dbuf_reserve(&n->epmd_buf, 64)) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
@@ -860,8 +976,8 @@ static void epmd_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     shoal_node *n = s->data;
     if (nread < 0) {
         if (!n->closing) {
-            cn_log(n, "epmd closed our registration socket (%s)",
-                   nread == UV_EOF ? "eof" : uv_strerror((int)nread));
+            shoal__log(n, "epmd closed our registration socket (%s)",
+                       nread == UV_EOF ? "eof" : uv_strerror((int)nread));
             if (!n->epmd_registered)
                 started(n, -ECONNRESET);
         }
@@ -873,18 +989,18 @@ static void epmd_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     int result = 0;
     uint32_t creation = 0;
-    int rc = epmd_parse_alive2(n->epmd_buf.data, n->epmd_buf.len, &result, &creation);
+    int rc = shoal__epmd_parse_alive2(n->epmd_buf.data, n->epmd_buf.len, &result, &creation);
     if (rc == 0)
         return;
     if (rc < 0 || result != 0) {
-        cn_log(n, "epmd refused the name %s (result %d)", n->alive, rc < 0 ? -1 : result);
+        shoal__log(n, "epmd refused the name %s (result %d)", n->alive, rc < 0 ? -1 : result);
         started(n, -EADDRINUSE);
         close_node_handle(n, (uv_handle_t *)&n->epmd);
         return;
     }
     n->epmd_registered = 1;
     n->epmd_buf.len = 0;
-    cn_debug(n, "registered with epmd on port %d", n->port);
+    shoal__debug(n, "registered with epmd on port %d", n->port);
     started(n, 0);
 }
 
@@ -892,7 +1008,7 @@ static void epmd_written(uv_write_t *req, int status)
 {
     shoal_node *n = req->data;
     if (status < 0 && !n->closing) {
-        cn_log(n, "epmd: write failed");
+        shoal__log(n, "epmd: write failed");
         started(n, status);
     }
 }
@@ -903,12 +1019,12 @@ static void epmd_connected(uv_connect_t *req, int status)
     if (n->closing)
         return;
     if (status < 0) {
-        cn_log(n, "cannot reach epmd on 127.0.0.1:4369 (%s)", uv_strerror(status));
+        shoal__log(n, "cannot reach epmd on 127.0.0.1:4369 (%s)", uv_strerror(status));
         started(n, status);
         return;
     }
-    dbuf_free(&n->epmd_req);
-    if (epmd_put_alive2(&n->epmd_req, n->port, 1, n->alive)) {
+    shoal__dbuf_free(&n->epmd_req);
+    if (shoal__epmd_put_alive2(&n->epmd_req, n->port, 1, n->alive)) {
         started(n, -EINVAL);
         return;
     }
@@ -920,32 +1036,37 @@ static void epmd_connected(uv_connect_t *req, int status)
 
 /* ---- ticks and handshake timeouts --------------------------------------------------------- */
 
-static void on_tick(uv_timer_t *t)
+static void tick_at(shoal_node *n, uint64_t now)
 {
-    shoal_node *n = t->data;
-    uint64_t now = cn_now(n), tick = n->opts.tick_ms;
+    uint64_t tick = n->opts.tick_ms;
+    hs_summary(n, now);
     for (conn *c = n->conns; c; c = c->next) {
         if (c->state == C_CLOSING)
             continue;
         if (c->state != C_UP) {
             if (now >= c->deadline) {
-                cn_log(n, "handshake with %s timed out; closing",
-                       c->peer ? n->names[c->peer] : "an unknown peer");
-                cn_conn_close(c, "handshake timeout");
+                hs_fail(c, HSF_TIMEOUT, "no answer within %d ms; closing", CN_HS_TIMEOUT_MS);
+                shoal__conn_close(c, "handshake timeout");
             }
             continue;
         }
         if (now - c->last_rx > 4 * tick + tick / 2) {
-            cn_log(n, "connection to %s: no traffic for %llu ms (net_tick_timeout); closing",
-                   n->names[c->peer], (unsigned long long)(now - c->last_rx));
-            cn_conn_close(c, "net_tick_timeout");
+            shoal__log(n, "connection to %s: no traffic for %llu ms (net_tick_timeout); closing",
+                       n->names[c->peer], (unsigned long long)(now - c->last_rx));
+            shoal__conn_close(c, "net_tick_timeout");
             continue;
         }
         if (now - c->last_tx >= tick && c->out.len == 0 && !c->writing) {
-            frame_tick(&c->out);
-            cn_mark_dirty(c);
+            shoal__frame_tick(&c->out);
+            shoal__conn_dirty(c);
         }
     }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    shoal_node *n = t->data;
+    tick_at(n, shoal__now(n));
 }
 
 int shoal_node_start(shoal_node *n)
@@ -972,7 +1093,7 @@ int shoal_node_start(shoal_node *n)
     uv_ip4_addr("0.0.0.0", n->opts.port, &addr);
     if ((rc = uv_tcp_bind(&n->listener, (const struct sockaddr *)&addr, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&n->listener, 128, on_connection)) != 0) {
-        cn_log(n, "cannot listen: %s", uv_strerror(rc));
+        shoal__log(n, "cannot listen: %s", uv_strerror(rc));
         return rc;
     }
     struct sockaddr_storage ss;
@@ -989,7 +1110,7 @@ int shoal_node_start(shoal_node *n)
     n->epmd_creq.data = n;
     rc = uv_tcp_connect(&n->epmd_creq, &n->epmd, (const struct sockaddr *)&ea, epmd_connected);
     if (rc) {
-        cn_log(n, "cannot connect to epmd: %s", uv_strerror(rc));
+        shoal__log(n, "cannot connect to epmd: %s", uv_strerror(rc));
         return rc;
     }
     return 0;
@@ -1000,7 +1121,7 @@ int shoal_node_start(shoal_node *n)
 static void on_idle(uv_idle_t *h)
 {
     shoal_node *n = h->data;
-    proc_run_queue(n);
+    n->up->run_queue(n);
     /* keep polling without sleeping for a moment after traffic, as BEAM schedulers spin:
      * a reply or the next request then needs no wake-up from epoll_wait */
     if (!n->runq_len && uv_hrtime() - n->last_io_ns > (uint64_t)n->opts.spin_us * 1000) {
@@ -1009,7 +1130,7 @@ static void on_idle(uv_idle_t *h)
     }
 }
 
-void cn_wake(shoal_node *n)
+void shoal__wake(shoal_node *n)
 {
     if (!n->idle_on && n->listening && !uv_is_closing((uv_handle_t *)&n->idle)) {
         uv_idle_start(&n->idle, on_idle);
@@ -1025,17 +1146,17 @@ static void on_connected(uv_connect_t *req, int status)
     if (c->state == C_CLOSING)
         return;
     if (status < 0) {
-        cn_log(c->node, "cannot connect to %s: %s", c->node->names[c->peer],
-               uv_strerror(status));
-        cn_conn_close(c, "connect failed");
+        shoal__log(c->node, "cannot connect to %s: %s", c->node->names[c->peer],
+                   uv_strerror(status));
+        shoal__conn_close(c, "connect failed");
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
     c->state = C_I_STATUS;
-    hs_put_name(&c->out, WIRE_OUR_FLAGS, c->node->creation, c->node->full_name);
+    shoal__hs_put_name(&c->out, WIRE_OUR_FLAGS, c->node->creation, c->node->full_name);
     hs_send(c);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
-        cn_conn_close(c, "read failed");
+        shoal__conn_close(c, "read failed");
 }
 
 static void dist_connect(conn *c, int port)
@@ -1046,14 +1167,15 @@ static void dist_connect(conn *c, int port)
         ((struct sockaddr_in6 *)&c->addr)->sin6_port = htons((uint16_t)port);
     else
         ((struct sockaddr_in *)&c->addr)->sin_port = htons((uint16_t)port);
+    addr_text(&c->addr, c->addr_str, sizeof c->addr_str);
     uv_tcp_init(n->loop, &c->tcp);
     c->tcp.data = c;
     c->tcp_open = 1;
     c->creq.data = c;
     int rc = uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&c->addr, on_connected);
     if (rc) {
-        cn_log(n, "cannot connect to %s: %s", n->names[c->peer], uv_strerror(rc));
-        cn_conn_close(c, "connect failed");
+        shoal__log(n, "cannot connect to %s: %s", n->names[c->peer], uv_strerror(rc));
+        shoal__conn_close(c, "connect failed");
     }
 }
 
@@ -1061,7 +1183,7 @@ static void epq_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)hint;
     conn *c = h->data;
-    if (dbuf_reserve(&c->ebuf, 256)) {
+    if (shoal__dbuf_reserve(&c->ebuf, 256)) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
@@ -1077,13 +1199,13 @@ static void epq_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread > 0)
         c->ebuf.len += (size_t)nread;
     int port = 0;
-    int rc = epmd_parse_port2(c->ebuf.data, c->ebuf.len, &port);
+    int rc = shoal__epmd_parse_port2(c->ebuf.data, c->ebuf.len, &port);
     if (rc == 0 && nread >= 0)
         return;
     uv_close((uv_handle_t *)&c->epmd, on_conn_epmd_closed);
     if (rc <= 0 || port < 0) {
-        cn_log(c->node, "epmd on the host of %s does not know it", c->node->names[c->peer]);
-        cn_conn_close(c, "not registered in epmd");
+        shoal__log(c->node, "epmd on the host of %s does not know it", c->node->names[c->peer]);
+        shoal__conn_close(c, "not registered in epmd");
         return;
     }
     dist_connect(c, port);
@@ -1093,7 +1215,7 @@ static void epq_written(uv_write_t *req, int status)
 {
     conn *c = req->data;
     if (status < 0 && c->state == C_EPMD)
-        cn_conn_close(c, "epmd write failed");
+        shoal__conn_close(c, "epmd write failed");
 }
 
 static void epq_connected(uv_connect_t *req, int status)
@@ -1102,9 +1224,9 @@ static void epq_connected(uv_connect_t *req, int status)
     if (c->state != C_EPMD)
         return;
     if (status < 0) {
-        cn_log(c->node, "cannot reach epmd for %s: %s", c->node->names[c->peer],
-               uv_strerror(status));
-        cn_conn_close(c, "epmd unreachable");
+        shoal__log(c->node, "cannot reach epmd for %s: %s", c->node->names[c->peer],
+                   uv_strerror(status));
+        shoal__conn_close(c, "epmd unreachable");
         return;
     }
     const char *name = c->node->names[c->peer];
@@ -1112,8 +1234,8 @@ static void epq_connected(uv_connect_t *req, int status)
     size_t an = (size_t)(strchr(name, '@') - name);
     memcpy(alive, name, an);
     alive[an] = 0;
-    dbuf_free(&c->ereq);
-    epmd_put_port_please(&c->ereq, alive);
+    shoal__dbuf_free(&c->ereq);
+    shoal__epmd_put_port_please(&c->ereq, alive);
     uv_buf_t b = uv_buf_init(c->ereq.data, (unsigned)c->ereq.len);
     c->ewreq.data = c;
     uv_write(&c->ewreq, (uv_stream_t *)&c->epmd, &b, 1, epq_written);
@@ -1131,11 +1253,11 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     if (status < 0 || !res) {
-        cn_log(c->node, "cannot resolve the host of %s: %s", c->node->names[c->peer],
-               uv_strerror(status));
+        shoal__log(c->node, "cannot resolve the host of %s: %s", c->node->names[c->peer],
+                   uv_strerror(status));
         if (res)
             uv_freeaddrinfo(res);
-        cn_conn_close(c, "cannot resolve host");
+        shoal__conn_close(c, "cannot resolve host");
         return;
     }
     memcpy(&c->addr, res->ai_addr, res->ai_addrlen);
@@ -1151,10 +1273,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     c->epmd_open = 1;
     c->ecreq.data = c;
     if (uv_tcp_connect(&c->ecreq, &c->epmd, (struct sockaddr *)&ea, epq_connected) != 0)
-        cn_conn_close(c, "epmd connect failed");
+        shoal__conn_close(c, "epmd connect failed");
 }
 
-conn *cn_conn_for(shoal_node *n, uint32_t peer, int create)
+conn *shoal__conn_for(shoal_node *n, uint32_t peer, int create)
 {
     if (peer == 0 || peer >= n->nnames)
         return NULL;
@@ -1178,7 +1300,7 @@ conn *cn_conn_for(shoal_node *n, uint32_t peer, int create)
     c->gai_active = 1;
     if (uv_getaddrinfo(n->loop, &c->gai, on_resolved, at + 1, NULL, &hints) != 0) {
         c->gai_active = 0;
-        cn_conn_close(c, "cannot resolve host");
+        shoal__conn_close(c, "cannot resolve host");
         return NULL;
     }
     return c;
@@ -1210,12 +1332,12 @@ int shoal_connect(shoal_node *n, const char *node_name,
     if (!n || !node_name || !strchr(node_name, '@'))
         return -EINVAL;
     uint32_t peer;
-    int rc = cn_intern(n, node_name, &peer);
+    int rc = shoal__intern(n, node_name, &peer);
     if (rc)
         return rc;
     if (peer == 0)
         return -EINVAL;
-    conn *c = cn_conn_for(n, peer, 1);
+    conn *c = shoal__conn_for(n, peer, 1);
     if (!c)
         return -ENOTCONN;
     if (!cb)
@@ -1313,15 +1435,14 @@ void shoal_timer_stop(shoal_timer *t)
 
 /* ---- closing the node ------------------------------------------------------------------- */
 
-void shoal_node_close(shoal_node *n)
+void shoal__node_close(shoal_node *n)
 {
-    if (!n || n->closing)
+    if (n->closing)
         return;
-    proc_close_all(n); /* exit signals and DOWNs go out before the sockets close */
     n->closing = 1;
     while (n->timers)
         shoal_timer_stop(n->timers);
-    on_flush(&n->flush);
+    flush_dirty(n);
     for (conn *c = n->conns; c; c = c->next)
         close_conn(c, "node shutting down", 1);
     if (n->listening) {
@@ -1334,26 +1455,104 @@ void shoal_node_close(shoal_node *n)
     maybe_closed(n);
 }
 
-void shoal_node_free(shoal_node *n)
+void shoal__node_free(shoal_node *n)
 {
-    if (!n)
-        return;
-    proc_free_all(n);
     for (uint32_t i = 0; i < n->nnames; i++)
         free(n->names[i]);
     free(n->names);
     free(n->by_peer);
-    smap_free(&n->name_idx);
-    smap_free(&n->regnames);
-    imap_free(&n->procs);
-    imap_free(&n->mons);
-    dbuf_free(&n->epmd_buf);
-    dbuf_free(&n->epmd_req);
-    dbuf_free(&n->scratch);
+    shoal__smap_free(&n->name_idx);
+    shoal__smap_free(&n->regnames);
+    shoal__imap_free(&n->procs);
+    shoal__imap_free(&n->mons);
+    shoal__dbuf_free(&n->epmd_buf);
+    shoal__dbuf_free(&n->epmd_req);
+    shoal__dbuf_free(&n->scratch);
     free(n->scratch_from);
     free(n->alive);
     free(n->host);
     free(n->cookie);
     free(n->full_name);
     free(n);
+}
+
+/* ---- test entry: connections without a socket ------------------------------------------ */
+
+int shoal__conn_test_open(shoal_node *n, int role, const char *peer, dbuf *sink, conn **out)
+{
+    uint32_t idx = 0;
+    if (!n || !sink || !out || n->listening || n->closing || role < SHOAL__TEST_ACCEPT ||
+        role > SHOAL__TEST_UP)
+        return -EINVAL;
+    if (role != SHOAL__TEST_ACCEPT) {
+        int rc = peer ? shoal__intern(n, peer, &idx) : -EINVAL;
+        if (rc)
+            return rc;
+        if (idx == 0 || n->by_peer[idx])
+            return -EEXIST;
+    }
+    conn *c = conn_new(n, role == SHOAL__TEST_INITIATE);
+    if (!c)
+        return -ENOMEM;
+    c->sink = sink;
+    snprintf(c->addr_str, sizeof c->addr_str, "test:%p", (void *)c);
+    if (role == SHOAL__TEST_ACCEPT) {
+        c->state = C_A_NAME;
+    } else {
+        c->peer = idx;
+        n->by_peer[idx] = c;
+        if (role == SHOAL__TEST_INITIATE) { /* as on_connected: our send_name is out */
+            c->state = C_I_STATUS;
+            shoal__hs_put_name(&c->out, WIRE_OUR_FLAGS, n->creation, n->full_name);
+            shoal__conn_dirty(c);
+        } else {
+            c->peer_flags = WIRE_OUR_FLAGS;
+            conn_up(c);
+        }
+    }
+    flush_dirty(n);
+    *out = c;
+    return 0;
+}
+
+int shoal__conn_test_feed(conn *c, const char *buf, size_t len)
+{
+    if (c->state == C_CLOSING)
+        return -ECONNRESET;
+    if (len) {
+        if (c->rcap - c->rlen < len) {
+            char *nb = realloc(c->rbuf, c->rlen + len);
+            if (!nb)
+                return -ENOMEM;
+            c->rbuf = nb;
+            c->rcap = c->rlen + len;
+        }
+        memcpy(c->rbuf + c->rlen, buf, len);
+        c->rlen += len;
+        c->last_rx = shoal__now(c->node);
+        conn_consume(c);
+    }
+    flush_dirty(c->node);
+    return c->state == C_CLOSING ? -ECONNRESET : 0;
+}
+
+void shoal__node_test_turn(shoal_node *n, uint64_t tick_now)
+{
+    n->up->run_queue(n);
+    if (tick_now)
+        tick_at(n, tick_now);
+    flush_dirty(n);
+}
+
+int shoal__conn_test_state(const conn *c)
+{
+    return c->state == C_CLOSING ? -1 : c->state == C_UP ? 1 : 0;
+}
+
+void shoal__conn_test_release(conn *c)
+{
+    if (c->state != C_CLOSING)
+        shoal__conn_close(c, "test done");
+    c->sink = NULL;
+    maybe_free_conn(c);
 }

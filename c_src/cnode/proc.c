@@ -10,19 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *dist_normal_atom(size_t *len);
-int dist_is_atom(const char *term, const char *name);
-
-static const char NOPROC[] = {'w', 6, 'n', 'o', 'p', 'r', 'o', 'c'};
-static const char NOCONN[] = {'w', 12, 'n', 'o', 'c', 'o', 'n', 'n', 'e', 'c', 't', 'i', 'o', 'n'};
-static const char KILLED[] = {'w', 6, 'k', 'i', 'l', 'l', 'e', 'd'};
-static const char SHUTDOWN[] = {'w', 8, 's', 'h', 'u', 't', 'd', 'o', 'w', 'n'};
-
 static void finish_exit(shoal_proc *p);
 
 /* ---- pids -------------------------------------------------------------------------------- */
 
-shoal_pid proc_pid_of(shoal_node *n, uint64_t id)
+shoal_pid shoal__proc_pid_of(shoal_node *n, uint64_t id)
 {
     shoal_pid p = {0, (uint32_t)(id & 0x7fff), (uint32_t)((id >> 15) & 0x1fff), n->creation};
     return p;
@@ -33,19 +25,19 @@ static uint64_t id_of(const shoal_pid *p)
     return (uint64_t)p->num | (uint64_t)p->serial << 15;
 }
 
-shoal_proc *proc_get(shoal_node *n, const shoal_pid *pid)
+shoal_proc *shoal__proc_get(shoal_node *n, const shoal_pid *pid)
 {
     if (pid->node != 0 || pid->creation != n->creation || pid->num > 0x7fff ||
         pid->serial > 0x1fff)
         return NULL;
-    return imap_get(&n->procs, id_of(pid));
+    return shoal__imap_get(&n->procs, id_of(pid));
 }
 
 shoal_proc *shoal_proc_by_pid(shoal_node *n, const shoal_pid *pid)
 {
     if (!n || !pid)
         return NULL;
-    shoal_proc *p = proc_get(n, pid);
+    shoal_proc *p = shoal__proc_get(n, pid);
     return p && !p->exiting ? p : NULL;
 }
 
@@ -57,7 +49,7 @@ int shoal_pid_eq(const shoal_pid *a, const shoal_pid *b)
 
 shoal_pid shoal_self(const shoal_proc *p)
 {
-    return proc_pid_of(p->node, p->id);
+    return shoal__proc_pid_of(p->node, p->id);
 }
 
 void *shoal_state(shoal_proc *p)
@@ -75,10 +67,10 @@ int shoal_encode_pid(shoal_node *n, ei_x_buff *x, const shoal_pid *pid)
     if (!n || !x || !pid || pid->node >= n->nnames)
         return -EINVAL;
     dbuf b = {0};
-    int rc = dist_enc_pid(n, &b, pid);
+    int rc = shoal__enc_pid(n, &b, pid);
     if (!rc && ei_x_append_buf(x, b.data, (int)b.len) < 0)
         rc = -ENOMEM;
-    dbuf_free(&b);
+    shoal__dbuf_free(&b);
     return rc;
 }
 
@@ -86,7 +78,35 @@ int shoal_decode_pid(shoal_node *n, const char *buf, int *index, shoal_pid *pid)
 {
     if (!n || !buf || !index || !pid)
         return -EINVAL;
-    return dist_dec_pid(n, buf, index, pid);
+    return shoal__dec_pid(n, buf, index, pid);
+}
+
+int shoal_decode_dest(shoal_node *n, const char *buf, int *index, shoal_dest *d, char *name,
+                      char *node)
+{
+    int type, size, arity;
+    if (!n || !buf || !index || !d || !name || !node)
+        return -EINVAL;
+    memset(d, 0, sizeof *d);
+    if (ei_get_type(buf, index, &type, &size) < 0)
+        return -EINVAL;
+    if (type == ERL_NEW_PID_EXT || type == ERL_PID_EXT)
+        return shoal__dec_pid(n, buf, index, &d->pid);
+    if (type == ERL_SMALL_TUPLE_EXT) {
+        int i = *index;
+        if (ei_decode_tuple_header(buf, &i, &arity) || arity != 2 ||
+            ei_decode_atom_as(buf, &i, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL) ||
+            ei_decode_atom_as(buf, &i, node, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
+            return -EINVAL;
+        *index = i;
+        d->name = name;
+        d->node = node;
+        return 0;
+    }
+    if (ei_decode_atom_as(buf, index, name, MAXATOMLEN_UTF8, ERLANG_UTF8, NULL, NULL))
+        return -EINVAL;
+    d->name = name;
+    return 0;
 }
 
 /* Accepts term bytes with or without the version byte; checks they hold exactly one term. */
@@ -99,7 +119,7 @@ static int norm_term(const char **term, size_t *len)
         (*len)--;
     }
     size_t used;
-    if (term_check(*term, *len, &used) || used != *len)
+    if (shoal__term_check(*term, *len, &used) || used != *len)
         return -EINVAL;
     return 0;
 }
@@ -110,7 +130,7 @@ int shoal_spawn(shoal_node *n, const shoal_proc_spec *spec, shoal_proc **out)
 {
     if (!n || !spec || !spec->handle || n->closing)
         return -EINVAL;
-    if (spec->name && smap_get(&n->regnames, spec->name))
+    if (spec->name && shoal__smap_get(&n->regnames, spec->name))
         return -EEXIST;
     shoal_proc *p = calloc(1, sizeof *p);
     if (!p)
@@ -122,15 +142,15 @@ int shoal_spawn(shoal_node *n, const shoal_proc_spec *spec, shoal_proc **out)
         p->id = n->next_id++;
         if (n->next_id >= (1u << 28))
             n->next_id = CN_SYSTEM_ID + 1;
-    } while (imap_get(&n->procs, p->id));
-    if (imap_put(&n->procs, p->id, p)) {
+    } while (shoal__imap_get(&n->procs, p->id));
+    if (shoal__imap_put(&n->procs, p->id, p)) {
         free(p);
         return -ENOMEM;
     }
     if (spec->name) {
         int rc = shoal_register(p, spec->name);
         if (rc) {
-            imap_del(&n->procs, p->id);
+            shoal__imap_del(&n->procs, p->id);
             free(p);
             return rc;
         }
@@ -145,10 +165,10 @@ int shoal_register(shoal_proc *p, const char *name)
     if (!p || !name || !name[0] || strlen(name) > 1020)
         return -EINVAL;
     shoal_node *n = p->node;
-    if (p->name || smap_get(&n->regnames, name))
+    if (p->name || shoal__smap_get(&n->regnames, name))
         return -EEXIST;
     p->name = strdup(name);
-    if (!p->name || smap_put(&n->regnames, name, p)) {
+    if (!p->name || shoal__smap_put(&n->regnames, name, p)) {
         free(p->name);
         p->name = NULL;
         return -ENOMEM;
@@ -160,7 +180,7 @@ shoal_proc *shoal_whereis(shoal_node *n, const char *name)
 {
     if (!n || !name)
         return NULL;
-    shoal_proc *p = smap_get(&n->regnames, name);
+    shoal_proc *p = shoal__smap_get(&n->regnames, name);
     return p && !p->exiting ? p : NULL;
 }
 
@@ -179,7 +199,7 @@ static void runq_add(shoal_proc *p)
     }
     n->runq[n->runq_len++] = p->id;
     p->on_runq = 1;
-    cn_wake(n);
+    shoal__wake(n);
 }
 
 static int enqueue(shoal_proc *p, int kind, int has_from, const shoal_pid *from,
@@ -241,8 +261,8 @@ static void apply_signal(shoal_proc *p, const shoal_pid *from, const char *reaso
         return;
     if (link_signal && !remove_link(p, from))
         return;
-    if (!link_signal && dist_is_atom(reason, "kill")) {
-        shoal_exit(p, KILLED, sizeof KILLED);
+    if (!link_signal && shoal__is_atom(reason, "kill")) {
+        shoal_exit(p, ATOM_KILLED, sizeof ATOM_KILLED);
         return;
     }
     if (p->spec.trap_exit) {
@@ -250,18 +270,18 @@ static void apply_signal(shoal_proc *p, const shoal_pid *from, const char *reaso
         run_handle(p, &m);
         return;
     }
-    if (!dist_is_atom(reason, "normal"))
+    if (!shoal__is_atom(reason, "normal"))
         shoal_exit(p, reason, len);
 }
 
-void proc_run_queue(shoal_node *n)
+void shoal__proc_run_queue(shoal_node *n)
 {
     size_t count = n->runq_len;
     uint64_t *ids = n->runq;
     n->runq = NULL;
     n->runq_len = n->runq_cap = 0;
     for (size_t i = 0; i < count; i++) {
-        shoal_proc *p = imap_get(&n->procs, ids[i]);
+        shoal_proc *p = shoal__imap_get(&n->procs, ids[i]);
         if (!p)
             continue;
         p->on_runq = 0;
@@ -280,12 +300,12 @@ void proc_run_queue(shoal_node *n)
             }
             free(m->reply_to);
             free(m);
-            if (imap_get(&n->procs, id) != p)
+            if (shoal__imap_get(&n->procs, id) != p)
                 break; /* it exited; p is gone */
             if (p->mq_head == NULL)
                 break;
         }
-        shoal_proc *q = imap_get(&n->procs, ids[i]);
+        shoal_proc *q = shoal__imap_get(&n->procs, ids[i]);
         if (q && q->mq_head)
             runq_add(q);
     }
@@ -306,7 +326,7 @@ static int gen_kind(const char *term, int *idx)
     if (u[0] != ERL_SMALL_TUPLE_EXT || (u[1] != 2 && u[1] != 3))
         return 0;
     int i = 2;
-    if (atom_view(term, &i, &a, &al) != 0 || al != 9)
+    if (shoal__atom_view(term, &i, &a, &al) != 0 || al != 9)
         return 0;
     if (u[1] == 3 && memcmp(a, "$gen_call", 9) == 0) {
         *idx = i;
@@ -331,7 +351,7 @@ static void deliver_direct(shoal_node *n, shoal_proc *p, int has_from, const sho
     if (g) {
         if (g == GEN_CALL && ei_decode_tuple_header(term, &idx, &inner) == 0 && inner == 2) {
             shoal_from *f = n->scratch_from;
-            if (dist_dec_pid(n, term, &idx, &f->pid) == 0) {
+            if (shoal__dec_pid(n, term, &idx, &f->pid) == 0) {
                 int tag_at = idx;
                 if (ei_skip_term(term, &idx) == 0 && idx - tag_at <= CN_MAX_TAG) {
                     f->taglen = (uint32_t)(idx - tag_at);
@@ -353,24 +373,24 @@ static void deliver_direct(shoal_node *n, shoal_proc *p, int has_from, const sho
     run_handle(p, &m);
 }
 
-void proc_deliver(shoal_node *n, const shoal_pid *to, int has_from, const shoal_pid *from,
-                  const char *term, size_t len)
+void shoal__proc_deliver(shoal_node *n, const shoal_pid *to, int has_from, const shoal_pid *from,
+                         const char *term, size_t len)
 {
-    if (n->mons.count && outmon_reply(n, term, len))
+    if (n->mons.count && shoal__outmon_reply(n, term, len))
         return;
-    shoal_proc *p = proc_get(n, to);
+    shoal_proc *p = shoal__proc_get(n, to);
     if (p && !p->exiting)
         deliver_direct(n, p, has_from, from, term, len);
 }
 
-void proc_deliver_named(shoal_node *n, const char *name, size_t namelen,
-                        const shoal_pid *from, const char *term, size_t len)
+void shoal__proc_deliver_named(shoal_node *n, const char *name, size_t namelen,
+                               const shoal_pid *from, const char *term, size_t len)
 {
-    shoal_proc *p = smap_getn(&n->regnames, name, namelen);
+    shoal_proc *p = shoal__smap_getn(&n->regnames, name, namelen);
     if (p && !p->exiting)
         deliver_direct(n, p, 1, from, term, len);
     else
-        cn_debug(n, "message to unregistered name %.*s dropped", (int)namelen, name);
+        shoal__debug(n, "message to unregistered name %.*s dropped", (int)namelen, name);
 }
 
 /* Queues a message from C code to a local process (after the same classification). */
@@ -382,7 +402,7 @@ static int local_send(shoal_node *n, shoal_proc *p, int has_from, const shoal_pi
     if (g) {
         if (g == GEN_CALL && ei_decode_tuple_header(term, &idx, &inner) == 0 && inner == 2) {
             shoal_pid caller;
-            if (dist_dec_pid(n, term, &idx, &caller) == 0) {
+            if (shoal__dec_pid(n, term, &idx, &caller) == 0) {
                 int tag_at = idx;
                 if (ei_skip_term(term, &idx) == 0) {
                     size_t tl = (size_t)(idx - tag_at);
@@ -412,14 +432,14 @@ static int route_pid(shoal_node *n, const shoal_pid *from, const shoal_pid *to, 
                      size_t len)
 {
     if (to->node == 0) {
-        if (n->mons.count && outmon_reply(n, term, len))
+        if (n->mons.count && shoal__outmon_reply(n, term, len))
             return 0;
-        shoal_proc *p = proc_get(n, to);
+        shoal_proc *p = shoal__proc_get(n, to);
         if (!p || p->exiting)
             return 0; /* like Erlang: sending to a dead pid succeeds silently */
         return local_send(n, p, from != NULL, from, term, len);
     }
-    return dist_send_ctrl(n, to->node, OP_SEND, NULL, to, NULL, 0, NULL, 0, term, len);
+    return shoal__ctrl_send(n, to->node, OP_SEND, NULL, to, NULL, 0, NULL, 0, term, len);
 }
 
 int shoal_send(shoal_node *n, shoal_proc *from, const shoal_dest *dest, const char *term,
@@ -427,13 +447,13 @@ int shoal_send(shoal_node *n, shoal_proc *from, const shoal_dest *dest, const ch
 {
     if (!n || !dest || norm_term(&term, &len))
         return -EINVAL;
-    shoal_pid fp = proc_pid_of(n, from ? from->id : CN_SYSTEM_ID);
+    shoal_pid fp = shoal__proc_pid_of(n, from ? from->id : CN_SYSTEM_ID);
     if (dest->name) {
         uint32_t peer = 0;
         if (dest->node && strcmp(dest->node, n->full_name) != 0) {
             if (!strchr(dest->node, '@'))
                 return -EINVAL;
-            int rc = cn_intern(n, dest->node, &peer);
+            int rc = shoal__intern(n, dest->node, &peer);
             if (rc)
                 return rc;
         }
@@ -441,8 +461,8 @@ int shoal_send(shoal_node *n, shoal_proc *from, const shoal_dest *dest, const ch
             shoal_proc *p = shoal_whereis(n, dest->name);
             return p ? local_send(n, p, 1, &fp, term, len) : 0;
         }
-        return dist_send_ctrl(n, peer, OP_REG_SEND, &fp, NULL, dest->name, 0, NULL, 0, term,
-                              len);
+        return shoal__ctrl_send(n, peer, OP_REG_SEND, &fp, NULL, dest->name, 0, NULL, 0, term,
+                                len);
     }
     if (dest->pid.node >= n->nnames)
         return -EINVAL;
@@ -459,14 +479,14 @@ int shoal_reply(shoal_node *n, const shoal_from *f, const char *term, size_t len
     dbuf local = {0};
     dbuf *b = f->pid.node != 0 ? &n->scratch : &local;
     b->len = 0;
-    int rc = dist_enc_tuple(b, 2) || dbuf_append(b, f->tag, f->taglen) ||
-             dbuf_append(b, term, len);
+    int rc = shoal__enc_tuple(b, 2) || shoal__dbuf_append(b, f->tag, f->taglen) ||
+             shoal__dbuf_append(b, term, len);
     if (!rc)
         rc = route_pid(n, NULL, &f->pid, b->data, b->len);
     else
         rc = -ENOMEM;
     if (b == &local || b->cap > (1u << 20)) /* do not keep a big reply's buffer */
-        dbuf_free(b);
+        shoal__dbuf_free(b);
     return rc;
 }
 
@@ -504,23 +524,23 @@ static int add_link(shoal_proc *p, const shoal_pid *other)
     return 0;
 }
 
-int proc_add_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote)
+int shoal__proc_add_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote)
 {
-    shoal_proc *p = proc_get(n, local);
+    shoal_proc *p = shoal__proc_get(n, local);
     if (!p || p->exiting)
         return -ESRCH;
     return add_link(p, remote);
 }
 
-void proc_del_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote)
+void shoal__proc_del_link(shoal_node *n, const shoal_pid *local, const shoal_pid *remote)
 {
-    shoal_proc *p = proc_get(n, local);
+    shoal_proc *p = shoal__proc_get(n, local);
     if (p)
         remove_link(p, remote);
 }
 
-int proc_add_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher, uint64_t local_ref,
-                   int by_name, const char *ref, size_t reflen)
+int shoal__proc_add_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher,
+                          uint64_t local_ref, int by_name, const char *ref, size_t reflen)
 {
     (void)n;
     if (p->nmons == p->capmons) {
@@ -547,8 +567,8 @@ int proc_add_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher, uint6
     return 0;
 }
 
-void proc_del_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher, const char *ref,
-                    size_t reflen, uint64_t local_ref)
+void shoal__proc_del_inmon(shoal_node *n, shoal_proc *p, const shoal_pid *watcher, const char *ref,
+                           size_t reflen, uint64_t local_ref)
 {
     (void)n;
     for (uint32_t i = 0; i < p->nmons; i++) {
@@ -586,36 +606,36 @@ static void om_free(outmon *om)
 
 static void om_detach(shoal_node *n, outmon *om, int demonitor)
 {
-    imap_del(&n->mons, om->refno);
-    shoal_proc *owner = om->owner != CN_SYSTEM_ID ? imap_get(&n->procs, om->owner) : NULL;
+    shoal__imap_del(&n->mons, om->refno);
+    shoal_proc *owner = om->owner != CN_SYSTEM_ID ? shoal__imap_get(&n->procs, om->owner) : NULL;
     if (owner && owner->nouts)
         owner->nouts--;
     if (!demonitor)
         return;
-    shoal_pid self = proc_pid_of(n, om->owner);
+    shoal_pid self = shoal__proc_pid_of(n, om->owner);
     if (om->peer) {
         conn *c = n->by_peer[om->peer];
         if (c && c->state != C_CLOSING)
-            dist_send_ctrl(n, om->peer, OP_DEMONITOR_P, &self, &om->target, om->target_name,
-                           om->refno, NULL, 0, NULL, 0);
+            shoal__ctrl_send(n, om->peer, OP_DEMONITOR_P, &self, &om->target, om->target_name,
+                             om->refno, NULL, 0, NULL, 0);
     } else {
-        shoal_proc *t = om->target_name ? smap_get(&n->regnames, om->target_name)
-                                        : proc_get(n, &om->target);
+        shoal_proc *t = om->target_name ? shoal__smap_get(&n->regnames, om->target_name)
+                                        : shoal__proc_get(n, &om->target);
         if (t)
-            proc_del_inmon(n, t, NULL, NULL, 0, om->refno);
+            shoal__proc_del_inmon(n, t, NULL, NULL, 0, om->refno);
     }
 }
 
-void outmon_fire(shoal_node *n, uint64_t refno, const char *reason, size_t len, int status)
+void shoal__outmon_fire(shoal_node *n, uint64_t refno, const char *reason, size_t len, int status)
 {
-    outmon *om = imap_get(&n->mons, refno);
+    outmon *om = shoal__imap_get(&n->mons, refno);
     if (!om)
         return;
     om_detach(n, om, 0);
     if (om->kind == OM_CALL) {
         om->cb(n, status, reason, len, om->arg);
     } else {
-        shoal_proc *owner = imap_get(&n->procs, om->owner);
+        shoal_proc *owner = shoal__imap_get(&n->procs, om->owner);
         shoal_pid target = om->target;
         if (owner && !owner->exiting)
             enqueue(owner, SHOAL_MSG_DOWN, !om->target_name, &target, reason, len, NULL,
@@ -624,16 +644,16 @@ void outmon_fire(shoal_node *n, uint64_t refno, const char *reason, size_t len, 
     om_free(om);
 }
 
-int outmon_reply(shoal_node *n, const char *term, size_t len)
+int shoal__outmon_reply(shoal_node *n, const char *term, size_t len)
 {
     int idx = 0, arity;
     uint64_t refno;
     if ((unsigned char)term[0] != ERL_SMALL_TUPLE_EXT || (unsigned char)term[1] != 2 ||
         term[2] != ERL_NEWER_REFERENCE_EXT)
         return 0;
-    if (ei_decode_tuple_header(term, &idx, &arity) || dist_dec_our_ref(n, term, &idx, &refno))
+    if (ei_decode_tuple_header(term, &idx, &arity) || shoal__dec_our_ref(n, term, &idx, &refno))
         return 0;
-    outmon *om = imap_get(&n->mons, refno);
+    outmon *om = shoal__imap_get(&n->mons, refno);
     if (!om || om->kind != OM_CALL)
         return 0;
     om_detach(n, om, 1);
@@ -649,12 +669,12 @@ static void om_timeout(uv_timer_t *t)
     int status = om->async_status ? om->async_status : -ETIMEDOUT;
     om_detach(n, om, !om->async_status);
     if (om->kind == OM_CALL)
-        om->cb(n, status, om->async_status ? NOPROC : NULL,
-               om->async_status ? sizeof NOPROC : 0, om->arg);
+        om->cb(n, status, om->async_status ? ATOM_NOPROC : NULL,
+               om->async_status ? sizeof ATOM_NOPROC : 0, om->arg);
     else {
-        shoal_proc *owner = imap_get(&n->procs, om->owner);
+        shoal_proc *owner = shoal__imap_get(&n->procs, om->owner);
         if (owner && !owner->exiting)
-            enqueue(owner, SHOAL_MSG_DOWN, 1, &om->target, NOPROC, sizeof NOPROC, NULL,
+            enqueue(owner, SHOAL_MSG_DOWN, 1, &om->target, ATOM_NOPROC, sizeof ATOM_NOPROC, NULL,
                     om->refno, 0);
     }
     om_free(om);
@@ -684,7 +704,7 @@ static int om_start(shoal_node *n, uint64_t owner, int kind, const shoal_dest *d
         if (dest->node && strcmp(dest->node, n->full_name) != 0) {
             if (!strchr(dest->node, '@'))
                 return -EINVAL;
-            int rc = cn_intern(n, dest->node, &peer);
+            int rc = shoal__intern(n, dest->node, &peer);
             if (rc)
                 return rc;
         }
@@ -710,17 +730,17 @@ static int om_start(shoal_node *n, uint64_t owner, int kind, const shoal_dest *d
     } else {
         om->target = dest->pid;
     }
-    if (imap_put(&n->mons, om->refno, om)) {
+    if (shoal__imap_put(&n->mons, om->refno, om)) {
         om_free(om);
         return -ENOMEM;
     }
-    shoal_proc *op = owner != CN_SYSTEM_ID ? imap_get(&n->procs, owner) : NULL;
+    shoal_proc *op = owner != CN_SYSTEM_ID ? shoal__imap_get(&n->procs, owner) : NULL;
     if (op)
         op->nouts++;
-    shoal_pid self = proc_pid_of(n, owner);
+    shoal_pid self = shoal__proc_pid_of(n, owner);
     if (peer) {
-        int rc = dist_send_ctrl(n, peer, OP_MONITOR_P, &self, &om->target, om->target_name,
-                                om->refno, NULL, 0, NULL, 0);
+        int rc = shoal__ctrl_send(n, peer, OP_MONITOR_P, &self, &om->target, om->target_name,
+                                  om->refno, NULL, 0, NULL, 0);
         if (rc) { /* cannot even start connecting: fail later, as noconnection */
             om->async_status = -ENOTCONN;
             if (om_arm(om, 0)) {
@@ -731,8 +751,9 @@ static int om_start(shoal_node *n, uint64_t owner, int kind, const shoal_dest *d
         }
     } else {
         shoal_proc *t = om->target_name ? shoal_whereis(n, om->target_name)
-                                        : proc_get(n, &om->target);
-        int rc = t && !t->exiting ? proc_add_inmon(n, t, &self, om->refno, 0, NULL, 0) : -ESRCH;
+                                        : shoal__proc_get(n, &om->target);
+        int rc = t && !t->exiting ? shoal__proc_add_inmon(n, t, &self, om->refno, 0, NULL, 0)
+                                  : -ESRCH;
         if (rc) {
             if (t)
                 om->target = shoal_self(t);
@@ -763,7 +784,7 @@ int shoal_monitor(shoal_proc *p, const shoal_dest *dest, uint64_t *id)
 
 int shoal_demonitor(shoal_proc *p, uint64_t id)
 {
-    outmon *om = imap_get(&p->node->mons, id);
+    outmon *om = shoal__imap_get(&p->node->mons, id);
     if (!om || om->owner != p->id || om->kind != OM_MON)
         return -ENOENT;
     om_detach(p->node, om, 1);
@@ -791,11 +812,11 @@ int shoal_call(shoal_node *n, shoal_proc *from, const shoal_dest *dest, const ch
         om_free(om);
         return -ENOMEM;
     }
-    shoal_pid self = proc_pid_of(n, owner);
+    shoal_pid self = shoal__proc_pid_of(n, owner);
     dbuf b = {0};
-    rc = dist_enc_tuple(&b, 3) || dist_enc_atom(&b, "$gen_call") || dist_enc_tuple(&b, 2) ||
-         dist_enc_pid(n, &b, &self) || dist_enc_ref(n, &b, om->refno) ||
-         dbuf_append(&b, req, len);
+    rc = shoal__enc_tuple(&b, 3) || shoal__enc_atom(&b, "$gen_call") || shoal__enc_tuple(&b, 2) ||
+         shoal__enc_pid(n, &b, &self) || shoal__enc_ref(n, &b, om->refno) ||
+         shoal__dbuf_append(&b, req, len);
     if (!rc) {
         if (dest->name) {
             shoal_dest d = *dest;
@@ -804,7 +825,7 @@ int shoal_call(shoal_node *n, shoal_proc *from, const shoal_dest *dest, const ch
             rc = route_pid(n, &self, &dest->pid, b.data, b.len);
         }
     }
-    dbuf_free(&b);
+    shoal__dbuf_free(&b);
     if (rc) {
         om_detach(n, om, 1);
         om_free(om);
@@ -822,11 +843,12 @@ int shoal_link(shoal_proc *p, const shoal_pid *pid)
     if (shoal_pid_eq(&self, pid))
         return 0;
     if (pid->node == 0) {
-        shoal_proc *t = proc_get(n, pid);
+        shoal_proc *t = shoal__proc_get(n, pid);
         if (!t || t->exiting) {
             /* like Erlang: linking to a dead pid brings an exit signal noproc */
             int rc = add_link(p, pid);
-            return rc ? rc : enqueue(p, LM_SIGNAL, 1, pid, NOPROC, sizeof NOPROC, NULL, 0, 1);
+            return rc ? rc
+                      : enqueue(p, LM_SIGNAL, 1, pid, ATOM_NOPROC, sizeof ATOM_NOPROC, NULL, 0, 1);
         }
         int rc = add_link(p, pid);
         return rc ? rc : add_link(t, &self);
@@ -834,15 +856,15 @@ int shoal_link(shoal_proc *p, const shoal_pid *pid)
     int rc = add_link(p, pid);
     if (rc)
         return rc;
-    return dist_send_ctrl(n, pid->node, OP_LINK, &self, pid, NULL, 0, NULL, 0, NULL, 0);
+    return shoal__ctrl_send(n, pid->node, OP_LINK, &self, pid, NULL, 0, NULL, 0, NULL, 0);
 }
 
 /* ---- exits --------------------------------------------------------------------------------- */
 
-void proc_signal(shoal_node *n, const shoal_pid *to, const shoal_pid *from, const char *reason,
-                 size_t len, int link_signal)
+void shoal__proc_signal(shoal_node *n, const shoal_pid *to, const shoal_pid *from,
+                        const char *reason, size_t len, int link_signal)
 {
-    shoal_proc *p = proc_get(n, to);
+    shoal_proc *p = shoal__proc_get(n, to);
     if (p)
         apply_signal(p, from, reason, len, link_signal);
 }
@@ -851,10 +873,12 @@ int shoal_exit(shoal_proc *p, const char *reason, size_t len)
 {
     if (!p || p->exiting)
         return -ESRCH;
-    if (!reason)
-        reason = dist_normal_atom(&len);
-    else if (norm_term(&reason, &len))
+    if (!reason) {
+        reason = ATOM_NORMAL;
+        len = sizeof ATOM_NORMAL;
+    } else if (norm_term(&reason, &len)) {
         return -EINVAL;
+    }
     p->exit_reason = malloc(len);
     if (!p->exit_reason)
         return -ENOMEM;
@@ -905,7 +929,7 @@ static int push_id(uint64_t **ids, size_t *cnt, size_t *cap, uint64_t id)
 static void cancel_outmons(shoal_node *n, const uint64_t *ids, size_t cnt)
 {
     for (size_t k = 0; k < cnt; k++) {
-        outmon *om = imap_get(&n->mons, ids[k]);
+        outmon *om = shoal__imap_get(&n->mons, ids[k]);
         if (!om)
             continue;
         om_detach(n, om, 1);
@@ -921,29 +945,29 @@ static void finish_exit(shoal_proc *p)
     shoal_pid self = shoal_self(p);
     const char *reason = p->exit_reason;
     size_t len = p->exit_len;
-    imap_del(&n->procs, p->id);
+    shoal__imap_del(&n->procs, p->id);
     if (p->name)
-        smap_del(&n->regnames, p->name);
+        shoal__smap_del(&n->regnames, p->name);
     /* links: remote peers get EXIT, local ones a queued signal */
     for (uint32_t i = 0; i < p->nlinks; i++) {
         shoal_pid *l = &p->links[i];
         if (l->node == 0) {
-            shoal_proc *t = proc_get(n, l);
+            shoal_proc *t = shoal__proc_get(n, l);
             if (t && !t->exiting)
                 enqueue(t, LM_SIGNAL, 1, &self, reason, len, NULL, 0, 1);
         } else if (n->by_peer[l->node] && n->by_peer[l->node]->state == C_UP) {
-            dist_send_ctrl(n, l->node, OP_EXIT, &self, l, NULL, 0, NULL, 0, reason, len);
+            shoal__ctrl_send(n, l->node, OP_EXIT, &self, l, NULL, 0, NULL, 0, reason, len);
         }
     }
     /* monitors on us: DOWN with the reason */
     for (uint32_t i = 0; i < p->nmons; i++) {
         inmon *m = &p->mons[i];
         if (m->local_ref) {
-            outmon_fire(n, m->local_ref, reason, len, -ESRCH);
+            shoal__outmon_fire(n, m->local_ref, reason, len, -ESRCH);
         } else if (n->by_peer[m->watcher.node] &&
                    n->by_peer[m->watcher.node]->state == C_UP) {
-            dist_send_ctrl(n, m->watcher.node, OP_MONITOR_P_EXIT, &self, &m->watcher,
-                           m->by_name ? p->name : NULL, 0, m->ref, m->reflen, reason, len);
+            shoal__ctrl_send(n, m->watcher.node, OP_MONITOR_P_EXIT, &self, &m->watcher,
+                             m->by_name ? p->name : NULL, 0, m->ref, m->reflen, reason, len);
         }
     }
     /* monitors and calls we hold */
@@ -951,7 +975,7 @@ static void finish_exit(shoal_proc *p)
         size_t cnt = 0, i = 0;
         uint64_t *refs = malloc(n->mons.count * sizeof *refs), key;
         outmon *om;
-        while (refs && (om = imap_next(&n->mons, &i, &key)))
+        while (refs && (om = shoal__imap_next(&n->mons, &i, &key)))
             if (om->owner == p->id)
                 refs[cnt++] = key;
         cancel_outmons(n, refs, cnt);
@@ -964,23 +988,23 @@ static void finish_exit(shoal_proc *p)
 
 /* A connection went down: links to that node deliver noconnection, monitors held by its
  * processes vanish, and our calls and monitors towards it fail. */
-void proc_node_down(shoal_node *n, uint32_t peer)
+void shoal__proc_node_down(shoal_node *n, uint32_t peer)
 {
     size_t i = 0, cnt = 0, cap = 0;
     uint64_t key, *ids = NULL;
     outmon *om;
     /* outgoing monitors and calls */
-    while ((om = imap_next(&n->mons, &i, &key)))
+    while ((om = shoal__imap_next(&n->mons, &i, &key)))
         if (om->peer == peer && push_id(&ids, &cnt, &cap, key) != 0)
             break;
     for (size_t k = 0; k < cnt; k++)
-        if (imap_get(&n->mons, ids[k]))
-            outmon_fire(n, ids[k], NOCONN, sizeof NOCONN, -ENOTCONN);
+        if (shoal__imap_get(&n->mons, ids[k]))
+            shoal__outmon_fire(n, ids[k], ATOM_NOCONN, sizeof ATOM_NOCONN, -ENOTCONN);
     /* processes with links or monitors involving that node */
     cnt = 0;
     i = 0;
     shoal_proc *p;
-    while ((p = imap_next(&n->procs, &i, &key))) {
+    while ((p = shoal__imap_next(&n->procs, &i, &key))) {
         int hit = 0;
         for (uint32_t j = 0; j < p->nmons;) {
             if (!p->mons[j].local_ref && p->mons[j].watcher.node == peer) {
@@ -998,7 +1022,7 @@ void proc_node_down(shoal_node *n, uint32_t peer)
     }
     for (size_t k = 0; k < cnt; k++) {
         for (;;) {
-            p = imap_get(&n->procs, ids[k]);
+            p = shoal__imap_get(&n->procs, ids[k]);
             if (!p || p->exiting)
                 break;
             uint32_t j = 0;
@@ -1007,24 +1031,24 @@ void proc_node_down(shoal_node *n, uint32_t peer)
             if (j == p->nlinks)
                 break;
             shoal_pid from = p->links[j];
-            apply_signal(p, &from, NOCONN, sizeof NOCONN, 1);
+            apply_signal(p, &from, ATOM_NOCONN, sizeof ATOM_NOCONN, 1);
         }
     }
     free(ids);
 }
 
-void proc_close_all(shoal_node *n)
+void shoal__proc_close_all(shoal_node *n)
 {
     size_t i = 0, cnt = 0;
     uint64_t key, *ids = malloc((n->procs.count + 1) * sizeof *ids);
     if (!ids)
         return;
-    while (imap_next(&n->procs, &i, &key))
+    while (shoal__imap_next(&n->procs, &i, &key))
         ids[cnt++] = key;
     for (size_t k = 0; k < cnt; k++) {
-        shoal_proc *p = imap_get(&n->procs, ids[k]);
+        shoal_proc *p = shoal__imap_get(&n->procs, ids[k]);
         if (p && !p->exiting)
-            shoal_exit(p, SHUTDOWN, sizeof SHUTDOWN);
+            shoal_exit(p, ATOM_SHUTDOWN, sizeof ATOM_SHUTDOWN);
     }
     free(ids);
     /* the system pid's calls and monitors */
@@ -1034,21 +1058,21 @@ void proc_close_all(shoal_node *n)
     ids = malloc((n->mons.count + 1) * sizeof *ids);
     if (!ids)
         return;
-    while ((om = imap_next(&n->mons, &i, &key)))
+    while ((om = shoal__imap_next(&n->mons, &i, &key)))
         ids[cnt++] = key;
     cancel_outmons(n, ids, cnt);
     free(ids);
 }
 
-void proc_free_all(shoal_node *n)
+void shoal__proc_free_all(shoal_node *n)
 {
     size_t i = 0;
     shoal_proc *p;
-    while ((p = imap_next(&n->procs, &i, NULL)))
+    while ((p = shoal__imap_next(&n->procs, &i, NULL)))
         free_proc(p);
     i = 0;
     outmon *om;
-    while ((om = imap_next(&n->mons, &i, NULL))) {
+    while ((om = shoal__imap_next(&n->mons, &i, NULL))) {
         free(om->target_name);
         free(om->timer);
         free(om);

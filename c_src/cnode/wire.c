@@ -1,6 +1,6 @@
 /* wire.c - the byte-level codecs of the distribution protocol: a growable buffer, a
  * bounds-checked validator for external-format terms (ei's decoders trust their input, so
- * every byte from the network passes through term_check first), the frame reader/writer
+ * every byte from the network passes through shoal__term_check first), the frame reader/writer
  * used after the handshake, and the handshake and epmd messages. Pure functions on bytes. */
 #include "wire.h"
 #include "md5.h"
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int dbuf_reserve(dbuf *b, size_t extra)
+int shoal__dbuf_reserve(dbuf *b, size_t extra)
 {
     if (b->cap - b->len >= extra)
         return 0;
@@ -28,9 +28,9 @@ int dbuf_reserve(dbuf *b, size_t extra)
     return 0;
 }
 
-int dbuf_append(dbuf *b, const void *p, size_t n)
+int shoal__dbuf_append(dbuf *b, const void *p, size_t n)
 {
-    int rc = dbuf_reserve(b, n);
+    int rc = shoal__dbuf_reserve(b, n);
     if (rc)
         return rc;
     if (n)
@@ -39,20 +39,20 @@ int dbuf_append(dbuf *b, const void *p, size_t n)
     return 0;
 }
 
-void dbuf_free(dbuf *b)
+void shoal__dbuf_free(dbuf *b)
 {
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
 }
 
-void put16(char *p, uint32_t v)
+void shoal__put16(char *p, uint32_t v)
 {
     p[0] = (char)(v >> 8);
     p[1] = (char)v;
 }
 
-void put32(char *p, uint32_t v)
+void shoal__put32(char *p, uint32_t v)
 {
     p[0] = (char)(v >> 24);
     p[1] = (char)(v >> 16);
@@ -60,13 +60,13 @@ void put32(char *p, uint32_t v)
     p[3] = (char)v;
 }
 
-uint32_t get16(const char *p)
+uint32_t shoal__get16(const char *p)
 {
     const unsigned char *u = (const unsigned char *)p;
     return (uint32_t)u[0] << 8 | u[1];
 }
 
-uint32_t get32(const char *p)
+uint32_t shoal__get32(const char *p)
 {
     const unsigned char *u = (const unsigned char *)p;
     return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
@@ -86,7 +86,7 @@ static int skip_atom(const char *buf, size_t len, size_t *pos)
     case 'v': /* ATOM_UTF8_EXT */
         if (len - p < 2)
             return -EINVAL;
-        n = get16(buf + p);
+        n = shoal__get16(buf + p);
         p += 2;
         if (n > (tag == 'd' ? 255u : 1020u))
             return -EINVAL;
@@ -113,7 +113,7 @@ static int skip_atom(const char *buf, size_t len, size_t *pos)
             return -EINVAL;                                                                    \
     } while (0)
 
-int term_check(const char *buf, size_t len, size_t *used)
+int shoal__term_check(const char *buf, size_t len, size_t *used)
 {
     size_t pos = 0;
     uint64_t pending = 1; /* terms still to read; each takes at least one byte */
@@ -175,7 +175,7 @@ int term_check(const char *buf, size_t len, size_t *used)
         case 'Z': /* NEWER_REFERENCE_EXT */
         case 'r': /* NEW_REFERENCE_EXT */
             NEED(2);
-            n = get16(buf + pos);
+            n = shoal__get16(buf + pos);
             pos += 2;
             if (n < 1 || n > 5)
                 return -EINVAL;
@@ -191,38 +191,38 @@ int term_check(const char *buf, size_t len, size_t *used)
             break;
         case 'i': /* LARGE_TUPLE_EXT */
             NEED(4);
-            pending += get32(buf + pos);
+            pending += shoal__get32(buf + pos);
             pos += 4;
             break;
         case 't': /* MAP_EXT */
             NEED(4);
-            pending += 2 * (uint64_t)get32(buf + pos);
+            pending += 2 * (uint64_t)shoal__get32(buf + pos);
             pos += 4;
             break;
         case 'j': /* NIL_EXT */
             break;
         case 'k': /* STRING_EXT */
             NEED(2);
-            n = get16(buf + pos);
+            n = shoal__get16(buf + pos);
             pos += 2;
             NEED(n);
             pos += n;
             break;
         case 'l': /* LIST_EXT: elements, then the tail */
             NEED(4);
-            pending += (uint64_t)get32(buf + pos) + 1;
+            pending += (uint64_t)shoal__get32(buf + pos) + 1;
             pos += 4;
             break;
         case 'm': /* BINARY_EXT */
             NEED(4);
-            n = get32(buf + pos);
+            n = shoal__get32(buf + pos);
             pos += 4;
             NEED(n);
             pos += n;
             break;
         case 'M': { /* BIT_BINARY_EXT */
             NEED(5);
-            n = get32(buf + pos);
+            n = shoal__get32(buf + pos);
             unsigned bits = (unsigned char)buf[pos + 4];
             pos += 5;
             if (n == 0 || bits < 1 || bits > 8)
@@ -242,7 +242,7 @@ int term_check(const char *buf, size_t len, size_t *used)
             break;
         case 'o': /* LARGE_BIG_EXT */
             NEED(5);
-            n = get32(buf + pos);
+            n = shoal__get32(buf + pos);
             if ((unsigned char)buf[pos + 4] > 1)
                 return -EINVAL;
             pos += 5;
@@ -255,8 +255,8 @@ int term_check(const char *buf, size_t len, size_t *used)
         case 'p': { /* NEW_FUN_EXT */
             size_t start = pos - 1;
             NEED(4 + 1 + 16 + 4 + 4);
-            n = get32(buf + pos); /* size, counting itself but not the tag */
-            uint32_t nfree = get32(buf + pos + 25);
+            n = shoal__get32(buf + pos); /* size, counting itself but not the tag */
+            uint32_t nfree = shoal__get32(buf + pos + 25);
             if (n < 29 || n > len - start - 1)
                 return -EINVAL;
             pos += 29;
@@ -271,7 +271,7 @@ int term_check(const char *buf, size_t len, size_t *used)
     return 0;
 }
 
-int atom_view(const char *buf, int *idx, const char **s, size_t *n)
+int shoal__atom_view(const char *buf, int *idx, const char **s, size_t *n)
 {
     const unsigned char *b = (const unsigned char *)buf + *idx;
     size_t len, hdr;
@@ -301,15 +301,17 @@ int atom_view(const char *buf, int *idx, const char **s, size_t *n)
 
 /* ---- frames --------------------------------------------------------------------------- */
 
-int frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, size_t *need)
+int shoal__frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, size_t *need)
 {
     if (len < 4) {
         *need = 4;
         return 0;
     }
-    size_t flen = get32(buf);
-    if (flen > max_frame)
+    size_t flen = shoal__get32(buf);
+    if (flen > max_frame) {
+        *need = flen;
         return -E2BIG;
+    }
     if (len - 4 < flen) {
         *need = 4 + flen;
         return 0;
@@ -325,7 +327,7 @@ int frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, size_t 
         return -EINVAL;
     size_t rest = flen - 2, used;
     p += 2;
-    if (term_check(p, rest, &used) || (p[0] != 'h' && p[0] != 'i'))
+    if (shoal__term_check(p, rest, &used) || (p[0] != 'h' && p[0] != 'i'))
         return -EINVAL;
     f->kind = FRAME_PASS;
     f->ctrl = p;
@@ -338,22 +340,22 @@ int frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, size_t 
         return -EINVAL;
     p++;
     rest--;
-    if (term_check(p, rest, &used) || used != rest)
+    if (shoal__term_check(p, rest, &used) || used != rest)
         return -EINVAL;
     f->msg = p;
     f->msg_len = used;
     return 1;
 }
 
-int frame_tick(dbuf *b)
+int shoal__frame_tick(dbuf *b)
 {
     static const char zero[4] = {0, 0, 0, 0};
-    return dbuf_append(b, zero, 4);
+    return shoal__dbuf_append(b, zero, 4);
 }
 
-long frame_begin(dbuf *b)
+long shoal__frame_begin(dbuf *b)
 {
-    int rc = dbuf_reserve(b, 6);
+    int rc = shoal__dbuf_reserve(b, 6);
     if (rc)
         return rc;
     long mark = (long)b->len;
@@ -363,13 +365,13 @@ long frame_begin(dbuf *b)
     return mark;
 }
 
-int frame_msg(dbuf *b, const char *term, size_t len)
+int shoal__frame_msg(dbuf *b, const char *term, size_t len)
 {
     if (len > 0 && (unsigned char)term[0] == 131) {
         term++;
         len--;
     }
-    int rc = dbuf_reserve(b, len + 1);
+    int rc = shoal__dbuf_reserve(b, len + 1);
     if (rc)
         return rc;
     b->data[b->len++] = (char)131;
@@ -378,18 +380,18 @@ int frame_msg(dbuf *b, const char *term, size_t len)
     return 0;
 }
 
-void frame_end(dbuf *b, long mark)
+void shoal__frame_end(dbuf *b, long mark)
 {
-    put32(b->data + mark, (uint32_t)(b->len - (size_t)mark - 4));
+    shoal__put32(b->data + mark, (uint32_t)(b->len - (size_t)mark - 4));
 }
 
 /* ---- handshake ------------------------------------------------------------------------ */
 
-int hs_frame(const char *buf, size_t len, const char **body, size_t *blen, size_t *used)
+int shoal__hs_frame(const char *buf, size_t len, const char **body, size_t *blen, size_t *used)
 {
     if (len < 2)
         return 0;
-    size_t n = get16(buf);
+    size_t n = shoal__get16(buf);
     if (n == 0)
         return -EINVAL;
     if (len - 2 < n)
@@ -400,21 +402,21 @@ int hs_frame(const char *buf, size_t len, const char **body, size_t *blen, size_
     return 1;
 }
 
-int hs_parse_name(const char *body, size_t len, int with_challenge, hs_name *out)
+int shoal__hs_parse_name(const char *body, size_t len, int with_challenge, hs_name *out)
 {
     size_t fixed = 1 + 8 + (with_challenge ? 4 : 0) + 4 + 2;
     if (len < fixed || body[0] != 'N')
         return -EINVAL;
     const char *p = body + 1;
-    out->flags = (uint64_t)get32(p) << 32 | get32(p + 4);
+    out->flags = (uint64_t)shoal__get32(p) << 32 | shoal__get32(p + 4);
     p += 8;
     out->challenge = 0;
     if (with_challenge) {
-        out->challenge = get32(p);
+        out->challenge = shoal__get32(p);
         p += 4;
     }
-    out->creation = get32(p);
-    size_t nlen = get16(p + 4);
+    out->creation = shoal__get32(p);
+    size_t nlen = shoal__get16(p + 4);
     p += 6;
     if (nlen == 0 || nlen >= sizeof out->name || len - fixed != nlen)
         return -EINVAL;
@@ -427,10 +429,10 @@ int hs_parse_name(const char *body, size_t len, int with_challenge, hs_name *out
 
 static int hs_put(dbuf *b, const char *body, size_t n)
 {
-    int rc = dbuf_reserve(b, n + 2);
+    int rc = shoal__dbuf_reserve(b, n + 2);
     if (rc)
         return rc;
-    put16(b->data + b->len, (uint32_t)n);
+    shoal__put16(b->data + b->len, (uint32_t)n);
     memcpy(b->data + b->len + 2, body, n);
     b->len += n + 2;
     return 0;
@@ -444,32 +446,32 @@ static int put_name_msg(dbuf *b, uint64_t flags, int with_ch, uint32_t ch, uint3
     if (nlen == 0 || nlen > 1023)
         return -EINVAL;
     m[i++] = 'N';
-    put32(m + i, (uint32_t)(flags >> 32));
-    put32(m + i + 4, (uint32_t)flags);
+    shoal__put32(m + i, (uint32_t)(flags >> 32));
+    shoal__put32(m + i + 4, (uint32_t)flags);
     i += 8;
     if (with_ch) {
-        put32(m + i, ch);
+        shoal__put32(m + i, ch);
         i += 4;
     }
-    put32(m + i, creation);
-    put16(m + i + 4, (uint32_t)nlen);
+    shoal__put32(m + i, creation);
+    shoal__put16(m + i + 4, (uint32_t)nlen);
     i += 6;
     memcpy(m + i, name, nlen);
     return hs_put(b, m, i + nlen);
 }
 
-int hs_put_name(dbuf *b, uint64_t flags, uint32_t creation, const char *name)
+int shoal__hs_put_name(dbuf *b, uint64_t flags, uint32_t creation, const char *name)
 {
     return put_name_msg(b, flags, 0, 0, creation, name);
 }
 
-int hs_put_challenge(dbuf *b, uint64_t flags, uint32_t challenge, uint32_t creation,
-                     const char *name)
+int shoal__hs_put_challenge(dbuf *b, uint64_t flags, uint32_t challenge, uint32_t creation,
+                            const char *name)
 {
     return put_name_msg(b, flags, 1, challenge, creation, name);
 }
 
-int hs_put_status(dbuf *b, const char *status)
+int shoal__hs_put_status(dbuf *b, const char *status)
 {
     char m[64];
     size_t n = strlen(status);
@@ -480,16 +482,16 @@ int hs_put_status(dbuf *b, const char *status)
     return hs_put(b, m, n + 1);
 }
 
-int hs_put_reply(dbuf *b, uint32_t challenge, const unsigned char digest[16])
+int shoal__hs_put_reply(dbuf *b, uint32_t challenge, const unsigned char digest[16])
 {
     char m[21];
     m[0] = 'r';
-    put32(m + 1, challenge);
+    shoal__put32(m + 1, challenge);
     memcpy(m + 5, digest, 16);
     return hs_put(b, m, sizeof m);
 }
 
-int hs_put_ack(dbuf *b, const unsigned char digest[16])
+int shoal__hs_put_ack(dbuf *b, const unsigned char digest[16])
 {
     char m[17];
     m[0] = 'a';
@@ -497,44 +499,44 @@ int hs_put_ack(dbuf *b, const unsigned char digest[16])
     return hs_put(b, m, sizeof m);
 }
 
-void hs_digest(const char *cookie, uint32_t challenge, unsigned char out[16])
+void shoal__hs_digest(const char *cookie, uint32_t challenge, unsigned char out[16])
 {
     char num[16];
     int n = snprintf(num, sizeof num, "%u", (unsigned)challenge);
     md5_ctx c;
-    md5_init(&c);
-    md5_update(&c, cookie, strlen(cookie));
-    md5_update(&c, num, (size_t)n);
-    md5_final(&c, out);
+    shoal__md5_init(&c);
+    shoal__md5_update(&c, cookie, strlen(cookie));
+    shoal__md5_update(&c, num, (size_t)n);
+    shoal__md5_final(&c, out);
 }
 
 /* ---- epmd ----------------------------------------------------------------------------- */
 
-int epmd_put_alive2(dbuf *b, int port, int hidden, const char *alive)
+int shoal__epmd_put_alive2(dbuf *b, int port, int hidden, const char *alive)
 {
     size_t n = strlen(alive);
     if (n == 0 || n > 255)
         return -EINVAL;
     size_t body = 1 + 2 + 1 + 1 + 2 + 2 + 2 + n + 2;
-    int rc = dbuf_reserve(b, body + 2);
+    int rc = shoal__dbuf_reserve(b, body + 2);
     if (rc)
         return rc;
     char *p = b->data + b->len;
-    put16(p, (uint32_t)body);
+    shoal__put16(p, (uint32_t)body);
     p[2] = 120; /* ALIVE2_REQ */
-    put16(p + 3, (uint32_t)port);
+    shoal__put16(p + 3, (uint32_t)port);
     p[5] = hidden ? 72 : 77;
     p[6] = 0; /* tcp/ip-v4 */
-    put16(p + 7, 6);
-    put16(p + 9, 6);
-    put16(p + 11, (uint32_t)n);
+    shoal__put16(p + 7, 6);
+    shoal__put16(p + 9, 6);
+    shoal__put16(p + 11, (uint32_t)n);
     memcpy(p + 13, alive, n);
-    put16(p + 13 + n, 0);
+    shoal__put16(p + 13 + n, 0);
     b->len += body + 2;
     return 0;
 }
 
-int epmd_parse_alive2(const char *buf, size_t len, int *result, uint32_t *creation)
+int shoal__epmd_parse_alive2(const char *buf, size_t len, int *result, uint32_t *creation)
 {
     if (len < 1)
         return 0;
@@ -543,35 +545,35 @@ int epmd_parse_alive2(const char *buf, size_t len, int *result, uint32_t *creati
         if (len < 6)
             return 0;
         *result = (unsigned char)buf[1];
-        *creation = get32(buf + 2);
+        *creation = shoal__get32(buf + 2);
         return 1;
     }
     if (tag == 121) { /* ALIVE2_RESP: result, creation:16 */
         if (len < 4)
             return 0;
         *result = (unsigned char)buf[1];
-        *creation = get16(buf + 2);
+        *creation = shoal__get16(buf + 2);
         return 1;
     }
     return -EINVAL;
 }
 
-int epmd_put_port_please(dbuf *b, const char *alive)
+int shoal__epmd_put_port_please(dbuf *b, const char *alive)
 {
     size_t n = strlen(alive);
     if (n == 0 || n > 255)
         return -EINVAL;
-    int rc = dbuf_reserve(b, n + 3);
+    int rc = shoal__dbuf_reserve(b, n + 3);
     if (rc)
         return rc;
-    put16(b->data + b->len, (uint32_t)(n + 1));
+    shoal__put16(b->data + b->len, (uint32_t)(n + 1));
     b->data[b->len + 2] = 122; /* PORT_PLEASE2_REQ */
     memcpy(b->data + b->len + 3, alive, n);
     b->len += n + 3;
     return 0;
 }
 
-int epmd_parse_port2(const char *buf, size_t len, int *port)
+int shoal__epmd_parse_port2(const char *buf, size_t len, int *port)
 {
     if (len < 2)
         return 0;
@@ -583,6 +585,6 @@ int epmd_parse_port2(const char *buf, size_t len, int *port)
     }
     if (len < 4)
         return 0;
-    *port = (int)get16(buf + 2);
+    *port = (int)shoal__get16(buf + 2);
     return 1;
 }

@@ -64,26 +64,26 @@ typedef struct dbuf {
     size_t cap; /* bytes allocated */
 } dbuf;
 
-int dbuf_reserve(dbuf *b, size_t extra); /* room for `extra` more bytes; 0 or -ENOMEM */
-int dbuf_append(dbuf *b, const void *p, size_t n);
-void dbuf_free(dbuf *b);
-void put16(char *p, uint32_t v);
-void put32(char *p, uint32_t v);
-uint32_t get16(const char *p);
-uint32_t get32(const char *p);
+int shoal__dbuf_reserve(dbuf *b, size_t extra); /* room for `extra` more bytes; 0 or -ENOMEM */
+int shoal__dbuf_append(dbuf *b, const void *p, size_t n);
+void shoal__dbuf_free(dbuf *b);
+void shoal__put16(char *p, uint32_t v);
+void shoal__put32(char *p, uint32_t v);
+uint32_t shoal__get16(const char *p);
+uint32_t shoal__get32(const char *p);
 
 /* Checks that buf[0..len) starts with one complete, well-formed term in external format
  * (without the version byte): every length in bounds, atoms within Erlang's limits, no atom
  * cache references. Stores its size in *used. Iterative, so nesting depth costs no stack.
  * Returns 0 or -EINVAL. After this, ei_decode_* on the term never reads past *used. */
-int term_check(const char *buf, size_t len, size_t *used);
+int shoal__term_check(const char *buf, size_t len, size_t *used);
 
-/* For a term already validated by term_check: when buf[*idx] starts an atom whose bytes are
+/* For a term already validated by shoal__term_check: when buf[*idx] starts an atom whose bytes are
  * UTF-8 as they stand (ATOM_UTF8_EXT, SMALL_ATOM_UTF8_EXT, and Latin-1 atoms made of ASCII
  * only), points *s at its bytes (not NUL-terminated), sets *n, advances *idx and returns 0.
  * Otherwise returns -1 and changes nothing: decode it with ei_decode_atom_as. No copy, no
  * conversion: the hot paths (REG_SEND names, '$gen_call', node names of pids) use it. */
-int atom_view(const char *buf, int *idx, const char **s, size_t *n);
+int shoal__atom_view(const char *buf, int *idx, const char **s, size_t *n);
 
 /* One distribution frame after the handshake. */
 enum { FRAME_TICK = 0, FRAME_PASS = 1 };
@@ -98,18 +98,20 @@ typedef struct frame {
 
 /* Parses the frame at buf[0..len). Returns 1 with *f filled when a whole frame is there;
  * 0 when more bytes are needed (*need = bytes the whole frame takes, or 4 when even the
- * length is incomplete); -E2BIG for a frame over max_frame; -EINVAL when malformed (not a
- * pass-through frame, bad or trailing terms, control not a tuple). */
-int frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, size_t *need);
+ * length is incomplete); -E2BIG for a frame whose length (after the prefix) is over max_frame,
+ * with that length in *need; -EINVAL when malformed (not a pass-through frame, bad or
+ * trailing terms, control not a tuple). */
+int shoal__frame_parse(const char *buf, size_t len, size_t max_frame, frame *f, size_t *need);
 
 /* Appends a tick (4 zero bytes). */
-int frame_tick(dbuf *b);
+int shoal__frame_tick(dbuf *b);
 /* Begins a pass-through frame: reserves the length, writes 'p' and 131. Returns the mark to
- * pass to frame_end, or a negative error. Encode the control tuple next, then optionally
- * frame_msg + the message bytes. */
-long frame_begin(dbuf *b);
-int frame_msg(dbuf *b, const char *term, size_t len); /* 131 + term (a leading 131 skipped) */
-void frame_end(dbuf *b, long mark);
+ * pass to shoal__frame_end, or a negative error. Encode the control tuple next, then optionally
+ * shoal__frame_msg + the message bytes. */
+long shoal__frame_begin(dbuf *b);
+/* Appends 131 + term (a leading 131 in term is skipped). */
+int shoal__frame_msg(dbuf *b, const char *term, size_t len);
+void shoal__frame_end(dbuf *b, long mark);
 
 /* Handshake (version 6, OTP 23+). Messages travel with a 2-byte length prefix. */
 typedef struct hs_name {
@@ -121,26 +123,26 @@ typedef struct hs_name {
 
 /* Returns 1 with the message body in *body, its length in *blen and *used = bytes consumed, 0 if
  * incomplete, -EINVAL if the length is zero. */
-int hs_frame(const char *buf, size_t len, const char **body, size_t *blen, size_t *used);
+int shoal__hs_frame(const char *buf, size_t len, const char **body, size_t *blen, size_t *used);
 /* Parses a send_name body, or with with_challenge a challenge body. */
-int hs_parse_name(const char *body, size_t len, int with_challenge, hs_name *out);
-int hs_put_name(dbuf *b, uint64_t flags, uint32_t creation, const char *name);
-int hs_put_challenge(dbuf *b, uint64_t flags, uint32_t challenge, uint32_t creation,
-                     const char *name);
-int hs_put_status(dbuf *b, const char *status);
-int hs_put_reply(dbuf *b, uint32_t challenge, const unsigned char digest[16]);
-int hs_put_ack(dbuf *b, const unsigned char digest[16]);
+int shoal__hs_parse_name(const char *body, size_t len, int with_challenge, hs_name *out);
+int shoal__hs_put_name(dbuf *b, uint64_t flags, uint32_t creation, const char *name);
+int shoal__hs_put_challenge(dbuf *b, uint64_t flags, uint32_t challenge, uint32_t creation,
+                            const char *name);
+int shoal__hs_put_status(dbuf *b, const char *status);
+int shoal__hs_put_reply(dbuf *b, uint32_t challenge, const unsigned char digest[16]);
+int shoal__hs_put_ack(dbuf *b, const unsigned char digest[16]);
 /* md5(cookie ++ decimal(challenge)) */
-void hs_digest(const char *cookie, uint32_t challenge, unsigned char out[16]);
+void shoal__hs_digest(const char *cookie, uint32_t challenge, unsigned char out[16]);
 
 /* epmd. */
-int epmd_put_alive2(dbuf *b, int port, int hidden, const char *alive);
+int shoal__epmd_put_alive2(dbuf *b, int port, int hidden, const char *alive);
 /* Parses an ALIVE2 answer: 1 when complete (*creation set; *result 0 = ok), 0 incomplete,
  * -EINVAL garbage. */
-int epmd_parse_alive2(const char *buf, size_t len, int *result, uint32_t *creation);
-int epmd_put_port_please(dbuf *b, const char *alive);
+int shoal__epmd_parse_alive2(const char *buf, size_t len, int *result, uint32_t *creation);
+int shoal__epmd_put_port_please(dbuf *b, const char *alive);
 /* Parses a PORT2 answer: 1 complete (*port set, or -ENOENT when epmd does not know the
  * name), 0 incomplete, -EINVAL garbage. */
-int epmd_parse_port2(const char *buf, size_t len, int *port);
+int shoal__epmd_parse_port2(const char *buf, size_t len, int *port);
 
 #endif

@@ -2,8 +2,9 @@
 # Runs the real shoal_cnode under valgrind (--leak-check=full --error-exitcode=1) through a
 # session driven by a real erl node: ping, echo calls of many term types, 1 MB binaries,
 # C workers spawned/monitored/linked/stopped, C calling an Erlang gen_server, an outgoing
-# connection, garbage on the listen port, then SIGTERM. Fails on any valgrind error or leak
-# and when the session itself fails.
+# connection, garbage on the listen port, failed handshakes past the log limit, a message
+# over -max_frame (that connection drops, the driver reconnects), then SIGTERM. Fails on any
+# valgrind error or leak and when the session itself fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 epmd -daemon >/dev/null 2>&1 || true
@@ -13,7 +14,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 valgrind --leak-check=full --error-exitcode=1 --errors-for-leak-kinds=definite,indirect \
     --show-leak-kinds=definite,indirect priv/shoal_cnode -sname "$name" -setcookie "$cookie" \
-    >"$log" 2>&1 &
+    -max_frame 2M -hs_log_burst 3 -hs_log_period 1 >"$log" 2>&1 &
 vg=$!
 host=$(hostname -s)
 erl -sname "vgdrv_$$" -setcookie "$cookie" -noshell -eval "
@@ -41,6 +42,21 @@ ok = gen_tcp:send(S, <<0, 5, \"hello\">>),
 {error, closed} = gen_tcp:recv(S, 0, 30000),
 [gen_server:cast({echo, C}, {m, I}) || I <- lists:seq(1, 20000)],
 pong = net_adm:ping(C),
+BadCookie = fun(I) ->
+    {ok, B} = gen_tcp:connect(\"localhost\", Port, [binary, {packet, 2}, {active, false}]),
+    Me = list_to_binary(\"bad\" ++ integer_to_list(I) ++ \"@$host\"),
+    ok = gen_tcp:send(B, <<\$N, 16#3070FBC:64, 7:32, (byte_size(Me)):16, Me/binary>>),
+    {ok, <<\"sok\">>} = gen_tcp:recv(B, 0, 30000),
+    {ok, <<\$N, _/binary>>} = gen_tcp:recv(B, 0, 30000),
+    ok = gen_tcp:send(B, <<\$r, 1:32, 0:128>>),
+    {error, closed} = gen_tcp:recv(B, 0, 30000) end,
+[BadCookie(I) || I <- lists:seq(1, 10)],
+true = erlang:monitor_node(C, true),
+gen_server:cast({echo, C}, binary:copy(<<1>>, 3 bsl 20)),
+receive {nodedown, C} -> ok after 30000 -> halt(4) end,
+pong = net_adm:ping(C),
+hi = gen_server:call({echo, C}, hi, 30000),
+timer:sleep(2500), % the summary of the failed handshakes not logged (period 1 s)
 halt(0)." || { echo "valgrind session: driver failed"; kill -TERM $vg; wait $vg || true; cat "$log"; exit 1; }
 kill -TERM $vg
 set +e
@@ -53,4 +69,6 @@ if [ $rc -ne 0 ]; then
   exit 1
 fi
 grep -q "ERROR SUMMARY: 0 errors" "$log" || { echo "valgrind session: errors reported"; exit 1; }
+grep -qE "handshake failures: [0-9]+ more not logged" "$log" ||
+  { echo "valgrind session: no summary of the failed handshakes"; exit 1; }
 echo "valgrind session: clean"

@@ -2,7 +2,8 @@
 %% OTP's own clients (net_adm, gen_server, erlang:monitor/link, peer). The CT node itself is
 %% distributed (cookie shoal_test); peers come from OTP's `peer`. The binary is found through
 %% $SHOAL_ROOT, else the directory this suite was compiled from, else by walking up from the
-%% current directory to the checkout that holds priv/ and Makefile.
+%% current directory to the checkout that holds priv/ and Makefile. C node names carry the CT
+%% node's OS pid, so suites running at the same time in other checkouts share epmd safely.
 -module(shoal_cnode_SUITE).
 -behaviour(gen_server).
 
@@ -23,7 +24,9 @@
          wrong_cookie_is_refused/1, garbage_on_port_closes_that_connection/1,
          malformed_frames_close_that_connection/1, peer_that_stops_reading_is_dropped/1,
          restart_gives_new_pids_and_nodedown/1, memory_flat_over_1m_messages/1,
-         elixir_genserver_call/1]).
+         elixir_genserver_call/1, bad_flag_values_are_refused/1,
+         frame_over_max_frame_closes_only_that_connection/1,
+         handshake_failure_flood_keeps_the_log_bounded/1]).
 -export([init/1, handle_call/3, handle_cast/2]).
 
 -define(COOKIE, "shoal_test").
@@ -41,7 +44,9 @@ all() ->
      c_sends_to_pid_and_name, c_calls_erlang_gen_server,
      c_call_to_missing_name_and_timeout, c_connects_to_peer_node, wrong_cookie_is_refused,
      garbage_on_port_closes_that_connection, malformed_frames_close_that_connection,
-     peer_that_stops_reading_is_dropped, memory_flat_over_1m_messages,
+     peer_that_stops_reading_is_dropped, bad_flag_values_are_refused,
+     frame_over_max_frame_closes_only_that_connection,
+     handshake_failure_flood_keeps_the_log_bounded, memory_flat_over_1m_messages,
      elixir_genserver_call, restart_gives_new_pids_and_nodedown].
 
 %% ---- setup -------------------------------------------------------------------------------
@@ -50,9 +55,10 @@ init_per_suite(Config) ->
     true = is_alive(),
     Bin = filename:join([root(), "priv", "shoal_cnode"]),
     true = filelib:is_regular(Bin),
-    {Keeper, CNode} = start_cnode(Bin, "shoal_cn_suite", []),
+    Name = uniq("shoal_cn_suite"),
+    {Keeper, CNode} = start_cnode(Bin, Name, []),
     {ok, _} = gen_server:start({local, ?SRV}, ?MODULE, [], []),
-    [{bin, Bin}, {keeper, Keeper}, {cnode, CNode} | Config].
+    [{bin, Bin}, {keeper, Keeper}, {cnode, CNode}, {cname, Name} | Config].
 
 end_per_suite(Config) ->
     stop_cnode(?config(keeper, Config)),
@@ -87,6 +93,10 @@ walk_up(Dir) ->
     end.
 
 host() -> lists:last(string:split(atom_to_list(node()), "@")).
+
+%% A C node name no other run on this host uses.
+uniq(Prefix) ->
+    Prefix ++ "_" ++ os:getpid() ++ "_" ++ integer_to_list(erlang:unique_integer([positive])).
 
 %% A keeper process owns the port of one shoal_cnode OS process and keeps its output.
 start_cnode(Bin, Name, Extra) ->
@@ -431,7 +441,7 @@ recv_frame(S) ->
     end.
 
 peer_that_stops_reading_is_dropped(Config) ->
-    {Keeper, C} = start_cnode(?config(bin, Config), "shoal_cn_slow", ["-max_outq", "2000000"]),
+    {Keeper, C} = start_cnode(?config(bin, Config), uniq("shoal_cn_slow"), ["-max_outq", "2000000"]),
     Cfg = [{keeper, Keeper}, {cnode, C}],
     try
         {ok, S, Me} = raw_connect(Cfg, "lazy", ?COOKIE),
@@ -504,7 +514,7 @@ restart_gives_new_pids_and_nodedown(Config) ->
         true = erlang:monitor_node(C, true),
         0 = stop_cnode(?config(keeper, Config)),
         receive {nodedown, C} -> ok end,
-        {Keeper2, C} = start_cnode(?config(bin, Config), "shoal_cn_suite", []),
+        {Keeper2, C} = start_cnode(?config(bin, Config), ?config(cname, Config), []),
         P2 = gen_server:call({echo, C}, self),
         true = P1 =/= P2,
         C = node(P2),
@@ -512,4 +522,203 @@ restart_gives_new_pids_and_nodedown(Config) ->
         PNode = PNode,
         stop_cnode(Keeper2)
     after peer:stop(Peer)
+    end.
+
+%% ---- hardening: -max_frame, handshake-failure logging ----------------------------------------
+
+%% Runs the binary to completion (it must stop by itself within 10 s); {ExitStatus, Output}.
+run_bin(Bin, Args) ->
+    Port = open_port({spawn_executable, Bin},
+                     [{args, Args}, exit_status, stderr_to_stdout, binary]),
+    collect(Port, <<>>).
+
+collect(Port, Acc) ->
+    receive
+        {Port, {data, D}} -> collect(Port, <<Acc/binary, D/binary>>);
+        {Port, {exit_status, St}} -> {St, binary_to_list(Acc)}
+    after 10000 ->
+            {os_pid, P} = erlang:port_info(Port, os_pid),
+            os:cmd("kill -TERM " ++ integer_to_list(P)),
+            ct:fail({did_not_exit, Acc})
+    end.
+
+has(Out, Needle) -> string:find(Out, Needle) =/= nomatch.
+
+bad_flag_values_are_refused(Config) ->
+    Bin = ?config(bin, Config),
+    {0, Help} = run_bin(Bin, ["-h"]),
+    true = has(Help, "-max_frame BYTES"),
+    true = has(Help, "-hs_log_period"),
+    Name = uniq("shoal_cn_flags"),
+    Bad = [{"-max_frame", "100", "out of range (4096 to 4294967295)"},
+           {"-max_frame", "0", "out of range"},
+           {"-max_frame", "4G", "out of range"},
+           {"-max_frame", "99999999999999999999999", "out of range"},
+           {"-max_frame", "lots", "is not a size"},
+           {"-max_frame", "64KB", "is not a size"},
+           {"-max_frame", "-1", "is not a size"},
+           {"-max_frame", "", "is not a size"},
+           {"-max_outq", "12", "out of range"},
+           {"-port", "70000", "out of range"},
+           {"-hs_log_burst", "0", "out of range"},
+           {"-hs_log_period", "soon", "is not a whole number"}],
+    lists:foreach(fun({Flag, V, Why}) ->
+                          {St, Out} = run_bin(Bin, ["-sname", Name, Flag, V]),
+                          ct:log("~s ~s -> ~p: ~s", [Flag, V, St, Out]),
+                          2 = St,
+                          true = has(Out, "shoal_cnode: " ++ Flag ++ ":"),
+                          true = has(Out, Why)
+                  end, Bad),
+    {2, Missing} = run_bin(Bin, ["-sname", Name, "-max_frame"]),
+    true = has(Missing, "-max_frame needs a value"),
+    %% a good value starts a node that takes a message just under the limit
+    {Keeper, C} = start_cnode(Bin, Name, ["-max_frame", "8K"]),
+    try
+        Msg = binary:copy(<<1>>, 8000),
+        Msg = gen_server:call({echo, C}, Msg)
+    after stop_cnode(Keeper)
+    end.
+
+%% A real Erlang node sends a message over -max_frame: the C node closes that connection
+%% alone (with a log line), its other connections and its processes live on, and the sender
+%% reconnects and is served again. A C worker monitors one process on each Erlang node: a
+%% DOWN with noconnection shows which connections dropped.
+frame_over_max_frame_closes_only_that_connection(Config) ->
+    {Keeper, C} = start_cnode(?config(bin, Config), uniq("shoal_cn_mf"), ["-max_frame", "64K"]),
+    Cfg = [{keeper, Keeper}, {cnode, C}],
+    {PA, A} = start_peer([]),
+    {PB, B} = start_peer([]),
+    try
+        pong = erpc:call(A, net_adm, ping, [C]),
+        pong = erpc:call(B, net_adm, ping, [C]),
+        W = spawn_worker(Cfg, false, self()),
+        [WA, WB] = [erpc:call(N, erlang, spawn, [timer, sleep, [infinity]]) || N <- [A, B]],
+        WT = spawn(timer, sleep, [infinity]),
+        [ok = ctl(Cfg, {monitor, W, P}) || P <- [WA, WB, WT]],
+        Under = binary:copy(<<7>>, 60000),
+        Under = erpc:call(A, gen_server, call, [{echo, C}, Under]),
+        Over = binary:copy(<<7>>, 70000),
+        ok = erpc:call(A, gen_server, cast, [{echo, C}, {big, Over}]),
+        receive {'DOWN', WA, noconnection} -> ok
+        after 10000 -> ct:fail(sender_still_connected)
+        end,
+        wait_log(Cfg, "is over the limit of 65536 bytes (-max_frame)", 50),
+        hi = erpc:call(B, gen_server, call, [{echo, C}, hi]),
+        hi = gen_server:call({echo, C}, hi),
+        0 = gen_server:call({echo, C}, cast_count), % the big cast never reached echo
+        receive {'DOWN', P, R} when P =:= WB; P =:= WT -> ct:fail({dropped, P, R})
+        after 500 -> ok
+        end,
+        pong = erpc:call(A, net_adm, ping, [C]),
+        Under = erpc:call(A, gen_server, call, [{echo, C}, Under])
+    after
+        peer:stop(PA),
+        peer:stop(PB),
+        stop_cnode(Keeper)
+    end.
+
+%% Hundreds of failed handshakes (garbage, wrong cookie, connect-and-close) from real
+%% sockets: the C node logs the first few in full and then one summary line per period with
+%% the counts, so every failure is accounted for exactly once in a log of bounded size;
+%% meanwhile good peers keep connecting. (Handshake timeouts, 7 s each, go through the same
+%% path; test_cnode_conn.c covers them.)
+handshake_failure_flood_keeps_the_log_bounded(Config) ->
+    Burst = 5,
+    PeriodS = 2,
+    {Keeper, C} = start_cnode(?config(bin, Config), uniq("shoal_cn_flood"),
+                              ["-hs_log_burst", integer_to_list(Burst),
+                               "-hs_log_period", integer_to_list(PeriodS)]),
+    Cfg = [{keeper, Keeper}, {cnode, C}],
+    Port = cnode_port(Cfg),
+    T0 = erlang:monotonic_time(millisecond),
+    try
+        Bad = lists:append([[garbage, cookie, scan] || _ <- lists:seq(1, 100)]),
+        Self = self(),
+        Good = spawn_link(fun() -> good_peers_loop(Cfg, Self, 0) end),
+        pmap(fun(Kind) -> bad_handshake(Cfg, Port, Kind) end, Bad, 20),
+        Good ! {Self, stop},
+        GoodOk = receive {Good, good, N} -> N end,
+        true = GoodOk >= 3,
+        {ok, _, Me} = raw_connect(Cfg, "goodafter", ?COOKIE),
+        true = is_atom(Me),
+        Events = length(Bad),
+        {Full, Summaries, Counted} = wait_accounted(Cfg, Events, 100),
+        Secs = (erlang:monotonic_time(millisecond) - T0) div 1000 + 1,
+        Periods = Secs div PeriodS + 1,
+        ct:pal("~p failed handshakes in ~p s: ~p lines in full, ~p summaries counting ~p; "
+               "~p good handshakes meanwhile", [Events, Secs, Full, length(Summaries), Counted,
+                                                 GoodOk]),
+        [ct:pal("~s", [L]) || L <- Summaries],
+        true = Full =< Burst * Periods,
+        true = length(Summaries) =< Periods,
+        true = Full + length(Summaries) < Events div 10,
+        All = lists:append(Summaries),
+        [true = has(All, K) || K <- ["wrong cookie", "malformed", "closed by the peer"]],
+        pong = net_adm:ping(C),
+        hi = gen_server:call({echo, C}, hi)
+    after
+        stop_cnode(Keeper)
+    end.
+
+bad_handshake(Cfg, _Port, cookie) ->
+    Name = "badcookie" ++ integer_to_list(erlang:unique_integer([positive])),
+    {error, closed} = raw_connect(Cfg, Name, "not_the_cookie");
+bad_handshake(_Cfg, Port, garbage) ->
+    {ok, S} = gen_tcp:connect("localhost", Port, [binary, {active, false}]),
+    ok = gen_tcp:send(S, <<0, 5, "hello">>),
+    {error, closed} = recv_until_closed(S),
+    gen_tcp:close(S);
+bad_handshake(_Cfg, Port, scan) ->
+    {ok, S} = gen_tcp:connect("localhost", Port, [binary, {active, false}]),
+    gen_tcp:close(S).
+
+%% Full handshakes with the right cookie, one after another, until told to stop.
+good_peers_loop(Cfg, Parent, N) ->
+    receive {Parent, stop} -> Parent ! {self(), good, N}
+    after 0 ->
+            case raw_connect(Cfg, "good" ++ integer_to_list(N), ?COOKIE) of
+                {ok, S, _} ->
+                    gen_tcp:close(S),
+                    timer:sleep(20),
+                    good_peers_loop(Cfg, Parent, N + 1);
+                Other ->
+                    ct:fail({good_handshake_failed, N, Other, cnode_log(Cfg)})
+            end
+    end.
+
+%% Runs F over L with at most Width at a time; crashes if any F crashes.
+pmap(F, L, Width) ->
+    {Now, Later} = lists:split(min(Width, length(L)), L),
+    Refs = [spawn_monitor(fun() -> F(X) end) || X <- Now],
+    pmap_wait(F, Later, Refs).
+
+pmap_wait(_F, [], []) -> ok;
+pmap_wait(F, Later, Refs) ->
+    receive
+        {'DOWN', Ref, process, Pid, normal} ->
+            Rest = lists:delete({Pid, Ref}, Refs),
+            case Later of
+                [X | More] -> pmap_wait(F, More, [spawn_monitor(fun() -> F(X) end) | Rest]);
+                [] -> pmap_wait(F, [], Rest)
+            end;
+        {'DOWN', _, process, _, Why} -> ct:fail({bad_handshake_crashed, Why})
+    end.
+
+%% Polls the C node's log until the failed handshakes logged in full plus those counted in
+%% summary lines make Events; {Full, SummaryLines, Counted}.
+wait_accounted(Cfg, Events, 0) ->
+    ct:fail({not_accounted, Events, cnode_log(Cfg)});
+wait_accounted(Cfg, Events, Tries) ->
+    Log = cnode_log(Cfg),
+    Full = length([L || L <- Log, has(L, "handshake with "), has(L, " failed: ")]),
+    Sums = [L || L <- Log, has(L, "handshake failures: ")],
+    Counted = lists:sum([begin
+                             {match, [N]} = re:run(L, "handshake failures: ([0-9]+) more",
+                                                   [{capture, all_but_first, list}]),
+                             list_to_integer(N)
+                         end || L <- Sums]),
+    case Full + Counted of
+        Events -> {Full, Sums, Counted};
+        More when More > Events -> ct:fail({counted_twice, More, Events, Log});
+        _ -> timer:sleep(100), wait_accounted(Cfg, Events, Tries - 1)
     end.
