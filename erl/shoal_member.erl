@@ -431,7 +431,11 @@ apply_op(Cfg, _From, {up, Key, Node, Pid, Vsn}, Mark, S) ->
     case known_node(Node, S) of
         true ->
             case shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, Mark) of
-                {conflict, Mine, _MyVsn} -> Mine ! {'$shoal_yield', Node, Pid, Vsn}, ok;
+                {conflict, Mine, _MyVsn} ->
+                    %% The loser stores the winner's replica itself, with the mark of the
+                    %% sync (if any) this came in, so the sync's sweep keeps it.
+                    Mine ! {'$shoal_yield', Node, Pid, Vsn, Mark},
+                    ok;
                 _ -> ok
             end;
         false -> ok  %% a relay about a node that is not (or no longer) our peer

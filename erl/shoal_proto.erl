@@ -27,7 +27,7 @@
 %% `{move_some, N, Dest, {Pid, Ref}}', `{evacuate, {Pid, Ref}}',
 %% `{done, Ref, Reply}' (answer to move_some/evacuate/health), `{health, {Pid, Ref}}'.
 %%
-%% To workers (plain messages, not calls): `{'$shoal_yield', Node, Winner, WinnerVsn}',
+%% To workers (plain messages, not calls): `{'$shoal_yield', Node, Winner, WinnerVsn, Mark}',
 %% `{'$shoal_merged', LoserPid}', `{'$shoal_merged_ack', WinnerPid}',
 %% `{'$shoal_started', Ref, ok | {error, Reason}}'.
 -module(shoal_proto).

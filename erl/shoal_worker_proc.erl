@@ -177,8 +177,8 @@ handle_info(Stale, W) when Stale =:= '$shoal_thaw'; Stale =:= '$shoal_retire';
                             element(1, Stale) =:= '$shoal_merged_ack' ->
     %% A timer or an answer that outlived the state it was for.
     {noreply, W, idle_of(W)};
-handle_info({'$shoal_yield', Node, Winner, Vsn}, W) ->
-    yield(Node, Winner, Vsn, W);
+handle_info({'$shoal_yield', Node, Winner, Vsn, Mark}, W) ->
+    yield(Node, Winner, Vsn, Mark, W);
 handle_info(timeout, #w{user_timeout = false} = W) ->
     idle(W);
 handle_info(Info, W0) ->
@@ -319,8 +319,8 @@ reclaim(Vsn, Failed, #w{cfg = Cfg, key = Key, fwd_mon = Mon} = W) ->
     is_reference(Mon) andalso erlang:demonitor(Mon, [flush]),
     case shoal_registry:register(Cfg, Key, self(), {over, Vsn, Failed}) of
         {ok, _} -> W#w{forward = undefined, fwd_mon = undefined, merge = none};
-        {error, {newer, Node, Pid, NewVsn}} -> step_aside(Node, Pid, NewVsn, W);
-        {error, {already_registered, Other}} -> step_aside(node(Other), Other, 0, W);
+        {error, {newer, Node, Pid, NewVsn}} -> step_aside(Node, Pid, NewVsn, 0, W);
+        {error, {already_registered, Other}} -> step_aside(node(Other), Other, 0, 0, W);
         {error, _} -> W
     end.
 
@@ -357,7 +357,7 @@ drain_forward(To) ->
 %% Our member found a newer live incarnation of our key on Node (the sides of a partition
 %% met): run the loser's callback and step aside for it, keeping our state until it has
 %% acknowledged the hand-off. An announcement that is not newer than us is stale: ignored.
-yield(Node, Winner, Vsn, #w{cfg = Cfg, key = Key, st = St} = W) ->
+yield(Node, Winner, Vsn, Mark, #w{cfg = Cfg, key = Key, st = St} = W) ->
     Self = self(),
     case shoal_registry:lookup(Cfg, Key) of
         {local, Self, MyVsn, _} when {Vsn, Node} > {MyVsn, node()} ->
@@ -366,15 +366,15 @@ yield(Node, Winner, Vsn, #w{cfg = Cfg, key = Key, st = St} = W) ->
                     true -> Mod:conflict(Key, Winner, St);
                     false -> ok
                 end,
-            W1 = step_aside(Node, Winner, Vsn, W),
+            W1 = step_aside(Node, Winner, Vsn, Mark, W),
             {noreply, W1};
         _ ->
             {noreply, W, idle_of(W)}
     end.
 
-step_aside(Node, Winner, Vsn, #w{cfg = #shoal_cfg{grace = Grace} = Cfg, key = Key} = W) ->
+step_aside(Node, Winner, Vsn, Mark, #w{cfg = #shoal_cfg{grace = Grace} = Cfg, key = Key} = W) ->
     _ = shoal_registry:set_moving(Cfg, Key, self(), true),
-    _ = Vsn > 0 andalso shoal_registry:put_remote(Cfg, Key, Node, Winner, Vsn, 0),
+    _ = Vsn > 0 andalso shoal_registry:put_remote(Cfg, Key, Node, Winner, Vsn, Mark),
     Winner ! {'$shoal_merged', self()},
     erlang:send_after(Grace, self(), '$shoal_retire'),
     W#w{forward = Winner, fwd_mon = erlang:monitor(process, Winner), merge = waiting,

@@ -3,7 +3,8 @@
 %% each cast was applied exactly once by the incarnation that holds the state.
 %%
 %% Calls: `{incr, Id}' appends Id and answers how many ids the state holds; `ids' answers
-%% them (oldest first). Casts: `{mark, Id}' appends Id. The state moves with the worker
+%% them (oldest first). Casts: `{mark, Id}' appends Id; `{merge, Ids}' appends the ids a
+%% conflict's loser applied (its conflict/3 sends them). The state moves with the worker
 %% (the default handoff/takeover). Every incarnation records, in the collector's
 %% `shoal_test_events' table, `{live, Key, Pid, node(), Microseconds}' when it starts (init
 %% or takeover), `{handoff, Key, Pid, Microseconds}' when it hands its state over and
@@ -25,7 +26,9 @@ handle_call(ids, _From, #{ids := Ids} = St) ->
     {reply, lists:reverse(Ids), St}.
 
 handle_cast({mark, Id}, #{ids := Ids} = St) ->
-    {noreply, St#{ids := [Id | Ids]}}.
+    {noreply, St#{ids := [Id | Ids]}};
+handle_cast({merge, Lost}, #{ids := Ids} = St) ->
+    {noreply, St#{ids := lists:reverse(Lost, Ids)}}.
 
 handoff(#{key := Key} = St) ->
     event({handoff, Key, self(), now_us()}),
@@ -35,8 +38,11 @@ takeover(Key, Transfer, _Args) ->
     live(Key),
     {ok, Transfer}.
 
-conflict(Key, _Winner, _St) ->
+%% The loser hands what it applied to the winner, which merges it: so every id applied on
+%% either side of a partition ends up in the surviving state (the user's merge).
+conflict(Key, Winner, #{ids := Ids}) ->
     event({conflict, Key, self(), now_us()}),
+    gen_server:cast(Winner, {merge, lists:reverse(Ids)}),
     ok.
 
 live(Key) ->
