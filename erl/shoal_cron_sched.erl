@@ -124,12 +124,14 @@ fire(JN, #sched{jobs = Jobs, overlap = Overlap} = S) ->
     J1 = J#job{next = next_after(J, max(Now, Scheduled), S#sched.tz)},
     case map_size(R) > 0 andalso not Overlap of
         true ->
-            notify(S, {skipped, JN, Scheduled}),
-            changed(set_job(arm(J1, S), S));
+            S1 = changed(set_job(arm(J1, S), S)),
+            notify(S1, {skipped, JN, Scheduled}),
+            S1;
         false ->
             {J2, S1} = spawn_run(J1, Scheduled, S),
-            notify(S1, {started, JN, Scheduled}),
-            changed(set_job(arm(J2, S1), S1))
+            S2 = changed(set_job(arm(J2, S1), S1)),
+            notify(S2, {started, JN, Scheduled}),
+            S2
     end.
 
 spawn_run(#job{name = JN, task = Task, running = R} = J, Scheduled,
@@ -176,11 +178,14 @@ done(#sched{jobs = Jobs} = S, JN, RunRef, Scheduled, Result) ->
     case Jobs of
         #{JN := #job{running = #{RunRef := _} = R} = J} ->
             S1 = set_job(J#job{running = maps:remove(RunRef, R)}, S),
+            %% The event goes out once the outcome is in place (and, in cluster mode,
+            %% replicated): whoever sees it can rely on it.
+            {_, S2} = Out = outcome(JN, Result, S1),
             case Result of
-                {failed, Error} -> notify(S1, {failed, JN, Scheduled, Error});
-                {ok, V} -> notify(S1, {done, JN, Scheduled, V})
+                {failed, Error} -> notify(S2, {failed, JN, Scheduled, Error});
+                {ok, V} -> notify(S2, {done, JN, Scheduled, V})
             end,
-            outcome(JN, Result, S1);
+            Out;
         _ ->
             {ok, S}                                % cancelled meanwhile, or unknown
     end.
@@ -232,13 +237,15 @@ down(#sched{mons = M, jobs = Jobs} = S, Mon, Reason) ->
                     case Reason of
                         _ when Reason =:= noconnection; Reason =:= noproc ->
                             {J2, S2} = spawn_run(J1, Scheduled, S1),
-                            notify(S2, {rerun, JN, Scheduled}),
-                            changed(set_job(J2, S2));
+                            S3 = changed(set_job(J2, S2)),
+                            notify(S3, {rerun, JN, Scheduled}),
+                            S3;
                         normal ->
                             changed(set_job(J1, S1));
                         _ ->
-                            notify(S1, {failed, JN, Scheduled, {exit, Reason, []}}),
-                            changed(set_job(J1, S1))
+                            S2 = changed(set_job(J1, S1)),
+                            notify(S2, {failed, JN, Scheduled, {exit, Reason, []}}),
+                            S2
                     end;
                 _ ->
                     S1
