@@ -235,6 +235,8 @@ handle_info(_Other, S) ->
 %% @private
 -spec terminate(term(), #st{}) -> ok.
 terminate(_Reason, #st{name = Name, running = R, entries = E}) ->
+    %% Linked tasks would ignore a `normal' exit of the runner: stop them explicitly.
+    _ = [exit(Pid, shutdown) || Pid <- maps:keys(R)],
     _ = [reply(Ref, {error, {exit, shutdown, []}}) || Ref <- maps:values(R)],
     _ = [reply(Ref, {error, {exit, shutdown, []}}) || {_, Ref, _} <- maps:values(E)],
     _ = persistent_term:erase(?KEY(Name)),

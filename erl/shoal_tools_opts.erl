@@ -23,7 +23,7 @@ to_map(Opts, Known) when is_list(Opts) ->
                        (_, _) -> throw(bad)
                     end, #{}, Opts) of
         Map -> check_known(maps:keys(Map), Map, Known)
-    catch throw:bad -> {error, {bad_options, Opts}}
+    catch _:_ -> {error, {bad_options, Opts}}      % an element that is no pair, or an improper list
     end;
 to_map(Opts, _Known) ->
     {error, {bad_options, Opts}}.
