@@ -25,7 +25,8 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt
+.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt \
+        bench-tools
 
 deps:
 	@bash scripts/deps.sh
@@ -83,6 +84,10 @@ demo: all
 bench: all
 	bash scripts/bench.sh
 	@$(MAKE) --no-print-directory cnode-bench
+
+# The pool tools alone (also part of `make bench`): bench/results/tools.md.
+bench-tools: all
+	bash scripts/bench_tools.sh
 
 fmt:
 	clang-format -i c_src/*/*.[ch] include/*.h test/c/*.c

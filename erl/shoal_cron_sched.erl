@@ -150,10 +150,10 @@ spawn_run(#job{name = JN, task = Task, running = R} = J, Scheduled,
 run(Report, JN, Task, Scheduled, RunRef, Retry, H, A) ->
     Result = attempt(JN, Task, 1, Retry, H, A),
     Msg = {'$shoal_cron_done', JN, RunRef, Scheduled, Result},
-    case Report of
-        {pid, Pid} -> Pid ! Msg;
-        {shoal, Pool, Name} -> shoal:cast(Pool, Name, Msg)
-    end,
+    _ = case Report of
+            {pid, Pid} -> Pid ! Msg;
+            {shoal, Pool, Name} -> shoal:cast(Pool, Name, Msg)
+        end,
     ok.
 
 attempt(JN, Task, Attempt, Retry, H, A) ->

@@ -84,6 +84,9 @@
 -optional_callbacks([handle_cast/2, handle_info/2, handle_continue/2, terminate/2]).
 
 -define(KNOWN, [size, shared_state, queue, queue_timeout, max]).
+%% gen's reply tag for an alias, `[alias | Alias]', is an improper list on purpose: it is
+%% what gen_server:reply/2 recognises.
+-dialyzer({no_improper_lists, do_call/3}).
 -define(DEFAULT_TIMEOUT, 5000).
 
 %%% Life cycle ----------------------------------------------------------------------------
@@ -297,6 +300,7 @@ abandon(Alias, Tag, Default) ->
     after 0 -> Default
     end.
 
+-spec call_exit(#shoal_shared{}, term(), term(), timeout()) -> no_return().
 call_exit(#shoal_shared{name = Name}, Reason, Request, Timeout) ->
     exit({Reason, {?MODULE, call, [Name, Request, Timeout]}}).
 

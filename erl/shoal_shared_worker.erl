@@ -238,6 +238,7 @@ next(Other, W) -> crash(continue, undefined, exit, {bad_return_value, Other}, []
 
 %% A callback raised: report it like gen_server does and exit; the owner fails the call we
 %% were running back to its caller with this reason, and the supervisor restarts us.
+-spec crash(atom() | tuple(), term(), error | exit | throw, term(), list(), #w{}) -> no_return().
 crash(Kind, Msg, Class, Reason, Stack, #w{mod = Mod} = W) ->
     ExitReason = case Class of
                      error -> {Reason, Stack};
@@ -248,6 +249,7 @@ crash(Kind, Msg, Class, Reason, Stack, #w{mod = Mod} = W) ->
                  [self(), Mod, Kind, Msg, ExitReason]),
     terminate(ExitReason, W).
 
+-spec terminate(term(), #w{}) -> no_return().
 terminate(Reason, #w{shared = false, mod = Mod, ustate = S}) ->
     _ = erlang:function_exported(Mod, terminate, 2) andalso
         (catch Mod:terminate(Reason, S)) =:= ok,
