@@ -166,7 +166,9 @@ call(Name, Job) -> call(Name, Job, ?DEFAULT_TIMEOUT).
 %% `broadcast' mode: a list with one element per live worker, in index order, each the
 %% worker's reply or `{error, Reason}' (`timeout' included) in its place. A failed job
 %% gives `{error, {job_failed, Error}}'. Exits like gen_server:call/3 on a timeout or when
-%% the worker dies while it holds the job, with `{Reason, {shoal_fixed, call, Args}}'.
+%% the worker dies after the job reached it (queued in its mailbox or running), with
+%% `{Reason, {shoal_fixed, call, Args}}'. A worker found dead before the job reached it
+%% (`noproc') is no error: the call waits for its successor and is sent again.
 -spec call(name(), term(), timeout()) -> term().
 call(Name, Job, Timeout) ->
     case persistent_term:get(?FIXED_KEY(Name), undefined) of
