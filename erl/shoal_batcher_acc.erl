@@ -98,11 +98,7 @@ handle_info(_Other, S) ->
 %% @private
 -spec terminate(term(), #st{}) -> ok.
 terminate(_Reason, #st{name = Name}) ->
-    case persistent_term:get(?BATCHER_KEY(Name), undefined) of
-        #shoal_batcher{acc = Self} when Self =:= self() -> _ = persistent_term:erase(?BATCHER_KEY(Name));
-        _ -> ok
-    end,
-    ok.
+    shoal_tools_opts:erase_own(?BATCHER_KEY(Name), #shoal_batcher.acc).
 
 cut(#st{buf = B, order = O, seq = Seq, unacked = U, handler = H, timer = TRef,
         rec = #shoal_batcher{pending = A, stats = C}} = S) ->

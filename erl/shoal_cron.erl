@@ -41,9 +41,6 @@
 
 -export([start_link/2, child_spec/1, child_spec/2, stop/1, next/2, add/4, reschedule/3,
          cancel/2, jobs/1, pool_name/1]).
-%% Used by the scheduler processes.
--export([control/2]).
-
 -export_type([name/0, options/0]).
 
 -type name() :: atom().
@@ -95,9 +92,9 @@ start_link(Name, Opts) ->
 %% @doc child_spec/2 from `{Name, Opts}' or options with a `name' key.
 -spec child_spec({name(), options()} | map() | list()) -> supervisor:child_spec().
 child_spec({Name, Opts}) -> child_spec(Name, Opts);
-child_spec(Opts) when is_map(Opts) -> child_spec(maps:get(name, Opts), maps:remove(name, Opts));
-child_spec(Opts) when is_list(Opts) ->
-    child_spec(proplists:get_value(name, Opts), proplists:delete(name, Opts)).
+child_spec(Opts) ->
+    {Name, Rest} = shoal_tools_opts:split_name(Opts),
+    child_spec(Name, Rest).
 
 %% @doc A child spec for the user's supervision tree. `transient': a scheduler stopped by
 %% a job's `stop' is not restarted.
@@ -148,14 +145,6 @@ jobs(Name) -> request(Name, jobs).
 %% @doc The internal Shoal pool of cluster-wide scheduler `Name'.
 -spec pool_name(name()) -> atom().
 pool_name(Name) -> list_to_atom("shoal_cron." ++ atom_to_list(Name)).
-
-%% @private A control request, in the scheduler's process.
--spec control(term(), shoal_cron_sched:sched()) -> {term(), shoal_cron_sched:sched()}.
-control({add, JN, Spec, Task}, S) -> shoal_cron_sched:add(S, JN, Spec, Task);
-control({reschedule, JN, Spec}, S) -> shoal_cron_sched:reschedule(S, JN, Spec);
-control({cancel, JN}, S) -> shoal_cron_sched:cancel(S, JN);
-control(jobs, S) -> {shoal_cron_sched:jobs(S), S};
-control(_, S) -> {{error, unknown_request}, S}.
 
 request(Name, Req) ->
     try

@@ -14,7 +14,7 @@
 %% the firings it missed meanwhile do not run, and the next one is the first after now.
 -module(shoal_cron_sched).
 
--export([new/4, start/1, tick/3, done/5, down/3, add/4, reschedule/3, cancel/2, jobs/1,
+-export([new/4, start/1, handle/2, tick/3, done/5, down/3, add/4, reschedule/3, cancel/2, jobs/1,
          durable/1, restore/2, stop_runs/1, name/1, hello/1, is_stopped/1]).
 %% The process a run happens in.
 -export([run/8]).
@@ -102,6 +102,23 @@ watch_runs(JN, #job{running = R}, S) ->
               end, S, R).
 
 %%% Events --------------------------------------------------------------------------------
+
+%% @doc A message for the scheduler, whichever process hosts it: a timer, a run's result,
+%% a run's monitor, or a control request from shoal_cron (answered with
+%% `{reply, Reply, S}'). `unknown' for anything else.
+-spec handle(term(), sched()) ->
+          {ok, sched()} | {stop, sched()} | {reply, term(), sched()} | unknown.
+handle({'$shoal_cron_tick', JN, Token}, S) -> {ok, tick(S, JN, Token)};
+handle({'$shoal_cron_done', JN, RunRef, Scheduled, Result}, S) ->
+    done(S, JN, RunRef, Scheduled, Result);
+handle({'DOWN', Mon, process, _, Reason}, S) -> {ok, down(S, Mon, Reason)};
+handle({add, JN, Spec, Task}, S) -> reply(add(S, JN, Spec, Task));
+handle({reschedule, JN, Spec}, S) -> reply(reschedule(S, JN, Spec));
+handle({cancel, JN}, S) -> reply(cancel(S, JN));
+handle(jobs, S) -> {reply, jobs(S), S};
+handle(_, _S) -> unknown.
+
+reply({Reply, S}) -> {reply, Reply, S}.
 
 %% @doc A timer message `{'$shoal_cron_tick', JobName, Token}' came.
 -spec tick(sched(), atom(), reference()) -> sched().

@@ -23,8 +23,10 @@ init({Name, #{jobs := Jobs} = Cfg}) ->
 -spec handle_call(term(), gen_server:from(), shoal_cron_sched:sched()) ->
           {reply, term(), shoal_cron_sched:sched()}.
 handle_call(Req, _From, S) ->
-    {Reply, S1} = shoal_cron:control(Req, S),
-    {reply, Reply, S1}.
+    case shoal_cron_sched:handle(Req, S) of
+        {reply, Reply, S1} -> {reply, Reply, S1};
+        _ -> {reply, {error, unknown_request}, S}
+    end.
 
 %% @private
 -spec handle_cast(term(), shoal_cron_sched:sched()) -> {noreply, shoal_cron_sched:sched()}.
@@ -33,17 +35,12 @@ handle_cast(_Msg, S) -> {noreply, S}.
 %% @private
 -spec handle_info(term(), shoal_cron_sched:sched()) ->
           {noreply, shoal_cron_sched:sched()} | {stop, normal, shoal_cron_sched:sched()}.
-handle_info({'$shoal_cron_tick', JN, Token}, S) ->
-    {noreply, shoal_cron_sched:tick(S, JN, Token)};
-handle_info({'$shoal_cron_done', JN, RunRef, Scheduled, Result}, S) ->
-    case shoal_cron_sched:done(S, JN, RunRef, Scheduled, Result) of
+handle_info(Msg, S) ->
+    case shoal_cron_sched:handle(Msg, S) of
         {ok, S1} -> {noreply, S1};
-        {stop, S1} -> {stop, normal, S1}
-    end;
-handle_info({'DOWN', Mon, process, _, Reason}, S) ->
-    {noreply, shoal_cron_sched:down(S, Mon, Reason)};
-handle_info(_Other, S) ->
-    {noreply, S}.
+        {stop, S1} -> {stop, normal, S1};
+        _ -> {noreply, S}
+    end.
 
 %% @private
 -spec terminate(term(), shoal_cron_sched:sched()) -> ok.

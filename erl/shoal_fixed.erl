@@ -29,7 +29,8 @@
 %% Dispatch runs in the caller: the pool's pids and its round-robin counter live in a
 %% persistent_term record and an `atomics' array, so picking a worker is a persistent_term
 %% read and an atomic add, never a message to a process. The pool is an OTP supervision
-%% tree (a supervisor registered as the pool's name, a table owner, a worker supervisor);
+%% tree (shoal_tools_sup: a supervisor registered as the pool's name, a table owner, a
+%% worker supervisor);
 %% a worker that crashes is restarted by its supervisor and put back in the dispatch table
 %% as soon as its init/2 has returned. Calls that find the worker dead (the job never ran)
 %% wait for the restarted worker and are sent again; a cast to a worker that just crashed
@@ -95,7 +96,9 @@
 start_link(Name, Opts) ->
     case validate(Name, Opts) of
         {ok, #{worker := Mod} = Cfg} ->
-            case shoal_fixed_sup:start_link(Cfg) of
+            case shoal_tools_sup:start_link(Cfg, shoal_fixed_table,
+                                            {shoal_fixed_worker, lists:seq(0, maps:get(size, Cfg) - 1)},
+                                            transient) of
                 {ok, Sup} ->
                     _ = erlang:function_exported(Mod, pool_ready, 1) andalso
                         pool_ready(Mod, Sup),
@@ -117,7 +120,7 @@ pool_ready(Mod, Sup) ->
 -spec child_spec({name(), options()} | map() | list()) -> supervisor:child_spec().
 child_spec({Name, Opts}) -> child_spec(Name, Opts);
 child_spec(Opts) ->
-    {Name, Rest} = split_name(Opts),
+    {Name, Rest} = shoal_tools_opts:split_name(Opts),
     child_spec(Name, Rest).
 
 %% @doc A child spec that starts pool `Name' with `Opts' (see start_link/2). The child is
@@ -369,11 +372,6 @@ broadcast_call(Live, Job, Timeout) ->
          {error, {Reason, _}} -> {error, Reason};
          timeout -> {error, timeout}
      end || R <- Reqs].
-
-split_name(Opts) when is_map(Opts) ->
-    {maps:get(name, Opts), maps:remove(name, Opts)};
-split_name(Opts) when is_list(Opts) ->
-    {proplists:get_value(name, Opts), proplists:delete(name, Opts)}.
 
 validate(Name, _) when not is_atom(Name) -> {error, {bad_name, Name}};
 validate(Name, Opts0) ->

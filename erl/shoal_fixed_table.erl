@@ -115,11 +115,7 @@ handle_info(_Other, S) ->
 %% @private
 -spec terminate(term(), #st{}) -> ok.
 terminate(_Reason, #st{t = #shoal_fixed{name = Name}}) ->
-    case persistent_term:get(?FIXED_KEY(Name), undefined) of
-        #shoal_fixed{owner = Self} when Self =:= self() -> _ = persistent_term:erase(?FIXED_KEY(Name));
-        _ -> ok
-    end,
-    ok.
+    shoal_tools_opts:erase_own(?FIXED_KEY(Name), #shoal_fixed.owner).
 
 %%% Internals -----------------------------------------------------------------------------
 

@@ -99,7 +99,9 @@
 -spec start_link(name(), module(), term(), options()) -> {ok, pid()} | {error, term()}.
 start_link(Name, Module, Args, Opts) ->
     case validate(Name, Module, Args, Opts) of
-        {ok, Cfg} -> shoal_shared_sup:start_link(Cfg);
+        {ok, #{size := N} = Cfg} ->
+            shoal_tools_sup:start_link(Cfg, shoal_shared_owner,
+                                       {shoal_shared_worker, lists:seq(1, N)}, permanent);
         {error, _} = E -> E
     end.
 

@@ -9,14 +9,14 @@
 
 -include("shoal_shared.hrl").
 
--export([start_link/1, register/3]).
+-export([start_link/2, register/3]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -record(st, {p :: #shoal_shared{}, mons = #{} :: #{reference() => {pos_integer(), pid()}}}).
 
-%% @doc Start the owner of pool `Cfg'.
--spec start_link(map()) -> {ok, pid()} | {error, term()}.
-start_link(Cfg) -> gen_server:start_link(?MODULE, Cfg, []).
+%% @doc Start the owner of pool `Cfg' (`_Sup' is the pool's supervisor).
+-spec start_link(map(), pid()) -> {ok, pid()} | {error, term()}.
+start_link(Cfg, _Sup) -> gen_server:start_link(?MODULE, Cfg, []).
 
 %% @doc Worker `Index' (1-based) is up as `Pid' (called from the worker's init).
 -spec register(pid(), pos_integer(), pid()) -> ok.
@@ -107,11 +107,7 @@ terminate(Reason, #st{p = #shoal_shared{name = Name, module = Mod, state = ST, q
             end;
         false -> ok
     end,
-    case persistent_term:get(?SHARED_KEY(Name), undefined) of
-        #shoal_shared{owner = Self} when Self =:= self() -> _ = persistent_term:erase(?SHARED_KEY(Name));
-        _ -> ok
-    end,
-    ok.
+    shoal_tools_opts:erase_own(?SHARED_KEY(Name), #shoal_shared.owner).
 
 abnormal(normal) -> false;
 abnormal(shutdown) -> false;

@@ -73,9 +73,9 @@ start_link(Name, _Opts) ->
 %% @doc child_spec/2 from `{Name, Opts}' or options with a `name' key.
 -spec child_spec({name(), map() | list()} | map() | list()) -> supervisor:child_spec().
 child_spec({Name, Opts}) -> child_spec(Name, Opts);
-child_spec(Opts) when is_map(Opts) -> child_spec(maps:get(name, Opts), maps:remove(name, Opts));
-child_spec(Opts) when is_list(Opts) ->
-    child_spec(proplists:get_value(name, Opts), proplists:delete(name, Opts)).
+child_spec(Opts) ->
+    {Name, Rest} = shoal_tools_opts:split_name(Opts),
+    child_spec(Name, Rest).
 
 %% @doc A child spec for the user's supervision tree (see start_link/2).
 -spec child_spec(name(), map() | list()) -> supervisor:child_spec().

@@ -1,10 +1,10 @@
-%% @doc Options of the pool tools (shoal_fixed, shoal_cron, shoal_batcher, shoal_tasks,
+%% @doc Options and small shared helpers of the pool tools (shoal_fixed, shoal_cron, shoal_batcher, shoal_tasks,
 %% shoal_shared): each accepts a map or a proplist (an Elixir keyword list is one), so a thin
 %% Elixir `use' macro can pass its options straight through. This module turns either into
 %% a map, rejects unknown keys, and checks single values.
 -module(shoal_tools_opts).
 
--export([to_map/2, get/4, callback_module/3]).
+-export([to_map/2, get/4, callback_module/3, split_name/1, erase_own/2]).
 
 -export_type([opts/0]).
 
@@ -65,3 +65,24 @@ callback_module(Key, Opts, Required) ->
     [throw({missing_callback, Mod, F, A})
      || {F, A} <- Required, not erlang:function_exported(Mod, F, A)],
     Mod.
+
+%% @doc `{Name, OtherOptions}' from options that carry the instance's `name' (the argument
+%% of child_spec/1 in Elixir's `{Module, Opts}' child shape). Throws nothing: a missing
+%% name is `undefined', which start_link then refuses as a bad name.
+-spec split_name(map() | list()) -> {term(), map() | list()}.
+split_name(Opts) when is_map(Opts) -> {maps:get(name, Opts, undefined), maps:remove(name, Opts)};
+split_name(Opts) when is_list(Opts) -> {proplists:get_value(name, Opts), proplists:delete(name, Opts)}.
+
+%% @doc Erase the persistent_term `Key' if the record there names the calling process in
+%% field `Field' (a record field index): a tool's process cleaning up its own record at
+%% termination, never one a successor published since.
+-spec erase_own(term(), pos_integer()) -> ok.
+erase_own(Key, Field) ->
+    Self = self(),
+    case persistent_term:get(Key, undefined) of
+        T when is_tuple(T), tuple_size(T) >= Field, element(Field, T) =:= Self ->
+            _ = persistent_term:erase(Key),
+            ok;
+        _ ->
+            ok
+    end.

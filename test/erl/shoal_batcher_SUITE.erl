@@ -8,6 +8,7 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -compile([export_all, nowarn_export_all]).
+-import(shoal_tools_test_lib, [none/1, recv/1, recv/2, wait_until/1]).
 
 -define(B, batcher_test).
 -define(H, shoal_tools_test_batch).
@@ -42,29 +43,7 @@ start(Name, Opts) ->
     unlink(Sup),
     Sup.
 
-recv(Tag) -> recv(Tag, ?WAIT).
-recv(Tag, T) ->
-    receive Msg when element(1, Msg) =:= Tag -> Msg
-    after T -> ct:fail({nothing_received, Tag})
-    end.
-
-none(Tag) ->
-    receive Msg when element(1, Msg) =:= Tag -> ct:fail({unexpected, Msg})
-    after 100 -> ok
-    end.
-
 batches(N) -> [element(3, recv(batch)) || _ <- lists:seq(1, N)].
-
-wait_until(F) -> wait_until(F, erlang:monotonic_time(millisecond) + ?WAIT).
-wait_until(F, Deadline) ->
-    case F() of
-        true -> ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail(condition_never_held);
-                false -> receive after 2 -> wait_until(F, Deadline) end
-            end
-    end.
 
 %%% Cases ---------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -compile([export_all, nowarn_export_all]).
+-import(shoal_tools_test_lib, [kill/1, none/1, recv/1, recv/2, wait_until/1]).
 
 -define(P, fixed_test_pool).
 -define(W, shoal_tools_test_fixed).
@@ -53,33 +54,6 @@ start(Opts) ->
                                                         args => #{notify => self()}}, Opts)),
     unlink(Sup),
     Sup.
-
-wait_until(F) -> wait_until(F, erlang:monotonic_time(millisecond) + ?WAIT).
-wait_until(F, Deadline) ->
-    case F() of
-        true -> ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail(condition_never_held);
-                false -> receive after 2 -> wait_until(F, Deadline) end
-            end
-    end.
-
-recv(Pattern) -> recv(Pattern, ?WAIT).
-recv(Pattern, T) ->
-    receive Msg when element(1, Msg) =:= Pattern -> Msg
-    after T -> ct:fail({nothing_received, Pattern})
-    end.
-
-none(Tag) ->
-    receive Msg when element(1, Msg) =:= Tag -> ct:fail({unexpected, Msg})
-    after 100 -> ok
-    end.
-
-kill(Pid) ->
-    Ref = erlang:monitor(process, Pid),
-    exit(Pid, kill),
-    receive {'DOWN', Ref, process, Pid, _} -> ok end.
 
 %%% Dispatch modes ------------------------------------------------------------------------
 

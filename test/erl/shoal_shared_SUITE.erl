@@ -8,6 +8,7 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -compile([export_all, nowarn_export_all]).
+-import(shoal_tools_test_lib, [recv/1, recv/2, wait_until/1]).
 
 -define(P, shared_test_pool).
 -define(M, shoal_tools_test_shared).
@@ -47,23 +48,6 @@ start(Args, Opts) ->
     {ok, Sup} = shoal_shared:start_link(?P, ?M, Args, maps:merge(#{size => 8}, Opts)),
     unlink(Sup),
     Sup.
-
-recv(Tag) -> recv(Tag, ?WAIT).
-recv(Tag, T) ->
-    receive Msg when element(1, Msg) =:= Tag -> Msg
-    after T -> ct:fail({nothing_received, Tag})
-    end.
-
-wait_until(F) -> wait_until(F, erlang:monotonic_time(millisecond) + ?WAIT).
-wait_until(F, Deadline) ->
-    case F() of
-        true -> ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail(condition_never_held);
-                false -> receive after 2 -> wait_until(F, Deadline) end
-            end
-    end.
 
 %% Run Fun in a new process; its result comes back as {Tag, Result}.
 async(Tag, Fun) ->

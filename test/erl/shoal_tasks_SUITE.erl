@@ -7,6 +7,7 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -compile([export_all, nowarn_export_all]).
+-import(shoal_tools_test_lib, [none/1, wait_until/1]).
 
 -define(T, tasks_test_runner).
 -define(WAIT, 5000).
@@ -37,11 +38,6 @@ recv(Tag) ->
                             catch shoal_tasks:stats(?T)})
     end.
 
-none(Tag) ->
-    receive Msg when element(1, Msg) =:= Tag -> ct:fail({unexpected, Msg})
-    after 100 -> ok
-    end.
-
 %% A task that says it started, then waits for `go' and returns I.
 gated(I) ->
     Self = self(),
@@ -53,17 +49,6 @@ release(N) ->
     {started, _, P} = recv(started),
     P ! go,
     release(N - 1).
-
-wait_until(F) -> wait_until(F, erlang:monotonic_time(millisecond) + ?WAIT).
-wait_until(F, Deadline) ->
-    case F() of
-        true -> ok;
-        _ ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail(condition_never_held);
-                false -> receive after 2 -> wait_until(F, Deadline) end
-            end
-    end.
 
 %%% Cases ---------------------------------------------------------------------------------
 
