@@ -31,6 +31,8 @@ handle_batch(Batch, #{count := C} = S) -> counters:add(C, 1, length(Batch)), {ok
 serve({echo, X}, S) -> {X, S};
 serve({get, K}, S) -> {maps:get(K, S, undefined), S};
 serve({put, K, V}, S) -> {ok, S#{K => V}};
-%% A read that does some work: 50 lookups, a few microseconds.
-serve({scan, K}, S) ->
-    {lists:foldl(fun(I, A) -> A + maps:get((K + I) rem 1000, S, 0) end, 0, lists:seq(1, 50)), S}.
+%% Reads that do some work: 50 lookups (a few microseconds), 500 lookups (tens of them).
+serve({scan, K}, S) -> {scan(K, 50, S), S};
+serve({scan500, K}, S) -> {scan(K, 500, S), S}.
+
+scan(K, N, S) -> lists:foldl(fun(I, A) -> A + maps:get((K + I) rem 1000, S, 0) end, 0, lists:seq(1, N)).
