@@ -56,11 +56,11 @@ async(Tag, Fun) ->
 
 %% Occupy every worker with a held request; returns the workers' pids.
 hold_all(N) ->
-    [async(held, fun() -> shoal_shared:call(?P, {hold, self_of_test()}, 30000) end)
+    [async(held, fun() -> shoal_shared:call(?P, {hold, tester()}, 30000) end)
      || _ <- lists:seq(1, N)],
     [element(2, recv(holding)) || _ <- lists:seq(1, N)].
 
-self_of_test() -> persistent_term:get(shoal_tools_test_self).
+tester() -> persistent_term:get(shoal_tools_test_self).
 
 %%% Shared state --------------------------------------------------------------------------
 
