@@ -38,6 +38,8 @@ main() ->
     log("shoal tools bench: scale ~p, ~b rounds, ~b schedulers, OTP ~s",
         [Scale, Rounds, erlang:system_info(schedulers_online), erlang:system_info(otp_release)]),
     N = fun(X) -> max(1000, round(X * Scale)) end,
+    ParBefore = parallelism(),
+    log("parallel speedup of ~b CPU-bound processes over one: ~.2f", [erlang:system_info(schedulers_online), ParBefore]),
     Rows = lists:append(
              [dispatch_overhead(N(200000), Rounds),
               fixed_calls(N(200000), Rounds),
@@ -45,8 +47,10 @@ main() ->
               shared_reads(N(200000), Rounds),
               tasks(N(20000), Rounds),
               batcher(N(400000), Rounds)]),
+    ParAfter = parallelism(),
+    log("parallel speedup at the end: ~.2f", [ParAfter]),
     Elapsed = (erlang:monotonic_time(millisecond) - T0) / 1000,
-    Md = report(Rows, Scale, Rounds, Elapsed),
+    Md = report(Rows, Scale, Rounds, Elapsed, {ParBefore, ParAfter}),
     io:put_chars(["\n", Md]),
     ok = filelib:ensure_dir(Out),
     ok = file:write_file(Out, Md),
@@ -212,6 +216,21 @@ batcher(Ops, Rounds) ->
 
 %%% Measuring -----------------------------------------------------------------------------
 
+%% What the machine gives this VM right now: the time of one CPU-bound loop over the time
+%% of one such loop per scheduler, all at once (2.0 on an idle 2-core machine; about 1.0
+%% when other jobs take the second core). Median of 3.
+parallelism() ->
+    Work = fun() -> lists:foldl(fun(I, A) -> A + I * I end, 0, lists:seq(1, 1000000)) end,
+    S = erlang:system_info(schedulers_online),
+    median([begin
+                {T1, _} = timer:tc(Work),
+                Self = self(),
+                {TN, _} = timer:tc(fun() ->
+                              [spawn(fun() -> Work(), Self ! par_done end) || _ <- lists:seq(1, S)],
+                              [receive par_done -> ok end || _ <- lists:seq(1, S)] end),
+                S * T1 / TN
+            end || _ <- [1, 2, 3]]).
+
 %% Both sides, alternating which goes first, Rounds times.
 compare(Meta, {NameA, A}, {NameB, B}, Rounds) ->
     Pairs = [begin
@@ -285,13 +304,16 @@ stop(Pid) ->
 
 %%% Report --------------------------------------------------------------------------------
 
-report(Rows, Scale, Rounds, Elapsed) ->
+report(Rows, Scale, Rounds, Elapsed, {ParBefore, ParAfter}) ->
     Head = io_lib:format(
              "# Pool tools benchmark\n\n"
              "`make bench-tools` (also part of `make bench`; bench/shoal_tools_bench.erl), one run, "
              "both sides of each row alternating over ~b rounds. ~s, ~b schedulers, OTP ~s, "
              "shoal ~s, scale ~p, whole run ~b s. Numbers on these shared 2-vCPU machines "
-             "drift by ±30% from run to run; read the ratios, with their spread.\n\n"
+             "drift by ±30% from run to run; read the ratios, with their spread. "
+             "Parallel speedup the machine gave this VM (~b CPU-bound processes over one, "
+             "~b on an idle machine): ~.2f at the start, ~.2f at the end; where a row depends "
+             "on using both cores (the pools against one process), it is bounded by that.\n\n"
              "Pools: shoal_fixed and poolboy with ~b workers (poolboy max_overflow 0), "
              "shoal_shared with one worker per scheduler, shoal_tasks limit = "
              "Task.async_stream max_concurrency = ~b. Every side runs the same callback "
@@ -299,9 +321,10 @@ report(Rows, Scale, Rounds, Elapsed) ->
              "| case | callers | Shoal | alternative | Shoal | alternative | ratio median (min..max) | target | met |\n"
              "|---|---:|---|---|---:|---:|---:|---|---|\n",
              [Rounds, hostname(), erlang:system_info(schedulers_online),
-              erlang:system_info(otp_release), git_rev(), Scale, round(Elapsed), ?POOL_SIZE,
-              ?TASKS_CONCURRENCY]),
-    Lines = [io_lib:format("| ~s | ~b | ~s | ~s | ~s | ~s | **~.2f** (~.2f..~.2f) | ~s | ~s |\n",
+              erlang:system_info(otp_release), git_rev(), Scale, round(Elapsed),
+              erlang:system_info(schedulers_online), erlang:system_info(schedulers_online),
+              ParBefore, ParAfter, ?POOL_SIZE, ?TASKS_CONCURRENCY]),
+    Lines = [io_lib:format("| ~ts | ~b | ~ts | ~ts | ~ts | ~ts | **~.2f** (~.2f..~.2f) | ~ts | ~ts |\n",
                            [maps:get(name, R), maps:get(callers, R), maps:get(a, R), maps:get(b, R),
                             fmt(R, a_med), fmt(R, b_med), maps:get(ratio, R),
                             maps:get(ratio_min, R), maps:get(ratio_max, R),

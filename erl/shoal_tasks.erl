@@ -112,7 +112,9 @@ run_and_forget(Name, Task) ->
 %% @doc The result of the task `Ref' (from run/2 in this process): `{ok, Value}',
 %% `{error, {Class, Reason, Stacktrace}}', or `{error, timeout}' if it did not finish in
 %% `Timeout' ms (the task goes on; its result is then dropped).
--spec await(name(), reference(), timeout()) -> result().
+-spec await(name(), reference(), timeout()) -> result() | {error, {bad_ref, term()}}.
+await(_Name, Ref, _Timeout) when not is_reference(Ref) ->
+    {error, {bad_ref, Ref}};
 await(_Name, Ref, Timeout) ->
     receive
         {Ref, Result} -> Result
@@ -122,16 +124,12 @@ await(_Name, Ref, Timeout) ->
 
 %% @doc The results of `Refs', in the order of `Refs', waiting at most `Timeout' ms in
 %% all; a task not finished by then gives `{error, timeout}' in its place.
--spec await_many(name(), [reference()], timeout()) -> [result()].
+-spec await_many(name(), [reference()], timeout()) -> [result() | {error, {bad_ref, term()}}].
 await_many(Name, Refs, infinity) ->
     [await(Name, R, infinity) || R <- Refs];
-await_many(_Name, Refs, Timeout) ->
+await_many(Name, Refs, Timeout) ->
     Deadline = erlang:monotonic_time(millisecond) + Timeout,
-    [receive
-         {R, Result} -> Result
-     after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
-             give_up(R)
-     end || R <- Refs].
+    [await(Name, R, max(0, Deadline - erlang:monotonic_time(millisecond))) || R <- Refs].
 
 %% @doc `running', `queued', `done' (finished, raising or not), `failed' (raised), and
 %% `cancelled' (queued tasks dropped because their caller died).

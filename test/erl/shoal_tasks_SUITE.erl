@@ -211,5 +211,9 @@ bad_input_is_an_error(_Config) ->
     ?assertEqual({error, {no_such_runner, nope}}, shoal_tasks:stats(nope)),
     start(#{}),
     ?assertMatch({error, {bad_task, _}}, shoal_tasks:run(?T, fun(_) -> x end)),
-    ?assertEqual({error, {bad_task, not_a_task}}, shoal_tasks:run(?T, not_a_task)).
+    ?assertEqual({error, {bad_task, not_a_task}}, shoal_tasks:run(?T, not_a_task)),
+    %% what run/2 returned on overload is no reference to await
+    ?assertEqual({error, {bad_ref, {error, overloaded}}}, shoal_tasks:await(?T, {error, overloaded}, 10)),
+    R = shoal_tasks:run(?T, fun() -> ok end),
+    ?assertEqual([{ok, ok}, {error, {bad_ref, x}}], shoal_tasks:await_many(?T, [R, x], 1000)).
 
