@@ -25,7 +25,8 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench bench-nif nif-asan clean fmt chaos
+.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench bench-nif nif-asan clean fmt chaos \
+        bench-tools
 
 deps:
 	@bash scripts/deps.sh
@@ -101,6 +102,10 @@ bench-nif: all
 	erl -noshell -pa _build/default/lib/shoal/ebin -pa build/bench \
 	    -eval "try shoal_nif_bench:main() of ok -> halt(0) \
 	           catch C:R:S -> io:format(standard_error, \"nif bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1) end."
+
+# The pool tools alone (also part of `make bench`): bench/results/tools.md.
+bench-tools: all
+	bash scripts/bench_tools.sh
 
 fmt:
 	clang-format -i c_src/*/*.[ch] include/*.h test/c/*.c

@@ -2,7 +2,8 @@
 # `make bench`: Shoal against the alternatives (ETS, Elixir Registry/DynamicSupervisor, pg,
 # simple_one_for_one) on one node, in one run, same keys, then the cluster against pg and
 # global on three local nodes. Prints markdown tables and writes bench/results/single_node.md
-# and bench/results/cluster.md (the Makefile then runs the C node's bench: cnode.md).
+# and bench/results/cluster.md, then the pool tools (bench/results/tools.md, also alone:
+# `make bench-tools`); the Makefile then runs the C node's bench: cnode.md.
 #   SHOAL_BENCH_N=200000 make bench     # scale down (default 1000000; the small point is N/5)
 #   SHOAL_BENCH_KEYS=bin                # binary keys instead of integers
 set -euo pipefail
@@ -27,3 +28,6 @@ erl -noshell -sname "shoal_bench_$$" +P 2000000 -pa "$EBIN" -pa build/bench \
     -eval "try shoal_cluster_bench:main() of ok -> halt(0)
            catch C:R:S -> io:format(standard_error, \"cluster bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1)
            end."
+# The pool tools against poolboy, a single gen_server and Task.async_stream
+# (bench/results/tools.md). SHOAL_TOOLS_BENCH_SCALE, SHOAL_TOOLS_BENCH_ROUNDS.
+bash scripts/bench_tools.sh

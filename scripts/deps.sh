@@ -4,7 +4,7 @@
 # password prompt, and else prints the exact command and fails.
 set -eu
 PKGS="build-essential erlang-nox erlang-dev erlang-src erlang-eunit erlang-common-test
-erlang-dialyzer erlang-proper erlang-tools elixir rebar3 libuv1-dev libcunit1-dev valgrind clang
+erlang-dialyzer erlang-proper erlang-tools erlang-poolboy elixir rebar3 libuv1-dev libcunit1-dev valgrind clang
 libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
