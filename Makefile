@@ -10,7 +10,11 @@ ERTS_INC   := $(wildcard $(ERL_ROOT)/erts-*/include)
 EI_DIR     := $(shell $(ERL) -noshell -eval 'io:format("~s",[code:lib_dir(erl_interface)]),halt().' 2>/dev/null)
 
 CC         ?= cc
-WARN       := -Wall -Wextra -Werror
+# -Werror in our own builds (make, make test, CI). The rebar3 and Mix hooks that build Shoal
+# as someone's dependency run `make nif WERROR=`: a newer compiler's new warning must not
+# break a user's build.
+WERROR     ?= -Werror
+WARN       := -Wall -Wextra $(WERROR)
 CSTD       := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L
 OPT        ?= -O2 -g
 CFLAGS_COMMON := $(CSTD) $(WARN) $(OPT) -Iinclude -Ic_src/core
@@ -25,7 +29,7 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt
+.PHONY: all deps c nif erl doc-chunks rebar3-doc-chunks install test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt
 
 deps:
 	@bash scripts/deps.sh
@@ -34,8 +38,12 @@ all: deps
 	@$(MAKE) --no-print-directory c
 	@$(MAKE) --no-print-directory erl
 
-# C artefacts only (rebar3's pre-compile hook calls this one).
+# C artefacts only.
 c: $(NIF_SO) cnode
+
+# The NIF alone: what the rebar3 and Mix compile hooks build (no libuv, no C node needed).
+nif: $(NIF_SO)
+	@:
 
 $(NIF_SO): $(NIF_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard c_src/nif/*.h)
 	@mkdir -p priv
@@ -44,6 +52,22 @@ $(NIF_SO): $(NIF_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard c_src/nif/*.h)
 
 erl: $(NIF_SO)
 	rebar3 compile
+
+# EEP-48 doc chunks from the edoc, into $(DOC_DIR)/chunks beside the built application's
+# ebin, where `h :shoal.call` (IEx) and `h(shoal, call)` (erl) look. The Mix compiler passes
+# its app path; rebar3's post-compile hook runs rebar3-doc-chunks, which picks the app's
+# output dir ($$REBAR_DEPS_DIR/shoal, or $$REBAR_CHECKOUTS_OUT_DIR/shoal for a _checkouts copy).
+DOC_DIR ?= _build/default/lib/shoal/doc
+doc-chunks: $(DOC_DIR)/chunks/.stamp
+
+$(DOC_DIR)/chunks/.stamp: $(wildcard erl/*.erl erl/*.hrl) scripts/doc_chunks.escript
+	@escript scripts/doc_chunks.escript "$(DOC_DIR)"
+	@mkdir -p "$(DOC_DIR)/chunks" && touch "$@"
+
+REBAR_CO  = $(realpath $(REBAR_CHECKOUTS_DIR))
+REBAR_OUT = $(if $(and $(REBAR_CO),$(filter $(REBAR_CO)/%,$(CURDIR))),$(REBAR_CHECKOUTS_OUT_DIR),$(REBAR_DEPS_DIR))/shoal
+rebar3-doc-chunks:
+	@$(MAKE) --no-print-directory doc-chunks DOC_DIR="$(REBAR_OUT)/doc"
 
 # --- C unit tests (CUnit): plain build and AddressSanitizer + UBSan build -----------------
 CTEST_SRC := $(wildcard test/c/test_core*.c)

@@ -1,9 +1,9 @@
 %% @doc The NIF set: worker tables, key hashing and rate meters (c_src/nif/shoal_nif.c).
 %%
 %% Everything here is a thin stub; the real work is C. A missing or broken shared object
-%% makes every function raise `{shoal_nif_not_loaded, Function}`, so the failure is obvious.
+%% makes every function raise `{shoal_nif_not_loaded, Function}', so the failure is obvious.
 %% Bad arguments of any kind (a wrong or deleted table, a fun as a key, a key over 64 KiB
-%% or nested deeper than 64) raise `badarg`.
+%% or nested deeper than 64) raise `badarg'.
 -module(shoal_nif).
 
 -export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, register/3, register/4,
@@ -50,7 +50,7 @@ route(_T, _Key, _Msg) -> ?NOT_LOADED.
 
 %% @doc Claim Key for the caller (insert-if-absent). On `{wait, Claimer}' another process
 %% holds the claim and, given a Ref, the caller will receive
-%% `{'$shoal_claim', Ref, {ok, Pid} | retry}' (given `nowait', nothing). Claims are not
+%% ``{'$shoal_claim', Ref, {ok, Pid} | retry}'' (given `nowait', nothing). Claims are not
 %% monitored: a waiter watches Claimer and, should it die, calls unregister(T, Key, Claimer).
 -spec claim(table(), term(), reference() | nowait) -> claimed | {wait, pid()} | {ok, pid()}.
 claim(_T, _Key, _Ref) -> ?NOT_LOADED.
@@ -72,7 +72,7 @@ register(_T, _Key, _Pid, _Over) -> ?NOT_LOADED.
 -spec set_moving(table(), term(), pid(), boolean()) -> ok | not_found.
 set_moving(_T, _Key, _Pid, _On) -> ?NOT_LOADED.
 
-%% @doc The process told `{'$shoal_up', Key, Pid, Inc}' and `{'$shoal_down', Key, Pid}' of
+%% @doc The process told ``{'$shoal_up', Key, Pid, Inc}'' and ``{'$shoal_down', Key, Pid}'' of
 %% every local worker registered or removed (the pool server, in a cluster).
 -spec set_listener(table(), pid() | undefined) -> ok.
 set_listener(_T, _Pid) -> ?NOT_LOADED.
