@@ -173,8 +173,9 @@ defmodule Shoal do
 
   @doc """
   The pid for a `{:via, Shoal, {pool, key}}` name, starting the key's worker if it is not
-  running (as the first message to any Shoal key does); `:undefined` if it cannot be
-  started (the via protocol's answer, which makes `GenServer.call/3` exit with `:noproc`).
+  running (as the first message to any Shoal key does); `:undefined` if there is no such
+  pool or the worker's `init/2` failed (the via protocol's answer, which makes
+  `GenServer.call/3` exit with `:noproc`).
 
   So `GenServer.call({:via, Shoal, {pool, key}}, msg)` and `GenServer.cast/2` reach the
   worker like `call/3` and `cast/3` do, except that `call/3` also re-sends a call whose
@@ -186,6 +187,8 @@ defmodule Shoal do
       {:ok, pid} -> pid
       {:error, _} -> :undefined
     end
+  catch
+    :exit, {{:no_such_pool, ^pool}, _} -> :undefined
   end
 
   def whereis_name(_name), do: :undefined

@@ -4,9 +4,11 @@
 # offline, and drives it from ExUnit. Works from a clean clone; exits non-zero when a test
 # fails.
 set -euo pipefail
-cd "$(dirname "$0")/../test/elixir"
+cd "$(dirname "$0")/.."
+# Shoal's own Mix build, held to the same bar as erl/ (MIX_ENV=dev: rebar3 owns _build/test).
+MIX_ENV=dev mix compile --warnings-as-errors
+cd test/elixir
 export MIX_ENV=test
 # Shoal is a path dependency: nothing to fetch, so no Hex and no network; mix recompiles it
-# when it changed. --warnings-as-errors holds the Elixir face to the same bar as erl/.
-mix compile --warnings-as-errors
+# when it changed.
 mix test "$@"

@@ -63,10 +63,11 @@ defmodule Shoal.Worker do
 
   @doc false
   # What `use GenServer`'s defaults log for an unhandled message, in Shoal's log domain.
+  # (No `label` key: Elixir's Logger translator drops reports with labels it does not know.)
   @spec __unexpected__(module, atom, term) :: :ok
   def __unexpected__(module, callback, msg) do
     :logger.error(
-      %{label: {Shoal.Worker, :unexpected_message}, worker: module, callback: callback, msg: msg},
+      %{what: :unexpected_message, worker: module, callback: callback, msg: msg},
       %{domain: [:shoal], report_cb: &Shoal.Worker.__format__/1}
     )
   end
