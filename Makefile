@@ -29,7 +29,7 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl doc-chunks rebar3-doc-chunks install test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt
+.PHONY: all deps c nif erl doc-chunks rebar3-doc-chunks install uninstall install-test test c-test c-test-asan erl-test elixir-test dialyzer demo bench clean fmt
 
 deps:
 	@bash scripts/deps.sh
@@ -94,6 +94,10 @@ erl-test: all
 elixir-test: all
 	bash scripts/elixir_test.sh
 
+# Shoal as a dependency of real throw-away rebar3 and Mix projects, and the C install.
+install-test: all
+	bash scripts/install_test.sh
+
 # Type analysis of the application (fails on any warning).
 dialyzer: all
 	rebar3 dialyzer
@@ -125,3 +129,26 @@ cnode-bench:
 	@true
 .PHONY: cnode cnode-test cnode-bench
 endif
+
+# --- make install: the C node for embedders (include/shoal.h, the static library, shoal.pc) --
+#   make install PREFIX=/usr/local DESTDIR=/tmp/stage
+PREFIX       ?= /usr/local
+LIBDIR       ?= $(PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+SHOAL_VSN    := $(shell sed -n 's/.*{vsn, *"\([^"]*\)"}.*/\1/p' erl/shoal.app.src)
+# Paths under PREFIX are written relative to ${prefix}, so the .pc file can be relocated.
+pc_rel = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+
+install: cnode
+	install -d "$(DESTDIR)$(INCLUDEDIR)" "$(DESTDIR)$(LIBDIR)" "$(DESTDIR)$(PKGCONFIGDIR)"
+	install -m 644 include/shoal.h "$(DESTDIR)$(INCLUDEDIR)/shoal.h"
+	install -m 644 priv/libshoal_cnode.a "$(DESTDIR)$(LIBDIR)/libshoal_cnode.a"
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@INCLUDEDIR@|$(call pc_rel,$(INCLUDEDIR))|' \
+	    -e 's|@LIBDIR@|$(call pc_rel,$(LIBDIR))|' -e 's|@EI_DIR@|$(EI_DIR)|' \
+	    -e 's|@VERSION@|$(SHOAL_VSN)|' c_src/cnode/shoal.pc.in > "$(DESTDIR)$(PKGCONFIGDIR)/shoal.pc"
+	chmod 644 "$(DESTDIR)$(PKGCONFIGDIR)/shoal.pc"
+
+uninstall:
+	rm -f "$(DESTDIR)$(INCLUDEDIR)/shoal.h" "$(DESTDIR)$(LIBDIR)/libshoal_cnode.a" \
+	    "$(DESTDIR)$(PKGCONFIGDIR)/shoal.pc"
