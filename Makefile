@@ -56,7 +56,8 @@ erl: $(NIF_SO)
 # EEP-48 doc chunks from the edoc, into $(DOC_DIR)/chunks beside the built application's
 # ebin, where `h :shoal.call` (IEx) and `h(shoal, call)` (erl) look. The Mix compiler passes
 # its app path; rebar3's post-compile hook runs rebar3-doc-chunks, which picks the app's
-# output dir ($$REBAR_DEPS_DIR/shoal, or $$REBAR_CHECKOUTS_OUT_DIR/shoal for a _checkouts copy).
+# output dir ($$REBAR_DEPS_DIR/shoal, or $$REBAR_CHECKOUTS_OUT_DIR/shoal when the user's project
+# has _checkouts/shoal: rebar3 then builds that one, wherever the link points).
 DOC_DIR ?= _build/default/lib/shoal/doc
 doc-chunks: $(DOC_DIR)/chunks/.stamp
 
@@ -64,8 +65,7 @@ $(DOC_DIR)/chunks/.stamp: $(wildcard erl/*.erl erl/*.hrl) scripts/doc_chunks.esc
 	@escript scripts/doc_chunks.escript "$(DOC_DIR)"
 	@mkdir -p "$(DOC_DIR)/chunks" && touch "$@"
 
-REBAR_CO  = $(realpath $(REBAR_CHECKOUTS_DIR))
-REBAR_OUT = $(if $(and $(REBAR_CO),$(filter $(REBAR_CO)/%,$(CURDIR))),$(REBAR_CHECKOUTS_OUT_DIR),$(REBAR_DEPS_DIR))/shoal
+REBAR_OUT = $(if $(wildcard $(REBAR_CHECKOUTS_DIR)/shoal),$(REBAR_CHECKOUTS_OUT_DIR),$(REBAR_DEPS_DIR))/shoal
 rebar3-doc-chunks:
 	@$(MAKE) --no-print-directory doc-chunks DOC_DIR="$(REBAR_OUT)/doc"
 
