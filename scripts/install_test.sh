@@ -22,6 +22,13 @@ unset MIX_REBAR3 ERL_LIBS
 export MIX_HOME="$T/mix_home" HEX_OFFLINE=1
 UNIQ="$$_$RANDOM"
 ok() { echo "install-test: $1 ok ($(( $(date +%s) - start )) s)"; }
+# A dependency build makes the NIF and nothing else: no C node, so no libuv needed.
+nif_only() {
+  [ -f "$1/priv/shoal_nif.so" ] || { echo "install-test: no NIF in $1/priv" >&2; exit 1; }
+  if [ -e "$1/priv/libshoal_cnode.a" ] || [ -e "$1/priv/shoal_cnode" ]; then
+    echo "install-test: the dependency build made the C node ($1/priv)" >&2; exit 1
+  fi
+}
 
 # --- rebar3 -------------------------------------------------------------------------------
 # A user's rebar3 app with a worker; $1 = project dir, $2 = the shoal dependency term.
@@ -65,6 +72,7 @@ rebar3_run() {
 start=$(date +%s)
 rebar3_app "$T/r3_git" "{shoal, {git, \"$URL\", {ref, \"$SHA\"}}}"
 (cd "$T/r3_git" && rebar3 compile)
+nif_only "$T/r3_git/_build/default/lib/shoal"
 rebar3_run "$T/r3_git"
 ok "rebar3, git dependency"
 
@@ -121,8 +129,9 @@ ok "Mix, path dependency"
 
 start=$(date +%s)
 mix_app "$T/mix_git" "{:shoal, git: \"$URL\", ref: \"$SHA\"}"
-(cd "$T/mix_git" && mix deps.get)
+(cd "$T/mix_git" && mix deps.get >"$T/deps_get.log" 2>&1) || { cat "$T/deps_get.log"; exit 1; }
 mix_run "$T/mix_git"
+nif_only "$T/mix_git/deps/shoal"
 ok "Mix, git dependency"
 
 # --- C: make install, then the doc's example with the doc's build lines ---------------------
@@ -139,8 +148,8 @@ doc_block() { awk -v start="$1" -v fence="$2" \
   docs/cnode.md; }
 doc_block "And a program that embeds a node" c > "$T/c/prog.c"
 doc_block "Build it against an installed Shoal" sh > "$T/c/build_installed.sh"
-doc_block "or straight from a built checkout" sh > "$T/c/build_tree.sh"
-[ -s "$T/c/prog.c" ] && [ -s "$T/c/build_installed.sh" ] && [ -s "$T/c/build_tree.sh" ]
+doc_block "or straight from a built checkout" sh > "$T/c_tree/build_tree.sh"
+[ -s "$T/c/prog.c" ] && [ -s "$T/c/build_installed.sh" ] && [ -s "$T/c_tree/build_tree.sh" ]
 cp "$T/c/prog.c" "$T/c_tree/prog.c"
 # The installed files are staged under DESTDIR: point pkg-config there (what a packager does).
 (cd "$T/c" && export PKG_CONFIG_PATH="$STAGE/usr/local/lib/pkgconfig" &&
