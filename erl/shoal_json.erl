@@ -18,15 +18,21 @@ encode(I) when is_integer(I) -> integer_to_binary(I);
 encode(F) when is_float(F) -> float_to_binary(F, [short]);
 encode(B) when is_binary(B) -> string(B);
 encode(M) when is_map(M) ->
-    Pairs = [[key(K), $:, encode(V)] || {K, V} <- lists:sort(maps:to_list(M))],
+    Pairs = [[string(K), $:, encode(V)]
+             || {K, V} <- lists:keysort(1, [{key(K), V} || {K, V} <- maps:to_list(M)])],
     [${, lists:join($,, Pairs), $}];
 encode(L) when is_list(L) ->
-    [$[, lists:join($,, [encode(X) || X <- L]), $]];
+    [$[, lists:join($,, elements(L)), $]];
 encode(T) -> erlang:error(badarg, [T]).
 
-key(K) when is_atom(K) -> string(atom_to_binary(K, utf8));
-key(K) when is_binary(K) -> string(K);
-key(K) when is_list(K) -> string(unicode:characters_to_binary(K));
+elements([]) -> [];
+elements([X | Rest]) -> [encode(X) | elements(Rest)];
+elements(Tail) -> erlang:error(badarg, [Tail]).
+
+%% Object keys, as binaries (sorted, so the output is stable).
+key(K) when is_atom(K) -> atom_to_binary(K, utf8);
+key(K) when is_binary(K) -> K;
+key(K) when is_list(K) -> unicode:characters_to_binary(K);
 key(K) -> erlang:error(badarg, [K]).
 
 string(B) -> [$", escape(B), $"].
