@@ -76,6 +76,26 @@ nif_only "$T/r3_git/_build/default/lib/shoal"
 rebar3_run "$T/r3_git"
 ok "rebar3, git dependency"
 
+# The same app as a release (relx, as docs/operations.md shows it), started as a daemon.
+start=$(date +%s)
+mkdir -p "$T/r3_git/config"
+printf -- '-sname myapp_rel_%s\n-setcookie shoal_install_test\n+P 2000000\n' "$UNIQ" > "$T/r3_git/config/vm.args"
+cat >> "$T/r3_git/rebar.config" <<'EOF'
+{relx, [{release, {myapp, "0.1.0"}, [myapp]},
+        {vm_args, "config/vm.args"}, {dev_mode, false}, {include_erts, false}]}.
+EOF
+(cd "$T/r3_git" && rebar3 release >/dev/null)
+REL="$T/r3_git/_build/default/rel/myapp/bin/myapp"
+"$REL" daemon
+trap '"$REL" stop >/dev/null 2>&1 || true; [ "${SHOAL_INSTALL_KEEP:-}" = 1 ] || rm -rf "$T"' EXIT
+for _ in $(seq 1 50); do "$REL" ping >/dev/null 2>&1 && break; sleep 0.2; done
+answer=$("$REL" eval '{ok, _} = shoal:start_pool(p, #{worker => myapp_counter}),
+  ok = shoal:cast(p, k, incr), {shoal:call(p, k, get), erlang:system_info(process_limit)}.')
+[ "${answer// /}" = "{1,2097152}" ] || { echo "install-test: the release answered $answer" >&2; exit 1; }
+"$REL" stop >/dev/null
+echo "  the release's worker answered 1 (+P from vm.args: process_limit 2097152)"
+ok "rebar3 release (relx), vm.args"
+
 start=$(date +%s)
 rebar3_app "$T/r3_checkouts" "{shoal, {git, \"$URL\", {ref, \"$SHA\"}}}"
 mkdir -p "$T/r3_checkouts/_checkouts" && ln -s "$REPO" "$T/r3_checkouts/_checkouts/shoal"
