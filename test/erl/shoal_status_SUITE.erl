@@ -96,7 +96,7 @@ the_page_shows_every_member_and_follows_a_drain(Config) ->
     ?assertEqual(Counts1, maps:map(fun(_, #{count := C}) -> C end, Rows1)),
     ?assertMatch(#{count := 0, drained := true}, maps:get(Target, Rows1)),
     ?assertEqual(300, lists:sum([C || {_, #{count := C}} <- maps:to_list(Rows1)])),
-    [?assert(maps:get(N, Counts1) > maps:get(N, Counts0)) || N <- Nodes -- [Target]],
+    [?assert(maps:get(N, Counts1) >= maps:get(N, Counts0)) || N <- Nodes -- [Target]],
     Progress = lists:flatten(io_lib:format("0 of ~b left", [maps:get(Target, Counts0)])),
     ?assertNotEqual(nomatch, string:find(Dom1, Progress), Progress),
     ok = peer:call(A, shoal, undrain, [Pool, Target]).
