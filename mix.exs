@@ -76,6 +76,11 @@ defmodule Shoal.MixProject.Make do
   @moduledoc false
 
   def up_to_date?(root, args) do
+    unless System.find_executable("make") do
+      Mix.raise("shoal: `make` and a C compiler are needed to build its NIF " <>
+                  "(Debian: apt-get install build-essential erlang-dev)")
+    end
+
     {_, status} = System.cmd("make", ["--no-print-directory", "-q" | args], cd: root)
     status == 0
   end
