@@ -491,10 +491,12 @@ report(N, Small, Lookup, Start, Elapsed) ->
     [io_lib:format("# Shoal single-node benchmark~n~n", []),
      io_lib:format("`make bench` (scripts/bench.sh, bench/shoal_bench.erl), one run, all sides on the "
                    "same keys. ~s, ~b schedulers, ~s, OTP ~s, Elixir ~s, shoal ~s, "
-                   "N = ~b, whole run ~b s. Numbers on these 2-vCPU machines drift by ±30% from "
-                   "run to run; the ratios are what to read.~n~n",
+                   "N = ~b, whole run ~b s, load average at the end ~ts. Numbers on these 2-vCPU "
+                   "machines drift by ±30% from run to run, more when other jobs load the machine; "
+                   "the ratios are what to read.~n~n",
                    [Host, erlang:system_info(schedulers_online), mem_total(),
-                    erlang:system_info(otp_release), elixir_vsn(), git_rev(), N, round(Elapsed)]),
+                    erlang:system_info(otp_release), elixir_vsn(), git_rev(), N, round(Elapsed),
+                    loadavg()]),
      report_lookups(Lookup, Small),
      report_calls(Lookup),
      report_start(Start, N),
@@ -799,6 +801,13 @@ git_rev() ->
     case os:cmd("git rev-parse --short HEAD 2>/dev/null") of
         "" -> "?";
         S -> string:trim(S)
+    end.
+
+%% The 1, 5 and 15 minute load averages, as /proc/loadavg gives them.
+loadavg() ->
+    case file:read_file("/proc/loadavg") of
+        {ok, B} -> lists:join(" / ", lists:sublist(string:lexemes(binary_to_list(B), " "), 3));
+        _ -> "?"
     end.
 
 mem_total() ->

@@ -366,7 +366,8 @@ env_int(Name, Default) ->
 write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, Drains, {Mem, M}) ->
     Text = ["# Cluster benchmark (three local nodes, one 2-core machine)\n\n"
             "Produced by `make bench` (bench/shoal_cluster_bench.erl). Every figure is taken "
-            "over rounds and given as the median with its range (min–max).\n\n"
+            "over rounds and given as the median with its range (min–max). Load average at "
+            "the end: ", loadavg(), ".\n\n"
             "## Cluster-wide registrations per second\n\n", reg_table(Reg, RegRatios, Rounds),
             "## Cross-node call\n\n", call_table(Gen, Sh, CallRatio, Calls),
             "## Drain under call load\n\n", drain_table(Drains),
@@ -398,6 +399,12 @@ write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, Drains, 
                Nodes <- [lists:usort([Nd || {_, Nd, _} <- Tl])],
                Nd0 <- Nodes, {T, Nd, Cn} <- Tl, Nd =:= Nd0, is_integer(Cn)]]),
     ok.
+
+loadavg() ->
+    case file:read_file("/proc/loadavg") of
+        {ok, B} -> lists:join(" / ", lists:sublist(string:lexemes(binary_to_list(B), " "), 3));
+        _ -> "?"
+    end.
 
 role(Nd, Nd, _) -> "drained";
 role(Nd, Drained, Nodes) ->
