@@ -10,7 +10,11 @@ ERTS_INC   := $(wildcard $(ERL_ROOT)/erts-*/include)
 EI_DIR     := $(shell $(ERL) -noshell -eval 'io:format("~s",[code:lib_dir(erl_interface)]),halt().' 2>/dev/null)
 
 CC         ?= cc
-WARN       := -Wall -Wextra -Werror
+# -Werror in our own builds (make, make test, CI). The rebar3 and Mix hooks that build Shoal
+# as someone's dependency run `make nif WERROR=`: a newer compiler's new warning must not
+# break a user's build.
+WERROR     ?= -Werror
+WARN       := -Wall -Wextra $(WERROR)
 CSTD       := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L
 OPT        ?= -O2 -g
 CFLAGS_COMMON := $(CSTD) $(WARN) $(OPT) -Iinclude -Ic_src/core
@@ -25,7 +29,8 @@ NIF_SO     := priv/shoal_nif.so
 export MIX_REBAR3 := $(shell command -v rebar3 2>/dev/null)
 export ERL_LIBS :=
 
-.PHONY: all deps c nif erl test c-test c-test-asan erl-test elixir-test dialyzer demo bench bench-nif nif-asan clean fmt chaos \
+.PHONY: all deps c nif erl doc-chunks rebar3-doc-chunks install uninstall install-test test c-test \
+        c-test-asan erl-test elixir-test dialyzer demo bench bench-nif nif-asan clean fmt chaos \
         bench-tools
 
 deps:
@@ -35,8 +40,12 @@ all: deps
 	@$(MAKE) --no-print-directory c
 	@$(MAKE) --no-print-directory erl
 
-# C artefacts only (rebar3's pre-compile hook calls this one).
+# C artefacts only.
 c: $(NIF_SO) cnode
+
+# The NIF alone: what the rebar3 and Mix compile hooks build (no libuv, no C node needed).
+nif: $(NIF_SO)
+	@:
 
 $(NIF_SO): $(NIF_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard c_src/nif/*.h)
 	@mkdir -p priv
@@ -45,6 +54,22 @@ $(NIF_SO): $(NIF_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard c_src/nif/*.h)
 
 erl: $(NIF_SO)
 	rebar3 compile
+
+# EEP-48 doc chunks from the edoc, into $(DOC_DIR)/chunks beside the built application's
+# ebin, where `h :shoal.call` (IEx) and `h(shoal, call)` (erl) look. The Mix compiler passes
+# its app path; rebar3's post-compile hook runs rebar3-doc-chunks, which picks the app's
+# output dir ($$REBAR_DEPS_DIR/shoal, or $$REBAR_CHECKOUTS_OUT_DIR/shoal when the user's project
+# has _checkouts/shoal: rebar3 then builds that one, wherever the link points).
+DOC_DIR ?= _build/default/lib/shoal/doc
+doc-chunks: $(DOC_DIR)/chunks/.stamp
+
+$(DOC_DIR)/chunks/.stamp: $(wildcard erl/*.erl erl/*.hrl) scripts/doc_chunks.escript
+	@escript scripts/doc_chunks.escript "$(DOC_DIR)"
+	@mkdir -p "$(DOC_DIR)/chunks" && touch "$@"
+
+REBAR_OUT = $(if $(wildcard $(REBAR_CHECKOUTS_DIR)/shoal),$(REBAR_CHECKOUTS_OUT_DIR),$(REBAR_DEPS_DIR))/shoal
+rebar3-doc-chunks:
+	@$(MAKE) --no-print-directory doc-chunks DOC_DIR="$(REBAR_OUT)/doc"
 
 # --- C unit tests (CUnit): plain build and AddressSanitizer + UBSan build -----------------
 CTEST_SRC := $(wildcard test/c/test_core*.c)
@@ -80,6 +105,10 @@ chaos: all
 elixir-test: all
 	bash scripts/elixir_test.sh
 
+# Shoal as a dependency of real throw-away rebar3 and Mix projects, and the C install.
+install-test: all
+	bash scripts/install_test.sh
+
 # Type analysis of the application (fails on any warning).
 dialyzer: all
 	rebar3 dialyzer
@@ -90,9 +119,10 @@ test: all
 demo: all
 	bash scripts/demo.sh
 
+# Single node, cluster, C node, then the plots (scripts/bench.sh runs cnode-bench itself, so a
+# reduced run sends all of them to the scratch folder).
 bench: all
 	bash scripts/bench.sh
-	@$(MAKE) --no-print-directory cnode-bench
 
 # The NIF table alone: whereis of remote against local keys, ETS beside them, bytes per
 # replica (bench/results/nif.md). SHOAL_NIF_BENCH_N="100000,1000000" and friends scale it.
@@ -124,3 +154,26 @@ cnode-bench:
 	@true
 .PHONY: cnode cnode-test cnode-bench
 endif
+
+# --- make install: the C node for embedders (include/shoal.h, the static library, shoal.pc) --
+#   make install PREFIX=/usr/local DESTDIR=/tmp/stage
+PREFIX       ?= /usr/local
+LIBDIR       ?= $(PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+SHOAL_VSN    := $(shell sed -n 's/.*{vsn, *"\([^"]*\)"}.*/\1/p' erl/shoal.app.src)
+# Paths under PREFIX are written relative to ${prefix}, so the .pc file can be relocated.
+pc_rel = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+
+install: cnode
+	install -d "$(DESTDIR)$(INCLUDEDIR)" "$(DESTDIR)$(LIBDIR)" "$(DESTDIR)$(PKGCONFIGDIR)"
+	install -m 644 include/shoal.h "$(DESTDIR)$(INCLUDEDIR)/shoal.h"
+	install -m 644 priv/libshoal_cnode.a "$(DESTDIR)$(LIBDIR)/libshoal_cnode.a"
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@INCLUDEDIR@|$(call pc_rel,$(INCLUDEDIR))|' \
+	    -e 's|@LIBDIR@|$(call pc_rel,$(LIBDIR))|' -e 's|@EI_DIR@|$(EI_DIR)|' \
+	    -e 's|@VERSION@|$(SHOAL_VSN)|' c_src/cnode/shoal.pc.in > "$(DESTDIR)$(PKGCONFIGDIR)/shoal.pc"
+	chmod 644 "$(DESTDIR)$(PKGCONFIGDIR)/shoal.pc"
+
+uninstall:
+	rm -f "$(DESTDIR)$(INCLUDEDIR)/shoal.h" "$(DESTDIR)$(LIBDIR)/libshoal_cnode.a" \
+	    "$(DESTDIR)$(PKGCONFIGDIR)/shoal.pc"

@@ -3,7 +3,7 @@
 %% Four questions, each answered with both sides and their ratio:
 %%   1. key -> pid: shoal:whereis/2 vs ets:lookup/2 (plain set, read_concurrency set),
 %%      Elixir Registry.lookup/2 (unique, partitions = schedulers) and pg:get_members/2,
-%%      with 200 k and 1 M live processes, 1 and 2 concurrent readers.
+%%      with N/5, N/2 and N (200 k, 500 k, 1 M) live processes, 1 and 2 concurrent readers.
 %%   2. starting 1 M workers: shoal (sync from one caller, async, many callers) vs a
 %%      simple_one_for_one supervisor whose workers register in ETS, and vs Elixir
 %%      DynamicSupervisor + Registry ({:via, Registry, ...} names).
@@ -14,7 +14,11 @@
 %% (init/1 with a {gs, ...} argument) and the baseline supervisor (init/1 with {sup, ...}),
 %% so every side runs the same callback code.
 %%
-%% scripts/bench.sh compiles and runs it; SHOAL_BENCH_N scales it down (default 1000000).
+%% Every figure is taken over rounds that alternate the sides, and reported as the median
+%% with its range (min–max), ratios per round. Writes single_node.md and its CSVs into
+%% SHOAL_BENCH_RESULTS (scripts/bench.sh: bench/results for a full run, a scratch folder
+%% for a reduced one). scripts/bench.sh compiles and runs it; SHOAL_BENCH_N scales it down
+%% (default 1000000), SHOAL_BENCH_START_ROUNDS sets the start rounds (default 3).
 -module(shoal_bench).
 
 -export([main/0, main/1]).
@@ -61,7 +65,8 @@ main() -> main([]).
 main(_) ->
     N = env_int("SHOAL_BENCH_N", 1000000),
     Small = env_int("SHOAL_BENCH_SMALL", max(1, N div 5)),
-    Out = env_str("SHOAL_BENCH_OUT", "bench/results/single_node.md"),
+    Dir = env_str("SHOAL_BENCH_RESULTS", "bench/results"),
+    Out = env_str("SHOAL_BENCH_OUT", filename:join(Dir, "single_node.md")),
     process_flag(trap_exit, true),
     ok = io:setopts(standard_io, [{encoding, unicode}]),
     ok = io:setopts(standard_error, [{encoding, unicode}]),
@@ -87,7 +92,8 @@ main(_) ->
     io:put_chars(["\n", Md]),
     ok = filelib:ensure_dir(Out),
     ok = file:write_file(Out, Md),
-    log("wrote ~s (~.1f s)", [Out, Elapsed]),
+    Csvs = write_csvs(filename:dirname(Out), Lookup, Start),
+    log("wrote ~s and ~s (~.1f s)", [Out, lists:join(", ", Csvs), Elapsed]),
     ok.
 
 %%% ---------------------------------------------------------------------------------------
@@ -101,18 +107,22 @@ lookup_section(Keys, Small, N) ->
     Plain = ets:new(bench_plain, [set, public]),
     Rc = ets:new(bench_rc, [set, public, {read_concurrency, true}]),
     Tabs = #{plain => Plain, rc => Rc},
-    {SmallKeys, RestKeys} = lists:split(Small, Keys),
-    Holders1 = fill(SmallKeys, Tabs),
-    R1 = {Small, lookups(list_to_tuple(SmallKeys), Small, {Plain, Rc})},
-    Holders2 = fill(RestKeys, Tabs),
-    R2 = {N, lookups(list_to_tuple(Keys), N, {Plain, Rc})},
+    %% The points: Small, N/2 and N live processes per side, filled one after the other.
+    Sizes = lists:usort([S || S <- [Small, N div 2, N], S > 0]),
+    {Points, Holders, _} =
+        lists:foldl(fun(Size, {Ps, Hs, Have}) ->
+                            More = fill(lists:sublist(Keys, Have + 1, Size - Have), Tabs),
+                            P = {Size, lookups(list_to_tuple(lists:sublist(Keys, Size)), Size,
+                                               {Plain, Rc})},
+                            {Ps ++ [P], More ++ Hs, Size}
+                    end, {[], [], 0}, Sizes),
     Call = guard(fun() -> calls(hd(Keys)) end),
     %% Kill the registries before their members: otherwise pg and the Registry partitions
     %% would first work through a million 'DOWN' / 'EXIT' messages each.
     Teardown = timed(fun() -> quietly(fun() ->
                              kill_proc(whereis(?PG)),
                              kill_proc(whereis(?REG)),
-                             [exit(P, kill) || P <- Holders1 ++ Holders2],
+                             [exit(P, kill) || P <- Holders],
                              ets:delete(Plain),
                              ets:delete(Rc),
                              wait_procs_settle()
@@ -120,7 +130,7 @@ lookup_section(Keys, Small, N) ->
     StopPool = timed(fun() -> ok = stop_pool(?POOL), wait_procs_settle() end),
     log("lookups: torn down, baselines ~.1f s, shoal:stop_pool/1 ~.1f s",
         [Teardown / 1.0e9, StopPool / 1.0e9]),
-    #{points => [R1, R2], call => Call}.
+    #{points => Points, call => Call}.
 
 %% Adds Keys to every side: shoal workers, and one plain receive-loop process per key that
 %% registers itself in Registry, joins pg, and is entered in both ETS tables.
@@ -174,17 +184,24 @@ lookups(KeyT, Live, Tabs) ->
     Runs = [[{V, readers(1, V, KeyT, Tabs, VOps) / VOps, readers(2, V, KeyT, Tabs, VOps) / VOps}
              || {V, _, VOps} <- Variants]
             || _ <- lists:seq(1, ?RUNS)],
+    %% Ratios are taken per run (each side against shoal in the same run), then summarised.
+    Shoal = [{A, B} || Run <- Runs, {shoal, A, B} <- Run],
     [begin
          Mine = [{A, B} || Run <- Runs, {V1, A, B} <- Run, V1 =:= V],
-         R1 = median([A || {A, _} <- Mine]),
-         R2 = median([B || {_, B} <- Mine]),
+         R1 = spread([A || {A, _} <- Mine]),
+         R2 = spread([B || {_, B} <- Mine]),
          log("  ~b live  ~-40s 1 reader ~7.1f ns/op, 2 readers ~7.1f ns/op",
-             [Live, Label, R1, R2]),
-         {V, Label, R1, R2}
+             [Live, Label, maps:get(med, R1), maps:get(med, R2)]),
+         {V, Label,
+          R1#{ratio => spread([A / SA || {{A, _}, {SA, _}} <- lists:zip(Mine, Shoal)])},
+          R2#{ratio => spread([B / SB || {{_, B}, {_, SB}} <- lists:zip(Mine, Shoal)])}}
      end
      || {V, Label, _} <- Variants].
 
 median(L) -> lists:nth((length(L) + 1) div 2, lists:sort(L)).
+
+%% The median and the range of a list of figures from alternating rounds.
+spread(L) -> #{med => median(L), min => lists:min(L), max => lists:max(L), n => length(L)}.
 
 %% Every side must resolve the same key to a live process, or the timings mean nothing.
 check_sides_agree(KeyT, {Plain, Rc}) ->
@@ -250,10 +267,11 @@ calls(Key) ->
     pong = gen_server:call(Pid, ping),
     Runs = [{timed(fun() -> call_loop(Ops, Key) end) / Ops, timed(fun() -> gs_loop(Ops, Pid) end) / Ops}
             || _ <- lists:seq(1, ?RUNS)],
-    Routed = median([R || {R, _} <- Runs]),
-    Direct = median([D || {_, D} <- Runs]),
-    log("  shoal:call ~b ns/op, gen_server:call ~b ns/op", [round(Routed), round(Direct)]),
-    {Routed, Direct}.
+    Routed = spread([R || {R, _} <- Runs]),
+    Direct = spread([D || {_, D} <- Runs]),
+    log("  shoal:call ~b ns/op, gen_server:call ~b ns/op",
+        [round(maps:get(med, Routed)), round(maps:get(med, Direct))]),
+    {Routed#{ratio => spread([R / D || {R, D} <- Runs])}, Direct}.
 
 call_loop(0, _) -> ok;
 call_loop(I, Key) -> pong = shoal:call(?POOL, Key, ping), call_loop(I - 1, Key).
@@ -284,20 +302,52 @@ start_section(Keys, N) ->
                               lists:any(fun(W) -> lists:prefix(W, lists:flatten(L)) end,
                                         string:lexemes(Want, ","))]
             end,
-    [begin
-         log("start: ~s", [Label]),
-         R = guard(F),
-         cleanup(),
-         case R of
-             {ok, #{secs := Secs, started := Started, complete := Complete, rate := Rate,
-                    bytes := Bytes, stop := StopSecs}} ->
-                 log("  ~b workers in ~.2f s~s (~b workers/s), ~b bytes/worker, teardown ~.1f s",
-                     [Started, Secs, case Complete of true -> ""; false -> " (time budget hit)" end,
-                      round(Rate), round(Bytes), StopSecs]);
-             _ -> ok
-         end,
-         {lists:flatten(Label), R}
-     end || {Label, F} <- Cases].
+    %% Rounds go round-robin over the cases, each round starting one case further on, so
+    %% that load from elsewhere on the machine hits every case alike.
+    Rounds = env_int("SHOAL_BENCH_START_ROUNDS", 3),
+    NCases = length(Cases),
+    Runs = [begin
+                {Before, After} = lists:split((Round - 1) rem max(1, NCases), Cases),
+                [begin
+                     log("start, round ~b/~b: ~s", [Round, Rounds, Label]),
+                     R = guard(F),
+                     cleanup(),
+                     case R of
+                         {ok, #{secs := Secs, started := Started, complete := Complete,
+                                rate := Rate, bytes := Bytes, stop := StopSecs}} ->
+                             log("  ~b workers in ~.2f s~s (~b workers/s), ~b bytes/worker, "
+                                 "teardown ~.1f s",
+                                 [Started, Secs,
+                                  case Complete of true -> ""; false -> " (time budget hit)" end,
+                                  round(Rate), round(Bytes), StopSecs]);
+                         _ -> ok
+                     end,
+                     {Round, lists:flatten(Label), R}
+                 end || {Label, F} <- After ++ Before]
+            end || Round <- lists:seq(1, Rounds)],
+    summarise_starts([lists:flatten(L) || {L, _} <- Cases], lists:append(Runs)).
+
+%% Per case over the rounds: the median rate with its range, and the ratio of shoal's best
+%% rate to the case's in the same round; a case that failed in any round shows the error.
+summarise_starts(Labels, Runs) ->
+    ShoalBest = maps:from_list(
+                  [{Round, lists:max([Rate || {R, "shoal" ++ _, {ok, #{rate := Rate}}} <- Runs,
+                                              R =:= Round] ++ [0])}
+                   || Round <- lists:usort([R || {R, _, _} <- Runs])]),
+    [{L, case [Err || {_, L1, {error, _} = Err} <- Runs, L1 =:= L] of
+             [Err | _] -> Err;
+             [] ->
+                 Mine = [{R, M} || {R, L1, {ok, M}} <- Runs, L1 =:= L],
+                 Ms = [M || {_, M} <- Mine],
+                 Get = fun(K) -> [maps:get(K, M) || M <- Ms] end,
+                 {ok, #{secs => median(Get(secs)), started => lists:min(Get(started)),
+                        complete => lists:all(fun(C) -> C end, Get(complete)),
+                        rate => spread(Get(rate)), bytes => lists:min(Get(bytes)),
+                        stop => median(Get(stop)),
+                        vs_shoal => spread([maps:get(R, ShoalBest) / max(1.0e-9, maps:get(rate, M))
+                                            || {R, M} <- Mine])}}
+         end}
+     || L <- Labels].
 
 %% Returns {StartSeconds, BytesPerWorker, TeardownSeconds}.
 shoal_start(Keys, N, Mode) ->
@@ -441,10 +491,12 @@ report(N, Small, Lookup, Start, Elapsed) ->
     [io_lib:format("# Shoal single-node benchmark~n~n", []),
      io_lib:format("`make bench` (scripts/bench.sh, bench/shoal_bench.erl), one run, all sides on the "
                    "same keys. ~s, ~b schedulers, ~s, OTP ~s, Elixir ~s, shoal ~s, "
-                   "N = ~b, whole run ~b s. Numbers on these 2-vCPU machines drift by ±30% from "
-                   "run to run; the ratios are what to read.~n~n",
+                   "N = ~b, whole run ~b s, load average at the end ~ts. Numbers on these 2-vCPU "
+                   "machines drift by ±30% from run to run, more when other jobs load the machine; "
+                   "the ratios are what to read.~n~n",
                    [Host, erlang:system_info(schedulers_online), mem_total(),
-                    erlang:system_info(otp_release), elixir_vsn(), git_rev(), N, round(Elapsed)]),
+                    erlang:system_info(otp_release), elixir_vsn(), git_rev(), N, round(Elapsed),
+                    loadavg()]),
      report_lookups(Lookup, Small),
      report_calls(Lookup),
      report_start(Start, N),
@@ -454,59 +506,68 @@ report_lookups({ok, #{points := Points}}, _) ->
     Ops = env_int("SHOAL_BENCH_LOOKUP_OPS", 2000000),
     ["## Key -> pid\n\n",
      io_lib:format("~s keys in random order (a pre-shuffled tuple), every key live on every side; "
-                   "~b lookups per reader per run (a quarter of that for Registry and pg), median of ~b "
-                   "runs. ns/op is wall time / lookups per reader, loop included (its cost is the first "
-                   "row). \"× slower\" is that side's ns/op over shoal's.~n~n",
+                   "~b lookups per reader per run (a quarter of that for Registry and pg), ~b runs "
+                   "going round-robin over the sides. ns/op is wall time / lookups per reader, loop "
+                   "included (its cost is the first row): the median of the runs, (min–max) below it. "
+                   "\"× slower\" is that side's ns/op over shoal's in the same run: median (min–max) "
+                   "of the runs. Plot: `lookup.png`; data: `single_node_lookup.csv`.~n~n",
                    [case env_str("SHOAL_BENCH_KEYS", "int") of "bin" -> "Binary (`<<\"user:N\">>`)"; _ -> "Integer" end,
                     Ops, ?RUNS]),
-     [begin
-          {shoal, _, S1, S2} = lists:keyfind(shoal, 1, Rows),
-          [io_lib:format("### ~s live processes per side~n~n", [thousands(Live)]),
-           "| lookup | 1 reader ns/op | × slower than shoal | 2 readers ns/op | × slower than shoal |\n",
-           "|---|---:|---:|---:|---:|\n",
-           [io_lib:format("| ~s | ~.1f | ~s | ~.1f | ~s |~n",
-                          [Label, R1, ratio_cell(V, R1, S1), R2, ratio_cell(V, R2, S2)])
-            || {V, Label, R1, R2} <- Rows],
-           "\n"]
-      end || {Live, Rows} <- Points],
+     [[io_lib:format("### ~s live processes per side~n~n", [thousands(Live)]),
+       "| lookup | 1 reader ns/op | × slower than shoal | 2 readers ns/op | × slower than shoal |\n",
+       "|---|---:|---:|---:|---:|\n",
+       [io_lib:format("| ~ts | ~ts | ~ts | ~ts | ~ts |~n",
+                      [Label, ns_cell(R1), ratio_cell(V, R1), ns_cell(R2), ratio_cell(V, R2)])
+        || {V, Label, R1, R2} <- Rows],
+       "\n"]
+      || {Live, Rows} <- Points],
      lookup_verdict(Points)];
 report_lookups(Err, _) ->
     ["## Key -> pid\n\nFAILED: ", io_lib:format("~p", [Err]), "\n\n"].
 
-ratio_cell(loop_overhead, _, _) -> "";
-ratio_cell(shoal, _, _) -> "1.00";
-ratio_cell(_, R, S) -> io_lib:format("~.2f", [R / S]).
+ns_cell(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~.1f (~.1f–~.1f)", [M, Lo, Hi]).
+
+ratio_cell(loop_overhead, _) -> "";
+ratio_cell(shoal, _) -> "1.00";
+ratio_cell(_, #{ratio := R}) -> spread_cell(R).
+
+spread_cell(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~.2f (~.2f–~.2f)", [M, Lo, Hi]).
 
 lookup_verdict(Points) ->
     Lines =
         [begin
-             Get = fun(V) -> element(3, lists:keyfind(V, 1, Rows)) end,
-             Get2 = fun(V) -> element(4, lists:keyfind(V, 1, Rows)) end,
-             BestEts1 = min(Get(ets_plain), Get(ets_rc)),
-             BestEts2 = min(Get2(ets_plain), Get2(ets_rc)),
+             Get = fun(V, I) -> maps:get(ratio, element(I, lists:keyfind(V, 1, Rows))) end,
+             Best = fun(I) ->
+                            %% the faster ETS variant: the one shoal beats by less
+                            lists:min([maps:get(med, Get(E, I)) || E <- [ets_plain, ets_rc]])
+                    end,
              io_lib:format("- ~s live: shoal is ~.2f× / ~.2f× faster than the best ETS variant "
-                           "(1 / 2 readers; target ≥ 2×) and ~.1f× / ~.1f× faster than Registry "
-                           "(target ≥ 10×).~n",
-                           [thousands(Live), BestEts1 / Get(shoal), BestEts2 / Get2(shoal),
-                            Get(registry) / Get(shoal), Get2(registry) / Get2(shoal)])
+                           "(1 / 2 readers, medians of the per-run ratios; target ≥ 2×) and "
+                           "~.1f× / ~.1f× faster than Registry (target ≥ 10×).~n",
+                           [thousands(Live), Best(3), Best(4),
+                            maps:get(med, Get(registry, 3)), maps:get(med, Get(registry, 4))])
          end || {Live, Rows} <- Points],
     [Lines, "\n"].
 
 report_calls({ok, #{call := {ok, {Routed, Direct}}}}) ->
     ["## Routed call\n\n",
      "`shoal:call(Pool, Key, ping)` (key -> pid in the NIF, then the call) against "
-     "`gen_server:call(Pid, ping)` on the same worker pid, one caller, full pool, median of runs.\n\n",
-     "| call | ns/op | ratio |\n|---|---:|---:|\n",
-     io_lib:format("| gen_server:call/2, pid in hand | ~b | 1.00 |~n", [round(Direct)]),
-     io_lib:format("| shoal:call/3 | ~b | ~.2f (target ≤ 1.15) |~n~n", [round(Routed), Routed / Direct])];
+     "`gen_server:call(Pid, ping)` on the same worker pid, one caller, full pool; ",
+     integer_to_list(?RUNS), " runs alternating the sides: median (min–max). "
+     "Data: `single_node_call.csv`.\n\n",
+     "| call | ns/op | ratio to gen_server:call |\n|---|---:|---:|\n",
+     io_lib:format("| gen_server:call/2, pid in hand | ~ts | 1.00 |~n", [ns_cell(Direct)]),
+     io_lib:format("| shoal:call/3 | ~ts | ~ts (target ≤ 1.15) |~n~n",
+                   [ns_cell(Routed), spread_cell(maps:get(ratio, Routed))])];
 report_calls({ok, #{call := Err}}) ->
     ["## Routed call\n\nFAILED: ", io_lib:format("~p", [Err]), "\n\n"];
 report_calls(_) -> [].
 
 report_start({ok, Rows}, N) ->
-    Rates = [{L, Rate} || {L, {ok, #{rate := Rate}}} <- Rows],
+    Rates = [{L, maps:get(med, Rate)} || {L, {ok, #{rate := Rate}}} <- Rows],
     ShoalBest = lists:max([R || {"shoal" ++ _, R} <- Rates] ++ [0]),
     BaseBest = lists:max([R || {L, R} <- Rates, not lists:prefix("shoal", L)] ++ [0]),
+    Rounds = env_int("SHOAL_BENCH_START_ROUNDS", 3),
     ["## Starting ", thousands(N), " workers\n\n",
      "Each side ensures every key is started, in the same random order: shoal through its API; "
      "the baselines look the key up first and start a child when it is absent (the worker claims "
@@ -517,17 +578,24 @@ report_start({ok, Rows}, N) ->
      "killed instead, because its graceful shutdown is quadratic in the number of children "
      "(Elixir 1.14, `DynamicSupervisor.monitor_child/1` does a selective receive per child "
      "behind a full mailbox of 'EXIT's) and does not finish for a million; its Registry is killed "
-     "too (stopping it gracefully after the workers took two minutes).\n\n",
+     "too (stopping it gracefully after the workers took two minutes). ",
+     integer_to_list(Rounds), " rounds going round-robin over the cases: workers/s is the median "
+     "(min–max); \"× faster\" is shoal's best rate over the case's in the same round, median "
+     "(min–max); seconds and teardown are medians. Plot: `start.png`; data: "
+     "`single_node_start.csv`.\n\n",
      "| how | workers started | seconds | workers/s | shoal's best is × faster | teardown s |\n"
      "|---|---:|---:|---:|---:|---:|\n",
      [case R of
-          {ok, #{secs := S, started := St, complete := C, rate := Rate, stop := Stop}} ->
-              io_lib:format("| ~s | ~s | ~.2f~s | ~s | ~s | ~.1f |~n",
+          {ok, #{secs := S, started := St, complete := C, rate := Rate, stop := Stop,
+                 vs_shoal := Vs}} ->
+              io_lib:format("| ~ts | ~ts | ~.2f~ts | ~ts (~ts–~ts) | ~ts | ~.1f |~n",
                             [L, thousands(St), S, case C of true -> ""; false -> " (budget hit)" end,
-                             thousands(round(Rate)),
+                             thousands(round(maps:get(med, Rate))),
+                             thousands(round(maps:get(min, Rate))),
+                             thousands(round(maps:get(max, Rate))),
                              case L of
                                  "shoal" ++ _ -> "";
-                                 _ -> io_lib:format("~.2f", [ShoalBest / Rate])
+                                 _ -> spread_cell(Vs)
                              end,
                              Stop]);
           Err ->
@@ -536,10 +604,10 @@ report_start({ok, Rows}, N) ->
      case [S || {"shoal" ++ _, {ok, #{secs := S, complete := true}}} <- Rows] of
          _ when BaseBest == 0; ShoalBest == 0 -> "\n";
          [] -> io_lib:format("~nno shoal variant started all ~s workers within the budget; its best "
-                             "rate is ~.2f× the best baseline's.~n~n",
+                             "median rate is ~.2f× the best baseline's.~n~n",
                              [thousands(N), ShoalBest / BaseBest]);
-         Secs -> io_lib:format("~nshoal's best: ~s workers in ~.2f s (target < 5 s); best rate ~.2f× "
-                               "the best baseline's.~n~n",
+         Secs -> io_lib:format("~nshoal's best: ~s workers in ~.2f s (median; target < 5 s); best "
+                               "median rate ~.2f× the best baseline's.~n~n",
                                [thousands(N), lists:min(Secs), ShoalBest / BaseBest])
      end];
 report_start(Err, _) ->
@@ -556,7 +624,7 @@ report_memory({ok, Rows}) ->
              {"DynamicSupervisor child + Registry entry", Pick("DynamicSupervisor")}],
     ["## Memory per idle worker\n\n",
      "`erlang:memory(total)` after the start run minus before it, divided by the live workers, "
-     "every process garbage collected first (lowest of the runs per side). Supervisor, table and "
+     "every process garbage collected first (lowest of the rounds per side). Supervisor, table and "
      "registry bookkeeping included.\n\n",
      "| side | bytes/worker | ratio to shoal |\n|---|---:|---:|\n",
      [case B of
@@ -566,6 +634,50 @@ report_memory({ok, Rows}) ->
       end || {L, B} <- Sides],
      "\n"];
 report_memory(_) -> [].
+
+%%% ---------------------------------------------------------------------------------------
+%%% CSV beside the markdown (bench/plots.gp draws the PNGs from them)
+
+write_csvs(Dir, Lookup, Start) ->
+    Files = [{"single_node_lookup.csv", lookup_csv(Lookup)},
+             {"single_node_call.csv", call_csv(Lookup)},
+             {"single_node_start.csv", start_csv(Start)}],
+    [begin ok = file:write_file(filename:join(Dir, F), unicode:characters_to_binary(Rows)), F end
+     || {F, Rows} <- Files, Rows =/= []].
+
+%% Grouped by side and readers, then live processes: one line per (side, readers) in a plot.
+lookup_csv({ok, #{points := Points}}) ->
+    Rows = [{V, Readers, Live, S} || {Live, Rs} <- Points, {V, _, S1, S2} <- Rs, V =/= loop_overhead,
+                                     {Readers, S} <- [{1, S1}, {2, S2}]],
+    ["live,side,readers,ns_median,ns_min,ns_max,ratio_median,ratio_min,ratio_max\n",
+     [csv_row([Live, V, Readers, M, Lo, Hi | ratio_cols(V, S)])
+      || {V, Readers, Live, #{med := M, min := Lo, max := Hi} = S} <- lists:sort(Rows)]];
+lookup_csv(_) -> [].
+
+ratio_cols(shoal, _) -> [1.0, 1.0, 1.0];
+ratio_cols(_, #{ratio := #{med := M, min := Lo, max := Hi}}) -> [M, Lo, Hi].
+
+call_csv({ok, #{call := {ok, {Routed, Direct}}}}) ->
+    ["side,ns_median,ns_min,ns_max,ratio_median,ratio_min,ratio_max\n",
+     csv_row([gen_server_call | [maps:get(K, Direct) || K <- [med, min, max]] ++ [1.0, 1.0, 1.0]]),
+     csv_row([shoal_call | [maps:get(K, Routed) || K <- [med, min, max]]
+              ++ [maps:get(K, maps:get(ratio, Routed)) || K <- [med, min, max]]])];
+call_csv(_) -> [].
+
+start_csv({ok, Rows}) ->
+    ["case,rounds,rate_median,rate_min,rate_max,seconds_median,started,complete,"
+     "bytes_per_worker,teardown_s_median\n",
+     [csv_row([L, N, M, Lo, Hi, S, St, C, B, Stop])
+      || {L, {ok, #{rate := #{med := M, min := Lo, max := Hi, n := N}, secs := S, started := St,
+                    complete := C, bytes := B, stop := Stop}}} <- Rows]];
+start_csv(_) -> [].
+
+csv_row(Cols) -> [lists:join($,, [csv_col(C) || C <- Cols]), $\n].
+
+csv_col(F) when is_float(F) -> float_to_list(F, [{decimals, 3}]);
+csv_col(I) when is_integer(I) -> integer_to_list(I);
+csv_col(A) when is_atom(A) -> atom_to_list(A);
+csv_col(S) -> [$", [case C of $" -> "\"\""; _ -> C end || C <- lists:flatten(S)], $"].
 
 %%% ---------------------------------------------------------------------------------------
 %%% Helpers
@@ -689,6 +801,13 @@ git_rev() ->
     case os:cmd("git rev-parse --short HEAD 2>/dev/null") of
         "" -> "?";
         S -> string:trim(S)
+    end.
+
+%% The 1, 5 and 15 minute load averages, as /proc/loadavg gives them.
+loadavg() ->
+    case file:read_file("/proc/loadavg") of
+        {ok, B} -> lists:join(" / ", lists:sublist(string:lexemes(binary_to_list(B), " "), 3));
+        _ -> "?"
     end.
 
 mem_total() ->

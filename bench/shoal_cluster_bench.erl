@@ -10,16 +10,19 @@
 %%   4. replica memory per worker entry, on a node that holds only replicas.
 %%
 %% The three nodes are OTP peers of this (controller) node, which is connected to them but
-%% is not a pool member. scripts/bench.sh runs it after the single-node bench;
-%% SHOAL_CLUSTER_N scales part 1 (default 150000), SHOAL_DRAIN_N part 3 (default 100000).
+%% is not a pool member. Each part runs SHOAL_CLUSTER_ROUNDS rounds (default 3; the call 7),
+%% reported as median (min–max). Writes cluster.md and its CSVs (the drain's counts over
+%% time included) into SHOAL_BENCH_RESULTS. scripts/bench.sh runs it after the single-node
+%% bench; SHOAL_CLUSTER_N scales part 1 (default 150000), SHOAL_DRAIN_N part 3 (default
+%% 100000).
 -module(shoal_cluster_bench).
 
 -export([main/0]).
 %% shoal_worker, run on the peers
 -export([init/2, handle_call/3, handle_cast/2]).
 %% helpers run on the peers
--export([spawn_keys/3, pg_joins/3, global_regs/3, wait_count/3, call_loop/4, caller/4,
-         mem_total/0, idle_proc/0]).
+-export([spawn_keys/3, pg_joins/4, global_regs/4, kill_idle/0, wait_count/3, call_loop/4,
+         caller/4, mem_total/0, idle_proc/0]).
 
 -define(POOL, bench_cluster).
 -define(SCOPE, bench_pg).
@@ -30,31 +33,35 @@ handle_call(_, _From, N) -> {reply, N, N}.
 handle_cast(_, N) -> {noreply, N + 1}.
 
 main() ->
+    ok = io:setopts(standard_io, [{encoding, unicode}]),
     N = env_int("SHOAL_CLUSTER_N", 150000),
     DrainN = env_int("SHOAL_DRAIN_N", 100000),
+    Rounds = env_int("SHOAL_CLUSTER_ROUNDS", 3),
+    Dir = case os:getenv("SHOAL_BENCH_RESULTS") of false -> "bench/results"; D -> D end,
     GlobalN = max(300, min(N, 3000)),
     Nodes = start_peers(),
     [A, B, C] = Nodes,
     io:format("~n## Cluster: three local nodes (~s)~n~n", [lists:join(", ", [atom_to_list(X) || X <- Nodes])]),
-    start_pools(Nodes),
 
-    %% 1. registrations
-    ShoalT = timed(fun() -> par([{Nd, ?MODULE, spawn_keys, [?POOL, I, N]} || {I, Nd} <- idx(Nodes)]),
-                            [ok = erpc:call(Nd, ?MODULE, wait_count, [?POOL, N, 300000]) || Nd <- Nodes]
-                   end),
-    stop_pools(Nodes),
-    PgT = timed(fun() -> par([{Nd, ?MODULE, pg_joins, [I, N, length(Nodes)]} || {I, Nd} <- idx(Nodes)]) end),
-    GlobalT = timed(fun() -> par([{Nd, ?MODULE, global_regs, [I, GlobalN, length(Nodes)]}
-                                  || {I, Nd} <- idx(Nodes)]) end),
-    ShoalR = N / ShoalT, PgR = N / PgT, GlobalR = GlobalN / GlobalT,
-    Reg = [{"shoal workers (spawn + cluster-wide registration)", N, ShoalT, ShoalR},
-           {"pg:join (spawn + join, seen on every node)", N, PgT, PgR},
-           {"global:register_name (spawn + register)", GlobalN, GlobalT, GlobalR}],
-    io:format("### Cluster-wide registrations per second~n~n"
-              "| what | registrations | seconds | per second |~n|---|---|---|---|~n"),
-    [io:format("| ~s | ~b | ~.2f | ~s |~n", [W, K, T, fmt(R)]) || {W, K, T, R} <- Reg],
-    io:format("~nshoal / pg: **~.2fx**; shoal / global: **~.1fx** (targets: > 1x, >= 50x)~n~n",
-              [ShoalR / PgR, ShoalR / GlobalR]),
+    %% 1. registrations: the three sides in alternating order, Rounds times
+    Sides = [shoal, pg, global],
+    RegRuns = [begin
+                   {Bf, Af} = lists:split((R - 1) rem 3, Sides),
+                   [{Side, registrations(Side, Nodes, N, GlobalN, R)} || Side <- Af ++ Bf]
+               end || R <- lists:seq(1, Rounds)],
+    RegRates = fun(Side) -> [Rate || Run <- RegRuns, {S1, {_, _, Rate}} <- Run, S1 =:= Side] end,
+    PerRound = fun(Side) ->
+                       [begin
+                            {_, {_, _, Sh}} = lists:keyfind(shoal, 1, Run),
+                            {_, {_, _, X}} = lists:keyfind(Side, 1, Run),
+                            Sh / X
+                        end || Run <- RegRuns]
+               end,
+    Reg = [{"shoal workers (spawn + cluster-wide registration)", N, spread(RegRates(shoal))},
+           {"pg:join (spawn + join, seen on every node)", N, spread(RegRates(pg))},
+           {"global:register_name (spawn + register)", GlobalN, spread(RegRates(global))}],
+    RegRatios = {spread(PerRound(pg)), spread(PerRound(global))},
+    print_registrations(Reg, RegRatios, Rounds),
 
     %% 2. cross-node call
     start_pools(Nodes),
@@ -72,52 +79,147 @@ main() ->
                                                   infinity)} || W <- Order]),
                 {maps:get(gen, R), maps:get(shoal, R)}
             end || I <- lists:seq(1, 7)],
-    GMed = median([G || {G, _} <- Runs]), SMed = median([S || {_, S} <- Runs]),
-    io:format("### Cross-node call (caller on ~s, worker on ~s)~n~n"
-              "| what | ns per call (median of 7 x ~b) |~n|---|---|~n"
-              "| gen_server:call/2, remote pid in hand | ~b |~n"
-              "| shoal:call/3 by key | ~b |~n~nratio shoal / gen_server: **~.3fx** (target <= 1.1x)~n~n",
-              [A, B, Calls, round(GMed), round(SMed), SMed / GMed]),
-
-    %% 3. drain a node holding DrainN workers
-    Total = DrainN * length(Nodes),
-    par([{Nd, ?MODULE, spawn_keys, [?POOL, 100 + I, Total]} || {I, Nd} <- idx(Nodes)]),
-    [ok = erpc:call(Nd, ?MODULE, wait_count, [?POOL, Total + 1, 300000]) || Nd <- Nodes],
-    OnC = erpc:call(A, shoal, count, [?POOL, C]),
-    Self = self(),
-    Callers = [spawn_link(Nd, ?MODULE, caller, [Self, ?POOL, Total, 100 + I])
-               || {I, Nd} <- idx([A, B])],
-    timer:sleep(500),
-    DrainT = timed(fun() -> ok = erpc:call(A, shoal, drain, [?POOL, C], infinity) end),
-    [P ! stop || P <- Callers],
-    Res = [receive {calls, P, Ok, Failed} -> {Ok, Failed} end || P <- Callers],
-    Ok = lists:sum([O || {O, _} <- Res]), Failed = lists:sum([F || {_, F} <- Res]),
-    Left = erpc:call(A, shoal, count, [?POOL, C]),
-    io:format("### Draining a node under call load~n~n"
-              "| workers on the drained node | seconds to empty | left | calls answered meanwhile | calls failed |~n"
-              "|---|---|---|---|---|~n| ~b | ~.2f | ~b | ~b | ~b |~n~n"
-              "targets: under 10 s, zero failed calls~n~n", [OnC, DrainT, Left, Ok, Failed]),
+    Gen = spread([G || {G, _} <- Runs]), Sh = spread([S || {_, S} <- Runs]),
+    CallRatio = spread([S / G || {G, S} <- Runs]),
+    io:format("### Cross-node call (caller on ~s, worker on ~s)~n~n", [A, B]),
+    io:format("~ts", [call_table(Gen, Sh, CallRatio, Calls)]),
     stop_pools(Nodes),
 
+    %% 3. drain a node holding DrainN workers, under call load, Rounds times; every node's
+    %% own count sampled meanwhile
+    Drains = [drain_round(Nodes, DrainN, R) || R <- lists:seq(1, Rounds)],
+    io:format("### Draining a node under call load~n~n~ts", [drain_table(Drains)]),
+
     %% 4. replica memory: workers only on A, measured on B
+    Mem = spread([replica_bytes(Nodes, DrainN) || _ <- lists:seq(1, Rounds)]),
+    io:format("### Replica memory~n~n~ts", [mem_table(Mem, DrainN)]),
+    _ = C,
+    write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, Drains, {Mem, DrainN}),
+    ok.
+
+%% One side's registrations, from a clean start; {Count, Seconds, PerSecond}.
+registrations(shoal, Nodes, N, _, _Round) ->
+    start_pools(Nodes),
+    T = timed(fun() -> par([{Nd, ?MODULE, spawn_keys, [?POOL, I, N]} || {I, Nd} <- idx(Nodes)]),
+                       [ok = erpc:call(Nd, ?MODULE, wait_count, [?POOL, N, 300000]) || Nd <- Nodes]
+              end),
+    stop_pools(Nodes),
+    {N, T, N / T};
+registrations(pg, Nodes, N, _, Round) ->
+    Scope = scope(Round),
+    [{ok, _} = erpc:call(Nd, pg, start, [Scope]) || Nd <- Nodes],
+    T = timed(fun() -> par([{Nd, ?MODULE, pg_joins, [Scope, I, N, length(Nodes)]}
+                            || {I, Nd} <- idx(Nodes)]) end),
+    [ok = erpc:call(Nd, ?MODULE, kill_idle, []) || Nd <- Nodes],
+    {N, T, N / T};
+registrations(global, Nodes, _, GlobalN, Round) ->
+    T = timed(fun() -> par([{Nd, ?MODULE, global_regs, [Round, I, GlobalN, length(Nodes)]}
+                            || {I, Nd} <- idx(Nodes)]) end),
+    [ok = erpc:call(Nd, ?MODULE, kill_idle, []) || Nd <- Nodes],
+    {GlobalN, T, GlobalN / T}.
+
+scope(Round) -> list_to_atom(atom_to_list(?SCOPE) ++ "_" ++ integer_to_list(Round)).
+
+drain_round(Nodes, DrainN, Round) ->
+    [A, B, C] = Nodes,
+    start_pools(Nodes),
+    Total = DrainN * length(Nodes),
+    par([{Nd, ?MODULE, spawn_keys, [?POOL, 100 + I, Total]} || {I, Nd} <- idx(Nodes)]),
+    [ok = erpc:call(Nd, ?MODULE, wait_count, [?POOL, Total, 300000]) || Nd <- Nodes],
+    OnC = erpc:call(A, shoal, count, [?POOL, C]),
+    Self = self(),
+    Callers = [spawn_link(Nd, ?MODULE, caller, [Self, ?POOL, Total, 100 * Round + I])
+               || {I, Nd} <- idx([A, B])],
+    Sampler = spawn_link(fun() -> sampler(Self, Nodes, erlang:monotonic_time(millisecond), []) end),
+    timer:sleep(500),
+    T0 = erlang:monotonic_time(millisecond),
+    DrainT = timed(fun() -> ok = erpc:call(A, shoal, drain, [?POOL, C], infinity) end),
+    timer:sleep(500),
+    Sampler ! {stop, self()},
+    Timeline = receive {samples, Sampler, S} -> [{T - T0, Nd, Cn} || {T, Nd, Cn} <- S] end,
+    [P ! stop || P <- Callers],
+    Res = [receive {calls, P, Ok, Failed} -> {Ok, Failed} end || P <- Callers],
+    Left = erpc:call(A, shoal, count, [?POOL, C]),
+    stop_pools(Nodes),
+    #{on_drained => OnC, secs => DrainT, left => Left,
+      ok => lists:sum([O || {O, _} <- Res]), failed => lists:sum([F || {_, F} <- Res]),
+      timeline => Timeline, drained => C}.
+
+%% Every node's own count of the pool, every 50 ms, until told to stop.
+sampler(Parent, Nodes, T, Acc) ->
+    Now = erlang:monotonic_time(millisecond),
+    S = [{Now, Nd, catch erpc:call(Nd, shoal, count, [?POOL, Nd], 5000)} || Nd <- Nodes],
+    receive {stop, Parent} -> Parent ! {samples, self(), lists:reverse(S ++ Acc)}
+    after max(0, T + 50 - erlang:monotonic_time(millisecond)) ->
+            sampler(Parent, Nodes, T + 50, lists:reverse(S) ++ Acc)
+    end.
+
+replica_bytes(Nodes, M) ->
+    [A, B, C] = Nodes,
     start_pools(Nodes),
     [ok = erpc:call(A, shoal, set_target, [?POOL, Nd, #{high => 0}]) || Nd <- [B, C]],
     timer:sleep(200),
-    M = DrainN,
     Before = erpc:call(B, ?MODULE, mem_total, []),
     [ok = erpc:call(A, ?MODULE, spawn_keys, [?POOL, I, M]) || I <- [0, 1, 2]],
     ok = erpc:call(B, ?MODULE, wait_count, [?POOL, M, 300000]),
     After = erpc:call(B, ?MODULE, mem_total, []),
-    PerEntry = (After - Before) / M,
-    Info = erpc:call(B, shoal_nif, info, [element(3, erpc:call(B, shoal, cfg, [?POOL]))]),
-    io:format("### Replica memory~n~n| what | bytes per worker |~n|---|---|~n"
-              "| erlang:memory(total) growth on a node holding only replicas | ~b |~n~n"
-              "(~b replicas; the table itself: ~p bytes)~n~n",
-              [round(PerEntry), M, maps:get(table_bytes, Info)]),
     stop_pools(Nodes),
-    write_results(Reg, ShoalR / PgR, ShoalR / GlobalR, GMed, SMed, {OnC, DrainT, Left, Ok, Failed},
-                  PerEntry),
-    ok.
+    (After - Before) / M.
+
+%%% Tables (printed, and written to cluster.md) ----------------------------------------------
+
+print_registrations(Reg, Ratios, Rounds) ->
+    io:format("### Cluster-wide registrations per second~n~n~ts", [reg_table(Reg, Ratios, Rounds)]).
+
+reg_table(Reg, {PgRatio, GlobalRatio}, Rounds) ->
+    [io_lib:format("~b rounds, the sides in alternating order; per second: median (min–max); "
+                   "ratios per round. Data: `cluster_registrations.csv`.~n~n"
+                   "| what | registrations | per second |~n|---|---:|---:|~n", [Rounds]),
+     [io_lib:format("| ~ts | ~b | ~ts (~ts–~ts) |~n",
+                    [W, K, fmt(maps:get(med, R)), fmt(maps:get(min, R)), fmt(maps:get(max, R))])
+      || {W, K, R} <- Reg],
+     io_lib:format("~nshoal / pg: **~ts**; shoal / global: **~ts** (targets: > 1x, >= 50x)~n~n",
+                   [ratio(PgRatio, 2), ratio(GlobalRatio, 1)])].
+
+call_table(Gen, Sh, Ratio, Calls) ->
+    io_lib:format("7 rounds of ~b calls, the sides in alternating order: ns per call, median "
+                  "(min–max); the ratio per round. Data: `cluster_call.csv`.~n~n"
+                  "| what | ns per call |~n|---|---:|~n"
+                  "| gen_server:call/2, remote pid in hand | ~ts |~n"
+                  "| shoal:call/3 by key | ~ts |~n~nratio shoal / gen_server: **~ts** (target <= 1.1x)~n~n",
+                  [Calls, ns(Gen), ns(Sh), ratio(Ratio, 3)]).
+
+drain_table(Drains) ->
+    Secs = spread([maps:get(secs, D) || D <- Drains]),
+    [io_lib:format("~b rounds, each from a fresh pool: clients on two nodes call random keys while "
+                   "the third node is drained. Counts over time (every node's own count, every "
+                   "50 ms) in `drain.png`; data: `cluster_drain.csv`, `cluster_drain_timeline.csv`."
+                   "~n~n| round | workers on the drained node | seconds to empty | left | "
+                   "calls answered meanwhile | calls failed |~n|---|---:|---:|---:|---:|---:|~n",
+                   [length(Drains)]),
+     [io_lib:format("| ~b | ~b | ~.2f | ~b | ~b | ~b |~n",
+                    [I, On, S, L, Ok, F])
+      || {I, #{on_drained := On, secs := S, left := L, ok := Ok, failed := F}}
+             <- lists:zip(lists:seq(1, length(Drains)), Drains)],
+     io_lib:format("~nseconds to empty: ~.2f (~.2f–~.2f); failed calls in all rounds: ~b. "
+                   "Targets: under 10 s, zero failed calls.~n~n",
+                   [maps:get(med, Secs), maps:get(min, Secs), maps:get(max, Secs),
+                    lists:sum([maps:get(failed, D) || D <- Drains])])].
+
+mem_table(Mem, M) ->
+    io_lib:format("`erlang:memory(total)` growth on a node holding only replicas of ~b workers, "
+                  "per worker entry: **~b** bytes, median of ~b rounds (~b–~b).~n~n",
+                  [M, round(maps:get(med, Mem)), maps:get(n, Mem), round(maps:get(min, Mem)),
+                   round(maps:get(max, Mem))]).
+
+ns(#{med := M, min := Lo, max := Hi}) ->
+    io_lib:format("~b (~b–~b)", [round(M), round(Lo), round(Hi)]).
+
+ratio(#{med := M, min := Lo, max := Hi}, D) ->
+    F = "~." ++ integer_to_list(D) ++ "f",
+    io_lib:format(F ++ "x (" ++ F ++ "–" ++ F ++ ")", [M, Lo, Hi]).
+
+spread(L) -> #{med => median(L), min => lists:min(L), max => lists:max(L), n => length(L)}.
 
 %%% On the peers ----------------------------------------------------------------------------
 
@@ -134,18 +236,27 @@ spawn_keys(Pool, I, N) ->
 wait_count(Pool, N, Timeout) ->
     wait_until(fun() -> shoal:count(Pool) >= N end, Timeout).
 
-pg_joins(I, N, Nodes) ->
+pg_joins(Scope, I, N, Nodes) ->
     Keys = lists:seq(I rem Nodes + 1, N, Nodes),
-    [begin P = spawn(?MODULE, idle_proc, []), ok = pg:join(?SCOPE, {k, K}, P) end || K <- Keys],
-    wait_until(fun() -> length(pg:which_groups(?SCOPE)) >= N end, 300000).
+    [begin P = spawn(?MODULE, idle_proc, []), ok = pg:join(Scope, {k, K}, P) end || K <- Keys],
+    wait_until(fun() -> length(pg:which_groups(Scope)) >= N end, 300000).
 
-global_regs(I, N, Nodes) ->
+global_regs(Round, I, N, Nodes) ->
     Keys = lists:seq(I rem Nodes + 1, N, Nodes),
-    [begin P = spawn(?MODULE, idle_proc, []), yes = global:register_name({bench, K}, P) end
+    [begin P = spawn(?MODULE, idle_proc, []), yes = global:register_name({bench, Round, K}, P) end
      || K <- Keys],
     ok.
 
 idle_proc() -> receive stop -> ok end.
+
+%% Ends this node's idle processes (their pg groups and global names go with them).
+kill_idle() ->
+    Ps = [P || P <- processes(),
+               erlang:process_info(P, initial_call) =:= {initial_call, {?MODULE, idle_proc, 0}}],
+    Refs = [erlang:monitor(process, P) || P <- Ps],
+    [exit(P, kill) || P <- Ps],
+    [receive {'DOWN', R, process, _, _} -> ok end || R <- Refs],
+    ok.
 
 call_loop(gen, Pid, _Key, N) ->
     T0 = erlang:monotonic_time(nanosecond),
@@ -194,7 +305,6 @@ start_pools(Nodes) ->
      || Nd <- Nodes],
     ok = wait_until(fun() -> lists:all(fun(Nd) -> length(erpc:call(Nd, shoal, nodes, [?POOL])) =:= 3 end,
                                        Nodes) end, 10000),
-    [erpc:call(Nd, pg, start, [?SCOPE]) || Nd <- Nodes],
     ok.
 
 stop_pools(Nodes) ->
@@ -253,20 +363,53 @@ env_int(Name, Default) ->
         V -> list_to_integer(V)
     end.
 
-write_results(Reg, PgRatio, GlobalRatio, GMed, SMed, {OnC, DrainT, Left, Ok, Failed}, PerEntry) ->
-    Text = [io_lib:format("# Cluster benchmark (three local nodes, one 2-core machine)~n~n"
-                          "Produced by `make bench` (bench/shoal_cluster_bench.erl).~n~n"
-                          "## Cluster-wide registrations per second~n~n"
-                          "| what | registrations | seconds | per second |~n|---|---|---|---|~n", []),
-            [io_lib:format("| ~s | ~b | ~.2f | ~s |~n", [W, K, T, fmt(R)]) || {W, K, T, R} <- Reg],
-            io_lib:format("~nshoal / pg: **~.2fx**; shoal / global: **~.1fx** (targets: > 1x, >= 50x)~n~n"
-                          "## Cross-node call~n~n| what | ns per call |~n|---|---|~n"
-                          "| gen_server:call/2, remote pid in hand | ~b |~n| shoal:call/3 by key | ~b |~n~n"
-                          "ratio: **~.3fx** (target <= 1.1x)~n~n"
-                          "## Drain under call load~n~n"
-                          "| workers on the drained node | seconds to empty | left | calls answered | calls failed |~n"
-                          "|---|---|---|---|---|~n| ~b | ~.2f | ~b | ~b | ~b |~n~n"
-                          "## Replica memory~n~n~b bytes per worker entry on a node holding only replicas.~n",
-                          [PgRatio, GlobalRatio, round(GMed), round(SMed), SMed / GMed,
-                           OnC, DrainT, Left, Ok, Failed, round(PerEntry)])],
-    ok = file:write_file("bench/results/cluster.md", Text).
+write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, Drains, {Mem, M}) ->
+    Text = ["# Cluster benchmark (three local nodes, one 2-core machine)\n\n"
+            "Produced by `make bench` (bench/shoal_cluster_bench.erl). Every figure is taken "
+            "over rounds and given as the median with its range (min–max). Load average at "
+            "the end: ", loadavg(), ".\n\n"
+            "## Cluster-wide registrations per second\n\n", reg_table(Reg, RegRatios, Rounds),
+            "## Cross-node call\n\n", call_table(Gen, Sh, CallRatio, Calls),
+            "## Drain under call load\n\n", drain_table(Drains),
+            "## Replica memory\n\n", mem_table(Mem, M)],
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    ok = file:write_file(filename:join(Dir, "cluster.md"), unicode:characters_to_binary(Text)),
+    Csv = fun(Name, Rows) ->
+                  ok = file:write_file(filename:join(Dir, Name),
+                                       [[lists:join($,, [col(C) || C <- Row]), $\n] || Row <- Rows])
+          end,
+    Csv("cluster_registrations.csv",
+        [["side", "registrations", "per_s_median", "per_s_min", "per_s_max"]
+         | [[W, K, maps:get(med, R), maps:get(min, R), maps:get(max, R)] || {W, K, R} <- Reg]]),
+    Csv("cluster_call.csv",
+        [["side", "ns_median", "ns_min", "ns_max"],
+         ["gen_server_call", maps:get(med, Gen), maps:get(min, Gen), maps:get(max, Gen)],
+         ["shoal_call", maps:get(med, Sh), maps:get(min, Sh), maps:get(max, Sh)]]),
+    Csv("cluster_drain.csv",
+        [["round", "workers_on_drained_node", "seconds_to_empty", "left", "calls_ok", "calls_failed"]
+         | [[I, On, S, L, Ok, F]
+            || {I, #{on_drained := On, secs := S, left := L, ok := Ok, failed := F}}
+                   <- lists:zip(lists:seq(1, length(Drains)), Drains)]]),
+    %% Grouped by round and node, in time order: one line per node in the plot. Nodes are
+    %% named by role: the drained one, and the two others.
+    Csv("cluster_drain_timeline.csv",
+        [["round", "t_ms", "node", "count"]
+         | [[I, T, role(Nd, Drained, Nodes), Cn]
+            || {I, #{timeline := Tl, drained := Drained}} <- lists:zip(lists:seq(1, length(Drains)), Drains),
+               Nodes <- [lists:usort([Nd || {_, Nd, _} <- Tl])],
+               Nd0 <- Nodes, {T, Nd, Cn} <- Tl, Nd =:= Nd0, is_integer(Cn)]]),
+    ok.
+
+loadavg() ->
+    case file:read_file("/proc/loadavg") of
+        {ok, B} -> lists:join(" / ", lists:sublist(string:lexemes(binary_to_list(B), " "), 3));
+        _ -> "?"
+    end.
+
+role(Nd, Nd, _) -> "drained";
+role(Nd, Drained, Nodes) ->
+    "other_" ++ integer_to_list(length(lists:takewhile(fun(X) -> X =/= Nd end, Nodes -- [Drained])) + 1).
+
+col(F) when is_float(F) -> float_to_list(F, [{decimals, 3}]);
+col(I) when is_integer(I) -> integer_to_list(I);
+col(S) -> [$", S, $"].

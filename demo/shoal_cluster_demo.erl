@@ -57,7 +57,7 @@ main() ->
     watch(A, Nodes, fun() -> erpc:call(A, shoal, count, [?POOL]) >= N end),
     [receive {spawned, P} -> ok end || P <- Spawners],
     Secs = (now_ms() - T0) / 1000,
-    io:format("~n~s workers placed in ~.1f s (~s per second), every node agrees on the count: ~p~n",
+    io:format("~s workers placed in ~.1f s (~s per second), every node agrees on the count: ~p~n",
               [thousands(N), Secs, thousands(round(N / Secs)),
                lists:usort([erpc:call(Nd, shoal, count, [?POOL]) || Nd <- Nodes])]),
 
@@ -72,7 +72,7 @@ main() ->
     watch(A, Nodes, fun() -> false end, drained),
     DrainMs = receive {drained, Ms} -> Ms end,
     {Ok1, Fail1} = client_totals(Clients),
-    io:format("~n~s is empty after ~.1f s; calls so far: ~s answered, ~b failed~n",
+    io:format("~s is empty after ~.1f s; calls so far: ~s answered, ~b failed~n",
               [C, DrainMs / 1000, thousands(Ok1), Fail1]),
     ok = erpc:call(A, shoal, undrain, [?POOL, C]),
 
@@ -91,7 +91,7 @@ main() ->
                         end),
     After = erpc:call(A, shoal, call, [?POOL, Sample, get]),
     {ok, NewNode, _} = erpc:call(A, shoal, lookup, [?POOL, Sample]),
-    io:format("~n~s's workers are gone from every replica; ~p is served again on ~s with "
+    io:format("~s's workers are gone from every replica; ~p is served again on ~s with "
               "counter ~b (loaded from the store)~n", [B, Sample, NewNode, After]),
     timer:sleep(1000),
     [P ! stop || P <- Clients2],
@@ -162,18 +162,22 @@ peer_stop(Node) -> erpc:cast(Node, init, stop, []).
 watch(From, Nodes, Done) -> watch(From, Nodes, Done, none).
 watch(From, Nodes, Done, Tag) ->
     Counts = [{Nd, catch erpc:call(From, shoal, count, [?POOL, Nd])} || Nd <- Nodes],
-    io:format("\r  ~s      ", [lists:join("   ", [io_lib:format("~s: ~9s", [short(Nd), thousands(Cn)])
-                                                  || {Nd, Cn} <- Counts])]),
+    counts_line(false, Counts),
     Waiting = Tag =/= none andalso element(2, process_info(self(), messages)) =/= []
         andalso lists:any(fun(M) -> is_tuple(M) andalso element(1, M) =:= Tag end,
                           element(2, process_info(self(), messages))),
     case Waiting orelse Done() of
         true ->
             Final = [{Nd, catch erpc:call(From, shoal, count, [?POOL, Nd])} || Nd <- Nodes],
-            io:format("\r  ~s      ", [lists:join("   ", [io_lib:format("~s: ~9s", [short(Nd), thousands(Cn)])
-                                                          || {Nd, Cn} <- Final])]);
+            counts_line(true, Final),
+            shoal_demo:end_live();
         false -> timer:sleep(250), watch(From, Nodes, Done, Tag)
     end.
+
+counts_line(Final, Counts) ->
+    shoal_demo:live(Final, "  ~s      ",
+                    [lists:join("   ", [io_lib:format("~s: ~9s", [short(Nd), thousands(Cn)])
+                                        || {Nd, Cn} <- Counts])]).
 
 client_totals(Clients) ->
     [P ! {totals, self()} || P <- Clients],

@@ -13,6 +13,8 @@
 -module(shoal_demo).
 
 -export([main/0, steps/0, run/2]).
+%% live lines, shared with shoal_cluster_demo
+-export([live/3, end_live/0]).
 %% steps, exported so that other demos can reuse them
 -export([start_pool/1, spawn_workers/1, route_calls/1, crash_workers/1, idle_offload/1,
          show_stats/1, stop_pools/1]).
@@ -163,10 +165,10 @@ idle_offload(S) ->
     Left = wait_until(fun() -> shoal:count(?IDLE_POOL) =:= 0 end, 10 * Idle,
                       fun() ->
                               C = shoal:count(?IDLE_POOL),
-                              io:format("\r   t = ~4.1f s  count: ~-8s", [(erlang:monotonic_time(millisecond) - T0) / 1000, fmt(C)]),
+                              live(false, "   t = ~4.1f s  count: ~-8s", [(erlang:monotonic_time(millisecond) - T0) / 1000, fmt(C)]),
                               C
                       end),
-    io:format("~n"),
+    end_live(),
     #{idle_offloads := Off} = shoal:stats(?IDLE_POOL),
     say("   count: ~b after ~.1f s; stats: idle_offloads = ~s~n",
         [Left, (erlang:monotonic_time(millisecond) - T0) / 1000, fmt(Off)]),
@@ -209,7 +211,35 @@ stop_pools(S) ->
 %%% ---------------------------------------------------------------------------------------
 %%% Helpers
 
-%% Runs Work while a \r-updated bar shows Progress() out of Total and the rate; returns ms.
+%% A status line: on a terminal it is redrawn in place (\r) and end_live/0 ends it; when the
+%% output is not a terminal (scripts/demo.sh sets SHOAL_DEMO_TTY=0) it is a plain line, at
+%% most one a second, and always the Final one.
+live(Final, Fmt, Args) ->
+    case os:getenv("SHOAL_DEMO_TTY") of
+        "0" ->
+            Now = erlang:monotonic_time(millisecond),
+            case Final orelse Now - get_default(shoal_demo_live, Now - 1000) >= 1000 of
+                true ->
+                    put(shoal_demo_live, Now),
+                    io:format("~ts~n", [string:trim(io_lib:format(Fmt, Args), trailing)]);
+                false -> ok
+            end;
+        _ -> io:format("\r" ++ Fmt, Args)
+    end.
+
+end_live() ->
+    case os:getenv("SHOAL_DEMO_TTY") of
+        "0" -> erase(shoal_demo_live), ok;
+        _ -> io:format("~n")
+    end.
+
+get_default(K, Default) ->
+    case get(K) of
+        undefined -> Default;
+        V -> V
+    end.
+
+%% Runs Work while a live bar shows Progress() out of Total and the rate; returns ms.
 with_progress(Total, Progress, Work) ->
     Self = self(),
     T0 = erlang:monotonic_time(millisecond),
@@ -220,21 +250,21 @@ with_progress(Total, Progress, Work) ->
 progress_loop(Worker, Total, Progress, T0) ->
     receive
         {Worker, done} ->
-            bar(Total, Total, T0),
-            io:format("~n");
+            bar(Total, Total, T0, true),
+            end_live();
         {'EXIT', Worker, Reason} when Reason =/= normal ->
-            io:format("~n"),
+            end_live(),
             exit(Reason)
     after 100 ->
-            bar(Progress(), Total, T0),
+            bar(Progress(), Total, T0, false),
             progress_loop(Worker, Total, Progress, T0)
     end.
 
-bar(Done, Total, T0) ->
+bar(Done, Total, T0, Final) ->
     Width = 40,
     Ms = max(1, erlang:monotonic_time(millisecond) - T0),
     Filled = min(Width, Done * Width div max(1, Total)),
-    io:format("\r   [~s~s] ~11s / ~s  ~9s/s  ~5.1f s ",
+    live(Final, "   [~s~s] ~11s / ~s  ~9s/s  ~5.1f s ",
               [lists:duplicate(Filled, $#), lists:duplicate(Width - Filled, $.),
                fmt(Done), fmt(Total), fmt(round(Done * 1000 / Ms)), Ms / 1000]).
 

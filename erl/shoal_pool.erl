@@ -32,9 +32,15 @@ start_link(Pool, Opts) ->
             E
     end.
 
-%% @doc Check a pool name and options; returns the configuration the pool will use.
+%% @doc Check a pool name and options (a map, or a proplist such as an Elixir keyword list,
+%% where the first of repeated keys wins); returns the configuration the pool will use.
 -spec validate(term(), term()) -> {ok, #shoal_cfg{}} | {error, term()}.
 validate(Pool, _) when not is_atom(Pool) -> {error, {bad_pool_name, Pool}};
+validate(Pool, Opts) when is_list(Opts) ->
+    case proplist_to_map(Opts) of
+        {ok, Map} -> validate(Pool, Map);
+        error -> {error, {bad_options, Opts}}
+    end;
 validate(_, Opts) when not is_map(Opts) -> {error, {bad_options, Opts}};
 validate(Pool, Opts) ->
     try
@@ -75,6 +81,14 @@ validate(Pool, Opts) ->
                         table = undefined, counters = undefined, meter = undefined}}
     catch
         throw:Reason -> {error, Reason}
+    end.
+
+%% A proper list of {Key, Value} pairs with atom keys (the first of repeated keys wins), else
+%% error. Bare atoms are rejected: no pool option is a flag.
+proplist_to_map(L) ->
+    try lists:foldr(fun({K, V}, M) when is_atom(K) -> M#{K => V} end, #{}, L) of
+        Map -> {ok, Map}
+    catch error:_ -> error
     end.
 
 opt(Key, Opts, Default, Valid) ->

@@ -5,13 +5,21 @@
 %% traps exits: it counts normal exits and crashes (feeding the pool's failure meter),
 %% restarts workers when the pool's `restart' option asks for it, and on shutdown stops
 %% every linked worker (shutdown, then kill after a grace period) like a supervisor does.
+%%
+%% A pool's child spec calls a segment a supervisor, so it answers the supervisor calls that
+%% tools make (`supervisor:which_children/1', `count_children/1', and the status that
+%% `supervisor:get_callback_module/1' reads, which release_handler and observer use): its
+%% workers appear as dynamic children, `{undefined, Pid, worker, [WorkerModule]}', like a
+%% simple_one_for_one supervisor's. Children cannot be started, restarted, terminated or
+%% deleted through it (`{error, not_supported}'): workers start with their first message
+%% and stop with shoal:stop_worker/2.
 -module(shoal_segment).
 -behaviour(gen_server).
 
 -include("shoal_int.hrl").
 
 -export([start_link/2]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2, format_status/2]).
 
 -define(SHUTDOWN_GRACE, 5000).
 
@@ -26,9 +34,31 @@ init({Pool, Parent}) ->
     process_flag(trap_exit, true),
     {ok, #seg{pool = Pool, parent = Parent}}.
 
-%% @private
+%% @private The supervisor calls (see the module doc).
 -spec handle_call(term(), gen_server:from(), #seg{}) -> {reply, term(), #seg{}}.
+handle_call(which_children, _From, S) ->
+    Mods = worker_modules(S),
+    {reply, [{undefined, P, worker, Mods} || P <- workers(S)], S};
+handle_call(count_children, _From, S) ->
+    N = length(workers(S)),
+    {reply, [{specs, 1}, {active, N}, {supervisors, 0}, {workers, N}], S};
+handle_call({get_childspec, _}, _From, S) ->
+    {reply, {error, not_found}, S};
+handle_call({Op, _}, _From, S) when Op =:= start_child; Op =:= restart_child;
+                                     Op =:= delete_child; Op =:= terminate_child ->
+    {reply, {error, not_supported}, S};
 handle_call(_Req, _From, S) -> {reply, {error, unknown_call}, S}.
+
+%% The segment's workers: every process linked to it but its parent.
+workers(#seg{parent = Parent}) ->
+    {links, Links} = process_info(self(), links),
+    [P || P <- Links, is_pid(P), P =/= Parent].
+
+worker_modules(#seg{pool = Pool}) ->
+    case persistent_term:get(?PT_KEY(Pool), undefined) of
+        #shoal_cfg{worker = Mod} -> [Mod];
+        undefined -> []
+    end.
 
 %% @private Workers of restartable pools tell the segment their key.
 -spec handle_cast(term(), #seg{}) -> {noreply, #seg{}}.
@@ -82,11 +112,20 @@ shoal_initiated({shutdown, shoal_stopped}) -> true;
 shoal_initiated({shutdown, {shoal_moved, _}}) -> true;
 shoal_initiated(_) -> false.
 
+%% @private What sys:get_status/1 and crash reports show: a summary (the pid => key map can
+%% hold a million entries), and the `supervisor' entry supervisor:get_callback_module/1 reads.
+-spec format_status(normal | terminate, [term()]) -> term().
+format_status(Opt, [_PDict, #seg{pool = Pool, keys = Keys}]) ->
+    Summary = #{pool => Pool, tracked_keys => map_size(Keys)},
+    case Opt of
+        terminate -> Summary;
+        normal -> [{data, [{"State", Summary}]}, {supervisor, [{"Callback", ?MODULE}]}]
+    end.
+
 %% @private Stop every linked worker: shutdown first, kill whoever is left after the grace.
 -spec terminate(term(), #seg{}) -> ok.
-terminate(_Reason, #seg{parent = Parent}) ->
-    {links, Links} = process_info(self(), links),
-    Workers = [P || P <- Links, is_pid(P), P =/= Parent],
+terminate(_Reason, S) ->
+    Workers = workers(S),
     [exit(P, shutdown) || P <- Workers],
     Deadline = erlang:monotonic_time(millisecond) + ?SHUTDOWN_GRACE,
     Left = await_exits(maps:from_list([{P, true} || P <- Workers]), Deadline),

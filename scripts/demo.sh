@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 EBIN=_build/default/lib/shoal/ebin
 [ -f "$EBIN/shoal.beam" ] || rebar3 compile
 mkdir -p build/demo
+# Progress lines redraw in place on a terminal; piped or logged, they are plain lines.
+if [ -t 1 ]; then export SHOAL_DEMO_TTY=1; else export SHOAL_DEMO_TTY=0; fi
 erlc -o build/demo +debug_info demo/shoal_demo.erl demo/shoal_cluster_demo.erl \
     demo/shoal_tools_demo.erl
 epmd -daemon >/dev/null 2>&1 || true

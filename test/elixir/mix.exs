@@ -1,7 +1,6 @@
 defmodule ShoalElixirTest.MixProject do
-  # An Elixir user's project that depends on Shoal by path. Shoal is a rebar3 project, so
-  # mix compiles it with rebar3; point MIX_REBAR3 at Debian's rebar3 (scripts/elixir_test.sh
-  # does) because `mix local.rebar` would download one.
+  # An Elixir user's project that depends on Shoal by path: Shoal's own mix.exs builds the
+  # Erlang application, the Elixir face and the NIF, offline, with nothing to set.
   use Mix.Project
 
   def project do
@@ -10,7 +9,7 @@ defmodule ShoalElixirTest.MixProject do
       version: "0.1.0",
       elixir: "~> 1.14",
       start_permanent: false,
-      deps: [{:shoal, path: "../..", manager: :rebar3}]
+      deps: [{:shoal, path: "../.."}]
     ]
   end
 

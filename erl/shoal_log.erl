@@ -1,0 +1,67 @@
+%% @doc Shoal's log lines: `logger' reports in the domain `[shoal]', with the metadata
+%% `pool', `key' and `node' set, so a team can route or filter them like OTP's own, e.g.
+%% ```
+%% logger:add_handler_filter(default, no_shoal_debug,
+%%     {fun(#{level := debug, meta := #{domain := [shoal | _]}}, _) -> stop; (E, _) -> E end, ok}).
+%% '''
+%% A report is a map: `what' (an atom naming the event, e.g. `worker_init_failed'), the pool,
+%% key and node when known, and the details; format_report/1 renders it as one line. The
+%% levels Shoal uses and the events it logs are listed in docs/telemetry.md.
+%%
+%% OTP's own `default' handler logs only events without a domain or in `[otp]' /
+%% `[otp, sasl]' (its filters stop everything else), so in a plain `erl' a `[shoal]' report
+%% would be dropped. When the shoal application starts, show_in_default_handler/0 adds one
+%% filter, `shoal', to that handler (only if it still has OTP's default filters) that lets
+%% `[shoal | _]' events through; `logger:remove_handler_filter(default, shoal)' undoes it.
+%% Elixir's Logger replaces the default handler and shows every domain already.
+-module(shoal_log).
+
+-export([log/4, format_report/1, show_in_default_handler/0]).
+
+-type meta() :: #{pool => atom(), key => term(), node => node(), atom() => term()}.
+-export_type([meta/0]).
+
+%% @doc Log event `What' at `Level'. `Meta' may give `pool', `key' and `node' (default:
+%% this node), which go both into the logger metadata (for filters and formatter templates)
+%% and into the report (so the default formatter shows them); other keys of Meta are
+%% added to the logger metadata only. `Details' is the rest of the report.
+-spec log(logger:level(), atom(), meta(), map()) -> ok.
+log(Level, What, Meta, Details) when is_atom(What), is_map(Meta), is_map(Details) ->
+    Ids = maps:with([pool, key], Meta),
+    Node = maps:get(node, Meta, node()),
+    logger:log(Level, maps:merge(Details, Ids#{what => What, node => Node}),
+               Meta#{domain => [shoal], node => Node,
+                     report_cb => fun ?MODULE:format_report/1}).
+
+%% @doc One line for a Shoal report: `shoal pool P key K on N: what (details)', with the
+%% parts that are known.
+-spec format_report(map()) -> {io:format(), [term()]}.
+format_report(#{what := What} = R) ->
+    Details = maps:without([what, pool, key, node], R),
+    {Fmt, Args} = lists:unzip(
+                    [{"shoal", []}]
+                    ++ [{" pool ~0tp", [P]} || {ok, P} <- [maps:find(pool, R)]]
+                    ++ [{" key ~0tp", [K]} || {ok, K} <- [maps:find(key, R)]]
+                    ++ [{" on ~0tp", [N]} || {ok, N} <- [maps:find(node, R)]]
+                    ++ [{": ~ts", [atom_to_list(What)]}]
+                    ++ [{" ~0tp", [Details]} || map_size(Details) > 0]),
+    {lists:append(Fmt), lists:append(Args)}.
+
+%% @doc Let `[shoal | _]' events through OTP's `default' logger handler, if it is there with
+%% OTP's default domain filters (which drop every other domain); otherwise leave the logger
+%% configuration alone. Idempotent; `ok' either way.
+-spec show_in_default_handler() -> ok.
+show_in_default_handler() ->
+    case logger:get_handler_config(default) of
+        {ok, #{filter_default := stop, filters := Filters}} ->
+            OtpDefault = lists:keymember(domain, 1, Filters)
+                andalso not lists:keymember(shoal, 1, Filters),
+            case OtpDefault of
+                true ->
+                    _ = logger:add_handler_filter(
+                          default, shoal, {fun logger_filters:domain/2, {log, sub, [shoal]}}),
+                    ok;
+                false -> ok
+            end;
+        _ -> ok
+    end.
