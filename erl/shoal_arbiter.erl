@@ -11,8 +11,8 @@
 
 -include("shoal_int.hrl").
 
--export([resolve/4, spawn_async/2, relearn/3, spawn_claimed/3, await_started/3,
-         ready/2, await_claim/5, choose_host/3]).
+-export([resolve/4, spawn_async/2, relearn/3, spawn_claimed/3, spawn_over/4, await_started/3,
+         ready/2, await_claim/5, choose_host/3, settle/4, tomb_floor/2, register_over/5]).
 
 -type mode() :: call | sync.
 -export_type([mode/0]).
@@ -64,8 +64,9 @@ next(Cfg, Key, Mode, _Members, Deadline, Tries, {wait, Ref, Claimer}) ->
         retry -> again(Cfg, Key, Mode, Deadline, Tries);
         {error, _} = E -> E
     end;
-next(Cfg, Key, Mode, Members, Deadline, Tries, {host, Host}) ->
-    next(Cfg, Key, Mode, Members, Deadline, Tries, spawn_on(Cfg, Key, Mode, Host, Members, Deadline));
+next(Cfg, Key, Mode, Members, Deadline, Tries, {host, Host, Min}) ->
+    next(Cfg, Key, Mode, Members, Deadline, Tries,
+         spawn_on(Cfg, Key, Mode, Host, Min, Members, Deadline));
 next(Cfg, Key, Mode, _Members, Deadline, Tries, retry) ->
     again(Cfg, Key, Mode, Deadline, Tries);
 next(_Cfg, _Key, _Mode, _Members, _Deadline, _Tries, {error, _} = E) ->
@@ -79,13 +80,14 @@ again(Cfg, Key, Mode, Deadline, Tries) ->
 %% Inside the gate, on the key's home: claim; spawn here if placement says so.
 at_home(Cfg, Key, Mode, Members) ->
     Ref = make_ref(),
+    Min = tomb_floor(Cfg, Key),
     case shoal_registry:claim(Cfg, Key, Ref) of
         {ok, Pid} -> {exists, Pid};
         {wait, Claimer} -> {wait, Ref, Claimer};
         claimed ->
             case choose_host(Cfg, Key, Members) of
                 {ok, Host} when Host =:= node() -> spawn_claimed(Cfg, Key, acks(Mode, Ref));
-                {ok, Host} -> {host, Host};
+                {ok, Host} -> {host, Host, Min};
                 {error, R} ->
                     _ = shoal_registry:release_claim(Cfg, Key, {error, R}),
                     {error, R}
@@ -114,28 +116,87 @@ spawn_claimed(#shoal_cfg{counters = C} = Cfg, Key, Acks) ->
             retry
     end.
 
-%% We hold the claim and the host is another node: ask its member to spawn.
-spawn_on(#shoal_cfg{pool = Pool} = Cfg, Key, Mode, Host, Members, Deadline) ->
+%% @doc Spawn the worker for Key here over a replica that is not newer than Min (a worker
+%% the key's home knows is dead: our replica has not heard of its death yet), registering
+%% it inside the gate with a version above Min. `retry' if the entry is anything else.
+-spec spawn_over(#shoal_cfg{}, term(), [{pid(), reference()}], shoal_nif:version()) ->
+          {spawned, pid(), reference() | none} | retry.
+spawn_over(#shoal_cfg{counters = C} = Cfg, Key, Acks, Min) ->
+    Pid = shoal_worker_proc:spawn_worker(Cfg, Key, Acks, init),
+    counters:add(C, ?C_SPAWNS, 1),
+    case shoal_registry:register(Cfg, Key, Pid, {over, Min, none}) of
+        {ok, _Vsn} ->
+            Pid ! '$shoal_go',
+            {spawned, Pid, case Acks of [{_, R} | _] -> R; [] -> none end};
+        {error, _} ->
+            exit(Pid, kill),
+            retry
+    end.
+
+%% @doc Register local worker Pid for Key `{over, MaxVsn, Node}' (a migration's successor,
+%% a worker taking its key back) inside the gate, waiting up to Timeout ms for the member to
+%% be active: a worker registered under a view the member has left could be unknown to a
+%% home of the next view (docs/protocol.md, "Moves").
+-spec register_over(#shoal_cfg{}, term(), pid(), {shoal_nif:version(), node() | none},
+                    timeout()) -> {ok, shoal_nif:version()} | {error, term()}.
+register_over(Cfg, Key, Pid, {MaxVsn, Node}, Timeout) ->
+    register_over_loop(Cfg, Key, Pid, MaxVsn, Node, deadline(Timeout)).
+
+register_over_loop(Cfg, Key, Pid, MaxVsn, Node, Deadline) ->
+    case shoal_view:enter(Cfg) of
+        {ok, _} ->
+            try shoal_registry:register(Cfg, Key, Pid, {over, MaxVsn, Node})
+            after shoal_view:leave(Cfg)
+            end;
+        inactive ->
+            case shoal_view:await_active(Cfg, remaining(Deadline)) of
+                ok -> register_over_loop(Cfg, Key, Pid, MaxVsn, Node, Deadline);
+                {error, _} = E -> E
+            end
+    end.
+
+%% We hold the claim and the host is another node: ask its member to spawn. Min is the
+%% version of the tomb our claim replaced (0 if none): the host does not answer with a
+%% worker that is not newer (its replica of a dead one may not have heard of the death yet).
+spawn_on(#shoal_cfg{pool = Pool} = Cfg, Key, Mode, Host, Min, Members, Deadline) ->
     Step = case shoal_view:peer(Cfg, Host) of
                undefined -> retry;
                HostPid ->
                    Ref = shoal_proto:request_ref(),
                    Mref = erlang:monitor(process, HostPid),
                    shoal_proto:send(HostPid, Pool,
-                                    {spawn, Key, Members, [{self(), Ref, Mode =:= sync}], none}),
+                                    {spawn, Key, Members, [{self(), Ref, Mode =:= sync}], none, Min}),
                    await_claimed(Cfg, Key, Ref, Mref, Deadline)
            end,
     case Step of
-        {exists, Pid} ->
-            %% Our claim has the worker's pid by now (put_remote), and with it our waiters.
-            {exists, Pid};
-        {spawned, _, _} = S -> S;
+        {exists, _} -> settle(Cfg, Key, self(), Step);
+        {spawned, _, _} -> settle(Cfg, Key, self(), Step);
         retry ->
             _ = shoal_registry:release_claim(Cfg, Key, retry),
             retry;
         {error, R} = E ->
             _ = shoal_registry:release_claim(Cfg, Key, {error, R}),
             E
+    end.
+
+%% The answer for a key whose claim Claimer holds was stored over the claim (put_remote),
+%% which handed its pid to the claim's waiters, unless the claim refused it (not newer than
+%% the tomb it replaced): then the claim is still there, and is given up (`retry').
+settle(Cfg, Key, Claimer, Step) ->
+    case shoal_registry:lookup(Cfg, Key) of
+        {claimed, Claimer} ->
+            _ = shoal_registry:release_claim(Cfg, Key, retry),
+            retry;
+        _ ->
+            Step
+    end.
+
+%% @doc The version of the tomb Key's entry is (so a claim made now will keep it), or 0.
+-spec tomb_floor(#shoal_cfg{}, term()) -> shoal_nif:version().
+tomb_floor(Cfg, Key) ->
+    case shoal_registry:lookup(Cfg, Key) of
+        {tomb, V} -> V;
+        _ -> 0
     end.
 
 %% Not the home: ask the home's member.

@@ -189,7 +189,7 @@ body({repl, Node, Ops}, S) -> from_peer(Node, S, fun() -> apply_ops(Node, Ops, 0
 body({sync, Node, T0, Entries, Part}, S) ->
     from_peer(Node, S, fun() -> on_sync(Node, T0, Entries, Part, S) end);
 body({claim, Key, View, Caller}, S) -> on_claim(Key, View, Caller, S);
-body({spawn, Key, View, Callers, Home}, S) -> on_spawn(Key, View, Callers, Home, S);
+body({spawn, Key, View, Callers, Home, Min}, S) -> on_spawn(Key, View, Callers, Home, Min, S);
 body({spawned, Key, Result}, S) -> on_spawned(Key, Result, S);
 body({place_async, Key}, #ms{async = A, async_len = N} = S) ->
     S#ms{async = [Key | A], async_len = N + 1};
@@ -497,6 +497,7 @@ on_claim(_Key, _View, Caller, #ms{cfg = Cfg} = S) ->
 %% another process is arbitrating it, else place it here or ask the host.
 arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims = Claims} = S) ->
     Ref = make_ref(),
+    Min = shoal_arbiter:tomb_floor(Cfg, Key),
     case shoal_registry:claim(Cfg, Key, Ref) of
         {ok, _} ->
             answer(Callers, Cfg, existing(Cfg, Key), false),
@@ -512,7 +513,7 @@ arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims 
                 {ok, Host} ->
                     #peer{pid = HostPid} = maps:get(Host, S#ms.peers),
                     shoal_proto:send(HostPid, Cfg#shoal_cfg.pool,
-                                     {spawn, Key, View, Callers, self()}),
+                                     {spawn, Key, View, Callers, self(), Min}),
                     S#ms{pending = Pending#{Key => Callers},
                          spawning = (S#ms.spawning)#{Key => Host}};
                 {error, R} ->
@@ -522,11 +523,43 @@ arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims 
             end
     end.
 
+%% As the host: start Key's worker here (or answer the one there is), for Callers.
+place_here(Key, Callers, Min, #ms{cfg = Cfg} = S) ->
+    Min > 0 andalso shoal_registry:observe(Min),
+    case shoal_registry:claim(Cfg, Key, nowait) of
+        claimed -> spawn_here(Key, Callers, S);
+        {ok, _} ->
+            case existing(Cfg, Key) of
+                {ok, N, _, V} when V =< Min, N =/= node() ->
+                    spawn_over_here(Key, Callers, Min, S);
+                R ->
+                    answer(Callers, Cfg, R, false),
+                    R
+            end;
+        {wait, _} ->
+            %% A local process arbitrates it (from a view where we were its home): let the
+            %% home try again shortly.
+            answer(Callers, Cfg, retry, false),
+            retry
+    end.
+
 %% We hold Key's claim and it goes here: spawn and register (the member's own arbitration
 %% never overlaps a fence: both run in this process).
 spawn_here(Key, Callers, #ms{cfg = Cfg}) ->
     Acks = [{Pid, Ref} || {Pid, Ref, true} <- Callers],
     case shoal_arbiter:spawn_claimed(Cfg, Key, Acks) of
+        {spawned, Pid, _} ->
+            {ok, Vsn} = local_version(Cfg, Key, Pid),
+            answer(Callers, Cfg, {ok, node(), Pid, Vsn}, true),
+            {ok, node(), Pid, Vsn};
+        retry ->
+            answer(Callers, Cfg, retry, false),
+            retry
+    end.
+
+spawn_over_here(Key, Callers, Min, #ms{cfg = Cfg}) ->
+    Acks = [{Pid, Ref} || {Pid, Ref, true} <- Callers],
+    case shoal_arbiter:spawn_over(Cfg, Key, Acks, Min) of
         {spawned, Pid, _} ->
             {ok, Vsn} = local_version(Cfg, Key, Pid),
             answer(Callers, Cfg, {ok, node(), Pid, Vsn}, true),
@@ -604,7 +637,10 @@ on_spawned(Key, Result, #ms{cfg = Cfg, pending = Pending, spawning = Sp} = S) ->
     case Result of
         {ok, Node, Pid, Vsn} ->
             _ = shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, 0),
-            answer(Callers, Cfg, Result, false);
+            case shoal_arbiter:settle(Cfg, Key, self(), ok) of
+                ok -> answer(Callers, Cfg, Result, false);
+                retry -> answer(Callers, Cfg, retry, false)
+            end;
         retry ->
             _ = shoal_registry:release_claim(Cfg, Key, retry),
             answer(Callers, Cfg, retry, false);
@@ -627,22 +663,14 @@ abandon_spawns(Node, #ms{spawning = Sp, cfg = Cfg} = S) ->
 
 %%% Arbitration: the host's side ----------------------------------------------------------
 
-on_spawn(Key, View, Callers, Home, #ms{active = View, cfg = Cfg} = S) when View =/= none ->
-    Result = case shoal_registry:claim(Cfg, Key, nowait) of
-                 claimed -> spawn_here(Key, Callers, S);
-                 {ok, _} ->
-                     R = existing(Cfg, Key),
-                     answer(Callers, Cfg, R, false),
-                     R;
-                 {wait, _} ->
-                     %% A local process arbitrates it (from a view where we were its home):
-                     %% let the home try again shortly.
-                     answer(Callers, Cfg, retry, false),
-                     retry
-             end,
+%% Min: the version of the tomb the home's claim replaced. A replica here that is not newer
+%% names a worker the home knows is dead (its `down' is on its way to us): we place the
+%% key over it. Our clock is raised past Min first, so the worker we start is newer.
+on_spawn(Key, View, Callers, Home, Min, #ms{active = View, cfg = Cfg} = S) when View =/= none ->
+    Result = place_here(Key, Callers, Min, S),
     is_pid(Home) andalso shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned, Key, Result}),
     S;
-on_spawn(Key, _View, Callers, Home, #ms{cfg = Cfg} = S) ->
+on_spawn(Key, _View, Callers, Home, _Min, #ms{cfg = Cfg} = S) ->
     answer(Callers, Cfg, retry, false),
     is_pid(Home) andalso shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned, Key, retry}),
     S.
@@ -676,6 +704,7 @@ on_claim_async(Keys, _View, From, #ms{cfg = #shoal_cfg{pool = Pool}} = S) ->
 arbitrate_async(Keys, #ms{cfg = Cfg, active = View, peers = Peers, spawning = Sp} = S) ->
     Remote = lists:foldl(
                fun(Key, Acc) ->
+                       Min = shoal_arbiter:tomb_floor(Cfg, Key),
                        case shoal_registry:claim(Cfg, Key, nowait) of
                            claimed ->
                                case shoal_arbiter:choose_host(Cfg, Key, View) of
@@ -683,7 +712,8 @@ arbitrate_async(Keys, #ms{cfg = Cfg, active = View, peers = Peers, spawning = Sp
                                        _ = shoal_arbiter:spawn_claimed(Cfg, Key, []),
                                        Acc;
                                    {ok, Host} ->
-                                       maps:update_with(Host, fun(L) -> [Key | L] end, [Key], Acc);
+                                       maps:update_with(Host, fun(L) -> [{Key, Min} | L] end,
+                                                        [{Key, Min}], Acc);
                                    {error, _} ->
                                        _ = shoal_registry:release_claim(Cfg, Key, retry),
                                        Acc
@@ -696,26 +726,17 @@ arbitrate_async(Keys, #ms{cfg = Cfg, active = View, peers = Peers, spawning = Sp
                             #peer{pid = Pid} = maps:get(Host, Peers),
                             shoal_proto:send(Pid, Cfg#shoal_cfg.pool,
                                              {spawn_async, HKeys, View, self()}),
-                            lists:foldl(fun(K, A) -> A#{K => Host} end, SpAcc, HKeys)
+                            lists:foldl(fun({K, _}, A) -> A#{K => Host} end, SpAcc, HKeys)
                     end, Sp, Remote),
     S#ms{spawning = Sp1}.
 
+%% Keys: [{Key, Min}] (see on_spawn).
 on_spawn_async(Keys, View, Home, #ms{active = View, cfg = Cfg} = S) when View =/= none ->
-    Results = [{Key, case shoal_registry:claim(Cfg, Key, nowait) of
-                         claimed ->
-                             case shoal_arbiter:spawn_claimed(Cfg, Key, []) of
-                                 {spawned, Pid, _} ->
-                                     {ok, V} = local_version(Cfg, Key, Pid),
-                                     {ok, node(), Pid, V};
-                                 retry -> retry
-                             end;
-                         {ok, _} -> existing(Cfg, Key);
-                         {wait, _} -> retry
-                     end} || Key <- Keys],
+    Results = [{Key, place_here(Key, [], Min, S)} || {Key, Min} <- Keys],
     shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned_async, Results}),
     S;
 on_spawn_async(Keys, _View, Home, #ms{cfg = Cfg} = S) ->
-    shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned_async, [{K, retry} || K <- Keys]}),
+    shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned_async, [{K, retry} || {K, _} <- Keys]}),
     S.
 
 on_spawned_async(Results, #ms{cfg = Cfg, spawning = Sp} = S) ->
@@ -725,7 +746,10 @@ on_spawned_async(Results, #ms{cfg = Cfg, spawning = Sp} = S) ->
                   case Result of
                       {ok, Node, Pid, Vsn} ->
                           _ = shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, 0),
-                          {maps:remove(Key, SpAcc), Ag};
+                          case shoal_arbiter:settle(Cfg, Key, self(), ok) of
+                              ok -> {maps:remove(Key, SpAcc), Ag};
+                              retry -> {maps:remove(Key, SpAcc), [Key | Ag]}
+                          end;
                       _ ->
                           _ = shoal_registry:release_claim(Cfg, Key, retry),
                           {maps:remove(Key, SpAcc), [Key | Ag]}

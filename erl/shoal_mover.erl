@@ -257,7 +257,7 @@ takeover_on(#shoal_cfg{server = Name}, Pool, Node, Items) ->
 
 %% @doc Start the successors of a move here (in parallel), each from its predecessor's
 %% transferred state, and register each over the replica of its predecessor with a version
-%% above it.
+%% above it, inside the gate (waiting for this member to be active).
 -spec takeover(#shoal_cfg{}, [{term(), term(), shoal_nif:version()}]) ->
           [{term(), shoal_proto:result()}].
 takeover(#shoal_cfg{counters = C} = Cfg, Items) ->
@@ -269,7 +269,8 @@ takeover(#shoal_cfg{counters = C} = Cfg, Items) ->
     counters:add(C, ?C_SPAWNS, length(Spawned)),
     [{K, case shoal_arbiter:await_started(Pid, Ref, 30000) of
              {ok, Pid} ->
-                 case shoal_registry:register(Cfg, K, Pid, {over, Vsn, none}) of
+                 %% Inside the gate, like a spawn: see shoal_arbiter:register_over/5.
+                 case shoal_arbiter:register_over(Cfg, K, Pid, {Vsn, none}, 30000) of
                      {ok, NewVsn} -> {ok, node(), Pid, NewVsn};
                      {error, R} -> exit(Pid, kill), {error, R}
                  end;

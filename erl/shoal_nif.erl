@@ -54,7 +54,7 @@
          claim/3, release_claim/3, register/4, unregister/3, set_moving/4,
          put_remote/6, remove_remote/5,
          set_listener/2, count/1, count/2, info/1, fold/3,
-         hlc/0, canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
+         hlc/0, observe/1, canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
 -export_type([table/0, meter/0, version/0, entry/0]).
 
 -on_load(init/0).
@@ -218,6 +218,11 @@ fold(_T, _Op, _Arg) -> ?NOT_LOADED.
 %% version given to a table can take it there).
 -spec hlc() -> version().
 hlc() -> ?NOT_LOADED.
+
+%% @doc Make the node's clock exceed Vsn, so versions it hands out later are above it (a
+%% host told of a dead incarnation it has not heard of itself).
+-spec observe(version()) -> ok.
+observe(_Vsn) -> ?NOT_LOADED.
 
 %% @doc The canonical bytes of a key (see c_src/core/keyhash.h).
 -spec canonical(term()) -> binary().

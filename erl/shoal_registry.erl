@@ -13,7 +13,7 @@
 -export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, release_claim/3,
          register/4, unregister/3, set_moving/4, put_remote/6, remove_remote/5,
          set_listener/2, count/1, count/2, info/1, owned/1, dump/1, keys_on/2,
-         purge_node/2, sweep_node/4, sweep_tombs/2, worker/2, hlc/0]).
+         purge_node/2, sweep_node/4, sweep_tombs/2, worker/2, hlc/0, observe/1]).
 
 %% @doc A new table.
 -spec new(0..16) -> shoal_nif:table().
@@ -127,3 +127,7 @@ worker(Cfg, Key) ->
 %% @doc The node's clock.
 -spec hlc() -> shoal_nif:version().
 hlc() -> shoal_nif:hlc().
+
+%% @doc Make the node's clock exceed Vsn.
+-spec observe(shoal_nif:version()) -> ok.
+observe(Vsn) -> shoal_nif:observe(Vsn).

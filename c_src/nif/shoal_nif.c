@@ -106,6 +106,17 @@ static ERL_NIF_TERM nif_hlc(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return enif_make_uint64(env, registry_clock_next(&priv_of(env)->shared->clock, now_us()));
 }
 
+/* observe(Vsn) -> ok: the node's clock now exceeds Vsn (versions it hands out later are
+ * above it). */
+static ERL_NIF_TERM nif_observe(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    ErlNifUInt64 v;
+    if (!enif_get_uint64(env, argv[0], &v)) return enif_make_badarg(env);
+    registry_clock_observe(&priv_of(env)->shared->clock, v);
+    return priv_of(env)->a.ok;
+}
+
 static ErlNifFunc funcs[] = {
     {"new", 1, nif_new, 0},
     {"delete", 1, nif_delete, ERL_NIF_DIRTY_JOB_CPU_BOUND},
@@ -125,6 +136,7 @@ static ErlNifFunc funcs[] = {
     {"info", 1, nif_info, 0},
     {"fold", 3, nif_fold, 0},
     {"hlc", 0, nif_hlc, 0},
+    {"observe", 1, nif_observe, 0},
     {"canonical", 1, nif_canonical, 0},
     {"hash", 1, nif_hash, 0},
     {"meter_new", 0, nif_meter_new, 0},
