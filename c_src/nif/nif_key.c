@@ -51,6 +51,30 @@ static inline void put32(kbuf *b, uint32_t v)
     b->p[b->len++] = (unsigned char)v;
 }
 
+static int enc_term(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth);
+
+/* A map goes through term_to_binary, which copies the whole of it first: a map holding a
+ * 100 MB binary would hold the scheduler for tens of ms before the size check. Encode its
+ * keys and values into a scratch buffer first, which stops at the size limit (and at a too
+ * big binary) at once: 0 when the map fits, SHOAL_E2BIG (or another code) when not. */
+static int map_fits(ErlNifEnv *env, ERL_NIF_TERM t, int depth)
+{
+    kbuf scratch;
+    ErlNifMapIterator it;
+    ERL_NIF_TERM k, v;
+    int rc = 0;
+    if (!enif_map_iterator_create(env, t, &it, ERL_NIF_MAP_ITERATOR_FIRST)) return SHOAL_EINVAL;
+    kbuf_init(&scratch);
+    while (rc == 0 && enif_map_iterator_get_pair(env, &it, &k, &v)) {
+        rc = enc_term(env, k, &scratch, depth + 1);
+        if (rc == 0) rc = enc_term(env, v, &scratch, depth + 1);
+        (void)enif_map_iterator_next(env, &it);
+    }
+    enif_map_iterator_destroy(env, &it);
+    kbuf_free(&scratch);
+    return rc;
+}
+
 static int enc_slow(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
 {
     ErlNifBinary bin;
@@ -199,16 +223,17 @@ static int enc_term(ErlNifEnv *env, ERL_NIF_TERM t, kbuf *b, int depth)
         b->p[at + 4] = (unsigned char)n;
         return 0;
     }
-    case ERL_NIF_TERM_TYPE_MAP:
-    case ERL_NIF_TERM_TYPE_PID:
-    case ERL_NIF_TERM_TYPE_PORT:
-    case ERL_NIF_TERM_TYPE_REFERENCE: {
+    case ERL_NIF_TERM_TYPE_MAP: {
         size_t sz;
-        if (enif_term_type(env, t) == ERL_NIF_TERM_TYPE_MAP && enif_get_map_size(env, t, &sz) &&
-            sz > KEYHASH_MAX_KEY / 2)
-            return SHOAL_E2BIG;
+        if (!enif_get_map_size(env, t, &sz) || sz > KEYHASH_MAX_KEY / 2) return SHOAL_E2BIG;
+        if (depth >= KEYHASH_MAX_DEPTH) return SHOAL_E2BIG;
+        if ((rc = map_fits(env, t, depth)) != 0) return rc;
         return enc_slow(env, t, b, depth);
     }
+    case ERL_NIF_TERM_TYPE_PID:
+    case ERL_NIF_TERM_TYPE_PORT:
+    case ERL_NIF_TERM_TYPE_REFERENCE:
+        return enc_slow(env, t, b, depth);
     default: /* funs */
         return SHOAL_ENOTSUP;
     }

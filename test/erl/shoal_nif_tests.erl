@@ -1141,3 +1141,13 @@ upgrade_other_path(Ebin, Dir) ->
         {2, 1} -> ok;
         Other -> {load_info, Other}
     end.
+
+%% A map key is bounded before it is copied: one holding a 100 MB binary (as a value or as
+%% a key) is refused like any key over 64 KiB, and maps that fit hash like the reference.
+maps_holding_huge_binaries_are_refused_test() ->
+    Big = binary:copy(<<7>>, 100 * 1024 * 1024),
+    ?assertError(badarg, shoal_nif:hash(#{a => Big})),
+    ?assertError(badarg, shoal_nif:hash(#{Big => a})),
+    ?assertError(badarg, shoal_nif:hash({x, #{b => [#{c => Big}]}})),
+    Fits = #{a => 1, <<"b">> => [1, 2, #{c => binary:copy(<<1>>, 1000)}]},
+    ?assertEqual(shoal_keyhash:hash(Fits), shoal_nif:hash(Fits)).
