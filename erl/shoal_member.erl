@@ -32,6 +32,7 @@
 -define(TOMB_TTL, 10000).       %% ms a tomb blocks stale replicas
 -define(SWEEP_EVERY, 5000).     %% ms between tomb sweeps
 -define(MAX_DELAY_US, 1000).    %% us a replication op may wait for its batch
+-define(PROBE_TIMEOUT, 2000).   %% ms we wait for a connected node to say whether it is a member
 
 -record(peer, {pid :: pid(),
                mref :: reference(),
@@ -44,6 +45,8 @@
              peers = #{} :: #{node() => #peer{}},
              %% Connected nodes whose member we have not heard from yet: Mref => Node.
              probes = #{} :: #{reference() => node()},
+             %% Hidden nodes being checked for being Erlang nodes: Mref => Node.
+             checks = #{} :: #{reference() => node()},
              p = [] :: [node()],                 %% our proposed view
              seq = 0 :: non_neg_integer(),
              active = none :: none | [node()],   %% the view we are active in
@@ -92,8 +95,9 @@ init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
             ok = net_kernel:monitor_nodes(true, [{node_type, all}]),
             erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
             S0 = #ms{cfg = Cfg},
-            S1 = lists:foldl(fun probe/2, S0, nodes(connected)),
-            {ok, propose(S1)}
+            S1 = lists:foldl(fun(N, Acc) -> probe(N, visible, Acc) end, S0, nodes(visible)),
+            S2 = lists:foldl(fun(N, Acc) -> probe(N, hidden, Acc) end, S1, nodes(hidden)),
+            {ok, propose(S2)}
     end.
 
 %% Every handler ends with tick/1: replication ops and async keys are buffered in the
@@ -138,8 +142,15 @@ handle_info({'$shoal_down', _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
 handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
 handle_info({'$shoal_claim', Ref, Result}, S) -> noreply(claim_resolved(Ref, Result, S));
 handle_info({fence, Ref}, #ms{fence = Ref} = S) -> noreply(fenced(S));
+handle_info({probe_timeout, Mref}, #ms{probes = Pr} = S) when is_map_key(Mref, Pr) ->
+    erlang:demonitor(Mref, [flush]),
+    noreply(propose(S#ms{probes = maps:remove(Mref, Pr)}));
 handle_info(timeout, S) -> noreply(flush_async(flush(S)));
-handle_info({nodeup, Node, _Info}, S) -> noreply(probe(Node, S));
+handle_info({nodeup, Node, Info}, S) ->
+    noreply(probe(Node, proplists:get_value(node_type, Info, visible), S));
+handle_info({probe_timeout, Mref}, #ms{checks = Ch} = S) when is_map_key(Mref, Ch) ->
+    erlang:demonitor(Mref, [flush]),  %% an ei node: it greets us if it is a member
+    noreply(S#ms{checks = maps:remove(Mref, Ch)});
 handle_info({nodedown, _Node, _Info}, S) -> noreply(S);  %% the monitors say it
 handle_info({'DOWN', Ref, process, _, Reason}, S) -> noreply(down(Ref, Reason, S));
 handle_info(sweep_tombs, #ms{cfg = Cfg} = S) ->
@@ -231,16 +242,35 @@ run(Fun, ReplyTo, #ms{cfg = #shoal_cfg{pool = Pool} = Cfg} = S) ->
 
 %% A connected node may run this pool's member: greet it, and watch its registered name
 %% until we hear from it (a `DOWN' with noproc says it has none). We are not active while
-%% a probe is open, so a node that started its pool before us is a peer before we arbitrate.
-probe(Node, #ms{cfg = #shoal_cfg{server = Name, pool = Pool} = Cfg, probes = Pr,
-                peers = Peers} = S) ->
-    case maps:is_key(Node, Peers) orelse lists:member(Node, maps:values(Pr)) of
+%% such a probe is open, so a node that started its pool before us is a peer before we
+%% arbitrate; a probe nobody answers is closed after ?PROBE_TIMEOUT.
+%%
+%% A hidden node may be an ei C node (erl_call, a `bin/app eval'), which takes any message
+%% for a name as the answer it waits for, and which cannot answer a monitor by name. So a
+%% hidden node is first checked: a monitor of a name no node has comes back `noproc' at
+%% once from an Erlang node (then it is probed like a visible one) and never from an ei
+%% node (which, if it is a member, greets us itself). A check does not hold agreement back.
+probe(Node, hidden, #ms{checks = Ch} = S) ->
+    case known(Node, S) of
+        true -> S;
+        false ->
+            Mref = erlang:monitor(process, {'$shoal_no_such_name', Node}),
+            erlang:send_after(?PROBE_TIMEOUT, self(), {probe_timeout, Mref}),
+            S#ms{checks = Ch#{Mref => Node}}
+    end;
+probe(Node, _Visible, #ms{cfg = #shoal_cfg{server = Name, pool = Pool} = Cfg, probes = Pr} = S) ->
+    case known(Node, S) of
         true -> S;
         false ->
             Mref = erlang:monitor(process, {Name, Node}),
             shoal_proto:send_node(Node, Name, Pool, hello_body(hello, Cfg)),
+            erlang:send_after(?PROBE_TIMEOUT, self(), {probe_timeout, Mref}),
             S#ms{probes = Pr#{Mref => Node}}
     end.
+
+known(Node, #ms{peers = Peers, probes = Pr, checks = Ch}) ->
+    maps:is_key(Node, Peers) orelse lists:member(Node, maps:values(Pr))
+        orelse lists:member(Node, maps:values(Ch)).
 
 hello_body(Tag, Cfg) ->
     {Tag, self(), node(), shoal_proto:min_vsn(), shoal_proto:vsn(), local_config(Cfg)}.
@@ -294,6 +324,12 @@ peer_left(Node, #ms{cfg = #shoal_cfg{ctab = CTab} = Cfg, peers = Peers} = S) ->
 
 down(Ref, _Reason, #ms{probes = Pr} = S) when is_map_key(Ref, Pr) ->
     propose(S#ms{probes = maps:remove(Ref, Pr)});
+down(Ref, Reason, #ms{checks = Ch} = S) when is_map_key(Ref, Ch) ->
+    {Node, Ch1} = maps:take(Ref, Ch),
+    case Reason of
+        noproc -> probe(Node, visible, S#ms{checks = Ch1});  %% an Erlang node
+        _ -> S#ms{checks = Ch1}                              %% gone
+    end;
 down(Ref, Reason, #ms{claims = Claims} = S) when is_map_key(Ref, Claims) ->
     claimer_down(Ref, Reason, S);
 down(Ref, _Reason, #ms{peers = Peers} = S) ->

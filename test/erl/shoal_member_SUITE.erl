@@ -24,6 +24,7 @@
          concurrent_migrations_to_one_node_agree/1,
          a_dead_pid_in_a_replica_is_relearnt/1,
          a_hidden_node_becomes_a_member/1,
+         an_ei_node_that_cannot_answer_does_not_hold_agreement_back/1,
          membership_agreement_is_observable/1]).
 -export([p_start_and_race/5, p_race/5, p_hammer/3, p_stop/1, p_poke_stale/3, p_put_stale/4,
          p_migrate_when_member/3, p_spawn_on/3, p_ballast/2]).
@@ -48,7 +49,8 @@ groups() ->
        concurrent_migrations_to_one_node_agree,
        a_dead_pid_in_a_replica_is_relearnt,
        membership_agreement_is_observable]},
-     {hidden, [], [a_hidden_node_becomes_a_member]}].
+     {hidden, [], [a_hidden_node_becomes_a_member,
+                   an_ei_node_that_cannot_answer_does_not_hold_agreement_back]}].
 
 init_per_suite(Config) ->
     Paths = shoal_test_cluster:code_paths([?MODULE, ?WORKER, shoal_slow_init_worker]),
@@ -344,6 +346,27 @@ a_hidden_node_becomes_a_member(Config) ->
     after
         catch peer:stop(PH),
         shoal_test_cluster:stop_peers(Peers)
+    end.
+
+%% erl_call is a C node (ei): it connects as a hidden node and cannot answer a monitor by
+%% name, so a member's probe of it never resolves. A pool started and used from erl_call
+%% (what `bin/myapp eval' in a release does) must still become ready: the probe is closed
+%% after its timeout, and the call is answered.
+an_ei_node_that_cannot_answer_does_not_hold_agreement_back(Config) ->
+    [{P, N}] = shoal_test_cluster:start_peers(ei, 1, ?config(paths, Config)),
+    try
+        ErlCall = filename:join([code:lib_dir(erl_interface), "bin", "erl_call"]),
+        [Name, _] = string:split(atom_to_list(N), "@"),
+        Expr = "{ok, _} = shoal:start_pool(ei_pool, #{worker => shoal_counter_worker}), "
+               "shoal:call(ei_pool, k, incr).",
+        Cmd = lists:flatten(io_lib:format("echo '~s' | ~s -sname ~s -c shoal_test -e",
+                                          [Expr, ErlCall, Name])),
+        Out = string:trim(os:cmd(Cmd)),
+        ct:pal("erl_call answered ~s", [Out]),
+        ?assertEqual("{ok,1}", [C || C <- Out, C =/= $\s]),
+        ?assert(pcall(P, shoal, ready, [ei_pool]))
+    after
+        shoal_test_cluster:stop_peers([{P, N}])
     end.
 
 %%% On the peers ---------------------------------------------------------------------------
