@@ -34,7 +34,7 @@ static void set_gen(registry_entry *e, unsigned gen)
     e->te.user = (uint16_t)((e->te.user & 3u) | ((gen & GEN_MASK) << 2));
 }
 
-int node_init(void *ctx, registry_node *n, void *arg)
+int pidstore_node_init(void *ctx, registry_node *n, void *arg)
 {
     (void)ctx;
     nnode *p = enif_alloc(sizeof *p);
@@ -53,7 +53,7 @@ int node_init(void *ctx, registry_node *n, void *arg)
     return 0;
 }
 
-void node_fini(void *ctx, registry_node *n)
+void pidstore_node_fini(void *ctx, registry_node *n)
 {
     (void)ctx;
     nnode *p = n->payload;

@@ -22,6 +22,7 @@
 
 #include "keyhash.h"
 #include "registry.h"
+#include "shoal_err.h"
 
 /* ---- private data ----------------------------------------------------------------------- */
 
@@ -177,10 +178,9 @@ ERL_NIF_TERM nif_hash(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ntab *ntab_of(ErlNifEnv *env, ERL_NIF_TERM t);
 void ntab_unref(ntab *nt);
 /* badarg, or an `enomem` error for SHOAL_ENOMEM. */
-ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc);
 /* Send {Tag, Key, ...} to the table's listener, if any (Key in caller env). */
 void tell_listener(ErlNifEnv *env, ntab *nt, ERL_NIF_TERM msg_in_caller_env);
-/* The node payload's atom (node_init made it). */
+/* The node payload's atom (pidstore_node_init made it). */
 static inline ERL_NIF_TERM node_atom(const registry_node *n)
 {
     return ((const nnode *)n->payload)->atom;
@@ -192,8 +192,22 @@ void entry_release(void *ctx, registry_entry *e);
 /* Bytes an entry takes (for info's table_bytes). */
 size_t entry_size(const registry_entry *e);
 /* Microseconds of Erlang system time; milliseconds of Erlang monotonic time. */
-uint64_t now_us(void);
-int64_t now_ms(void);
+static inline uint64_t now_us(void)
+{
+    return (uint64_t)(enif_monotonic_time(ERL_NIF_USEC) + enif_time_offset(ERL_NIF_USEC));
+}
+
+static inline int64_t now_ms(void)
+{
+    return (int64_t)enif_monotonic_time(ERL_NIF_MSEC);
+}
+
+static inline ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc)
+{
+    if (rc == SHOAL_ENOMEM) return enif_raise_exception(env, priv_of(env)->a.enomem);
+    return enif_make_badarg(env);
+}
+
 
 ERL_NIF_TERM nif_new(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_delete(ErlNifEnv *, int, const ERL_NIF_TERM[]);
@@ -218,13 +232,18 @@ ERL_NIF_TERM nif_remove_remote(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 void local_dtor(ErlNifEnv *env, void *obj);
 void local_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon);
 /* Free a claim's waiters env (a claim that leaves without being resolved). */
-void claim_free_waiters(nclaim *c);
+static inline void claim_free_waiters(nclaim *c)
+{
+    if (c->wenv != NULL) enif_free_env(c->wenv);
+    c->wenv = NULL;
+}
+
 
 /* ---- nif_pidstore.c --------------------------------------------------------------------- */
 
 /* registry hooks: a node name is interned (arg: its atom) / its last entry left. */
-int node_init(void *ctx, registry_node *n, void *arg);
-void node_fini(void *ctx, registry_node *n);
+int pidstore_node_init(void *ctx, registry_node *n, void *arg);
+void pidstore_node_fini(void *ctx, registry_node *n);
 /* Keep `pid` (a term of the caller's env) in the store of replica e's node and point
  * e->re.te.fast at it. Runs under the key's segment lock, before e is stored. */
 void pidstore_put(nplain *e, ERL_NIF_TERM pid);

@@ -47,12 +47,6 @@ static void plain_discard(ntab *nt, registry_entry *e)
     enif_free(e);
 }
 
-void claim_free_waiters(nclaim *c)
-{
-    if (c->wenv != NULL) enif_free_env(c->wenv);
-    c->wenv = NULL;
-}
-
 void local_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;

@@ -10,22 +10,6 @@
 #include "nif_priv.h"
 #include "shoal_err.h"
 
-uint64_t now_us(void)
-{
-    return (uint64_t)(enif_monotonic_time(ERL_NIF_USEC) + enif_time_offset(ERL_NIF_USEC));
-}
-
-int64_t now_ms(void)
-{
-    return (int64_t)enif_monotonic_time(ERL_NIF_MSEC);
-}
-
-ERL_NIF_TERM raise_for(ErlNifEnv *env, int rc)
-{
-    if (rc == SHOAL_ENOMEM) return enif_raise_exception(env, priv_of(env)->a.enomem);
-    return enif_make_badarg(env);
-}
-
 ntab *ntab_of(ErlNifEnv *env, ERL_NIF_TERM t)
 {
     ntab_res *res;
@@ -104,8 +88,8 @@ ERL_NIF_TERM nif_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     ntab *nt = enif_alloc(sizeof *nt);
     if (nt == NULL) return raise_for(env, SHOAL_ENOMEM);
     memset(nt, 0, sizeof *nt);
-    registry_hooks hooks = {.release = entry_release, .node_init = node_init,
-                            .node_fini = node_fini, .alloc = enif_alloc, .free = enif_free,
+    registry_hooks hooks = {.release = entry_release, .node_init = pidstore_node_init,
+                            .node_fini = pidstore_node_fini, .alloc = enif_alloc, .free = enif_free,
                             .ctx = nt};
     if ((nt->life = enif_rwlock_create("shoal_life")) == NULL ||
         (nt->pend_lock = enif_mutex_create("shoal_pending")) == NULL ||
