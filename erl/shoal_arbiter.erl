@@ -12,7 +12,7 @@
 -include("shoal_int.hrl").
 
 -export([resolve/4, spawn_async/2, relearn/3, spawn_claimed/3, spawn_over/4, await_started/3,
-         ready/2, await_claim/5, choose_host/3, settle/4, tomb_floor/2, register_over/5]).
+         ready/2, await_claim/5, choose_host/3, settle/4, tomb_floor/2]).
 
 -type mode() :: call | sync.
 -export_type([mode/0]).
@@ -131,28 +131,6 @@ spawn_over(#shoal_cfg{counters = C} = Cfg, Key, Acks, Min) ->
         {error, _} ->
             exit(Pid, kill),
             retry
-    end.
-
-%% @doc Register local worker Pid for Key `{over, MaxVsn, Node}' (a migration's successor,
-%% a worker taking its key back) inside the gate, waiting up to Timeout ms for the member to
-%% be active: a worker registered under a view the member has left could be unknown to a
-%% home of the next view (docs/protocol.md, "Moves").
--spec register_over(#shoal_cfg{}, term(), pid(), {shoal_nif:version(), node() | none},
-                    timeout()) -> {ok, shoal_nif:version()} | {error, term()}.
-register_over(Cfg, Key, Pid, {MaxVsn, Node}, Timeout) ->
-    register_over_loop(Cfg, Key, Pid, MaxVsn, Node, deadline(Timeout)).
-
-register_over_loop(Cfg, Key, Pid, MaxVsn, Node, Deadline) ->
-    case shoal_view:enter(Cfg) of
-        {ok, _} ->
-            try shoal_registry:register(Cfg, Key, Pid, {over, MaxVsn, Node})
-            after shoal_view:leave(Cfg)
-            end;
-        inactive ->
-            case shoal_view:await_active(Cfg, remaining(Deadline)) of
-                ok -> register_over_loop(Cfg, Key, Pid, MaxVsn, Node, Deadline);
-                {error, _} = E -> E
-            end
     end.
 
 %% We hold the claim and the host is another node: ask its member to spawn. Min is the

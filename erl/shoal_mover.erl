@@ -269,8 +269,8 @@ takeover(#shoal_cfg{counters = C} = Cfg, Items) ->
     counters:add(C, ?C_SPAWNS, length(Spawned)),
     [{K, case shoal_arbiter:await_started(Pid, Ref, 30000) of
              {ok, Pid} ->
-                 %% Inside the gate, like a spawn: see shoal_arbiter:register_over/5.
-                 case shoal_arbiter:register_over(Cfg, K, Pid, {Vsn, none}, 30000) of
+                 %% Inside the gate, like a spawn: see shoal_view:register_over/5.
+                 case shoal_view:register_over(Cfg, K, Pid, {Vsn, none}, 30000) of
                      {ok, NewVsn} -> {ok, node(), Pid, NewVsn};
                      {error, R} -> exit(Pid, kill), {error, R}
                  end;

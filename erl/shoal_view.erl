@@ -14,6 +14,7 @@
 
 -export([new_gate/0, enter/1, leave/1, active/1, await_active/2, close/1, open/3, inflight/1]).
 -export([members/1, peer/2, window/2, drained/2, candidates/1, candidates/2]).
+-export([register_over/5]).
 
 -define(G_VIEW, 1).
 -define(G_INFLIGHT, 2).
@@ -87,6 +88,35 @@ open(#shoal_cfg{gate = G, ctab = CTab}, N, Members) ->
 %% @doc Arbitrations inside the gate right now.
 -spec inflight(#shoal_cfg{}) -> integer().
 inflight(#shoal_cfg{gate = G}) -> atomics:get(G, ?G_INFLIGHT).
+
+%% @doc Register local worker Pid for Key `{over, MaxVsn, Node}' (a migration's successor,
+%% a worker taking its key back) inside the gate, waiting up to Timeout ms for the member to
+%% be active: a worker registered under a view the member has left could be unknown to a
+%% home of the next view (docs/protocol.md, "Moves").
+-spec register_over(#shoal_cfg{}, term(), pid(), {shoal_nif:version(), node() | none},
+                    timeout()) -> {ok, shoal_nif:version()} | {error, term()}.
+register_over(Cfg, Key, Pid, {MaxVsn, Node}, Timeout) ->
+    register_over_loop(Cfg, Key, Pid, MaxVsn, Node,
+                       case Timeout of
+                           infinity -> infinity;
+                           _ -> erlang:monotonic_time(millisecond) + Timeout
+                       end).
+
+register_over_loop(Cfg, Key, Pid, MaxVsn, Node, Deadline) ->
+    case enter(Cfg) of
+        {ok, _} ->
+            try shoal_registry:register(Cfg, Key, Pid, {over, MaxVsn, Node})
+            after leave(Cfg)
+            end;
+        inactive ->
+            case await_active(Cfg, remaining(Deadline)) of
+                ok -> register_over_loop(Cfg, Key, Pid, MaxVsn, Node, Deadline);
+                {error, _} = E -> E
+            end
+    end.
+
+remaining(infinity) -> infinity;
+remaining(Deadline) -> max(0, Deadline - erlang:monotonic_time(millisecond)).
 
 %% @doc The proposed member list: this node and its peers, sorted.
 -spec members(#shoal_cfg{}) -> [node(), ...].

@@ -317,7 +317,7 @@ thaw(Failed, #w{held = H, vsn = Vsn} = W0) ->
 %% newer incarnation hold the key, step aside for it as a conflict's loser would.
 reclaim(Vsn, Failed, #w{cfg = Cfg, key = Key, fwd_mon = Mon} = W) ->
     is_reference(Mon) andalso erlang:demonitor(Mon, [flush]),
-    case shoal_arbiter:register_over(Cfg, Key, self(), {Vsn, Failed}, 30000) of
+    case shoal_view:register_over(Cfg, Key, self(), {Vsn, Failed}, 30000) of
         {ok, _} -> W#w{forward = undefined, fwd_mon = undefined, merge = none};
         {error, {newer, Node, Pid, NewVsn}} -> step_aside(Node, Pid, NewVsn, 0, W);
         {error, {already_registered, Other}} -> step_aside(node(Other), Other, 0, 0, W);
