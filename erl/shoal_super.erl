@@ -98,11 +98,11 @@ stop(Id) ->
 load(Id, Opts) ->
     Steps = [{{group, G}, fun() -> add_group(Id, G, GO) end,
               [{{group_worker, G, maps:get(id, WO, undefined)},
-                fun() -> ok_of(add_group_worker(Id, G, S, WO)) end} || {S, WO} <- Ws]}
+                fun() -> ok_of(add_group_worker(Id, G, S, WO)) end, []} || {S, WO} <- Ws]}
              || {G, GO, Ws} <- maps:get(groups, Opts, [])] ++
         [{{chain, C}, fun() -> add_chain(Id, C, CO) end,
           [{{chain_step, C, maps:get(id, SO, undefined)},
-            fun() -> add_chain_step(Id, C, S, SO) end} || {S, SO} <- Ss]}
+            fun() -> add_chain_step(Id, C, S, SO) end, []} || {S, SO} <- Ss]}
          || {C, CO, Ss} <- maps:get(chains, Opts, [])] ++
         [{{worker, maps:get(id, WO, undefined)}, fun() -> ok_of(add_worker(Id, S, WO)) end, []}
          || {S, WO} <- maps:get(workers, Opts, [])],

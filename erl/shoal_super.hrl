@@ -17,7 +17,7 @@
     owner     :: node(),                 %% the node the chain's supervisor runs on
     mgr       :: pid(),                  %% the chain manager (on the owner node)
     ledger    :: ets:tid(),              %% items in flight (owner node only)
-    flow      :: atomics:atomics_ref(),  %% 1: items in flight, 2: senders waiting
+    flow      :: atomics:atomics_ref(),  %% 1: items in flight, 2: senders waiting, 3: stopping
     max_queue :: pos_integer(),
     on_finish :: undefined | fun((term()) -> term()) | {module(), atom(), list()},
     delivery  :: at_most_once | at_least_once,

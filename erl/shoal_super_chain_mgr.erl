@@ -58,7 +58,7 @@
             workers = #{} :: #{pid() => #wk{}},
             last_done = #{} :: #{pid() => non_neg_integer()},
             remote_samples = #{} :: #{pid() => {non_neg_integer(), non_neg_integer()}},
-            dead = #{} :: #{pid() | {node, node()} => {integer(), term()}},
+            dead = #{} :: #{pid() | {node, node()} => {integer(), term(), pos_integer() | undefined}},
             stopping = false :: false | {true, term()},
             stop_sent = false :: boolean(),
             last_tick :: integer()}).
@@ -75,7 +75,7 @@ init({#ss{id = Sup, tab = Tab} = SS, C, #{max_queue := MaxQ, on_finish := OnFini
     _ = is_alive() andalso net_kernel:monitor_nodes(true) =:= ok,
     Ledger = ets:new(shoal_super_ledger, [set, public, {write_concurrency, true}]),
     SC = #sc{sup = Sup, chain = C, owner = node(), mgr = self(), ledger = Ledger,
-             flow = atomics:new(2, [{signed, true}]), max_queue = MaxQ, on_finish = OnFinish,
+             flow = atomics:new(3, [{signed, true}]), max_queue = MaxQ, on_finish = OnFinish,
              delivery = Delivery, reg = Tab},
     ok = shoal_super_reg:put_chain(Tab, C, SC, undefined),
     ok = shoal_super_server:watch(SS, chain, C, self()),
@@ -103,7 +103,9 @@ handle_call({fanout, Idx, Pids, Data}, _From, #m{sc = #sc{ledger = L, flow = F}}
                   {P, S}
               end || P <- Pids],
     {reply, Copies, M};
-handle_call({stopping, Reason}, _From, M) ->
+handle_call({stopping, Reason}, _From, #m{sc = #sc{flow = F}} = M) ->
+    %% Local workers hand items back instead of starting them (see shoal_super_step).
+    atomics:put(F, 3, 1),
     {reply, ok, M#m{stopping = {true, Reason}}};
 handle_call(_Req, _From, M) ->
     {reply, {error, unknown_call}, M}.
@@ -142,7 +144,7 @@ handle_info({'DOWN', _Ref, process, Pid, Reason}, M) ->
     {noreply, worker_down(Pid, Reason, M)};
 handle_info({nodedown, N}, #m{dead = D} = M) ->
     Why = {nodedown, N},
-    M1 = M#m{dead = D#{{node, N} => {now_ms() + ?DEAD_FOR, Why}}},
+    M1 = M#m{dead = D#{{node, N} => {now_ms() + ?DEAD_FOR, Why, undefined}}},
     {noreply, lost(on_node(N, M1), Why, M1)};
 handle_info({nodeup, _}, M) ->
     {noreply, M};
@@ -174,15 +176,19 @@ terminate(Reason, #m{sc = #sc{ledger = L, reg = Reg, chain = C} = SC, stopping =
               {true, R} -> R;
               false -> Reason
           end,
-    M1 = absorb(M),
-    Steps = M1#m.steps,
-    Entries = ets:tab2list(L),
+    #m{steps = Steps} = M1 = absorb(M),
+    Held = maps:from_list([{Seq, {Idx, Data}} || {Idx, #stp{pending = P}} <- maps:to_list(Steps),
+                                                 {Seq, _, _, Data} <- P]),
     [case ets:take(L, Seq) of
          [_] ->
+             {Step, D} = case maps:find(Seq, Held) of
+                             {ok, {Idx, Data}} -> {step_id(Idx, Steps), Data};
+                             error -> {holder_step(Holder, EIdx, M1, Steps), EData}
+                         end,
              shoal_super_flow:release(SC, 1),
-             shoal_super_flow:report(SC, {stopped, step_id(Idx, Steps), Why, Data});
+             shoal_super_flow:report(SC, {stopped, Step, Why, D});
          [] -> ok
-     end || {Seq, _, _, Idx, Data} <- Entries],
+     end || {Seq, _, Holder, EIdx, EData} <- ets:tab2list(L)],
     wake_all(Reg, C),
     ok.
 
@@ -349,7 +355,7 @@ worker_down(Pid, Reason, #m{workers = Ws, steps = Steps, dead = D} = M) ->
                       noconnection -> {nodedown, node(Pid)};
                       _ -> {worker_exit, Reason}
                   end,
-            M2 = M1#m{dead = D#{Pid => {now_ms() + ?DEAD_FOR, Why}}},
+            M2 = M1#m{dead = D#{Pid => {now_ms() + ?DEAD_FOR, Why, Idx}}},
             lost(held_by(Pid, M2), Why, M2);
         error ->
             M
@@ -365,10 +371,10 @@ on_node(N, #m{sc = #sc{ledger = L}}) ->
 
 dead_holder(Pid, #m{dead = D}) ->
     case maps:find(Pid, D) of
-        {ok, {_, Why}} -> {true, Why};
+        {ok, {_, Why, _}} -> {true, Why};
         error ->
             case maps:find({node, node(Pid)}, D) of
-                {ok, {_, Why}} -> {true, Why};
+                {ok, {_, Why, _}} -> {true, Why};
                 error -> false
             end
     end.
@@ -392,10 +398,12 @@ lost(Entries, _Why, #m{sc = #sc{ledger = L}} = M) ->
                         end
                 end, M, Entries).
 
-holder_step(Holder, EntryIdx, #m{workers = Ws}, Steps) ->
-    Idx = case maps:find(Holder, Ws) of
-              {ok, #wk{idx = I}} -> I;
-              error -> EntryIdx
+%% The step of the worker that held an item (its entry step if we cannot tell).
+holder_step(Holder, EntryIdx, #m{workers = Ws, dead = D}, Steps) ->
+    Idx = case {maps:find(Holder, Ws), maps:find(Holder, D)} of
+              {{ok, #wk{idx = I}}, _} -> I;
+              {_, {ok, {_, _, I}}} when is_integer(I) -> I;
+              _ -> EntryIdx
           end,
     step_id(Idx, Steps).
 
@@ -429,9 +437,9 @@ tick(#m{last_tick = Last} = M0) ->
 %% to a node that was already gone, are found here until the dead are forgotten.
 sweep(_Now, #m{dead = D} = M) when map_size(D) =:= 0 -> M;
 sweep(Now, #m{dead = D} = M) ->
-    Live = maps:filter(fun(_, {Until, _}) -> Until > Now end, D),
-    maps:fold(fun({node, N}, {_, Why}, Acc) -> lost(on_node(N, Acc), Why, Acc);
-                 (Pid, {_, Why}, Acc) -> lost(held_by(Pid, Acc), Why, Acc)
+    Live = maps:filter(fun(_, {Until, _, _}) -> Until > Now end, D),
+    maps:fold(fun({node, N}, {_, Why, _}, Acc) -> lost(on_node(N, Acc), Why, Acc);
+                 (Pid, {_, Why, _}, Acc) -> lost(held_by(Pid, Acc), Why, Acc)
               end, M#m{dead = Live}, Live).
 
 sample(Dt, #m{workers = Ws, steps = Steps, last_done = LD, remote_samples = RS} = M) ->
@@ -441,7 +449,7 @@ sample(Dt, #m{workers = Ws, steps = Steps, last_done = LD, remote_samples = RS} 
     All = maps:merge(maps:with(Remote, RS), Fresh),
     PerStep = maps:fold(fun(P, {Q, D}, Acc) ->
                                 #wk{idx = Idx} = maps:get(P, Ws),
-                                Delta = max(0, D - maps:get(P, LD, D)),
+                                Delta = max(0, D - maps:get(P, LD, 0)),
                                 maps:update_with(Idx, fun({Q0, D0}) -> {Q0 + Q, D0 + Delta} end,
                                                  {Q, Delta}, Acc)
                         end, #{}, All),
@@ -516,7 +524,7 @@ shrink(Idx, #m{workers = Ws} = M) ->
 %%% Info ----------------------------------------------------------------------------------
 
 info(#m{sc = #sc{chain = C, flow = F, max_queue = MaxQ, delivery = Del}, steps = Steps,
-        workers = Ws} = M) ->
+        workers = Ws, stopping = Stopping} = M) ->
     Local = maps:from_list([{P, Q} || {P, Q, _} <- shoal_super_step:sample(
                                                        [P || P <- maps:keys(Ws), node(P) =:= node()])]),
     StepInfo = [begin
@@ -534,6 +542,7 @@ info(#m{sc = #sc{chain = C, flow = F, max_queue = MaxQ, delivery = Del}, steps =
                       dispatch => D, placement => Pl}
                 end || Idx <- lists:sort(maps:keys(Steps))],
     #{chain => C, in_flight => atomics:get(F, 1), max_queue => MaxQ, delivery => Del,
+      status => case Stopping of false -> running; _ -> stopping end,
       steps => StepInfo}.
 
 now_ms() -> erlang:monotonic_time(millisecond).

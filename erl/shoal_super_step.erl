@@ -128,7 +128,19 @@ sample(Pids) ->
 
 %%% Items ---------------------------------------------------------------------------------
 
-item(Seq, Att, Hop, Data, #step{sc = SC, id = Id, fn = Fn, done = Done} = St) ->
+item(Seq, Att, Hop, Data, #step{sc = #sc{flow = F, owner = Owner, mgr = Mgr}, idx = Idx} = St)
+  when node() =:= Owner ->
+    case atomics:get(F, 3) of
+        0 -> run_item(Seq, Att, Hop, Data, St);
+        _ ->
+            %% The chain is stopping: hand the item back rather than start it.
+            Mgr ! {requeue, Idx, [{Seq, Att, Hop, Data}]},
+            St
+    end;
+item(Seq, Att, Hop, Data, St) ->
+    run_item(Seq, Att, Hop, Data, St).
+
+run_item(Seq, Att, Hop, Data, #step{sc = SC, id = Id, fn = Fn, done = Done} = St) ->
     put(?DONE_KEY, Done + 1),
     St1 = St#step{done = Done + 1},
     case attempt(Fn, Data, St1, 2) of
