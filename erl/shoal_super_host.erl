@@ -77,6 +77,8 @@ terminate(_Reason, _S) ->
 %% @private Moving: a member is stopped here (and started again by takeover/3 on the new
 %% node); a step worker's state goes as it is.
 -spec handoff(term()) -> {ok, term()}.
+handoff(unconfigured) ->
+    {ok, unconfigured};
 handoff(#{kind := member, real := Real} = S) when is_pid(Real) ->
     stop_member(Real),
     {ok, maps:without([real, proxy_ref], S)};

@@ -59,18 +59,25 @@ place(#ss{cluster = Pool} = SS, Key, What, Deadline, _Last) ->
                  {ok, Target} = ok_or_throw(shoal_super_place:choose(Pool, placement(What),
                                                                      in_use(SS, What))),
                  {ok, H0} = ok_or_throw(shoal:ensure_started(Pool, Key)),
-                 _ = case node(H0) =:= Target of
-                         true -> {ok, H0};
-                         false -> shoal:migrate(Pool, Key, Target)
+                 %% Shoal placed it by its windows; move it where we want it. Asked on
+                 %% its own node, which knows it (ours may not have the replica yet).
+                 H = case node(H0) =:= Target of
+                         true -> H0;
+                         false ->
+                             case erpc:call(node(H0), shoal, migrate, [Pool, Key, Target], 15000) of
+                                 {ok, H1} -> H1;
+                                 {error, _} -> H0
+                             end
                      end,
-                 case shoal:call(Pool, Key, {'$ss_configure', conf(SS, What)}, 15000) of
+                 case gen_server:call(H, {'$ss_configure', conf(SS, What)}, 15000) of
                      {ok, Host, Real} -> {ok, Host, Real};
                      {error, Bad} -> throw({fatal, Bad})
                  end
              catch
                  throw:{fatal, F} -> {error, F};
                  throw:{retry, T} -> {retry, T};
-                 exit:{E, _} -> {retry, E}
+                 exit:{E, _} -> {retry, E};
+                 error:{erpc, E} -> {retry, E}
              end,
     case Result of
         {retry, Why} ->
