@@ -21,7 +21,8 @@
     max_queue :: pos_integer(),
     on_finish :: undefined | fun((term()) -> term()) | {module(), atom(), list()},
     delivery  :: at_most_once | at_least_once,
-    reg       :: ets:tid()               %% the supervisor's registry (waiting senders)
+    reg       :: ets:tid(),              %% the supervisor's registry
+    waiters   :: ets:tid()               %% senders waiting for room, oldest first
 }).
 
 %% Where items for one step go: its live workers and how to pick one.

@@ -76,7 +76,8 @@ init({#ss{id = Sup, tab = Tab} = SS, C, #{max_queue := MaxQ, on_finish := OnFini
     Ledger = ets:new(shoal_super_ledger, [set, public, {write_concurrency, true}]),
     SC = #sc{sup = Sup, chain = C, owner = node(), mgr = self(), ledger = Ledger,
              flow = atomics:new(3, [{signed, true}]), max_queue = MaxQ, on_finish = OnFinish,
-             delivery = Delivery, reg = Tab},
+             delivery = Delivery, reg = Tab,
+             waiters = ets:new(shoal_super_waiters, [ordered_set, public])},
     ok = shoal_super_reg:put_chain(Tab, C, SC, undefined),
     ok = shoal_super_server:watch(SS, chain, C, self()),
     {ok, #m{ss = SS, sc = SC, opts = Opts, last_tick = now_ms()}, {continue, find_workers_sup}}.
@@ -158,10 +159,10 @@ handle_info(tick, M) ->
 handle_info({remote_sample, Results}, #m{remote_samples = RS} = M) ->
     {noreply, M#m{remote_samples = maps:merge(RS, maps:from_list([{P, {Q, D}} || {P, Q, D} <- Results]))}};
 handle_info({delete_child, Id, Tries}, #m{wsup = WSup} = M) ->
-    case supervisor:delete_child(WSup, Id) of
-        {error, running} when Tries > 0 -> erlang:send_after(100, self(), {delete_child, Id, Tries - 1});
-        _ -> ok
-    end,
+    _ = case supervisor:delete_child(WSup, Id) of
+            {error, running} when Tries > 0 -> erlang:send_after(100, self(), {delete_child, Id, Tries - 1});
+            _ -> ok
+        end,
     {noreply, M};
 handle_info({'EXIT', _, _}, M) ->
     {noreply, M};
@@ -171,7 +172,7 @@ handle_info(_Info, M) ->
 %% @private Nothing may vanish with the chain: items that come back to us now, items we
 %% hold, and every item the ledger still lists are reported `stopped'.
 -spec terminate(term(), #m{}) -> ok.
-terminate(Reason, #m{sc = #sc{ledger = L, reg = Reg, chain = C} = SC, stopping = Stopping} = M) ->
+terminate(Reason, #m{sc = #sc{ledger = L} = SC, stopping = Stopping} = M) ->
     Why = case Stopping of
               {true, R} -> R;
               false -> Reason
@@ -189,8 +190,7 @@ terminate(Reason, #m{sc = #sc{ledger = L, reg = Reg, chain = C} = SC, stopping =
              shoal_super_flow:report(SC, {stopped, Step, Why, D});
          [] -> ok
      end || {Seq, _, Holder, EIdx, EData} <- ets:tab2list(L)],
-    wake_all(Reg, C),
-    ok.
+    shoal_super_flow:wake_all(SC).
 
 %% Apply what is already in our mailbox from workers (ends of items, hand-backs).
 absorb(M) ->
@@ -205,12 +205,6 @@ keep(Idx, Items, #m{steps = Steps} = M) ->
     case maps:find(Idx, Steps) of
         {ok, #stp{pending = P} = S} -> M#m{steps = Steps#{Idx := S#stp{pending = P ++ Items}}};
         error -> M
-    end.
-
-wake_all(Reg, C) ->
-    case shoal_super_reg:take_waiter(Reg, C) of
-        {ok, {Pid, Tag}} -> Pid ! {'$ss_room', Tag}, wake_all(Reg, C);
-        none -> ok
     end.
 
 %%% Steps ---------------------------------------------------------------------------------
@@ -257,10 +251,10 @@ start_worker(Idx, WIdx, #m{ss = SS, sc = SC, steps = Steps, wsup = WSup} = M) ->
             {{error, Reason}, M}
     end.
 
-next_route(Idx, #m{steps = Steps}) ->
-    case maps:find(Idx + 1, Steps) of
-        {ok, _} -> route(Idx + 1, #m{steps = Steps});
-        error -> last
+next_route(Idx, #m{steps = Steps} = M) ->
+    case maps:is_key(Idx + 1, Steps) of
+        true -> route(Idx + 1, M);
+        false -> last
     end.
 
 route(Idx, #m{steps = Steps} = M) ->
@@ -278,7 +272,7 @@ sorted(Idx, State, #m{workers = Ws}) ->
 publish(Idx, #m{sc = #sc{chain = C, reg = Reg} = SC, steps = Steps} = M) ->
     #stp{id = Id} = maps:get(Idx, Steps),
     R = route(Idx, M),
-    ok = shoal_super_reg:put_route(Reg, C, Id, R),
+    ok = shoal_super_reg:put_route(Reg, C, Id, R, self()),
     Idx =:= 1 andalso shoal_super_reg:put_chain(Reg, C, SC, R),
     _ = [P ! {'$ssr', R} || {P, _} <- sorted(Idx - 1, any, M)],
     flush_pending(Idx, R, M).

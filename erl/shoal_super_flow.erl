@@ -16,14 +16,14 @@
 %%
 %% <b>Back-pressure.</b> An atomics counter holds the chain's items in flight; a caller
 %% may add one only below `max_queue', so no step's queue ever holds more. A caller that
-%% finds the chain full registers as a waiter and sleeps; the end of an item wakes the
-%% longest waiter.
+%% finds the chain full registers as a waiter (in the chain's waiters table, oldest first)
+%% and sleeps; once a quarter of `max_queue' is free again, the ends of items wake waiters
+%% (one per free place), so a blocked producer wakes once per batch, not once per item.
 -module(shoal_super_flow).
 
 -include("shoal_super.hrl").
 
--export([send/4, hand_off/6, finish/3, release/2, report/2, pick/3, item/4,
-         locate_remote/4]).
+-export([send/4, hand_off/6, finish/3, release/2, wake_all/1, report/2, locate_remote/4]).
 
 -define(ITEM(Seq, Att, Hop, Data), {'$ssi', Seq, Att, Hop, Data}).
 
@@ -69,9 +69,8 @@ pick_index(round_robin, N, RR, _Data) -> atomics:add_get(RR, 1, 1) rem N + 1;
 pick_index(random, N, _RR, _Data) -> rand:uniform(N);
 pick_index(hash, N, _RR, Data) -> erlang:phash2(Data, N) + 1.
 
-%% @doc Choose a worker of Route for Data; Count is the caller's own round-robin counter.
-%% Returns `{Pid, NewCount}' (`broadcast' routes are handled by hand_off/6).
--spec pick(#route{}, non_neg_integer(), term()) -> {pid(), non_neg_integer()}.
+%% A worker of Route for Data; Count is the caller's own round-robin counter. Returns
+%% `{Pid, NewCount}' (a `broadcast' route's copies are made by hand_off/6).
 pick(#route{pids = Pids, dispatch = D}, Count, Data) ->
     N = tuple_size(Pids),
     I = case D of
@@ -97,10 +96,10 @@ hand_off(#sc{mgr = Mgr} = SC, #route{idx = Idx, pids = Pids} = R, {Seq, Att, Hop
             Count;
         _ ->
             {P, Count1} = pick(R, Count, Data),
-            case locate(SC, Seq, Att, Hop, P) of
-                true -> P ! ?ITEM(Seq, Att, Hop, Data);
-                false -> ok   %% the item has ended already (reported lost, or re-sent)
-            end,
+            _ = case locate(SC, Seq, Att, Hop, P) of
+                    true -> P ! ?ITEM(Seq, Att, Hop, Data);
+                    false -> ok   %% the item has ended already (reported lost, or re-sent)
+                end,
             Count1
     end.
 
@@ -121,10 +120,10 @@ broadcast(#sc{owner = Owner, ledger = L, flow = F, mgr = Mgr} = SC, #route{idx =
                      %% The entries must exist before any copy can end: ask the manager.
                      gen_server:call(Mgr, {fanout, Idx, Rest, Data}, infinity)
              end,
-    case locate(SC, Seq, Att, Hop, First) of
-        true -> First ! ?ITEM(Seq, Att, Hop, Data);
-        false -> ok
-    end,
+    _ = case locate(SC, Seq, Att, Hop, First) of
+            true -> First ! ?ITEM(Seq, Att, Hop, Data);
+            false -> ok
+        end,
     _ = [P ! ?ITEM(S, 0, 0, Data) || {P, S} <- Copies],
     ok.
 
@@ -153,8 +152,11 @@ locate(#sc{owner = Owner, ledger = L, mgr = Mgr, delivery = Delivery}, Seq, Att,
 locate_remote(L, Seq, Key, Pid) ->
     case ets:lookup(L, Seq) of
         [{_, Old, _, _, _}] when Old < Key ->
-            true = ets:update_element(L, Seq, [{2, Key}, {3, Pid}]),
-            ok;
+            %% The item may end (on this node) between the lookup and the update.
+            case ets:update_element(L, Seq, [{2, Key}, {3, Pid}]) of
+                true -> ok;
+                false -> gone
+            end;
         [_] -> stale;
         [] -> gone
     end.
@@ -176,18 +178,37 @@ finish(#sc{owner = Owner, ledger = L, mgr = Mgr} = SC, Seq, Outcome) ->
 
 %% @doc N items left the chain: free their room and wake waiting senders.
 -spec release(#sc{}, pos_integer()) -> ok.
-release(#sc{flow = F, reg = Reg, chain = C}, N) ->
+release(#sc{flow = F, max_queue = Max, waiters = W}, N) ->
     atomics:sub(F, 1, N),
     case atomics:get(F, 2) of
         0 -> ok;
-        _ -> wake(Reg, C, N)
+        _ ->
+            Room = Max - atomics:get(F, 1),
+            case Room >= max(1, Max div 4) of
+                true -> wake(W, Room);
+                false -> ok
+            end
     end.
 
-wake(_Reg, _C, 0) -> ok;
-wake(Reg, C, N) ->
-    case shoal_super_reg:take_waiter(Reg, C) of
-        {ok, {Pid, Tag}} -> Pid ! {'$ss_room', Tag}, wake(Reg, C, N - 1);
+wake(_W, 0) -> ok;
+wake(W, N) ->
+    case take_waiter(W) of
+        {ok, Pid, Tag} -> Pid ! {'$ss_room', Tag}, wake(W, N - 1);
         none -> ok
+    end.
+
+%% @doc Wake every waiting sender (the chain is going away: they will find it gone).
+-spec wake_all(#sc{}) -> ok.
+wake_all(#sc{waiters = W}) -> wake(W, -1).
+
+take_waiter(W) ->
+    case ets:first(W) of
+        '$end_of_table' -> none;
+        Tag ->
+            case ets:take(W, Tag) of
+                [{_, Pid}] -> {ok, Pid, Tag};
+                [] -> take_waiter(W)
+            end
     end.
 
 %% @doc Give an outcome to the chain's on_finish (errors in it are logged, not raised).
@@ -207,10 +228,6 @@ report(#sc{on_finish = OnFinish, sup = Sup, chain = C}, Outcome) ->
             ok
     end.
 
-%% @doc The message that carries an item to a step worker.
--spec item(integer(), non_neg_integer(), non_neg_integer(), term()) -> tuple().
-item(Seq, Att, Hop, Data) -> ?ITEM(Seq, Att, Hop, Data).
-
 %%% Admission ----------------------------------------------------------------------------
 
 deadline(infinity) -> infinity;
@@ -226,12 +243,12 @@ admit(#sc{flow = F, max_queue = Max} = SC, Deadline) ->
 
 %% Register as a waiter, then look again (an item that ended between our first look and
 %% our registration woke nobody), then sleep until woken or the deadline.
-wait(#sc{flow = F, max_queue = Max, reg = Reg, chain = C} = SC, Deadline) ->
+wait(#sc{flow = F, max_queue = Max, waiters = W} = SC, Deadline) ->
     case remaining(Deadline) of
         0 -> {error, overloaded};
         Left ->
-            Tag = erlang:unique_integer([positive]),
-            ok = shoal_super_reg:add_waiter(Reg, C, Tag, self()),
+            Tag = erlang:unique_integer([positive, monotonic]),
+            true = ets:insert(W, {Tag, self()}),
             atomics:add(F, 2, 1),
             case atomics:add_get(F, 1, 1) =< Max of
                 true ->
@@ -254,11 +271,11 @@ wait(#sc{flow = F, max_queue = Max, reg = Reg, chain = C} = SC, Deadline) ->
     end.
 
 %% Stop waiting: unregister, or (if someone woke us meanwhile) consume the wake-up.
-leave(#sc{flow = F, reg = Reg, chain = C}, Tag) ->
+leave(#sc{flow = F, waiters = W}, Tag) ->
     atomics:sub(F, 2, 1),
-    case shoal_super_reg:delete_waiter(Reg, C, Tag) of
-        true -> ok;
-        false ->
+    case ets:take(W, Tag) of
+        [_] -> ok;
+        [] ->
             %% The waker took our entry and is about to send (or has sent) the wake-up.
             receive {'$ss_room', Tag} -> ok after 1000 -> ok end
     end.

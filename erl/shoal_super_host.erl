@@ -47,6 +47,8 @@ handle_cast(_Msg, S) -> {noreply, S}.
 -spec handle_info(term(), term()) -> {noreply, term()} | {stop, term(), term()}.
 handle_info('$ss_stop', S) ->
     {stop, shutdown, S};
+handle_info({'$ss_failed', Reason}, S) ->
+    {stop, Reason, S};
 handle_info({'DOWN', Ref, process, _, _}, #{proxy_ref := Ref} = S) ->
     {stop, shutdown, S};
 handle_info({'EXIT', Real, Reason}, #{kind := member, real := Real} = S) ->
@@ -85,14 +87,15 @@ handoff(#{kind := member, real := Real} = S) when is_pid(Real) ->
 handoff(S) ->
     {ok, maps:without([proxy_ref], S)}.
 
-%% @private On the new node.
--spec takeover(term(), term(), term()) -> {ok, term()} | {stop, term()}.
+%% @private On the new node. A member that fails to start here ends its host at once with
+%% the member's reason (its proxy, and so its group, see the exit).
+-spec takeover(term(), term(), term()) -> {ok, term()}.
 takeover(_Key, unconfigured, _Args) ->
     {ok, unconfigured};
-takeover(_Key, #{kind := member, conf := Conf}, _Args) ->
+takeover(_Key, #{kind := member, conf := Conf} = S0, _Args) ->
     case start(Conf) of
         {ok, Real, S} -> moved(S, Real), {ok, S};
-        {error, R} -> {stop, R}
+        {error, R} -> self() ! {'$ss_failed', R}, {ok, S0#{real => undefined}}
     end;
 takeover(_Key, #{kind := step, step := St} = S0, _Args) ->
     S = S0#{proxy_ref => erlang:monitor(process, maps:get(proxy, S0))},

@@ -93,6 +93,7 @@ check(Fun) ->
     catch throw:{shoal_super_opts, Reason} -> {error, Reason}
     end.
 
+-spec fail(term()) -> no_return().
 fail(Reason) -> throw({shoal_super_opts, Reason}).
 
 do_group(Opts) ->

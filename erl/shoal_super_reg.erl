@@ -12,8 +12,6 @@
 %% <li>`{worker, W}' -> pid: the standalone worker's own supervisor.</li>
 %% <li>`{chain, C}' -> chain context, first step's route, and `{route, C, Step}' -> route:
 %%     the chain's manager (shoal_super_chain_mgr).</li>
-%% <li>`{waiter, C, N}' -> pid: a sender waiting for room in chain C (removed by itself or
-%%     by the process that wakes it).</li>
 %% </ul>
 %% Deletion of the entries of an entity that died on its own (a group past its restart
 %% intensity, say) is the server's, which monitors each entity.
@@ -21,32 +19,24 @@
 
 -include("shoal_super.hrl").
 
--export([new/0, publish/1, unpublish/2, sup/1,
+-export([new/0, publish/1, sup/1,
          put_container/3, container/2,
          put_group/4, group/2, delete_group/3,
          put_member/6, member/3, members/2, delete_member/4, delete_members/3,
          put_mpid/4, mpid/2,
          put_worker/4, worker/2, delete_worker/3,
-         put_chain/4, chain/2, put_route/4, route/3, delete_chain/3,
-         add_waiter/4, take_waiter/2, delete_waiter/3]).
+         put_chain/4, chain/2, put_route/5, route/3, delete_chain/3]).
 
 %% @doc A new registry table (called by the server that owns it).
 -spec new() -> ets:tid().
 new() -> ets:new(shoal_super_reg, [ordered_set, public, {read_concurrency, true}]).
 
-%% @doc Make supervisor `SS#ss.id' findable by its id.
+%% @doc Make supervisor `SS#ss.id' findable by its id (replacing the record of an earlier
+%% supervisor of that id; records are never erased, see sup/1).
 -spec publish(#ss{}) -> ok.
 publish(#ss{id = Id} = SS) -> persistent_term:put(?SS_KEY(Id), SS).
 
-%% @doc Forget supervisor Id, if Tab is still its registry.
--spec unpublish(atom(), ets:tid()) -> ok.
-unpublish(Id, Tab) ->
-    case persistent_term:get(?SS_KEY(Id), undefined) of
-        #ss{tab = Tab} -> _ = persistent_term:erase(?SS_KEY(Id)), ok;
-        _ -> ok
-    end.
-
-%% @doc The running supervisor Id.
+%% @doc The running supervisor Id (a record whose server is gone is an earlier one).
 -spec sup(term()) -> {ok, #ss{}} | error.
 sup(Id) when is_atom(Id) ->
     case persistent_term:get(?SS_KEY(Id), undefined) of
@@ -108,13 +98,14 @@ members(Tab, G) ->
                                    [{'=:=', '$4', {const, G}}], [{{'$1', '$2', '$3'}}]}])
     end.
 
-%% @doc Forget member W of group G if it is still registered by GroupPid's group.
+%% @doc Forget member W of group G if it is still registered by GroupPid's group (an entry
+%% written meanwhile by a newer group of that name stays).
 -spec delete_member(ets:tid(), term(), term(), pid()) -> ok.
 delete_member(Tab, G, W, GroupPid) ->
     case ets:lookup(Tab, {member, G, W}) of
-        [{_, _, Real, GroupPid}] ->
-            ets:delete(Tab, {mpid, Real}),
-            ets:delete(Tab, {member, G, W}),
+        [{_, _, Real, GroupPid} = Entry] ->
+            true = ets:delete_object(Tab, Entry),
+            true = ets:delete_object(Tab, {{mpid, Real}, G, W}),
             ok;
         _ -> ok
     end.
@@ -169,62 +160,31 @@ chain(Tab, C) ->
         [] -> error
     end.
 
-%% @doc Publish the route to step S of chain C.
--spec put_route(ets:tid(), term(), term(), #route{}) -> ok.
-put_route(Tab, C, S, Route) -> true = ets:insert(Tab, {{route, C, S}, Route}), ok.
+%% @doc Publish the route to step S of chain C (by its manager Mgr).
+-spec put_route(ets:tid(), term(), term(), #route{}, pid()) -> ok.
+put_route(Tab, C, S, Route, Mgr) -> true = ets:insert(Tab, {{route, C, S}, Route, Mgr}), ok.
 
 %% @doc The route to step S of chain C.
 -spec route(ets:tid(), term(), term()) -> {ok, #route{}} | error.
 route(Tab, C, S) ->
     case ets:lookup(Tab, {route, C, S}) of
-        [{_, R}] -> {ok, R};
+        [{_, R, _}] -> {ok, R};
         [] -> error
     end.
 
-%% @doc Forget chain C, its routes and its waiters, if Mgr is still its manager.
+%% @doc Forget chain C and its routes, if Mgr is still its manager (what a newer chain of
+%% that name wrote meanwhile stays).
 -spec delete_chain(ets:tid(), term(), pid()) -> ok.
 delete_chain(Tab, C, Mgr) ->
+    MS = case ms_safe(C) of
+             true -> [{{{route, C, '_'}, '_', Mgr}, [], [true]}];
+             false -> [{{{route, '$1', '_'}, '_', Mgr}, [{'=:=', '$1', {const, C}}], [true]}]
+         end,
+    _ = ets:select_delete(Tab, MS),
     case ets:lookup(Tab, {chain, C}) of
-        [{_, #sc{mgr = Mgr}, _}] ->
-            Keys = case ms_safe(C) of
-                       true ->
-                           ets:select(Tab, [{{{route, C, '_'}, '_'}, [], ['$_']}]) ++
-                               ets:select(Tab, [{{{waiter, C, '_'}, '_'}, [], ['$_']}]);
-                       false ->
-                           ets:select(Tab, [{{{'$1', '$2', '_'}, '_'},
-                                             [{'=:=', '$2', {const, C}},
-                                              {'orelse', {'=:=', '$1', route},
-                                               {'=:=', '$1', waiter}}], ['$_']}])
-                   end,
-            [ets:delete(Tab, element(1, E)) || E <- Keys],
-            ets:delete(Tab, {chain, C}),
-            ok;
+        [{_, #sc{mgr = Mgr}, _} = Entry] -> true = ets:delete_object(Tab, Entry), ok;
         _ -> ok
     end.
-
-%% @doc Register Pid as waiting for room in chain C, under the unique N.
--spec add_waiter(ets:tid(), term(), integer(), pid()) -> ok.
-add_waiter(Tab, C, N, Pid) -> true = ets:insert(Tab, {{waiter, C, N}, Pid}), ok.
-
-%% @doc Take the longest-waiting sender of chain C, if any: its pid and tag.
--spec take_waiter(ets:tid(), term()) -> {ok, {pid(), integer()}} | none.
-take_waiter(Tab, C) ->
-    MS = case ms_safe(C) of
-             true -> [{{{waiter, C, '_'}, '_'}, [], ['$_']}];
-             false -> [{{{waiter, '$1', '_'}, '_'}, [{'=:=', '$1', {const, C}}], ['$_']}]
-         end,
-    case ets:select(Tab, MS, 1) of
-        {[{{waiter, _, Tag} = Key, _}], _} ->
-            case ets:take(Tab, Key) of
-                [{_, Pid}] -> {ok, {Pid, Tag}};
-                [] -> take_waiter(Tab, C)
-            end;
-        '$end_of_table' -> none
-    end.
-
-%% @doc Remove waiter N of chain C: `true' if it was still registered (nobody woke it).
--spec delete_waiter(ets:tid(), term(), integer()) -> boolean().
-delete_waiter(Tab, C, N) -> ets:take(Tab, {waiter, C, N}) =/= [].
 
 %% A term can stand for itself in a match specification's head unless it holds an atom
 %% that match specifications read as a variable or a wildcard.

@@ -1,5 +1,5 @@
 %% @doc The server of one shoal_super supervisor: it owns the registry table (see
-%% shoal_super_reg), publishes the supervisor under its id, and watches every group, chain
+%% shoal_super_reg), publishes the supervisor under its id (persistent_term), and watches every group, chain
 %% and standalone worker so that one which ends on its own (past its restart intensity, or
 %% a chain stopped by a step) leaves no entry behind. It is on no message path: sends,
 %% chain hand-offs and lookups read the registry directly.
@@ -64,5 +64,8 @@ handle_info(_Info, St) -> {noreply, St}.
 
 %% @private
 -spec terminate(term(), #st{}) -> ok.
-terminate(_Reason, #st{ss = #ss{id = Id, tab = Tab}}) ->
-    shoal_super_reg:unpublish(Id, Tab).
+terminate(_Reason, _St) ->
+    %% The published record stays: a lookup checks that its server is alive, and the next
+    %% start under this id replaces it. Erasing it here would race with that restart
+    %% (read ours, the new server publishes, erase theirs).
+    ok.

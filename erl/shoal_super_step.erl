@@ -1,7 +1,7 @@
 %% @doc A worker of one chain step: it runs the step function on each item it is handed and
 %% passes the result on (see shoal_super_flow for the ledger and the hand-off).
 %%
-%% The same logic runs in two kinds of process: a gen_server of this module (a local step
+%% The same logic runs in two kinds of process: a process of this module (a local step
 %% worker, a child of the chain's workers supervisor), and a shoal_super_host worker of a
 %% Shoal pool (a step worker placed on another node). Both call new/3, handle_msg/2 and
 %% flush/1.
@@ -18,12 +18,10 @@
 %% have passed for callers of send_to_chain that read the old route, and its mailbox is
 %% empty.
 -module(shoal_super_step).
--behaviour(gen_server).
-
 -include("shoal_super.hrl").
 
--export([start_link/3, new/3, adopt/1, handle_msg/2, flush/1, sample/1, step_index/1]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([start_link/3, new/3, adopt/1, handle_msg/2, flush/1, sample/1]).
+-export([init_it/4, system_continue/3, system_terminate/4, system_code_change/4]).
 
 -export_type([state/0]).
 
@@ -45,7 +43,7 @@
 
 %% @doc Start a local step worker: worker WIdx of step `#{id, idx, fn, next}' of chain SC.
 -spec start_link(#sc{}, map(), pos_integer()) -> {ok, pid()}.
-start_link(SC, Conf, WIdx) -> gen_server:start_link(?MODULE, {SC, Conf, WIdx}, []).
+start_link(SC, Conf, WIdx) -> proc_lib:start_link(?MODULE, init_it, [self(), SC, Conf, WIdx]).
 
 %% @doc The state of a step worker; the caller must tell the manager it is up.
 -spec new(#sc{}, map(), pos_integer()) -> state().
@@ -58,10 +56,6 @@ new(SC, #{id := Id, idx := Idx, fn := Fn, next := Next}, WIdx) ->
 adopt(#step{done = Done}) ->
     put(?DONE_KEY, Done),
     ok.
-
-%% @doc The position in its chain of the step this worker serves.
--spec step_index(state()) -> pos_integer().
-step_index(#step{idx = Idx}) -> Idx.
 
 %% @doc Handle one message: an item, a route update, a retirement order or marker.
 -spec handle_msg(term(), state()) -> {ok, state()} | {retired, state()} | unknown.
@@ -177,33 +171,48 @@ attempt(Fn, Data, #step{sc = #sc{sup = Sup, chain = C}, id = Id} = St, Left) ->
 run({M, F, A}, Data) -> apply(M, F, [Data | A]);
 run(Fun, Data) -> Fun(Data).
 
-%%% gen_server ----------------------------------------------------------------------------
+%%% The local worker process ----------------------------------------------------------------
 
 %% @private
--spec init({#sc{}, map(), pos_integer()}) -> {ok, state()}.
-init({#sc{mgr = Mgr} = SC, #{idx := Idx} = Conf, WIdx}) ->
+-spec init_it(pid(), #sc{}, map(), pos_integer()) -> no_return().
+init_it(Parent, #sc{mgr = Mgr} = SC, #{idx := Idx} = Conf, WIdx) ->
     process_flag(trap_exit, true),
     St = new(SC, Conf, WIdx),
     Mgr ! {worker_up, Idx, WIdx, self()},
-    {ok, St}.
+    proc_lib:init_ack(Parent, {ok, self()}),
+    loop(Parent, [], St).
 
-%% @private
--spec handle_call(term(), gen_server:from(), state()) -> {reply, term(), state()}.
-handle_call(_Req, _From, St) -> {reply, {error, unknown_call}, St}.
-
-%% @private
--spec handle_cast(term(), state()) -> {noreply, state()}.
-handle_cast(_Msg, St) -> {noreply, St}.
-
-%% @private
--spec handle_info(term(), state()) -> {noreply, state()} | {stop, normal, state()}.
-handle_info(Msg, St) ->
-    case handle_msg(Msg, St) of
-        {ok, St1} -> {noreply, St1};
-        {retired, St1} -> {stop, normal, St1};
-        unknown -> {noreply, St}   %% e.g. an 'EXIT' from a process the step linked to
+%% A plain receive loop (a special process: sys, parent exit) rather than a gen_server:
+%% items are the hot path.
+loop(Parent, Deb, St) ->
+    receive
+        {'$ssi', _, _, _, _} = Item ->
+            next(Parent, Deb, handle_msg(Item, St), St);
+        {'EXIT', Parent, Reason} ->
+            flush(St),
+            exit(Reason);
+        {system, From, Req} ->
+            sys:handle_system_msg(Req, From, Parent, ?MODULE, Deb, St);
+        Msg ->
+            %% Route updates, retirement, markers; anything else (an 'EXIT' from a process
+            %% the step function linked to, say) is ignored.
+            next(Parent, Deb, handle_msg(Msg, St), St)
     end.
 
+next(Parent, Deb, {ok, St}, _) -> loop(Parent, Deb, St);
+next(_Parent, _Deb, {retired, _}, _) -> exit(normal);
+next(Parent, Deb, unknown, St) -> loop(Parent, Deb, St).
+
 %% @private
--spec terminate(term(), state()) -> ok.
-terminate(_Reason, St) -> flush(St).
+-spec system_continue(pid(), [sys:dbg_opt()], state()) -> no_return().
+system_continue(Parent, Deb, St) -> loop(Parent, Deb, St).
+
+%% @private
+-spec system_terminate(term(), pid(), [sys:dbg_opt()], state()) -> no_return().
+system_terminate(Reason, _Parent, _Deb, St) ->
+    flush(St),
+    exit(Reason).
+
+%% @private
+-spec system_code_change(state(), module(), term(), term()) -> {ok, state()}.
+system_code_change(St, _Module, _Old, _Extra) -> {ok, St}.

@@ -134,10 +134,13 @@ wait_until_(F, Deadline, What) ->
         true -> ok;
         _ ->
             case erlang:monotonic_time(millisecond) > Deadline of
-                true -> ct:fail({timeout_waiting_for, What});
+                true -> ct:fail({timeout_waiting_for, explain(What)});
                 false -> timer:sleep(10), wait_until_(F, Deadline, What)
             end
     end.
+
+explain({What, F}) when is_function(F, 0) -> {What, F()};
+explain(What) -> What.
 
 %% All members of group G are running with new pids (none of Old).
 restarted(Sup, G, Old) ->
@@ -697,7 +700,7 @@ whereis_workers(Sup, C) ->
 
 is_step_worker(P) ->
     case process_info(P, dictionary) of
-        {dictionary, D} -> proplists:get_value('$initial_call', D) =:= {shoal_super_step, init, 1};
+        {dictionary, D} -> proplists:get_value('$initial_call', D) =:= {shoal_super_step, init_it, 4};
         _ -> false
     end.
 
