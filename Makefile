@@ -84,6 +84,11 @@ bench: all
 	bash scripts/bench.sh
 	@$(MAKE) --no-print-directory cnode-bench
 
+# shoal_super chains only (bench/results/super.md); `make bench` runs it too.
+.PHONY: bench-super
+bench-super: all
+	bash scripts/bench_super.sh
+
 fmt:
 	clang-format -i c_src/*/*.[ch] include/*.h test/c/*.c
 

@@ -61,6 +61,7 @@
             dead = #{} :: #{pid() | {node, node()} => {integer(), term(), pos_integer() | undefined}},
             stopping = false :: false | {true, term()},
             stop_sent = false :: boolean(),
+            tick = undefined :: undefined | {reference(), pos_integer()},
             last_tick :: integer()}).
 
 %% @doc Start the manager of chain C (options already validated).
@@ -93,7 +94,7 @@ handle_continue(find_workers_sup, M) ->
 -spec handle_call(term(), gen_server:from(), #m{}) -> {reply, term(), #m{}}.
 handle_call({add_step, Spec, Opts}, _From, M) ->
     {Reply, M1} = add_step(Spec, Opts, M),
-    {reply, Reply, M1};
+    {reply, Reply, schedule_tick(M1)};
 handle_call(info, _From, M) ->
     {reply, {ok, info(M)}, M};
 handle_call({fanout, Idx, Pids, Data}, _From, #m{sc = #sc{ledger = L, flow = F}} = M) ->
@@ -155,7 +156,7 @@ handle_info({stop_chain, _StepId, Reason}, #m{stop_sent = false, ss = SS, sc = #
 handle_info({stop_chain, _, _}, M) ->
     {noreply, M};
 handle_info(tick, M) ->
-    {noreply, schedule_tick(tick(M))};
+    {noreply, schedule_tick((tick(M))#m{tick = undefined})};
 handle_info({remote_sample, Results}, #m{remote_samples = RS} = M) ->
     {noreply, M#m{remote_samples = maps:merge(RS, maps:from_list([{P, {Q, D}} || {P, Q, D} <- Results]))}};
 handle_info({delete_child, Id, Tries}, #m{wsup = WSup} = M) ->
@@ -409,15 +410,27 @@ step_id(Idx, Steps) ->
 
 %%% Ticks: sweeps, samples, scaling -------------------------------------------------------
 
-schedule_tick(#m{steps = Steps} = M) ->
+%% The next tick, at the shortest interval any step asks for (sooner than the one
+%% pending, if a step that asks for less has just come).
+schedule_tick(#m{steps = Steps, tick = Pending} = M) ->
     Auto = [maps:get(scale_interval, W) || #stp{workers = #{auto := true} = W} <- maps:values(Steps)],
     Interval = case {Auto, map_size(M#m.dead)} of
                    {[], 0} -> ?STATS_INTERVAL;
                    {[], _} -> 100;
                    _ -> lists:min([100 | Auto])
                end,
-    erlang:send_after(Interval, self(), tick),
-    M.
+    case Pending of
+        {Ref, Old} when Old =< Interval ->
+            case erlang:read_timer(Ref) of
+                false -> M#m{tick = {erlang:send_after(Interval, self(), tick), Interval}};
+                _ -> M
+            end;
+        {Ref, _} ->
+            _ = erlang:cancel_timer(Ref),
+            M#m{tick = {erlang:send_after(Interval, self(), tick), Interval}};
+        undefined ->
+            M#m{tick = {erlang:send_after(Interval, self(), tick), Interval}}
+    end.
 
 tick(#m{last_tick = Last} = M0) ->
     Now = now_ms(),
@@ -487,7 +500,10 @@ scale(Idx, Now, #m{steps = Steps} = M) ->
                     Add = min(Max - W, max(1, W div 2)),
                     grow(Idx, Add, set_step(Idx, fun(X) -> X#stp{over = 0} end, M1));
                 Idle1 =/= undefined, Now - Idle1 >= IdleAfter, W > Min ->
-                    shrink(Idx, set_step(Idx, fun(X) -> X#stp{idle_since = Now} end, M1));
+                    %% Idle that long: back to the minimum.
+                    lists:foldl(fun(_, Acc) -> shrink(Idx, Acc) end,
+                                set_step(Idx, fun(X) -> X#stp{idle_since = Now} end, M1),
+                                lists:seq(1, W - Min));
                 true -> M1
             end;
         _ -> M

@@ -61,8 +61,11 @@ chain(Opts) -> check(fun() -> do_chain(Opts) end).
 
 %% @doc `add_chain_step/4' options: `id' (required), `workers' (a count, default 1, or
 %% `#{min, max}' with optional `scale_up_queue' (default 4 queued items per worker),
-%% `scale_interval' (ms, default 100) and `idle_after' (ms, default 2000)), `dispatch' and
-%% `placement' (default: the chain's).
+%% `scale_interval' (ms, default 100) and `idle_after' (ms, default 2000): every
+%% scale_interval the step's queue is sampled; two samples in a row above scale_up_queue
+%% per worker add half as many workers again (at least one, at most up to max); a step
+%% that handled nothing and had nothing queued for idle_after goes back to min),
+%% `dispatch' and `placement' (default: the chain's).
 -spec step(term()) -> {ok, map()} | {error, term()}.
 step(Opts) -> check(fun() -> do_step(Opts) end).
 

@@ -27,3 +27,6 @@ erl -noshell -sname "shoal_bench_$$" +P 2000000 -pa "$EBIN" -pa build/bench \
     -eval "try shoal_cluster_bench:main() of ok -> halt(0)
            catch C:R:S -> io:format(standard_error, \"cluster bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1)
            end."
+# shoal_super: chains against gen_server pipelines, locally and over three peers
+# (bench/results/super.md).
+bash scripts/bench_super.sh

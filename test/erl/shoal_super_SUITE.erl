@@ -845,8 +845,9 @@ standalone_restart_policies(Config) ->
 
 %%% Docs ----------------------------------------------------------------------------------
 
-%% Every ```erlang block of the section in docs/tools.md runs as it is (in a fresh process,
-%% with shoal started), and ends with `ok'.
+%% Every ```erlang block of docs/tools.md runs as it stands, as in the shell: each
+%% `.'-terminated expression in turn, bindings carried over, in a fresh process with shoal
+%% started; a `{ok, _} = ...' that does not match fails the example.
 the_docs_examples_run(_Config) ->
     Src = proplists:get_value(source, ?MODULE:module_info(compile)),
     Doc = filename:join([filename:dirname(Src), "..", "..", "docs", "tools.md"]),
@@ -856,7 +857,7 @@ the_docs_examples_run(_Config) ->
     lists:foreach(fun(Code) -> ok = run_block(Code) end, Blocks).
 
 erlang_blocks([], _, Acc) -> lists:reverse(Acc);
-erlang_blocks([<<"```erlang", _/binary>> | Rest], none, Acc) -> erlang_blocks(Rest, [], Acc);
+erlang_blocks([<<"```erlang">> | Rest], none, Acc) -> erlang_blocks(Rest, [], Acc);
 erlang_blocks([<<"```", _/binary>> | Rest], Lines, Acc) when is_list(Lines) ->
     erlang_blocks(Rest, none, [iolist_to_binary(lists:join("\n", lists:reverse(Lines))) | Acc]);
 erlang_blocks([L | Rest], Lines, Acc) when is_list(Lines) -> erlang_blocks(Rest, [L | Lines], Acc);
@@ -864,15 +865,19 @@ erlang_blocks([_ | Rest], none, Acc) -> erlang_blocks(Rest, none, Acc).
 
 run_block(Code) ->
     Self = self(),
-    {Pid, Ref} = spawn_monitor(
-                   fun() ->
-                           {ok, Toks, _} = erl_scan:string(binary_to_list(Code) ++ "\nok."),
-                           {ok, Exprs} = erl_parse:parse_exprs(Toks),
-                           {value, V, _} = erl_eval:exprs(Exprs, erl_eval:new_bindings()),
-                           Self ! {block, self(), V}
-                   end),
+    {Pid, Ref} = spawn_monitor(fun() -> Self ! {block, self(), eval_all(binary_to_list(Code), [])} end),
     receive
-        {block, Pid, V} -> erlang:demonitor(Ref, [flush]), V;
+        {block, Pid, ok} -> erlang:demonitor(Ref, [flush]), ok;
         {'DOWN', Ref, process, Pid, Why} -> ct:fail({doc_example_failed, Why, Code})
-    after 20000 -> ct:fail({doc_example_stuck, Code})
+    after 30000 -> exit(Pid, kill), ct:fail({doc_example_stuck, Code})
+    end.
+
+eval_all(Chars, Bindings) ->
+    case erl_scan:tokens([], Chars, 1) of
+        {done, {ok, Toks, _}, Rest} ->
+            {ok, Exprs} = erl_parse:parse_exprs(Toks),
+            {value, _, B1} = erl_eval:exprs(Exprs, case Bindings of [] -> erl_eval:new_bindings(); _ -> Bindings end),
+            eval_all(Rest, B1);
+        {more, _} -> ok;
+        {done, {eof, _}, _} -> ok
     end.
