@@ -2,7 +2,8 @@
 # `make demo`: Shoal on one node — a million workers with a progress bar, a million routed
 # calls, a thousand crashes that heal on the next call, idle offloading, the stats — then on
 # a local cluster of three nodes: a million workers placed across them, one node drained
-# live while clients call, a node killed and its keys served again.
+# live while clients call, a node killed and its keys served again; then shoal_super's
+# groups, a chain and standalone workers.
 #   SHOAL_DEMO_N=100000 make demo     # smaller (default 1000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +16,9 @@ epmd -daemon >/dev/null 2>&1 || true
 erl -noshell +P 4000000 -pa "$EBIN" -pa build/demo \
     -eval 'case shoal_demo:main() of ok -> halt(0); _ -> halt(1) end.'
 # Part 2: a local cluster of three nodes (started from this controller node with OTP peer).
-exec erl -noshell -sname "shoal_demo_$$" +P 4000000 -pa "$EBIN" -pa build/demo \
+erl -noshell -sname "shoal_demo_$$" +P 4000000 -pa "$EBIN" -pa build/demo \
     -eval 'case shoal_cluster_demo:main() of ok -> halt(0); _ -> halt(1) end.'
+# Part 3: shoal_super: groups, a chain and standalone workers (a few seconds).
+erlc -o build/demo +debug_info demo/shoal_super_demo.erl
+exec erl -noshell -pa "$EBIN" -pa build/demo \
+    -eval 'case shoal_super_demo:main() of ok -> halt(0); _ -> halt(1) end.'
