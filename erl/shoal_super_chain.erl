@@ -99,7 +99,9 @@ info(#ss{tab = Tab}, C) ->
     case shoal_super_reg:chain(Tab, C) of
         {ok, #sc{mgr = Mgr}, _} ->
             try gen_server:call(Mgr, info, 10000)
-            catch exit:{noproc, _} -> {error, {no_such_chain, C}}
+            catch
+                exit:{noproc, _} -> {error, {no_such_chain, C}};
+                exit:{timeout, _} -> {error, timeout}   %% busy placing workers on other nodes
             end;
         error -> {error, {no_such_chain, C}}
     end.

@@ -89,6 +89,7 @@ place(#ss{cluster = Pool} = SS, Key, What, Deadline, _Last) ->
     end.
 
 ok_or_throw({ok, _} = R) -> R;
+ok_or_throw({error, {no_such_pool, _} = R}) -> throw({fatal, R});
 ok_or_throw({error, R}) -> throw({retry, R}).
 
 placement({member, _, _, _, P}) -> P;
