@@ -285,6 +285,8 @@ send_to_step(Sup, C, Step, Data, Timeout) ->
 %% placement}]}}'. `queue' is the items waiting at the step, `throughput' the items per
 %% second it handled over the last sample (every `scale_interval' ms for an auto-scaled
 %% chain, else every second), `processed' its total since the chain started.
+%% `{error, timeout}' if the chain's manager was busy for 10 s (placing workers on other
+%% nodes).
 -spec chain_info(sup(), term()) -> {ok, map()} | {error, term()}.
 chain_info(Sup, C) ->
     with_sup(Sup, fun(SS) -> shoal_super_chain:info(SS, C) end).
