@@ -33,12 +33,11 @@ start_link(SS, What) -> proc_lib:start_link(?MODULE, init, [self(), SS, What]).
 
 %% @private
 -spec init(pid(), #ss{}, tuple()) -> no_return().
-init(Parent, #ss{id = Id} = SS, What) ->
+init(Parent, SS, What) ->
     process_flag(trap_exit, true),
-    Key = {shoal_super, node(), Id, tag(What), erlang:unique_integer([positive])},
     Deadline = erlang:monotonic_time(millisecond) + ?PLACE_FOR,
-    case place(SS, Key, What, Deadline, none) of
-        {ok, Host, Real} ->
+    case place(SS, What, Deadline) of
+        {ok, Key, Host, Real} ->
             Ref = erlang:monitor(process, Host),
             P = #p{ss = SS, what = What, key = Key, host = Host, ref = Ref, parent = Parent},
             announce(P, Real, undefined),
@@ -52,13 +51,16 @@ init(Parent, #ss{id = Id} = SS, What) ->
 tag({member, G, W, _, _}) -> {member, G, W};
 tag({step, #sc{chain = C}, #{id := S}, WIdx, _}) -> {step, C, S, WIdx}.
 
-%% Place the worker, configure it, and return its host and its process. Transient
-%% failures (a node that just left, a home node not yet known to be gone) are retried.
-place(#ss{cluster = Pool} = SS, Key, What, Deadline, _Last) ->
+%% Place the worker, configure it, and return its key, host and process. Transient
+%% failures (a node that just left, a home node not yet known to be gone) are retried,
+%% each time under a fresh key (so a stale replica of a failed attempt cannot stand in
+%% the way).
+place(#ss{id = Id, cluster = Pool} = SS, What, Deadline) ->
+    Key = {shoal_super, node(), Id, tag(What), erlang:unique_integer([positive])},
     Result = try
-                 {ok, Target} = ok_or_throw(shoal_super_place:choose(Pool, placement(What),
-                                                                     in_use(SS, What))),
-                 {ok, H0} = ok_or_throw(shoal:ensure_started(Pool, Key)),
+                 {ok, Target} = ok_or_throw(choose, shoal_super_place:choose(Pool, placement(What),
+                                                                             in_use(SS, What))),
+                 {ok, H0} = ok_or_throw(spawn, shoal:ensure_started(Pool, Key)),
                  %% Shoal placed it by its windows; move it where we want it. Asked on
                  %% its own node, which knows it (ours may not have the replica yet).
                  H = case node(H0) =:= Target of
@@ -69,9 +71,10 @@ place(#ss{cluster = Pool} = SS, Key, What, Deadline, _Last) ->
                                  {error, _} -> H0
                              end
                      end,
-                 case gen_server:call(H, {'$ss_configure', conf(SS, What)}, 15000) of
-                     {ok, Host, Real} -> {ok, Host, Real};
+                 try gen_server:call(H, {'$ss_configure', conf(SS, What)}, 15000) of
+                     {ok, Host, Real} -> {ok, Key, Host, Real};
                      {error, Bad} -> throw({fatal, Bad})
+                 catch exit:{Why, _} -> throw({retry, {configure, node(H), Why}})
                  end
              catch
                  throw:{fatal, F} -> {error, F};
@@ -80,17 +83,17 @@ place(#ss{cluster = Pool} = SS, Key, What, Deadline, _Last) ->
                  error:{erpc, E} -> {retry, E}
              end,
     case Result of
-        {retry, Why} ->
+        {retry, Why2} ->
             case erlang:monotonic_time(millisecond) < Deadline of
-                true -> timer:sleep(100), place(SS, Key, What, Deadline, Why);
-                false -> {error, {cannot_place, Why}}
+                true -> timer:sleep(100), place(SS, What, Deadline);
+                false -> {error, {cannot_place, Why2}}
             end;
         Done -> Done
     end.
 
-ok_or_throw({ok, _} = R) -> R;
-ok_or_throw({error, {no_such_pool, _} = R}) -> throw({fatal, R});
-ok_or_throw({error, R}) -> throw({retry, R}).
+ok_or_throw(_Stage, {ok, _} = R) -> R;
+ok_or_throw(_Stage, {error, {no_such_pool, _} = R}) -> throw({fatal, R});
+ok_or_throw(Stage, {error, R}) -> throw({retry, {Stage, R}}).
 
 placement({member, _, _, _, P}) -> P;
 placement({step, _, _, _, P}) -> P.

@@ -41,6 +41,7 @@
          send_to_step_enters_mid_chain/1,
          auto_scaling_grows_under_load_and_shrinks_when_idle/1,
          removing_a_chain_reports_its_items_stopped/1,
+         a_chain_past_its_intensity_ends_alone/1,
          a_standalone_crash_affects_no_one/1,
          standalone_restart_policies/1,
          the_docs_examples_run/1]).
@@ -75,7 +76,8 @@ groups() ->
                    dispatch_modes_share_items_as_documented,
                    send_to_step_enters_mid_chain,
                    auto_scaling_grows_under_load_and_shrinks_when_idle,
-                   removing_a_chain_reports_its_items_stopped]},
+                   removing_a_chain_reports_its_items_stopped,
+                   a_chain_past_its_intensity_ends_alone]},
      {standalone, [], [a_standalone_crash_affects_no_one,
                        standalone_restart_policies]}].
 
@@ -795,6 +797,43 @@ removing_a_chain_reports_its_items_stopped(Config) ->
     no_more_outcomes(),
     wait_until(fun() -> not is_process_alive(Remover) end, 5000, removed),
     ?assertEqual({error, {no_such_chain, c}}, shoal_super:chain_info(Sup, c)).
+
+a_chain_past_its_intensity_ends_alone(Config) ->
+    Sup = ?config(sup, Config),
+    SupPid = start(Config),
+    Self = self(),
+    Gate = gate(),
+    ok = shoal_super:add_group(Sup, g, #{}),
+    {ok, Member} = shoal_super:add_group_worker(Sup, g, fun() -> echo(m) end, #{id => m}),
+    ok = shoal_super:add_chain(Sup, steady, #{on_finish => collector()}),
+    ok = shoal_super:add_chain_step(Sup, steady, fun(X) -> X end, #{id => s}),
+    ok = shoal_super:add_chain(Sup, fragile, #{on_finish => collector(), max_restarts => 2,
+                                              max_seconds => 60}),
+    ok = shoal_super:add_chain_step(Sup, fragile, fun(X) -> Self ! {holder, self()}, pass(Gate), X end,
+                                    #{id => s}),
+    %% Each time, its worker is killed holding an item; the third kill is past its
+    %% intensity (two restarts): the chain ends.
+    Kill = fun(I) ->
+                   ok = shoal_super:send_to_chain(Sup, fragile, I),
+                   P = receive {holder, H} -> H after 5000 -> ct:fail(no_holder) end,
+                   exit(P, kill)
+           end,
+    %% (Each time, the item's outcome tells that the dead worker is out of the route.)
+    Kill(1),
+    ?assertMatch([{lost, s, {worker_exit, killed}, 1}], collect(1)),
+    Kill(2),
+    ?assertMatch([{lost, s, {worker_exit, killed}, 2}], collect(1)),
+    Kill(3),
+    wait_until(fun() -> shoal_super:chain_info(Sup, fragile) =:= {error, {no_such_chain, fragile}} end,
+               5000, fragile_gone),
+    %% The last item too was reported, once: lost with its worker, or stopped with the chain.
+    ?assertMatch([{K, s, _, 3}] when K =:= lost; K =:= stopped, collect(1)),
+    no_more_outcomes(),
+    open(Gate),
+    ?assertEqual(SupPid, whereis(Sup)),
+    ?assert(is_process_alive(Member)),
+    ok = shoal_super:send_to_chain(Sup, steady, 1),
+    ?assertEqual([{ok, 1}], collect(1)).
 
 %%% Standalone workers --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@
          pinned_members_run_where_asked/1,
          a_one_for_all_group_across_nodes_restarts_together/1,
          chain_hand_off_crosses_nodes/1,
+         an_auto_scaled_step_grows_onto_other_nodes_and_shrinks_back/1,
          drain_moves_members_and_steps_without_dropping_queued_items/1,
          lost_node_members_restart_on_survivors/1,
          node_killed_mid_traffic_at_most_once/1,
@@ -41,6 +42,7 @@ groups() ->
                  pinned_members_run_where_asked,
                  a_one_for_all_group_across_nodes_restarts_together,
                  chain_hand_off_crosses_nodes,
+                 an_auto_scaled_step_grows_onto_other_nodes_and_shrinks_back,
                  drain_moves_members_and_steps_without_dropping_queued_items]},
      %% These kill a node: each starts its own three.
      {failures, [], [lost_node_members_restart_on_survivors,
@@ -262,6 +264,24 @@ chain_hand_off_crosses_nodes(Config) ->
     no_more_outcomes(),
     {ok, #{in_flight := 0}} = super(Config, chain_info, [c]),
     _ = Self.
+
+an_auto_scaled_step_grows_onto_other_nodes_and_shrinks_back(Config) ->
+    Nodes = nodes_of(Config),
+    ok = super(Config, add_chain, [c, #{placement => spread, on_finish => collector(), max_queue => 5000}]),
+    ok = super(Config, add_chain_step, [c, fun(X) -> timer:sleep(2), X end,
+                                        #{id => s, workers => #{min => 1, max => 3, scale_interval => 50,
+                                                                idle_after => 300}}]),
+    {1, _} = step_nodes(Config, c, s),
+    N = 2000,
+    [ok = super(Config, send_to_chain, [c, I]) || I <- lists:seq(1, N)],
+    wait_until(fun() -> step_nodes(Config, c, s) =:= {3, lists:sort(Nodes)} end, 20000, grown),
+    ?assertEqual(lists:seq(1, N), lists:sort([X || {ok, X} <- collect(N, 60000)])),
+    %% Idle: the remote workers retire (each after its senders switched), back to one.
+    wait_until(fun() -> element(1, step_nodes(Config, c, s)) =:= 1 end, 20000, shrunk),
+    [ok = super(Config, send_to_chain, [c, I]) || I <- lists:seq(1, 100)],
+    ?assertEqual(lists:seq(1, 100), lists:sort([X || {ok, X} <- collect(100, 20000)])),
+    no_more_outcomes(),
+    {ok, #{in_flight := 0}} = super(Config, chain_info, [c]).
 
 %% Drain a node while its step workers hold queued items and a group has members there:
 %% the items are all delivered (exactly once), and nothing of ours is left on it.
