@@ -61,6 +61,7 @@
             dead = #{} :: #{pid() | {node, node()} => {integer(), term(), pos_integer() | undefined}},
             stopping = false :: false | {true, term()},
             stop_sent = false :: boolean(),
+            probes = #{} :: #{reference() => {pid(), term(), [{integer(), {term(), pid()}}]}},
             tick = undefined :: undefined | {reference(), pos_integer()},
             last_tick :: integer()}).
 
@@ -74,7 +75,7 @@ init({#ss{id = Sup, tab = Tab} = SS, C, #{max_queue := MaxQ, on_finish := OnFini
                                           delivery := Delivery} = Opts}) ->
     process_flag(trap_exit, true),
     _ = is_alive() andalso net_kernel:monitor_nodes(true) =:= ok,
-    Ledger = ets:new(shoal_super_ledger, [set, public, {write_concurrency, true}]),
+    Ledger = shoal_super_ledger:new(),
     SC = #sc{sup = Sup, chain = C, owner = node(), mgr = self(), ledger = Ledger,
              flow = atomics:new(3, [{signed, true}]), max_queue = MaxQ, on_finish = OnFinish,
              delivery = Delivery, reg = Tab,
@@ -97,11 +98,11 @@ handle_call({add_step, Spec, Opts}, _From, M) ->
     {reply, Reply, schedule_tick(M1)};
 handle_call(info, _From, M) ->
     {reply, {ok, info(M)}, M};
-handle_call({fanout, Idx, Pids, Data}, _From, #m{sc = #sc{ledger = L, flow = F}} = M) ->
+handle_call({fanout, Idx, Pids, Data}, {From, _}, #m{sc = #sc{ledger = L, flow = F}} = M) ->
     atomics:add(F, 1, length(Pids)),
     Copies = [begin
                   S = erlang:unique_integer(),
-                  true = ets:insert(L, {S, {0, 0}, P, Idx, Data}),
+                  true = shoal_super_ledger:enter(L, S, P, Idx, Data, node(From)),
                   {P, S}
               end || P <- Pids],
     {reply, Copies, M};
@@ -119,20 +120,30 @@ handle_cast(_Msg, M) -> {noreply, M}.
 %% @private
 -spec handle_info(term(), #m{}) -> {noreply, #m{}}.
 handle_info({done, Seq, Outcome}, #m{sc = #sc{ledger = L} = SC} = M) ->
-    case ets:take(L, Seq) of
+    case shoal_super_ledger:take(L, Seq) of
         [_] -> shoal_super_flow:release(SC, 1), shoal_super_flow:report(SC, Outcome);
         [] -> ok
     end,
     {noreply, M};
-handle_info({at, Seq, Key, Pid}, #m{sc = #sc{ledger = L}} = M) ->
-    case shoal_super_flow:locate_remote(L, Seq, Key, Pid) of
+handle_info({at, Seq, Key, Pid, Via}, #m{sc = #sc{ledger = L}} = M) ->
+    case shoal_super_ledger:move(L, Seq, Key, Pid, Via) of
         ok ->
-            %% Handed to a worker that is known to be gone: it never got it.
-            case dead_holder(Pid, M) of
-                {true, Why} -> {noreply, lost(ets:lookup(L, Seq), Why, M)};
+            %% Handed to a worker that is known to be gone (or by a node known to be gone):
+            %% it never got it.
+            case dead_holder(Pid, Via, M) of
+                {true, Why} -> {noreply, lost(shoal_super_ledger:current(L, Seq, {Key, Pid}), Why, M)};
                 false -> {noreply, M}
             end;
         _ -> {noreply, M}
+    end;
+handle_info({'$ss_probed', Ref}, #m{probes = Probes, sc = #sc{ledger = L}} = M) ->
+    case maps:take(Ref, Probes) of
+        {{_Holder, Why, Items}, Rest} ->
+            %% Everything the dead node had sent the holder is behind it: what the ledger
+            %% still has at that hand-off never arrived.
+            Gone = lists:append([shoal_super_ledger:current(L, Seq, At) || {Seq, At} <- Items]),
+            {noreply, lost(Gone, Why, M#m{probes = Rest})};
+        error -> {noreply, M}
     end;
 handle_info({pending, Idx, Seq, Att, Hop, Data}, M) ->
     {noreply, hold(Idx, [{Seq, Att, Hop, Data}], false, M)};
@@ -144,10 +155,11 @@ handle_info({moved, Idx, WIdx, Old, New}, M) ->
     {noreply, moved(Idx, WIdx, Old, New, M)};
 handle_info({'DOWN', _Ref, process, Pid, Reason}, M) ->
     {noreply, worker_down(Pid, Reason, M)};
-handle_info({nodedown, N}, #m{dead = D} = M) ->
+handle_info({nodedown, N}, #m{dead = D, sc = #sc{ledger = L}} = M) ->
     Why = {nodedown, N},
     M1 = M#m{dead = D#{{node, N} => {now_ms() + ?DEAD_FOR, Why, undefined}}},
-    {noreply, lost(on_node(N, M1), Why, M1)};
+    M2 = lost(shoal_super_ledger:on_node(L, N), Why, M1),
+    {noreply, probe(shoal_super_ledger:handed_by(L, N), N, M2)};
 handle_info({nodeup, _}, M) ->
     {noreply, M};
 handle_info({stop_chain, _StepId, Reason}, #m{stop_sent = false, ss = SS, sc = #sc{chain = C}} = M) ->
@@ -181,7 +193,7 @@ terminate(Reason, #m{sc = #sc{ledger = L} = SC, stopping = Stopping} = M) ->
     #m{steps = Steps} = M1 = absorb(M),
     Held = maps:from_list([{Seq, {Idx, Data}} || {Idx, #stp{pending = P}} <- maps:to_list(Steps),
                                                  {Seq, _, _, Data} <- P]),
-    [case ets:take(L, Seq) of
+    [case shoal_super_ledger:take(L, Seq) of
          [_] ->
              {Step, D} = case maps:find(Seq, Held) of
                              {ok, {Idx, Data}} -> {step_id(Idx, Steps), Data};
@@ -190,7 +202,7 @@ terminate(Reason, #m{sc = #sc{ledger = L} = SC, stopping = Stopping} = M) ->
              shoal_super_flow:release(SC, 1),
              shoal_super_flow:report(SC, {stopped, Step, Why, D});
          [] -> ok
-     end || {Seq, _, Holder, EIdx, EData} <- ets:tab2list(L)],
+     end || {Seq, _, Holder, EIdx, EData, _} <- shoal_super_ledger:all(L)],
     shoal_super_flow:wake_all(SC).
 
 %% Apply what is already in our mailbox from workers (ends of items, hand-backs).
@@ -294,7 +306,7 @@ hold(Idx, Items, Hold, #m{sc = #sc{ledger = L}, steps = Steps} = M) ->
             %% The items are with us now (a shutting-down worker no longer has them): one
             %% more hop, so that older news of them cannot move them back.
             Held = [begin
-                        _ = shoal_super_flow:locate_remote(L, Seq, {Att, Hop + 1}, self()),
+                        _ = shoal_super_ledger:move(L, Seq, {Att, Hop + 1}, self(), node()),
                         {Seq, Att, Hop + 1, Data}
                     end || {Seq, Att, Hop, Data} <- Items],
             Steps1 = Steps#{Idx := S#stp{pending = P ++ Held, hold = H orelse Hold}},
@@ -325,8 +337,7 @@ moved(Idx, WIdx, Old, New, #m{workers = Ws, sc = #sc{ledger = L}} = M) ->
               {#wk{ref = OldRef}, Rest} -> erlang:demonitor(OldRef, [flush]), Rest;
               error -> Ws
           end,
-    _ = [ets:update_element(L, Seq, {3, New})
-         || Seq <- ets:select(L, [{{'$1', '_', Old, '_', '_'}, [], ['$1']}])],
+    ok = shoal_super_ledger:relocate(L, Old, New),
     Ref = erlang:monitor(process, New),
     New ! {'$ssr', next_route(Idx, M)},
     publish(Idx, M#m{workers = Ws1#{New => #wk{idx = Idx, widx = WIdx, ref = Ref}}}).
@@ -350,7 +361,8 @@ worker_down(Pid, Reason, #m{workers = Ws, steps = Steps, dead = D} = M) ->
                       noconnection -> {nodedown, node(Pid)};
                       _ -> {worker_exit, Reason}
                   end,
-            M2 = M1#m{dead = D#{Pid => {now_ms() + ?DEAD_FOR, Why, Idx}}},
+            M2 = M1#m{dead = D#{Pid => {now_ms() + ?DEAD_FOR, Why, Idx}},
+                      probes = maps:filter(fun(_, {H, _, _}) -> H =/= Pid end, M1#m.probes)},
             lost(held_by(Pid, M2), Why, M2);
         error ->
             M
@@ -358,36 +370,46 @@ worker_down(Pid, Reason, #m{workers = Ws, steps = Steps, dead = D} = M) ->
 
 %%% Lost items ----------------------------------------------------------------------------
 
-held_by(Pid, #m{sc = #sc{ledger = L}}) ->
-    ets:select(L, [{{'_', '_', Pid, '_', '_'}, [], ['$_']}]).
+held_by(Pid, #m{sc = #sc{ledger = L}}) -> shoal_super_ledger:held_by(L, Pid).
 
-on_node(N, #m{sc = #sc{ledger = L}}) ->
-    ets:select(L, [{{'_', '_', '$1', '_', '_'}, [{'=:=', {node, '$1'}, N}], ['$_']}]).
+on_node(N, #m{sc = #sc{ledger = L}}) -> shoal_super_ledger:on_node(L, N).
 
-dead_holder(Pid, #m{dead = D}) ->
-    case maps:find(Pid, D) of
-        {ok, {_, Why, _}} -> {true, Why};
-        error ->
-            case maps:find({node, node(Pid)}, D) of
-                {ok, {_, Why, _}} -> {true, Why};
-                error -> false
-            end
+dead_holder(Pid, Via, #m{dead = D}) ->
+    case [Why || K <- [Pid, {node, node(Pid)}, {node, Via}], {ok, {_, Why, _}} <- [maps:find(K, D)]] of
+        [Why | _] -> {true, Why};
+        [] -> false
     end.
+
+%% Items that a process of dead node N handed to a live holder: the hand-off may have died
+%% with N. Each holder is asked to answer once its node no longer sees N (then nothing
+%% more from N can reach it) and it has worked through what came before the question;
+%% what the ledger still has at those hand-offs then never arrived (see '$ss_probed').
+probe([], _N, M) -> M;
+probe(Entries, N, #m{probes = Probes} = M) ->
+    ByHolder = maps:groups_from_list(fun({_, _, H, _, _, _}) -> H end,
+                                     fun({Seq, Key, H, _, _, _}) -> {Seq, {Key, H}} end, Entries),
+    Probes1 = maps:fold(fun(H, _Items, Acc) when H =:= self() -> Acc;
+                           (H, Items, Acc) ->
+                                Ref = make_ref(),
+                                H ! {'$ss_probe', Ref, N, self()},
+                                Acc#{Ref => {H, {nodedown, N}, Items}}
+                        end, Probes, ByHolder),
+    M#m{probes = Probes1}.
 
 %% Items whose holder is gone: report them lost, or send them again from where they
 %% entered the chain (a newer attempt: late news of the old one is then ignored).
 lost([], _Why, M) -> M;
 lost(Entries, Why, #m{sc = #sc{delivery = at_most_once, ledger = L} = SC, steps = Steps} = M) ->
-    [case ets:take(L, Seq) of
+    [case shoal_super_ledger:take(L, Seq) of
          [_] ->
              shoal_super_flow:release(SC, 1),
              shoal_super_flow:report(SC, {lost, holder_step(Holder, Idx, M, Steps), Why, Data});
          [] -> ok
-     end || {Seq, _, Holder, Idx, Data} <- Entries],
+     end || {Seq, _, Holder, Idx, Data, _} <- Entries],
     M;
 lost(Entries, _Why, #m{sc = #sc{ledger = L}} = M) ->
-    lists:foldl(fun({Seq, {Att, _}, _, Idx, Data}, Acc) ->
-                        case ets:update_element(L, Seq, [{2, {Att + 1, 0}}, {3, self()}]) of
+    lists:foldl(fun({Seq, {Att, _}, _, Idx, Data, _}, Acc) ->
+                        case shoal_super_ledger:retry(L, Seq, Att + 1) of
                             true -> hold(Idx, [{Seq, Att + 1, 0, Data}], false, Acc);
                             false -> Acc
                         end

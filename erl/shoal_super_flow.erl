@@ -2,17 +2,16 @@
 %% the next, and the end of an item. It runs in the processes that move items (callers of
 %% send_to_chain, step workers); no server is involved.
 %%
-%% <b>The ledger.</b> Every item a chain accepts gets an entry in the chain's ledger (an
-%% ETS table on the owner node, the node the chain's supervisor runs on):
-%% `{Seq, {Attempt, Hop}, Holder, EntryStep, EntryData}' where Holder is the worker the
-%% item was last handed to. The entry goes when the item ends (its outcome is then given
-%% to `on_finish'): whoever takes the entry reports the outcome, so each accepted item is
-%% reported exactly once. Senders on the owner node write the ledger directly; senders on
-%% other nodes tell the chain's manager (`{at, ...}', `{done, ...}'), which applies the
-%% change only if it is newer (`{Attempt, Hop}' order). When a worker dies, or its node
-%% does, the manager finds the items it held in the ledger and, per the chain's
-%% `delivery', reports them lost (`at_most_once') or sends them again from the step where
-%% they entered the chain (`at_least_once').
+%% <b>The ledger.</b> Every item a chain accepts gets an entry in the chain's ledger (on
+%% the owner node, the node the chain's supervisor runs on; see shoal_super_ledger) that
+%% says which worker it was last handed to. The entry goes when the item ends (its outcome
+%% is then given to `on_finish'): whoever takes the entry reports the outcome, so each
+%% accepted item is reported exactly once. Senders on the owner node write the ledger
+%% directly, before they send; senders on other nodes tell the chain's manager
+%% (`{at, ...}', `{done, ...}'), which applies the change only if it is newer. When a
+%% worker dies, or its node does, the manager finds the items it held in the ledger and,
+%% per the chain's `delivery', reports them lost (`at_most_once') or sends them again from
+%% the step where they entered the chain (`at_least_once').
 %%
 %% <b>Back-pressure.</b> An atomics counter holds the chain's items in flight; a caller
 %% may add one only below `max_queue', so no step's queue ever holds more. A caller that
@@ -23,7 +22,7 @@
 
 -include("shoal_super.hrl").
 
--export([send/4, hand_off/6, finish/3, release/2, wake_all/1, report/2, locate_remote/4]).
+-export([send/4, hand_off/6, finish/3, release/2, wake_all/1, report/2]).
 
 -define(ITEM(Seq, Att, Hop, Data), {'$ssi', Seq, Att, Hop, Data}).
 
@@ -46,21 +45,21 @@ enter(#sc{ledger = L, mgr = Mgr} = SC, #route{idx = Idx, pids = Pids, dispatch =
         0 ->
             %% Every worker of the step is restarting: the manager holds the item.
             Seq = erlang:unique_integer(),
-            true = ets:insert(L, {Seq, {0, 0}, Mgr, Idx, Data}),
+            true = shoal_super_ledger:enter(L, Seq, Mgr, Idx, Data, node()),
             Mgr ! {pending, Idx, Seq, 0, 0, Data},
             ok;
         N when D =:= broadcast ->
             atomics:add(SC#sc.flow, 1, N - 1),
             _ = [begin
                      Seq = erlang:unique_integer(),
-                     true = ets:insert(L, {Seq, {0, 0}, P, Idx, Data}),
+                     true = shoal_super_ledger:enter(L, Seq, P, Idx, Data, node()),
                      P ! ?ITEM(Seq, 0, 0, Data)
                  end || P <- tuple_to_list(Pids)],
             ok;
         N ->
             P = element(pick_index(D, N, RR, Data), Pids),
             Seq = erlang:unique_integer(),
-            true = ets:insert(L, {Seq, {0, 0}, P, Idx, Data}),
+            true = shoal_super_ledger:enter(L, Seq, P, Idx, Data, node()),
             P ! ?ITEM(Seq, 0, 0, Data),
             ok
     end.
@@ -113,7 +112,7 @@ broadcast(#sc{owner = Owner, ledger = L, flow = F, mgr = Mgr} = SC, #route{idx =
                      atomics:add(F, 1, length(Rest)),
                      [begin
                           S = erlang:unique_integer(),
-                          true = ets:insert(L, {S, {0, 0}, P, Idx, Data}),
+                          true = shoal_super_ledger:enter(L, S, P, Idx, Data, node()),
                           {P, S}
                       end || P <- Rest];
                  false ->
@@ -127,38 +126,13 @@ broadcast(#sc{owner = Owner, ledger = L, flow = F, mgr = Mgr} = SC, #route{idx =
     _ = [P ! ?ITEM(S, 0, 0, Data) || {P, S} <- Copies],
     ok.
 
-%% Record that item Seq is now with Pid. On the owner node this is a write to the ledger
-%% (`false' if the item has ended meanwhile or a newer attempt of it exists: the caller
-%% drops its copy); elsewhere a message to the manager.
+%% Record that item Seq is now with Pid, before sending it there. On the owner node this is
+%% a write to the ledger (`false' if the item has ended meanwhile or a newer attempt of it
+%% exists: the caller drops its copy); elsewhere a message to the manager.
 locate(#sc{owner = Owner, ledger = L, mgr = Mgr, delivery = Delivery}, Seq, Att, Hop, Pid) ->
     case node() =:= Owner of
-        true when Delivery =:= at_most_once ->
-            ets:update_element(L, Seq, [{2, {Att, Hop}}, {3, Pid}]);
-        true ->
-            try ets:lookup_element(L, Seq, 2) of
-                {A, _} when A > Att -> false;
-                _ -> ets:update_element(L, Seq, [{2, {Att, Hop}}, {3, Pid}])
-            catch error:badarg -> false
-            end;
-        false ->
-            Mgr ! {at, Seq, {Att, Hop}, Pid},
-            true
-    end.
-
-%% @doc The manager's form of a location update: apply it only if it is newer than what
-%% the ledger holds. Returns `ok', `stale' or `gone'.
--spec locate_remote(ets:tid(), integer(), {non_neg_integer(), non_neg_integer()}, pid()) ->
-          ok | stale | gone.
-locate_remote(L, Seq, Key, Pid) ->
-    case ets:lookup(L, Seq) of
-        [{_, Old, _, _, _}] when Old < Key ->
-            %% The item may end (on this node) between the lookup and the update.
-            case ets:update_element(L, Seq, [{2, Key}, {3, Pid}]) of
-                true -> ok;
-                false -> gone
-            end;
-        [_] -> stale;
-        [] -> gone
+        true -> shoal_super_ledger:move_here(L, Seq, {Att, Hop}, Pid, Delivery =:= at_least_once);
+        false -> Mgr ! {at, Seq, {Att, Hop}, Pid, node()}, true
     end.
 
 %% @doc Item Seq ended with Outcome: take its ledger entry (on the owner node; elsewhere
@@ -167,7 +141,7 @@ locate_remote(L, Seq, Key, Pid) ->
 finish(#sc{owner = Owner, ledger = L, mgr = Mgr} = SC, Seq, Outcome) ->
     case node() =:= Owner of
         true ->
-            case ets:take(L, Seq) of
+            case shoal_super_ledger:take(L, Seq) of
                 [_] -> release(SC, 1), report(SC, Outcome);
                 [] -> ok
             end;

@@ -57,7 +57,8 @@ adopt(#step{done = Done}) ->
     put(?DONE_KEY, Done),
     ok.
 
-%% @doc Handle one message: an item, a route update, a retirement order or marker.
+%% @doc Handle one message: an item, a route update, a retirement order or marker, a
+%% probe from the manager (see shoal_super_chain_mgr).
 -spec handle_msg(term(), state()) -> {ok, state()} | {retired, state()} | unknown.
 handle_msg({'$ssi', Seq, Att, Hop, Data}, St) ->
     retire_check(item(Seq, Att, Hop, Data, St));
@@ -72,6 +73,14 @@ handle_msg({'$ss_retire', Upstream}, St) ->
 handle_msg({'$ss_marker', From}, #step{retiring = {Up, Grace, Cap}} = St) ->
     retire_check(St#step{retiring = {lists:delete(From, Up), Grace, Cap}});
 handle_msg({'$ss_marker', _}, St) ->
+    {ok, St};
+handle_msg({'$ss_probe', Ref, N, Mgr} = Probe, St) ->
+    %% Answer once this node no longer sees N: nothing more from N can reach us then, and
+    %% what it sent us before is ahead of this message.
+    _ = case lists:member(N, nodes()) of
+            true -> erlang:send_after(50, self(), Probe);
+            false -> Mgr ! {'$ss_probed', Ref}
+        end,
     {ok, St};
 handle_msg('$ss_retire_check', #step{retiring = false} = St) ->
     {ok, St};
