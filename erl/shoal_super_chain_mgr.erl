@@ -506,33 +506,19 @@ request_remote_samples(Pids) ->
 
 scale(Idx, Now, #m{steps = Steps} = M) ->
     case maps:get(Idx, Steps) of
-        #stp{workers = #{auto := true, min := Min, max := Max, scale_up_queue := UpQ,
-                         idle_after := IdleAfter},
-             queue = Q, rate = Rate, over = Over, idle_since = Idle} = S ->
-            W = length(live(Idx, M)),
-            Over1 = case Q > UpQ * max(W, 1) of true -> Over + 1; false -> 0 end,
-            Idle1 = case Q =:= 0 andalso Rate == 0 of
-                        true when Idle =:= undefined -> Now;
-                        true -> Idle;
-                        false -> undefined
-                    end,
+        #stp{workers = #{auto := true} = Policy, queue = Q, rate = Rate, over = Over,
+             idle_since = Idle} = S ->
+            Sample = #{queue => Q, rate => Rate, workers => length(live(Idx, M)), now => Now},
+            {Action, #{over := Over1, idle_since := Idle1}} =
+                shoal_super_scale:decide(Policy, Sample, #{over => Over, idle_since => Idle}),
             M1 = M#m{steps = Steps#{Idx := S#stp{over = Over1, idle_since = Idle1}}},
-            if
-                Over1 >= 2, W < Max ->
-                    Add = min(Max - W, max(1, W div 2)),
-                    grow(Idx, Add, set_step(Idx, fun(X) -> X#stp{over = 0} end, M1));
-                Idle1 =/= undefined, Now - Idle1 >= IdleAfter, W > Min ->
-                    %% Idle that long: back to the minimum.
-                    lists:foldl(fun(_, Acc) -> shrink(Idx, Acc) end,
-                                set_step(Idx, fun(X) -> X#stp{idle_since = Now} end, M1),
-                                lists:seq(1, W - Min));
-                true -> M1
+            case Action of
+                {grow, N} -> grow(Idx, N, M1);
+                {shrink, N} -> lists:foldl(fun(_, Acc) -> shrink(Idx, Acc) end, M1, lists:seq(1, N));
+                none -> M1
             end;
         _ -> M
     end.
-
-set_step(Idx, F, #m{steps = Steps} = M) ->
-    M#m{steps = Steps#{Idx := F(maps:get(Idx, Steps))}}.
 
 grow(_Idx, 0, M) -> M;
 grow(Idx, N, M) ->
