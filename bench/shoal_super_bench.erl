@@ -49,7 +49,7 @@ main() ->
     Scale = [erpc:call(A, ?MODULE, scale_round, [I], 120000) || I <- lists:seq(1, 3)],
     stop_peers(Nodes),
     Md = report(N, NN, Rounds, Local, Line, Spread, Hop, Scale),
-    io:format("~s", [Md]),
+    io:format("~ts", [Md]),
     ok = filelib:ensure_dir(Out),
     ok = file:write_file(Out, Md),
     io:format("~nwritten to ~s~n", [Out]),
@@ -303,7 +303,7 @@ report(N, NN, Rounds, Local, Line, Spread, {HopCh, HopBa}, Scale) ->
                        Vs -> io_lib:format("~b (~b..~b)", [median(Vs), lists:min(Vs), lists:max(Vs)])
                    end
          end,
-    iolist_to_binary(
+    unicode:characters_to_binary(
       ["# shoal_super benchmark (one 2-core machine)\n\n",
        "Produced by `make bench-super` (also part of `make bench`; bench/shoal_super_bench.erl).\n\n",
        "## Items per second through a 3-step chain\n\n",
