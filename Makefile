@@ -137,6 +137,11 @@ bench-nif: all
 bench-tools: all
 	bash scripts/bench_tools.sh
 
+# shoal_super chains only (bench/results/super.md); `make bench` runs it too.
+.PHONY: bench-super
+bench-super: all
+	bash scripts/bench_super.sh
+
 fmt:
 	clang-format -i c_src/*/*.[ch] include/*.h test/c/*.c
 

@@ -44,6 +44,9 @@ erl -noshell -sname "shoal_bench_$$" +P 2000000 -pa "$EBIN" -pa build/bench \
 # The pool tools against poolboy, a single gen_server and Task.async_stream
 # (tools.md). SHOAL_TOOLS_BENCH_SCALE, SHOAL_TOOLS_BENCH_ROUNDS.
 bash scripts/bench_tools.sh
+# shoal_super: chains against gen_server pipelines, locally and over three peers
+# (bench/results/super.md).
+bash scripts/bench_super.sh
 # The C node ($RESULTS/cnode.md).
 make --no-print-directory cnode-bench
 # The plots, from the CSVs.
