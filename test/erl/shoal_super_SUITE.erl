@@ -884,14 +884,17 @@ standalone_restart_policies(Config) ->
 
 %%% Docs ----------------------------------------------------------------------------------
 
-%% Every ```erlang block of docs/tools.md runs as it stands, as in the shell: each
-%% `.'-terminated expression in turn, bindings carried over, in a fresh process with shoal
-%% started; a `{ok, _} = ...' that does not match fails the example.
+%% Every ```erlang block of the "Groups, chains and standalone workers" section of
+%% docs/tools.md (from its heading to the end of the file) runs as it stands, as in the
+%% shell: each `.'-terminated expression in turn, bindings carried over, in a fresh process
+%% with shoal started; a `{ok, _} = ...' that does not match fails the example. (The pool
+%% tools' sections are shoal_tools_docs_SUITE's.)
 the_docs_examples_run(_Config) ->
     Src = proplists:get_value(source, ?MODULE:module_info(compile)),
     Doc = filename:join([filename:dirname(Src), "..", "..", "docs", "tools.md"]),
     {ok, Bin} = file:read_file(Doc),
-    Blocks = erlang_blocks(binary:split(Bin, <<"\n">>, [global]), none, []),
+    [_, Section] = binary:split(Bin, <<"\n## Groups, chains and standalone workers\n">>),
+    Blocks = erlang_blocks(binary:split(Section, <<"\n">>, [global]), none, []),
     ?assert(length(Blocks) >= 3),
     lists:foreach(fun(Code) -> ok = run_block(Code) end, Blocks).
 
