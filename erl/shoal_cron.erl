@@ -144,7 +144,7 @@ jobs(Name) -> request(Name, jobs).
 
 %% @doc The internal Shoal pool of cluster-wide scheduler `Name'.
 -spec pool_name(name()) -> atom().
-pool_name(Name) -> list_to_atom("shoal_cron." ++ atom_to_list(Name)).
+pool_name(Name) -> shoal_cron_replica:pool_name(Name).
 
 request(Name, Req) ->
     try

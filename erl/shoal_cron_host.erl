@@ -1,5 +1,5 @@
 %% @doc The cluster-wide shoal_cron scheduler: a Shoal keyed worker (key: the scheduler's
-%% name) of the internal pool shoal_cron:pool_name(Name), so there is one in the cluster,
+%% name) of the internal pool shoal_cron_replica:pool_name(Name), so there is one in the cluster,
 %% it moves with drains and migrations (handoff/takeover carry its state), and after its
 %% node dies the keepers start it again on a survivor from their replica (see
 %% shoal_cron_keeper). Runs report back with shoal:cast/3, so a result reaches whichever
@@ -15,8 +15,8 @@
 -spec init(atom(), term()) -> {ok, shoal_cron_sched:sched()}.
 init(Name, _Args) ->
     self() ! '$shoal_cron_start',
-    {ok, shoal_cron_sched:restore(shoal_cron_keeper:replica(Name),
-                                  {cluster, shoal_cron:pool_name(Name)})}.
+    {ok, shoal_cron_sched:restore(shoal_cron_replica:replica(Name),
+                                  {cluster, shoal_cron_replica:pool_name(Name)})}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), shoal_cron_sched:sched()) ->
@@ -53,7 +53,7 @@ handoff(S) -> {ok, shoal_cron_sched:durable(S)}.
 -spec takeover(atom(), shoal_cron_sched:sched(), term()) -> {ok, shoal_cron_sched:sched()}.
 takeover(Name, Durable, _Args) ->
     self() ! '$shoal_cron_start',
-    {ok, shoal_cron_sched:restore(Durable, {cluster, shoal_cron:pool_name(Name)})}.
+    {ok, shoal_cron_sched:restore(Durable, {cluster, shoal_cron_replica:pool_name(Name)})}.
 
 %% @private This one lost a duplicate (after a partition): the winner's schedule stays.
 -spec conflict(atom(), pid(), shoal_cron_sched:sched()) -> ok.

@@ -12,10 +12,9 @@
 -module(shoal_cron_keeper).
 -behaviour(gen_server).
 
--export([start_link/3, reg_name/1, replica/1, replicate/4]).
+-export([start_link/3]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, handle_continue/2]).
 
--define(REPLICATE_TIMEOUT, 2000).
 -define(REHOST_POLL_MS, 20).
 -define(REHOST_WAIT_MS, 5000).
 
@@ -27,33 +26,14 @@
 %% configuration (its jobs are the initial state if no scheduler runs yet).
 -spec start_link(atom(), atom(), map()) -> {ok, pid()} | {error, term()}.
 start_link(Name, Pool, Cfg) ->
-    gen_server:start_link({local, reg_name(Name)}, ?MODULE, {Name, Pool, Cfg}, []).
-
-%% @doc The keeper's registered name (also the name of its ETS table).
--spec reg_name(atom()) -> atom().
-reg_name(Name) -> list_to_atom("shoal_cron_keeper." ++ atom_to_list(Name)).
-
-%% @doc This node's replica of scheduler `Name' (read from ETS, never from the process).
--spec replica(atom()) -> shoal_cron_sched:sched().
-replica(Name) -> ets:lookup_element(reg_name(Name), replica, 3).
-
-%% @doc Store version `V' of the durable state on every member's keeper; returns once
-%% each has answered (or after a timeout for those that did not).
--spec replicate(atom(), atom(), non_neg_integer(), shoal_cron_sched:sched()) -> ok.
-replicate(Name, Pool, V, Durable) ->
-    Nodes = try shoal:nodes(Pool) catch exit:_ -> [node()] end,
-    Reg = reg_name(Name),
-    Reqs = [gen_server:send_request({Reg, N}, {replica, V, Durable}) || N <- Nodes],
-    Deadline = {abs, erlang:monotonic_time(millisecond) + ?REPLICATE_TIMEOUT},
-    _ = [gen_server:receive_response(R, Deadline) || R <- Reqs],
-    ok.
+    gen_server:start_link({local, shoal_cron_replica:reg_name(Name)}, ?MODULE, {Name, Pool, Cfg}, []).
 
 %% @private
 -spec init({atom(), atom(), map()}) -> {ok, #st{}, {continue, ensure}} | {stop, term()}.
 init({Name, Pool, #{jobs := Jobs} = Cfg}) ->
     case shoal_cron_sched:new(Name, {cluster, Pool}, Cfg, Jobs) of
         {ok, S} ->
-            Tab = ets:new(reg_name(Name), [named_table, protected, set, {read_concurrency, true}]),
+            Tab = ets:new(shoal_cron_replica:reg_name(Name), [named_table, protected, set, {read_concurrency, true}]),
             true = ets:insert(Tab, {replica, 0, shoal_cron_sched:durable(S)}),
             {ok, #st{name = Name, pool = Pool, tab = Tab}, {continue, ensure}};
         {error, R} ->

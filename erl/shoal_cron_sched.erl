@@ -426,5 +426,5 @@ notify(#sched{notify = Pid, name = Name}, Event) -> Pid ! {shoal_cron, Name, Eve
 changed(#sched{mode = local} = S) -> S;
 changed(#sched{mode = {cluster, Pool}, version = V, name = Name} = S) ->
     S1 = S#sched{version = V + 1},
-    shoal_cron_keeper:replicate(Name, Pool, V + 1, durable(S1)),
+    shoal_cron_replica:replicate(Name, Pool, V + 1, durable(S1)),
     S1.

@@ -17,7 +17,7 @@ start_link(Name, Cfg) ->
 %% @private
 -spec init({atom(), map()}) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init({Name, Cfg}) ->
-    Pool = shoal_cron:pool_name(Name),
+    Pool = shoal_cron_replica:pool_name(Name),
     {ok, {#{strategy => rest_for_one, intensity => 5, period => 10},
           [#{id => keeper, start => {shoal_cron_keeper, start_link, [Name, Pool, Cfg]},
              shutdown => 5000},

@@ -44,7 +44,6 @@
          cast/2, call/2, call/3, cast_key/3, call_key/3, call_key/4, cast_to/3,
          pid/2, size/1, stats/1]).
 %% Used by the pool's own processes.
--export([dispatch_cast/2]).
 
 -export_type([name/0, mode/0, options/0, stats/0]).
 
@@ -79,7 +78,6 @@
 -define(KNOWN, [worker, size, args, mode, retry, callbacks]).
 -define(MODES, [round_robin, random, monotonic, hash, broadcast]).
 -define(RESERVED, [reply, noreply, exit, stop]).
--define(JOB(Job), {'$shoal_job', Job}).
 -define(DEFAULT_TIMEOUT, 5000).
 -define(MAX_FAILOVERS, 8).
 
@@ -145,21 +143,7 @@ stop(Name) ->
 %% @doc Send `Job' to a worker picked by the pool's mode (to every worker in `broadcast'
 %% mode). `{error, no_workers}' once every worker has exited for good.
 -spec cast(name(), term()) -> ok | {error, term()}.
-cast(Name, Job) ->
-    case persistent_term:get(?FIXED_KEY(Name), undefined) of
-        #shoal_fixed{mode = broadcast, live = Live} ->
-            _ = [erlang:send(P, {'$gen_cast', ?JOB(Job)}) || P <- tuple_to_list(Live)],
-            ok;
-        #shoal_fixed{mode = hash} = T ->
-            send_keyed(T, Job, {'$gen_cast', ?JOB(Job)});
-        #shoal_fixed{} = T ->
-            case pick(T, Job) of
-                none -> {error, no_workers};
-                Pid -> erlang:send(Pid, {'$gen_cast', ?JOB(Job)}), ok
-            end;
-        undefined ->
-            {error, {no_such_pool, Name}}
-    end.
+cast(Name, Job) -> shoal_fixed_table:cast(Name, Job).
 
 %% @equiv call(Name, Job, 5000)
 -spec call(name(), term()) -> term().
@@ -180,7 +164,7 @@ call(Name, Job, Timeout) ->
         #shoal_fixed{mode = hash} = T ->
             call_keyed(T, Job, Job, Timeout, call, [Name, Job, Timeout]);
         #shoal_fixed{} = T ->
-            case pick(T, Job) of
+            case shoal_fixed_table:pick(T, Job) of
                 none -> {error, no_workers};
                 Pid -> call_pid(T, Pid, Job, Timeout, 0, call, [Name, Job, Timeout])
             end;
@@ -193,7 +177,7 @@ call(Name, Job, Timeout) ->
 -spec cast_key(name(), term(), term()) -> ok | {error, term()}.
 cast_key(Name, Key, Job) ->
     case persistent_term:get(?FIXED_KEY(Name), undefined) of
-        #shoal_fixed{} = T -> send_keyed(T, Key, {'$gen_cast', ?JOB(Job)});
+        #shoal_fixed{} = T -> shoal_fixed_table:send_keyed(T, Key, {'$gen_cast', ?JOB(Job)});
         undefined -> {error, {no_such_pool, Name}}
     end.
 
@@ -219,7 +203,7 @@ cast_to(Name, Index, Job) ->
         #shoal_fixed{slots = Slots} = T ->
             case element(Index + 1, Slots) of
                 undefined -> {error, {worker_exited, Index}};
-                Pid -> send_slot(T, Index, Pid, {'$gen_cast', ?JOB(Job)})
+                Pid -> shoal_fixed_table:send_slot(T, Index, Pid, {'$gen_cast', ?JOB(Job)})
             end;
         undefined ->
             {error, {no_such_pool, Name}}
@@ -264,50 +248,10 @@ stats(Name) ->
             {error, {no_such_pool, Name}}
     end.
 
-%% @private Re-dispatch a cast message (used by the table owner and by a worker leaving
-%% the pool for good).
--spec dispatch_cast(name(), term()) -> ok | {error, term()}.
-dispatch_cast(Name, Job) -> cast(Name, Job).
-
 %%% Internals -----------------------------------------------------------------------------
 
-pick(#shoal_fixed{live = Live}, _) when tuple_size(Live) =:= 0 -> none;
-pick(#shoal_fixed{mode = round_robin, live = Live, rr = RR}, _) ->
-    element(atomics:add_get(RR, 1, 1) rem tuple_size(Live) + 1, Live);
-pick(#shoal_fixed{mode = random, live = Live}, _) ->
-    element(rand:uniform(tuple_size(Live)), Live);
-pick(#shoal_fixed{mode = monotonic, live = Live}, _) ->
-    element(erlang:unique_integer([monotonic, positive]) rem tuple_size(Live) + 1, Live);
-pick(#shoal_fixed{live = Live}, Job) ->
-    element(erlang:phash2(Job, tuple_size(Live)) + 1, Live).
-
-%% The worker for Key: its slot by phash2 over the configured size; once that worker has
-%% left for good, the key is hashed over the workers that remain.
-keyed(#shoal_fixed{size = N, slots = Slots, live = Live}, Key) ->
-    Ix = erlang:phash2(Key, N),
-    case element(Ix + 1, Slots) of
-        undefined when tuple_size(Live) =:= 0 -> none;
-        undefined -> {live, element(erlang:phash2(Key, tuple_size(Live)) + 1, Live)};
-        Pid -> {Ix, Pid}
-    end.
-
-send_keyed(T, Key, Msg) ->
-    case keyed(T, Key) of
-        none -> {error, no_workers};
-        {live, Pid} -> erlang:send(Pid, Msg), ok;
-        {Ix, Pid} -> send_slot(T, Ix, Pid, Msg)
-    end.
-
-%% A slot's worker that is down (being restarted) gets the message from the table owner
-%% once it is back, so a key's casts are not lost while its worker restarts.
-send_slot(#shoal_fixed{owner = Owner}, Ix, Pid, Msg) ->
-    case erlang:is_process_alive(Pid) of
-        true -> erlang:send(Pid, Msg), ok;
-        false -> shoal_fixed_table:hold(Owner, Ix, Pid, Msg)
-    end.
-
 call_keyed(T, Key, Job, Timeout, Fun, ErrArgs) ->
-    case keyed(T, Key) of
+    case shoal_fixed_table:keyed(T, Key) of
         none -> {error, no_workers};
         {_, Pid} -> call_pid(T, Pid, Job, Timeout, 0, Fun, ErrArgs)
     end.
@@ -338,7 +282,7 @@ failover(#shoal_fixed{name = Name, slots = Slots, owner = Owner} = T, Pid, Job, 
         {_, T1} ->
             %% The worker left for good: whoever now gets the job by the same rule.
             Picked = case Fun of
-                         call when T#shoal_fixed.mode =/= hash -> pick(T1, Job);
+                         call when T#shoal_fixed.mode =/= hash -> shoal_fixed_table:pick(T1, Job);
                          call -> keyed1(T1, Job);
                          call_key -> keyed1(T1, hd(tl(ErrArgs)))
                      end,
@@ -349,7 +293,7 @@ failover(#shoal_fixed{name = Name, slots = Slots, owner = Owner} = T, Pid, Job, 
     end.
 
 keyed1(T, Key) ->
-    case keyed(T, Key) of
+    case shoal_fixed_table:keyed(T, Key) of
         none -> none;
         {_, P} -> P
     end.

@@ -21,3 +21,6 @@
 -define(ST_RESTARTS, 4).  % workers restarted after a crash
 -define(ST_EXITED, 5).    % workers that left for good ({exit, S})
 -define(ST_N, 5).
+
+%% A job as it travels to a worker (a call's request or a cast's message).
+-define(JOB(Job), {'$shoal_job', Job}).

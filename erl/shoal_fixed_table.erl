@@ -11,6 +11,7 @@
 -include("shoal_fixed.hrl").
 
 -export([start_link/2, register/3, leave/2, await/4, hold/4]).
+-export([cast/2, pick/2, keyed/2, send_keyed/3, send_slot/4]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -record(st, {t :: #shoal_fixed{},
@@ -46,6 +47,69 @@ await(Owner, Index, OldPid, Timeout) ->
 %% other workers if the slot's worker left for good).
 -spec hold(pid(), non_neg_integer(), pid(), term()) -> ok.
 hold(Owner, Index, OldPid, Msg) -> gen_server:cast(Owner, {hold, Index, OldPid, Msg}).
+
+%%% Dispatch ------------------------------------------------------------------------------
+
+%% @doc Send `Job' to a worker picked by the pool's mode (to every worker in `broadcast'
+%% mode): shoal_fixed:cast/2, and the re-dispatch of casts a worker leaving for good had.
+-spec cast(atom(), term()) -> ok | {error, term()}.
+cast(Name, Job) ->
+    case persistent_term:get(?FIXED_KEY(Name), undefined) of
+        #shoal_fixed{mode = broadcast, live = Live} ->
+            _ = [erlang:send(P, {'$gen_cast', ?JOB(Job)}) || P <- tuple_to_list(Live)],
+            ok;
+        #shoal_fixed{mode = hash} = T ->
+            send_keyed(T, Job, {'$gen_cast', ?JOB(Job)});
+        #shoal_fixed{} = T ->
+            case pick(T, Job) of
+                none -> {error, no_workers};
+                Pid -> erlang:send(Pid, {'$gen_cast', ?JOB(Job)}), ok
+            end;
+        undefined ->
+            {error, {no_such_pool, Name}}
+    end.
+
+%% @doc The worker a job goes to by the pool's mode (`none' when no worker is left).
+-spec pick(#shoal_fixed{}, term()) -> pid() | none.
+pick(#shoal_fixed{live = Live}, _) when tuple_size(Live) =:= 0 -> none;
+pick(#shoal_fixed{mode = round_robin, live = Live, rr = RR}, _) ->
+    element(atomics:add_get(RR, 1, 1) rem tuple_size(Live) + 1, Live);
+pick(#shoal_fixed{mode = random, live = Live}, _) ->
+    element(rand:uniform(tuple_size(Live)), Live);
+pick(#shoal_fixed{mode = monotonic, live = Live}, _) ->
+    element(erlang:unique_integer([monotonic, positive]) rem tuple_size(Live) + 1, Live);
+pick(#shoal_fixed{live = Live}, Job) ->
+    element(erlang:phash2(Job, tuple_size(Live)) + 1, Live).
+
+%% @doc The worker for Key: its slot by phash2 over the configured size; once that worker
+%% has left for good, the key is hashed over the workers that remain.
+-spec keyed(#shoal_fixed{}, term()) -> none | {live, pid()} | {non_neg_integer(), pid()}.
+keyed(#shoal_fixed{size = N, slots = Slots, live = Live}, Key) ->
+    Ix = erlang:phash2(Key, N),
+    case element(Ix + 1, Slots) of
+        undefined when tuple_size(Live) =:= 0 -> none;
+        undefined -> {live, element(erlang:phash2(Key, tuple_size(Live)) + 1, Live)};
+        Pid -> {Ix, Pid}
+    end.
+
+%% @doc Send Msg to the worker for Key.
+-spec send_keyed(#shoal_fixed{}, term(), term()) -> ok | {error, no_workers}.
+send_keyed(T, Key, Msg) ->
+    case keyed(T, Key) of
+        none -> {error, no_workers};
+        {live, Pid} -> erlang:send(Pid, Msg), ok;
+        {Ix, Pid} -> send_slot(T, Ix, Pid, Msg)
+    end.
+
+%% @doc Send Msg to slot Ix's worker Pid; a slot's worker that is down (being restarted)
+%% gets it from the table owner once it is back, so a key's casts are not lost while its
+%% worker restarts.
+-spec send_slot(#shoal_fixed{}, non_neg_integer(), pid(), term()) -> ok.
+send_slot(#shoal_fixed{owner = Owner}, Ix, Pid, Msg) ->
+    case erlang:is_process_alive(Pid) of
+        true -> erlang:send(Pid, Msg), ok;
+        false -> hold(Owner, Ix, Pid, Msg)
+    end.
 
 %%% gen_server ----------------------------------------------------------------------------
 
@@ -135,5 +199,5 @@ wake(Ix, Answer, #st{waiters = W} = S) ->
     S#st{waiters = maps:remove(Ix, W)}.
 
 redispatch(Name, Msgs) ->
-    _ = [shoal_fixed:dispatch_cast(Name, Job) || {'$gen_cast', {'$shoal_job', Job}} <- Msgs],
+    _ = [cast(Name, Job) || {'$gen_cast', ?JOB(Job)} <- Msgs],
     ok.
