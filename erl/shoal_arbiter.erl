@@ -143,7 +143,8 @@ spawn_on(#shoal_cfg{pool = Pool} = Cfg, Key, Mode, Host, Min, Members, Deadline)
                    Ref = shoal_proto:request_ref(),
                    Mref = erlang:monitor(process, HostPid),
                    shoal_proto:send(HostPid, Pool,
-                                    {spawn, Key, Members, [{self(), Ref, Mode =:= sync}], none, Min}),
+                                    {spawn, Key, Members, [{self(), Ref, Mode =:= sync}], none,
+                                     Min, shoal_registry:hlc()}),
                    await_claimed(Cfg, Key, Ref, Mref, Deadline)
            end,
     case Step of

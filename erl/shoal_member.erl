@@ -91,6 +91,8 @@ init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
                                  ctab = CTab,
                                  gate = shoal_view:new_gate(),
                                  server = shoal_proto:member_name(Pool)},
+            %% From now on the table stores replicas of admitted peers only.
+            ok = shoal_registry:admit(Cfg, node(), false),
             persistent_term:put(?PT_KEY(Pool), Cfg),
             ok = net_kernel:monitor_nodes(true, [{node_type, all}]),
             erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
@@ -200,14 +202,18 @@ body({repl, Node, Ops}, S) -> from_peer(Node, S, fun() -> apply_ops(Node, Ops, 0
 body({sync, Node, T0, Entries, Part}, S) ->
     from_peer(Node, S, fun() -> on_sync(Node, T0, Entries, Part, S) end);
 body({claim, Key, View, Caller}, S) -> on_claim(Key, View, Caller, S);
-body({spawn, Key, View, Callers, Home, Min}, S) -> on_spawn(Key, View, Callers, Home, Min, S);
+body({spawn, Key, View, Callers, Home, Min, Clock}, S) ->
+    shoal_registry:observe(Clock),
+    on_spawn(Key, View, Callers, Home, Min, S);
 body({spawned, Key, Result}, S) -> on_spawned(Key, Result, S);
 body({place_async, Key}, #ms{async = A, async_len = N} = S) ->
     S#ms{async = [Key | A], async_len = N + 1};
 body({claim_async, Keys, View, From}, S) -> on_claim_async(Keys, View, From, S);
 body({claim_async_retry, Keys}, #ms{async = A, async_len = N} = S) ->
     S#ms{async = Keys ++ A, async_len = N + length(Keys)};
-body({spawn_async, Keys, View, Home}, S) -> on_spawn_async(Keys, View, Home, S);
+body({spawn_async, Keys, View, Home, Clock}, S) ->
+    shoal_registry:observe(Clock),
+    on_spawn_async(Keys, View, Home, S);
 body({spawned_async, Results}, S) -> on_spawned_async(Results, S);
 body({where, Key, ReplyTo}, S) -> on_where(Key, ReplyTo, S);
 body({takeover, Items, ReplyTo}, S) -> run(fun(Cfg) -> {taken, shoal_mover:takeover(Cfg, Items)} end, ReplyTo, S);
@@ -305,6 +311,7 @@ add_peer(Tag, Pid, Node, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg,
     Tag =:= hello andalso shoal_proto:send(Pid, Pool, hello_body(hello_ack, Cfg)),
     Mref = erlang:monitor(process, Pid),
     ets:insert(CTab, {{peer, Node}, Pid}),
+    ok = shoal_registry:admit(Cfg, Node, true),
     ok = shoal_registry:set_listener(Cfg, self()),
     send_sync(Cfg, Pid),
     propose(S#ms{peers = Peers#{Node => #peer{pid = Pid, mref = Mref}}}).
@@ -316,6 +323,9 @@ peer_left(Node, #ms{cfg = #shoal_cfg{ctab = CTab} = Cfg, peers = Peers} = S) ->
     ets:delete(CTab, {peer, Node}),
     ets:match_delete(CTab, {{window, Node}, '_'}),
     ets:delete(CTab, {drained, Node}),
+    %% Dismissed before the purge: a replica of Node that arrives late by another path (a
+    %% caller's read-your-writes, a mover) can no longer be stored.
+    ok = shoal_registry:admit(Cfg, Node, false),
     _ = shoal_registry:purge_node(Cfg, Node),
     S1 = abandon_spawns(Node, S#ms{peers = maps:remove(Node, Peers),
                                    sync_in = maps:remove(Node, S#ms.sync_in)}),
@@ -549,7 +559,8 @@ arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims 
                 {ok, Host} ->
                     #peer{pid = HostPid} = maps:get(Host, S#ms.peers),
                     shoal_proto:send(HostPid, Cfg#shoal_cfg.pool,
-                                     {spawn, Key, View, Callers, self(), Min}),
+                                     {spawn, Key, View, Callers, self(), Min,
+                                      shoal_registry:hlc()}),
                     S#ms{pending = Pending#{Key => Callers},
                          spawning = (S#ms.spawning)#{Key => Host}};
                 {error, R} ->
@@ -761,7 +772,8 @@ arbitrate_async(Keys, #ms{cfg = Cfg, active = View, peers = Peers, spawning = Sp
     Sp1 = maps:fold(fun(Host, HKeys, SpAcc) ->
                             #peer{pid = Pid} = maps:get(Host, Peers),
                             shoal_proto:send(Pid, Cfg#shoal_cfg.pool,
-                                             {spawn_async, HKeys, View, self()}),
+                                             {spawn_async, HKeys, View, self(),
+                                              shoal_registry:hlc()}),
                             lists:foldl(fun({K, _}, A) -> A#{K => Host} end, SpAcc, HKeys)
                     end, Sp, Remote),
     S#ms{spawning = Sp1}.

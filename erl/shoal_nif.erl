@@ -53,7 +53,7 @@
          whereis/2, lookup/2, route/3,
          claim/3, release_claim/3, register/4, unregister/3, set_moving/4,
          put_remote/6, remove_remote/5,
-         set_listener/2, count/1, count/2, info/1, fold/3,
+         set_listener/2, admit/3, count/1, count/2, info/1, fold/3,
          hlc/0, observe/1, canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
 -export_type([table/0, meter/0, version/0, entry/0]).
 
@@ -171,6 +171,13 @@ remove_remote(_T, _Key, _Node, _Pid, _Vsn) -> ?NOT_LOADED.
 %% @doc The process told of every change of a local entry (see the module doc).
 -spec set_listener(table(), pid() | undefined) -> ok.
 set_listener(_T, _Pid) -> ?NOT_LOADED.
+
+%% @doc From the first call on, the table stores replicas (put_remote/6) only of the nodes
+%% admitted (`true') and not dismissed (`false') since: the member admits a peer before
+%% their syncs and dismisses it before it purges its replicas, so no replica of a node that
+%% has left, however late its news arrives (a caller's read-your-writes, a mover), can stay.
+-spec admit(table(), node(), boolean()) -> ok.
+admit(_T, _Node, _On) -> ?NOT_LOADED.
 
 %% @doc Live workers in the table (local and replicated; no claims, no tombs).
 -spec count(table()) -> non_neg_integer().

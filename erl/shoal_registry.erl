@@ -12,7 +12,7 @@
 
 -export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, release_claim/3,
          register/4, unregister/3, set_moving/4, put_remote/6, remove_remote/5,
-         set_listener/2, count/1, count/2, info/1, owned/1, dump/1, keys_on/2,
+         set_listener/2, admit/3, count/1, count/2, info/1, owned/1, dump/1, keys_on/2,
          purge_node/2, sweep_node/4, sweep_tombs/2, worker/2, hlc/0, observe/1]).
 
 %% @doc A new table.
@@ -74,6 +74,10 @@ remove_remote(#shoal_cfg{table = T}, Key, Node, Pid, Vsn) ->
 %% @doc Who is told of local changes.
 -spec set_listener(#shoal_cfg{}, pid() | undefined) -> ok.
 set_listener(#shoal_cfg{table = T}, Pid) -> shoal_nif:set_listener(T, Pid).
+
+%% @doc Let the table store replicas of Node, or stop it (see shoal_nif:admit/3).
+-spec admit(#shoal_cfg{}, node(), boolean()) -> ok.
+admit(#shoal_cfg{table = T}, Node, On) -> shoal_nif:admit(T, Node, On).
 
 %% @doc Live workers in the table.
 -spec count(#shoal_cfg{}) -> non_neg_integer().

@@ -634,6 +634,8 @@ static table_action put_remote_fn(void *vc, table_entry *te, table_entry **repl)
     registry_entry *cur = (registry_entry *)te;
     c->out->prev = cur ? registry_state_of(cur) : REGISTRY_ABSENT;
     c->rc = REGISTRY_STALE;
+    if (c->op != NULL && c->op->admitted != NULL && !c->op->admitted(c->op->ctx, c->node))
+        return TABLE_KEEP;
     if (cur != NULL) {
         switch (registry_state_of(cur)) {
         case REGISTRY_TOMB:

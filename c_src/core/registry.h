@@ -217,6 +217,11 @@ typedef struct registry_op {
      * counts as newer). `local` is the local entry. */
     int (*self_name)(void *ctx, const registry_entry *local, const unsigned char **name,
                      size_t *len);
+    /* put_remote only, optional (NULL: every node is): whether replicas of `node` may be
+     * stored at all, asked under the segment's lock before anything else; 0 makes the
+     * operation REGISTRY_STALE. The owner uses it to refuse news of a node that has left,
+     * however late it arrives: it stops admitting a node before it purges its replicas. */
+    int (*admitted)(void *ctx, const registry_node *node);
     void *ctx;
 } registry_op;
 

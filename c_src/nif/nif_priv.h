@@ -85,6 +85,10 @@ typedef struct ntab {
     registry_node *pending[PENDING_MAX]; /* nodes whose pid store waits for compaction
                                             (each held) */
     atomic_int npending;
+    ErlNifRWLock *adm_lock;     /* guards the admitted nodes (taken under a segment lock) */
+    int admitting;              /* admit/3 was called: only admitted nodes' replicas */
+    ERL_NIF_TERM *admitted;     /* node atoms (immortal), nadm of cap */
+    int nadm, adm_cap;
 } ntab;
 
 typedef struct ntab_res {
@@ -242,6 +246,8 @@ static inline void claim_free_waiters(nclaim *c)
 /* ---- nif_pidstore.c --------------------------------------------------------------------- */
 
 /* registry hooks: a node name is interned (arg: its atom) / its last entry left. */
+int table_admitted(ntab *nt, const registry_node *node);
+ERL_NIF_TERM nif_admit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 int pidstore_node_init(void *ctx, registry_node *n, void *arg);
 void pidstore_node_fini(void *ctx, registry_node *n);
 /* Keep `pid` (a term of the caller's env) in the store of replica e's node and point

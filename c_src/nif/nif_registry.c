@@ -98,6 +98,7 @@ struct seen {
     ERL_NIF_TERM new_pid;  /* put_remote: the replica's pid */
     kbuf self_name;        /* put_remote: this node's name, when a tie needed it */
     int have_name;
+    ntab *nt;              /* put_remote: the table (its admitted nodes) */
 };
 
 static ERL_NIF_TERM pid_of(ErlNifEnv *env, const registry_entry *e)
@@ -144,6 +145,11 @@ static void hook_storing(void *ctx, registry_entry *mine)
 {
     struct seen *s = ctx;
     pidstore_put((nplain *)mine, s->new_pid);
+}
+
+static int hook_admitted(void *ctx, const registry_node *node)
+{
+    return table_admitted(((struct seen *)ctx)->nt, node);
 }
 
 static int hook_self_name(void *ctx, const registry_entry *local, const unsigned char **name,
@@ -440,8 +446,9 @@ ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
         return raise_for(env, rc ? rc : SHOAL_ENOMEM);
     }
     s.new_pid = argv[3];
+    s.nt = nt;
     registry_op op = {.seen = hook_seen, .ending = hook_ending, .storing = hook_storing,
-                      .self_name = hook_self_name, .ctx = &s};
+                      .self_name = hook_self_name, .admitted = hook_admitted, .ctx = &s};
     registry_out out;
     rc = registry_put_remote(nt->r, &k, node, vsn, mark, &mine->re, &op, &out);
     kbuf_free(&kb);

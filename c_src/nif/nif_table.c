@@ -24,6 +24,8 @@ void ntab_unref(ntab *nt)
     if (atomic_fetch_sub(&nt->refs, 1) == 1) {
         enif_rwlock_destroy(nt->life);
         enif_mutex_destroy(nt->pend_lock);
+        enif_rwlock_destroy(nt->adm_lock);
+        if (nt->admitted) enif_free(nt->admitted);
         enif_free(nt);
     }
 }
@@ -93,9 +95,11 @@ ERL_NIF_TERM nif_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
                             .ctx = nt};
     if ((nt->life = enif_rwlock_create("shoal_life")) == NULL ||
         (nt->pend_lock = enif_mutex_create("shoal_pending")) == NULL ||
+        (nt->adm_lock = enif_rwlock_create("shoal_admitted")) == NULL ||
         registry_new(&nt->r, bits, &P->shared->clock, &hooks) != 0) {
         if (nt->life) enif_rwlock_destroy(nt->life);
         if (nt->pend_lock) enif_mutex_destroy(nt->pend_lock);
+        if (nt->adm_lock) enif_rwlock_destroy(nt->adm_lock);
         enif_free(nt);
         return raise_for(env, SHOAL_ENOMEM);
     }
@@ -109,6 +113,7 @@ ERL_NIF_TERM nif_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
         registry_free(nt->r);
         enif_rwlock_destroy(nt->life);
         enif_mutex_destroy(nt->pend_lock);
+        enif_rwlock_destroy(nt->adm_lock);
         enif_free(nt);
         return raise_for(env, SHOAL_ENOMEM);
     }
@@ -312,4 +317,52 @@ ERL_NIF_TERM nif_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     ERL_NIF_TERM map;
     if (!enif_make_map_from_arrays(env, keys, vals, 8, &map)) return enif_make_badarg(env);
     return map;
+}
+
+/* ---- admitted nodes ----------------------------------------------------------------------- */
+
+/* Whether replicas of node may be stored (the registry's `admitted` hook; called under a
+ * segment lock, so it only takes adm_lock for reading). */
+int table_admitted(ntab *nt, const registry_node *node)
+{
+    enif_rwlock_rlock(nt->adm_lock);
+    int ok = !nt->admitting;
+    ERL_NIF_TERM a = node_atom(node);
+    for (int i = 0; !ok && i < nt->nadm; i++) ok = nt->admitted[i] == a;
+    enif_rwlock_runlock(nt->adm_lock);
+    return ok;
+}
+
+/* admit(Table, Node, Bool) -> ok: from the first call on, the table stores replicas only
+ * of the nodes admitted (true) and not dismissed since (false). */
+ERL_NIF_TERM nif_admit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    nif_atoms *a = &priv_of(env)->a;
+    GET_TABLE(nt, argv[0]);
+    int on = enif_is_identical(argv[2], a->true_);
+    if (!enif_is_atom(env, argv[1]) || (!on && !enif_is_identical(argv[2], a->false_)))
+        return enif_make_badarg(env);
+    int rc = 0;
+    enif_rwlock_rwlock(nt->adm_lock);
+    nt->admitting = 1;
+    int at = -1;
+    for (int i = 0; i < nt->nadm; i++)
+        if (nt->admitted[i] == argv[1]) at = i;
+    if (on && at < 0) {
+        if (nt->nadm == nt->adm_cap) {
+            int cap = nt->adm_cap ? nt->adm_cap * 2 : 8;
+            ERL_NIF_TERM *p = enif_realloc(nt->admitted, (size_t)cap * sizeof *p);
+            if (p == NULL) rc = SHOAL_ENOMEM;
+            else {
+                nt->admitted = p;
+                nt->adm_cap = cap;
+            }
+        }
+        if (rc == 0) nt->admitted[nt->nadm++] = argv[1];
+    } else if (!on && at >= 0) {
+        nt->admitted[at] = nt->admitted[--nt->nadm];
+    }
+    enif_rwlock_rwunlock(nt->adm_lock);
+    return rc == 0 ? a->ok : raise_for(env, rc);
 }

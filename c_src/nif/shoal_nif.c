@@ -137,6 +137,7 @@ static ErlNifFunc funcs[] = {
     {"fold", 3, nif_fold, 0},
     {"hlc", 0, nif_hlc, 0},
     {"observe", 1, nif_observe, 0},
+    {"admit", 3, nif_admit, 0},
     {"canonical", 1, nif_canonical, 0},
     {"hash", 1, nif_hash, 0},
     {"meter_new", 0, nif_meter_new, 0},

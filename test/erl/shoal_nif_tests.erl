@@ -1151,3 +1151,42 @@ maps_holding_huge_binaries_are_refused_test() ->
     ?assertError(badarg, shoal_nif:hash({x, #{b => [#{c => Big}]}})),
     Fits = #{a => 1, <<"b">> => [1, 2, #{c => binary:copy(<<1>>, 1000)}]},
     ?assertEqual(shoal_keyhash:hash(Fits), shoal_nif:hash(Fits)).
+
+%% Once admit/3 has been called, the table stores replicas only of admitted nodes.
+admitted_nodes_only_once_admission_is_on_test() ->
+    T = shoal_nif:new(2),
+    P = remote_pid(n@h, 1),
+    ?assertEqual(stored, shoal_nif:put_remote(T, a, n@h, P, 10, 0)),  %% not yet admitting
+    ok = shoal_nif:admit(T, o@h, true),
+    ?assertEqual(stale, shoal_nif:put_remote(T, b, n@h, P, 10, 0)),
+    ok = shoal_nif:admit(T, n@h, true),
+    ?assertEqual(stored, shoal_nif:put_remote(T, b, n@h, P, 10, 0)),
+    ok = shoal_nif:admit(T, n@h, false),
+    ?assertEqual(stale, shoal_nif:put_remote(T, c, n@h, P, 10, 0)),
+    ?assertEqual(stored, shoal_nif:put_remote(T, c, o@h, remote_pid(o@h, 1), 10, 0)),
+    ?assertError(badarg, shoal_nif:admit(T, "n@h", true)),
+    ?assertError(badarg, shoal_nif:admit(T, n@h, maybe)).
+
+%% Dismissing a node, then purging it, leaves none of its replicas, however many puts race
+%% with the two (a caller's read-your-writes arriving late).
+dismiss_then_purge_leaves_nothing_behind_racing_puts_test() ->
+    T = shoal_nif:new(4),
+    ok = shoal_nif:admit(T, n@h, true),
+    Self = self(),
+    Putter = spawn_link(fun() ->
+                                Loop = fun L(I) ->
+                                               _ = shoal_nif:put_remote(T, {k, I rem 5000}, n@h,
+                                                                        remote_pid(n@h, I), I + 1, 0),
+                                               receive stop -> Self ! {putter_done, I}
+                                               after 0 -> L(I + 1)
+                                               end
+                                       end,
+                                Loop(0)
+                        end),
+    timer:sleep(50),
+    ok = shoal_nif:admit(T, n@h, false),
+    _ = shoal_nif:fold(T, purge_node, n@h),
+    Putter ! stop,
+    receive {putter_done, N} -> ?assert(N > 100) end,
+    ?assertEqual(0, shoal_nif:count(T, n@h)),
+    ?assertEqual([], shoal_nif:fold(T, keys_on, n@h)).
