@@ -554,7 +554,7 @@ arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims 
         claimed ->
             case shoal_arbiter:choose_host(Cfg, Key, View) of
                 {ok, Host} when Host =:= node() ->
-                    spawn_here(Key, Callers, S),
+                    _ = spawn_here(Key, Callers, S),
                     S;
                 {ok, Host} ->
                     #peer{pid = HostPid} = maps:get(Host, S#ms.peers),
