@@ -1,35 +1,12 @@
-%% @doc The member protocol's messages: the one module that builds and parses them.
+%% @doc The member protocol's envelope: the one module that builds, sends and checks it.
 %%
-%% The protocol itself (who sends what, when, and what it guarantees) is written in
-%% docs/protocol.md. Every message between members, and every reply to a caller or order to
-%% a worker that belongs to the protocol, is `{'$shoal', Vsn, Pool, Body}'; this module
-%% builds the envelope, sends it (never auto-connecting: members only talk to connected
-%% peers) and parses it. Bodies, version 1:
-%%
-%% Membership
-%% `{hello, MemberPid, Node, MinVsn, MaxVsn, Config}', `{hello_ack, ...}',
-%% `{view, Seq, Members}', `{view_ack, Seq}', `{config, Item}'.
-%%
-%% Replication and anti-entropy
-%% `{repl, [{up | down, Key, Node, Pid, Vsn}]}',
-%% `{sync, T0, [{Key, Pid, Vsn}], first | middle | last | only}'.
-%%
-%% Arbitration (caller = `{Pid, Ref, Sync :: boolean()}')
-%% `{claim, Key, View, Caller}', `{spawn, Key, View, [Caller], HomeMember | none}',
-%% `{claimed, Ref, Result, Acked}' (to a caller), `{spawned, Key, Result}' (to the home),
-%% `{claim_async, Keys, View, FromMember}', `{claim_async_retry, Keys}',
-%% `{spawn_async, Keys, View, HomeMember}', `{spawned_async, [{Key, Result}]}',
-%% `{where, Key, {Pid, Ref}}', `{where_is, Ref, Result}';
-%% `Result = {ok, Node, Pid, Vsn} | retry | {error, Reason}'.
-%%
-%% Moves and operations
-%% `{takeover, [{Key, Transfer, Vsn}], {Pid, Ref}}', `{taken, Ref, [{Key, Result}]}',
-%% `{move_some, N, Dest, {Pid, Ref}}', `{evacuate, {Pid, Ref}}',
-%% `{done, Ref, Reply}' (answer to move_some/evacuate/health), `{health, {Pid, Ref}}'.
-%%
-%% To workers (plain messages, not calls): `{'$shoal_yield', Node, Winner, WinnerVsn, Mark}',
-%% `{'$shoal_merged', LoserPid}', `{'$shoal_merged_ack', WinnerPid}',
-%% `{'$shoal_started', Ref, ok | {error, Reason}}'.
+%% The protocol (who sends what, when, and what it guarantees) is docs/protocol.md, whose
+%% table lists every body. Every message between members, and every answer to a request, is
+%% `{'$shoal', Vsn, Pool, Body}'; this module builds the envelope, sends it without ever
+%% auto-connecting (members only talk to connected peers), addresses answers to the
+%% requester's alias (so a requester gets at most one answer, and none after it gave up),
+%% and checks the version of what arrives. shoal_member handles every body sent to a
+%% member.
 -module(shoal_proto).
 
 -export([vsn/0, min_vsn/0, send/3, send_node/4, reply/4, request_ref/0, drop_ref/1, is_msg/1,
