@@ -133,6 +133,18 @@ bench-nif: all
 	    -eval "try shoal_nif_bench:main() of ok -> halt(0) \
 	           catch C:R:S -> io:format(standard_error, \"nif bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1) end."
 
+# The member protocol on three local nodes (bench/results/member.md): synchronous spawns
+# against pg, a remote-home spawn against a call round trip, remote against local whereis.
+# SHOAL_MEMBER_N (default 60000 spawns a round), SHOAL_MEMBER_ROUNDS (default 5).
+.PHONY: bench-member
+bench-member: all
+	@mkdir -p build/bench
+	erlc -o build/bench +debug_info bench/shoal_member_bench.erl
+	@epmd -daemon >/dev/null 2>&1 || true
+	erl -noshell -sname "shoal_member_bench_$$$$" +P 2000000 -pa _build/default/lib/shoal/ebin -pa build/bench \
+	    -eval "try shoal_member_bench:main() of ok -> halt(0) \
+	           catch C:R:S -> io:format(standard_error, \"member bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1) end."
+
 # The pool tools alone (also part of `make bench`): bench/results/tools.md.
 bench-tools: all
 	bash scripts/bench_tools.sh

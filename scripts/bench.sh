@@ -7,13 +7,13 @@
 # (bench/plots.gp): lookup.png, start.png, drain.png.
 #
 # A full run writes to bench/results/ (committed). A reduced run, any SHOAL_BENCH_*,
-# SHOAL_CLUSTER_*, SHOAL_DRAIN_* or CNODE_BENCH_* variable set, writes to
+# SHOAL_CLUSTER_*, SHOAL_DRAIN_*, SHOAL_MEMBER_* or CNODE_BENCH_* variable set, writes to
 # build/bench/scratch/ instead, never over the committed results:
 #   SHOAL_BENCH_N=200000 make bench     # scale down (default 1000000; points N/5, N/2, N)
 #   SHOAL_BENCH_KEYS=bin                # binary keys instead of integers
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if env | grep -qE '^(SHOAL_BENCH_|SHOAL_CLUSTER_|SHOAL_DRAIN_|CNODE_BENCH_)' ; then
+if env | grep -qE '^(SHOAL_BENCH_|SHOAL_CLUSTER_|SHOAL_DRAIN_|SHOAL_MEMBER_|CNODE_BENCH_)' ; then
   RESULTS=${SHOAL_BENCH_RESULTS:-build/bench/scratch}
 else
   RESULTS=bench/results
@@ -40,6 +40,14 @@ epmd -daemon >/dev/null 2>&1 || true
 erl -noshell -sname "shoal_bench_$$" +P 2000000 -pa "$EBIN" -pa build/bench \
     -eval "try shoal_cluster_bench:main() of ok -> halt(0)
            catch C:R:S -> io:format(standard_error, \"cluster bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1)
+           end."
+# The member protocol: synchronous spawns against pg, a remote-home spawn against a call
+# round trip, remote against local whereis ($RESULTS/member.md). SHOAL_MEMBER_N,
+# SHOAL_MEMBER_ROUNDS.
+erlc -o build/bench +debug_info bench/shoal_member_bench.erl
+erl -noshell -sname "shoal_member_bench_$$" +P 2000000 -pa "$EBIN" -pa build/bench \
+    -eval "try shoal_member_bench:main() of ok -> halt(0)
+           catch C:R:S -> io:format(standard_error, \"member bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1)
            end."
 # The pool tools against poolboy, a single gen_server and Task.async_stream
 # (tools.md). SHOAL_TOOLS_BENCH_SCALE, SHOAL_TOOLS_BENCH_ROUNDS.

@@ -1,0 +1,304 @@
+%% shoal_member_bench: what the member protocol costs, on three local peer nodes, through the
+%% public API only (so the same module measures an older Shoal too: `make bench-member'
+%% runs it against this checkout; run it with another checkout's ebin on the path to compare):
+%%
+%%   1. synchronous cluster-wide spawns: ensure_started/2 of fresh keys from 12 callers (4 on
+%%      each node), until every one returned; beside it, in the same rounds, pg:join of a fresh
+%%      process per key from the same 12 callers (what a user would pick for a cluster-wide
+%%      group of processes; it does not arbitrate anything);
+%%   2. the latency of one spawn whose home is another node, one caller at a time, against a
+%%      gen_server:call round trip from the same node to a server on that node;
+%%   3. whereis/2 on a member of a key whose worker is on another node against a key whose
+%%      worker is local (100 k workers spread over the three nodes), with ets:lookup/2 of the
+%%      same keys in a table of {Key, Pid} beside them.
+%%
+%% Each part runs its sides in alternating order over SHOAL_MEMBER_ROUNDS rounds (default 5)
+%% and reports medians with min..max. SHOAL_MEMBER_N scales part 1 (default 60000 keys a
+%% round). Results: $SHOAL_BENCH_RESULTS/member.md (default bench/results, or
+%% build/bench/scratch when either knob is set).
+-module(shoal_member_bench).
+
+-export([main/0]).
+%% shoal_worker, run on the peers
+-export([init/2, handle_call/3, handle_cast/2]).
+%% run on the peers
+-export([sync_spawns/3, pg_spawns/4, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0]).
+
+-define(POOL, bench_member).
+
+init(_Key, _Args) -> {ok, 0}.
+handle_call(_, _From, N) -> {reply, N, N}.
+handle_cast(_, N) -> {noreply, N}.
+
+main() ->
+    ok = io:setopts(standard_io, [{encoding, unicode}]),
+    N = env_int("SHOAL_MEMBER_N", 60000),
+    Rounds = env_int("SHOAL_MEMBER_ROUNDS", 5),
+    %% A reduced run (either knob set) never writes over the committed results.
+    Reduced = os:getenv("SHOAL_MEMBER_N") =/= false orelse os:getenv("SHOAL_MEMBER_ROUNDS") =/= false,
+    Dir = case {os:getenv("SHOAL_BENCH_RESULTS"), Reduced} of
+              {false, false} -> "bench/results";
+              {false, true} -> "build/bench/scratch";
+              {D, _} -> D
+          end,
+    Nodes = start_peers(),
+    [A | _] = Nodes,
+    Vsn = erpc:call(A, application, get_key, [shoal, vsn]),
+    Commit = string:trim(os:cmd("git rev-parse --short HEAD 2>/dev/null")),
+    io:format("~n## The member protocol: three local nodes~n~n"),
+
+    %% 1. synchronous spawns against pg:join, alternating
+    Sync = [begin
+                Order = case R rem 2 of 0 -> [shoal, pg]; 1 -> [pg, shoal] end,
+                maps:from_list([{Side, spawns(Side, Nodes, N, R)} || Side <- Order])
+            end || R <- lists:seq(1, Rounds)],
+    ShoalRate = spread([maps:get(shoal, S) || S <- Sync]),
+    PgRate = spread([maps:get(pg, S) || S <- Sync]),
+    SyncRatio = spread([maps:get(shoal, S) / maps:get(pg, S) || S <- Sync]),
+
+    %% 2. latency of a spawn whose home is another node, against a call round trip
+    start_pools(Nodes),
+    Lat = [begin
+               Order = case R rem 2 of 0 -> [spawn, call]; 1 -> [call, spawn] end,
+               maps:from_list([{Side, erpc:call(A, ?MODULE, spawn_latency, [Side, ?POOL, R, 300], infinity)}
+                               || Side <- Order])
+           end || R <- lists:seq(1, Rounds)],
+    SpawnUs = spread([maps:get(spawn, L) || L <- Lat]),
+    CallUs = spread([maps:get(call, L) || L <- Lat]),
+    LatRatio = spread([maps:get(spawn, L) / maps:get(call, L) || L <- Lat]),
+    stop_pools(Nodes),
+
+    %% 3. whereis of remote and local keys, with ets:lookup beside them
+    start_pools(Nodes),
+    Keys = 100000,
+    ok = erpc:call(A, ?MODULE, sync_spawns, [?POOL, {w, 0}, Keys], infinity),
+    ok = wait_counts(Nodes, Keys),
+    Look = [erpc:call(A, ?MODULE, lookups, [?POOL, Keys, R], infinity) || R <- lists:seq(1, Rounds)],
+    Local = spread([L || {L, _, _} <- Look]),
+    Remote = spread([Rm || {_, Rm, _} <- Look]),
+    Ets = spread([E || {_, _, E} <- Look]),
+    LookRatio = spread([Rm / L || {L, Rm, _} <- Look]),
+    stop_pools(Nodes),
+
+    Md = [io_lib:format("Shoal ~ts (commit ~ts), ~b rounds, sides in alternating order: median "
+                        "(min–max).~n~n", [element(2, Vsn), Commit, Rounds]),
+          "### Synchronous cluster-wide spawns\n\n",
+          io_lib:format("`ensure_started/2` of ~b fresh keys a round from 12 callers (4 on each "
+                        "node), until all returned, against `pg:join/3` of a fresh process per "
+                        "key from the same 12 callers.~n~n"
+                        "| what | per second |~n|---|---:|~n"
+                        "| shoal:ensure_started/2 | ~ts |~n| pg:join/3 (spawn + join) | ~ts |~n~n"
+                        "shoal / pg: **~ts**~n~n", [N, rate(ShoalRate), rate(PgRate), x(SyncRatio)]),
+          "### One spawn whose home is another node\n\n",
+          io_lib:format("A single caller on the first node, 300 fresh keys a round whose home "
+                        "is another member, one at a time; against `gen_server:call/2` from the "
+                        "same node to a server on the other node.~n~n"
+                        "| what | µs |~n|---|---:|~n| ensure_started/2 | ~ts |~n"
+                        "| gen_server:call/2 round trip | ~ts |~n~nspawn / round trip: **~ts** "
+                        "(target: within 2x)~n~n", [us(SpawnUs), us(CallUs), x(LatRatio)]),
+          "### whereis/2 of a remote key and of a local one\n\n",
+          io_lib:format("~b workers spread over the three nodes; on the first node, 200 000 "
+                        "lookups in random order of keys whose worker is local, then of keys "
+                        "whose worker is on another node, and `ets:lookup/2` of the same keys "
+                        "in a table of `{Key, Pid}`.~n~n"
+                        "| what | ns per lookup |~n|---|---:|~n| whereis, local worker | ~ts |~n"
+                        "| whereis, remote worker | ~ts |~n| ets:lookup, the same keys | ~ts |~n~n"
+                        "remote / local: **~ts** (target: within 1.2x)~n~n",
+                        [Keys, ns(Local), ns(Remote), ns(Ets), x(LookRatio)])],
+    io:format("~ts", [Md]),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    ok = file:write_file(filename:join(Dir, "member.md"),
+                         unicode:characters_to_binary(
+                           ["# The member protocol on three local nodes\n\nProduced by "
+                            "`make bench-member` (bench/shoal_member_bench.erl).\n\n" | Md])),
+    ok.
+
+%% One side's round of synchronous spawns: registrations per second.
+spawns(shoal, Nodes, N, R) ->
+    start_pools(Nodes),
+    T = timed(fun() -> par([{Nd, ?MODULE, sync_spawns, [?POOL, {s, R, I}, N div 3]}
+                            || {I, Nd} <- idx(Nodes)]) end),
+    stop_pools(Nodes),
+    N / T;
+spawns(pg, Nodes, N, R) ->
+    Scope = list_to_atom("bench_member_pg_" ++ integer_to_list(R)),
+    [{ok, _} = erpc:call(Nd, pg, start, [Scope]) || Nd <- Nodes],
+    T = timed(fun() -> par([{Nd, ?MODULE, pg_spawns, [Scope, {p, R, I}, N div 3, length(Nodes)]}
+                            || {I, Nd} <- idx(Nodes)]) end),
+    [erpc:call(Nd, ?MODULE, pg_stop, [Scope]) || Nd <- Nodes],
+    N / T.
+
+%%% On the peers ---------------------------------------------------------------------------
+
+%% ensure_started of N keys {Tag, J} from 4 local processes.
+sync_spawns(Pool, Tag, N) ->
+    par_local(4, N, fun(J) -> {ok, _} = shoal:ensure_started(Pool, {Tag, J}) end).
+
+%% A fresh process per key, joined to group {Tag, J} (this node's share). pg:join/3 returns
+%% once the local scope has it; the other nodes learn it asynchronously.
+pg_spawns(Scope, Tag, N, _Nodes) ->
+    par_local(4, N, fun(J) -> ok = pg:join(Scope, {Tag, J}, spawn(?MODULE, idle, [])) end).
+
+%% Microseconds, median over Count: one ensure_started/2 of a fresh key whose home is
+%% another member (`spawn'), or one gen_server:call/2 to an echo server there (`call').
+spawn_latency(spawn, Pool, R, Count) ->
+    Members = shoal:nodes(Pool),
+    Keys = remote_home_keys(Members, {l, R}, Count),
+    median([begin
+                T0 = erlang:monotonic_time(nanosecond),
+                {ok, _} = shoal:ensure_started(Pool, K),
+                (erlang:monotonic_time(nanosecond) - T0) / 1000
+            end || K <- Keys]);
+spawn_latency(call, Pool, _R, Count) ->
+    [Other | _] = shoal:nodes(Pool) -- [node()],
+    Echo = erpc:call(Other, erlang, spawn, [?MODULE, echo, []]),
+    Us = [begin
+              T0 = erlang:monotonic_time(nanosecond),
+              pong = gen_server:call(Echo, ping),
+              (erlang:monotonic_time(nanosecond) - T0) / 1000
+          end || _ <- lists:seq(1, Count)],
+    exit(Echo, kill),
+    median(Us).
+
+remote_home_keys(Members, Tag, Count) ->
+    remote_home_keys(Members, Tag, Count, 0, []).
+
+remote_home_keys(_Members, _Tag, 0, _J, Acc) -> lists:reverse(Acc);
+remote_home_keys(Members, Tag, Count, J, Acc) ->
+    K = {Tag, J},
+    case shoal_placement:home(K, Members) =:= node() of
+        true -> remote_home_keys(Members, Tag, Count, J + 1, Acc);
+        false -> remote_home_keys(Members, Tag, Count - 1, J + 1, [K | Acc])
+    end.
+
+%% A gen_server-compatible echo: answers every call `pong'.
+echo() ->
+    receive
+        {'$gen_call', From, _} -> gen_server:reply(From, pong), echo()
+    end.
+
+idle() -> receive stop -> ok end.
+
+%% The scope's local members and the scope itself, gone.
+pg_stop(Scope) ->
+    [exit(P, kill) || G <- pg:which_groups(Scope), P <- pg:get_local_members(Scope, G)],
+    exit(whereis(Scope), kill),
+    ok.
+
+%% ns per lookup: {local whereis, remote whereis, ets:lookup of the same keys}.
+lookups(Pool, Keys, Round) ->
+    All = [{{w, 0}, J} || J <- lists:seq(1, Keys)],
+    Pairs = [{K, shoal:whereis(Pool, K)} || K <- All],
+    Tab = ets:new(bench_member_ets, [set, public]),
+    true = ets:insert(Tab, Pairs),
+    Me = node(),
+    LocalKs = shuffle([K || {K, P} <- Pairs, node(P) =:= Me], Round),
+    RemoteKs = shuffle([K || {K, P} <- Pairs, node(P) =/= Me], Round),
+    Samples = 200000,
+    L = take_cycle(LocalKs, Samples),
+    Rm = take_cycle(RemoteKs, Samples),
+    Sides = case Round rem 2 of
+                0 -> [local, remote, ets];
+                1 -> [ets, remote, local]
+            end,
+    R = maps:from_list([{S, time_lookups(S, Pool, Tab, case S of local -> L; _ -> Rm end)}
+                        || S <- Sides]),
+    ets:delete(Tab),
+    {maps:get(local, R), maps:get(remote, R), maps:get(ets, R)}.
+
+time_lookups(ets, _Pool, Tab, Ks) ->
+    T0 = erlang:monotonic_time(nanosecond),
+    lists:foreach(fun(K) -> [_] = ets:lookup(Tab, K) end, Ks),
+    (erlang:monotonic_time(nanosecond) - T0) / length(Ks);
+time_lookups(_, Pool, _Tab, Ks) ->
+    T0 = erlang:monotonic_time(nanosecond),
+    lists:foreach(fun(K) -> true = is_pid(shoal:whereis(Pool, K)) end, Ks),
+    (erlang:monotonic_time(nanosecond) - T0) / length(Ks).
+
+take_cycle(L, N) when length(L) >= N -> lists:sublist(L, N);
+take_cycle(L, N) -> take_cycle(L ++ L, N).
+
+shuffle(L, Seed) ->
+    rand:seed(exsss, {Seed, 17, 31}),
+    [X || {_, X} <- lists:sort([{rand:uniform(), X} || X <- L])].
+
+par_local(Procs, N, F) ->
+    Parts = [lists:seq(P, N, Procs) || P <- lists:seq(1, Procs)],
+    Self = self(),
+    Ps = [spawn_link(fun() -> lists:foreach(F, Part), Self ! {done, self()} end) || Part <- Parts],
+    [receive {done, P} -> ok end || P <- Ps],
+    ok.
+
+%%% Controller ------------------------------------------------------------------------------
+
+start_peers() ->
+    Paths = [filename:dirname(code:which(M)) || M <- [shoal, ?MODULE]],
+    Nodes = [begin
+                 Name = peer:random_name(list_to_atom("bench_member_" ++ integer_to_list(I))),
+                 {ok, _P, Node} = peer:start_link(#{name => Name,
+                                                    args => ["+P", "2000000" | lists:append([["-pa", D] || D <- Paths])]}),
+                 Node
+             end || I <- [1, 2, 3]],
+    [erpc:call(Nd, application, ensure_all_started, [shoal]) || Nd <- Nodes],
+    [true = erpc:call(X, net_kernel, connect_node, [Y]) || X <- Nodes, Y <- Nodes, X < Y],
+    Nodes.
+
+start_pools(Nodes) ->
+    [{ok, _} = erpc:call(Nd, shoal, start_pool, [?POOL, #{worker => ?MODULE}]) || Nd <- Nodes],
+    All = lists:sort(Nodes),
+    ok = wait_until(fun() -> lists:all(fun(Nd) -> erpc:call(Nd, shoal, nodes, [?POOL]) =:= All end, Nodes) end,
+                    10000),
+    %% A Shoal that says when its members agree: wait for that too.
+    [catch erpc:call(Nd, shoal, await_ready, [?POOL, 10000]) || Nd <- Nodes],
+    ok.
+
+stop_pools(Nodes) ->
+    [ok = erpc:call(Nd, shoal, stop_pool, [?POOL], 60000) || Nd <- Nodes],
+    ok.
+
+wait_counts(Nodes, N) ->
+    wait_until(fun() -> lists:all(fun(Nd) -> erpc:call(Nd, shoal, count, [?POOL]) >= N end, Nodes) end,
+               120000).
+
+wait_until(F, Timeout) ->
+    Deadline = erlang:monotonic_time(millisecond) + Timeout,
+    wait_loop(F, Deadline).
+
+wait_loop(F, Deadline) ->
+    case F() of
+        true -> ok;
+        false ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> timeout;
+                false -> timer:sleep(10), wait_loop(F, Deadline)
+            end
+    end.
+
+par(Calls) ->
+    Self = self(),
+    Ps = [spawn_link(fun() -> Self ! {done, self(), erpc:call(Nd, M, F, A, infinity)} end)
+          || {Nd, M, F, A} <- Calls],
+    [receive {done, P, R} -> R end || P <- Ps].
+
+timed(F) ->
+    T0 = erlang:monotonic_time(microsecond),
+    _ = F(),
+    (erlang:monotonic_time(microsecond) - T0) / 1.0e6.
+
+idx(L) -> lists:zip(lists:seq(1, length(L)), L).
+
+median(L) -> lists:nth((length(L) + 1) div 2, lists:sort(L)).
+
+spread(L) -> #{med => median(L), min => lists:min(L), max => lists:max(L)}.
+
+rate(#{med := M, min := Lo, max := Hi}) ->
+    io_lib:format("~.1f k (~.1f–~.1f k)", [M / 1000, Lo / 1000, Hi / 1000]).
+us(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~b (~b–~b)", [round(M), round(Lo), round(Hi)]).
+ns(S) -> us(S).
+x(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~.2fx (~.2f–~.2f)", [M, Lo, Hi]).
+
+env_int(Name, Default) ->
+    case os:getenv(Name) of
+        false -> Default;
+        V -> list_to_integer(V)
+    end.
