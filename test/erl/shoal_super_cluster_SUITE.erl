@@ -4,8 +4,8 @@
 %% to the test process) but is not a member of the host pool.
 %%
 %% Before any traffic, every case waits until shoal:nodes(Pool) is the same three nodes on
-%% every peer (the cluster layer is being rewritten; a freshly formed cluster may hold
-%% duplicate workers until it agrees).
+%% every peer (placement only uses members the owner knows, and the cases expect steps and
+%% workers on all three).
 %%
 %% Node loss is a `kill -9' of the peer's OS process while items flow, and the claim of
 %% docs/tools.md is checked item by item: every accepted item gets exactly one outcome;
