@@ -12,7 +12,7 @@
 -include("shoal_int.hrl").
 
 -export([resolve/4, spawn_async/2, relearn/3, spawn_claimed/3, spawn_over/4, await_started/3,
-         ready/2, await_claim/5, choose_host/3, settle/4, tomb_floor/2]).
+         ready/2, await_claim/5, choose_host/3, settle/4, tomb_floor/2, unwrap/1]).
 
 -type mode() :: call | sync.
 -export_type([mode/0]).
@@ -53,6 +53,8 @@ loop(Cfg, Key, Mode, Deadline, Tries) ->
 %% The steps of a resolution, and what the caller does after each.
 next(Cfg, Key, Mode, _Members, Deadline, _Tries, {exists, Pid}) ->
     ready(Cfg, Key, Pid, Mode, Deadline);
+next(_Cfg, _Key, _Mode, _Members, _Deadline, _Tries, {started, Pid}) ->
+    {ok, Pid};
 next(_Cfg, _Key, Mode, _Members, Deadline, _Tries, {spawned, Pid, Ref}) ->
     case Mode of
         sync -> await_started(Pid, Ref, remaining(Deadline));
@@ -86,7 +88,12 @@ at_home(Cfg, Key, Mode, Members) ->
         {wait, Claimer} -> {wait, Ref, Claimer};
         claimed ->
             case choose_host(Cfg, Key, Members) of
-                {ok, Host} when Host =:= node() -> spawn_claimed(Cfg, Key, acks(Mode, Ref));
+                {ok, Host} when Host =:= node() ->
+                    case spawn_claimed(Cfg, Key, acks(Mode, Ref)) of
+                        {spawned, Pid, _Vsn} when Mode =:= sync -> {spawned, Pid, Ref};
+                        {spawned, Pid, _Vsn} -> {spawned, Pid, none};
+                        retry -> retry
+                    end;
                 {ok, Host} -> {host, Host, Min};
                 {error, R} ->
                     _ = shoal_registry:release_claim(Cfg, Key, {error, R}),
@@ -98,16 +105,17 @@ acks(sync, Ref) -> [{self(), Ref}];
 acks(call, _Ref) -> [].
 
 %% @doc We hold the claim on Key (inside the gate): spawn the worker here and register it,
-%% which hands the claim's waiters its pid. `Acks' are told when its init/2 has run.
--spec spawn_claimed(#shoal_cfg{}, term(), [{pid(), reference()}]) ->
-          {spawned, pid(), reference() | none} | retry.
+%% which hands the claim's waiters its pid: the pid and the version it was registered at.
+%% `Acks' are told when its init/2 has run (shoal_worker_proc:spawn_worker/4).
+-spec spawn_claimed(#shoal_cfg{}, term(), [shoal_worker_proc:ack()]) ->
+          {spawned, pid(), shoal_nif:version()} | retry.
 spawn_claimed(#shoal_cfg{counters = C} = Cfg, Key, Acks) ->
     Pid = shoal_worker_proc:spawn_worker(Cfg, Key, Acks, init),
     counters:add(C, ?C_SPAWNS, 1),
     case shoal_registry:register(Cfg, Key, Pid, claim) of
-        {ok, _Vsn} ->
-            Pid ! '$shoal_go',
-            {spawned, Pid, case Acks of [{_, R} | _] -> R; [] -> none end};
+        {ok, Vsn} ->
+            Pid ! {'$shoal_go', Vsn},
+            {spawned, Pid, Vsn};
         {error, _} ->
             %% It died before it could be registered (killed with its segment): give the
             %% claim up; this caller and the waiters try again.
@@ -119,15 +127,15 @@ spawn_claimed(#shoal_cfg{counters = C} = Cfg, Key, Acks) ->
 %% @doc Spawn the worker for Key here over a replica that is not newer than Min (a worker
 %% the key's home knows is dead: our replica has not heard of its death yet), registering
 %% it inside the gate with a version above Min. `retry' if the entry is anything else.
--spec spawn_over(#shoal_cfg{}, term(), [{pid(), reference()}], shoal_nif:version()) ->
-          {spawned, pid(), reference() | none} | retry.
+-spec spawn_over(#shoal_cfg{}, term(), [shoal_worker_proc:ack()], shoal_nif:version()) ->
+          {spawned, pid(), shoal_nif:version()} | retry.
 spawn_over(#shoal_cfg{counters = C} = Cfg, Key, Acks, Min) ->
     Pid = shoal_worker_proc:spawn_worker(Cfg, Key, Acks, init),
     counters:add(C, ?C_SPAWNS, 1),
     case shoal_registry:register(Cfg, Key, Pid, {over, Min, none}) of
-        {ok, _Vsn} ->
-            Pid ! '$shoal_go',
-            {spawned, Pid, case Acks of [{_, R} | _] -> R; [] -> none end};
+        {ok, Vsn} ->
+            Pid ! {'$shoal_go', Vsn},
+            {spawned, Pid, Vsn};
         {error, _} ->
             exit(Pid, kill),
             retry
@@ -137,18 +145,20 @@ spawn_over(#shoal_cfg{counters = C} = Cfg, Key, Acks, Min) ->
 %% version of the tomb our claim replaced (0 if none): the host does not answer with a
 %% worker that is not newer (its replica of a dead one may not have heard of the death yet).
 spawn_on(#shoal_cfg{pool = Pool} = Cfg, Key, Mode, Host, Min, Members, Deadline) ->
-    Step = case shoal_view:peer(Cfg, Host) of
-               undefined -> retry;
+    Ref = shoal_proto:request_ref(),
+    Step = case shoal_view:ask(Cfg, Ref, Host) of
+               undefined ->
+                   shoal_proto:drop_ref(Ref),
+                   retry;
                HostPid ->
-                   Ref = shoal_proto:request_ref(),
-                   Mref = erlang:monitor(process, HostPid),
                    shoal_proto:send(HostPid, Pool,
                                     {spawn, Key, Members, [{self(), Ref, Mode =:= sync}], none,
                                      Min, shoal_registry:hlc()}),
-                   await_claimed(Cfg, Key, Ref, Mref, Deadline)
+                   await_claimed(Cfg, Key, Ref, Deadline)
            end,
     case Step of
         {exists, _} -> settle(Cfg, Key, self(), Step);
+        {started, _} -> settle(Cfg, Key, self(), Step);
         {spawned, _, _} -> settle(Cfg, Key, self(), Step);
         retry ->
             _ = shoal_registry:release_claim(Cfg, Key, retry),
@@ -180,35 +190,35 @@ tomb_floor(Cfg, Key) ->
 
 %% Not the home: ask the home's member.
 ask(#shoal_cfg{pool = Pool} = Cfg, Key, Mode, Home, Members, Deadline) ->
-    case shoal_view:peer(Cfg, Home) of
-        undefined -> retry;
+    Ref = shoal_proto:request_ref(),
+    case shoal_view:ask(Cfg, Ref, Home) of
+        undefined ->
+            shoal_proto:drop_ref(Ref),
+            retry;
         HomePid ->
-            Ref = shoal_proto:request_ref(),
-            Mref = erlang:monitor(process, HomePid),
             shoal_proto:send(HomePid, Pool, {claim, Key, Members, {self(), Ref, Mode =:= sync}}),
-            await_claimed(Cfg, Key, Ref, Mref, Deadline)
+            await_claimed(Cfg, Key, Ref, Deadline)
     end.
 
-%% The answer of a home or host: store a remote worker's replica (read-your-writes).
-await_claimed(#shoal_cfg{pool = Pool} = Cfg, Key, Ref, Mref, Deadline) ->
+%% The answer of a home or host (or `retry' from our member if that peer is lost: see
+%% shoal_view:ask/3): store a remote worker's replica (read-your-writes).
+await_claimed(#shoal_cfg{pool = Pool} = Cfg, Key, Ref, Deadline) ->
     receive
         {'$shoal', _, Pool, {claimed, Ref, Result, Acked}} ->
-            erlang:demonitor(Mref, [flush]),
+            ok = shoal_view:asked(Cfg, Ref),
             case Result of
                 {ok, Node, Pid, Vsn} ->
                     _ = shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, 0),
                     case Acked of
+                        started -> {started, Pid};
                         true -> {spawned, Pid, Ref};
                         false -> {exists, Pid}
                     end;
                 retry -> retry;
                 {error, _} = E -> E
-            end;
-        {'DOWN', Mref, process, _, _} ->
-            give_up(Pool, Ref),
-            retry
+            end
     after remaining(Deadline) ->
-            erlang:demonitor(Mref, [flush]),
+            ok = shoal_view:asked(Cfg, Ref),
             give_up(Pool, Ref),
             {error, timeout}
     end.
@@ -281,7 +291,9 @@ await_started(Pid, Ref, Timeout) ->
 flush_started(Ref) ->
     receive {'$shoal_started', Ref, _} -> ok after 0 -> ok end.
 
-%% A worker whose init/2 failed exits with the reason; a load/2 failure is wrapped.
+%% @doc The reason a caller gets for a worker that exited with R before its init ack: a
+%% worker whose init/2 failed exits with the reason; a load/2 failure is wrapped.
+-spec unwrap(term()) -> term().
 unwrap({shutdown, {init_failed, R}}) -> R;
 unwrap(R) -> R.
 
@@ -337,11 +349,15 @@ relearn(#shoal_cfg{pool = Pool} = Cfg, Key, Dead) ->
     end.
 
 %% @doc The host of a new worker for Key among the active view's Members. A pool alone on
-%% its node places every key here, as a single-node pool always has.
+%% its node places every key here, as a single-node pool always has; with no window and no
+%% drain anywhere, the host is the key's home (what choose/2 gives with equal weights).
 -spec choose_host(#shoal_cfg{}, term(), [node()]) -> {ok, node()} | {error, no_capacity}.
 choose_host(_Cfg, _Key, [Node]) when Node =:= node() -> {ok, Node};
 choose_host(Cfg, Key, Members) ->
-    shoal_placement:choose(Key, shoal_view:candidates(Cfg, Members)).
+    case shoal_view:plain(Cfg) of
+        true -> {ok, shoal_placement:home(Key, Members)};
+        false -> shoal_placement:choose(Key, shoal_view:candidates(Cfg, Members))
+    end.
 
 deadline(infinity) -> infinity;
 deadline(Ms) -> erlang:monotonic_time(millisecond) + Ms.

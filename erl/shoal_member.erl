@@ -11,7 +11,8 @@
 %% <li>replication: turns the table's listener events into `repl' batches for its peers,
 %%     applies theirs, runs syncs (anti-entropy) with new peers, sweeps tombs;</li>
 %% <li>arbitration: the home's side (`claim', `claim_async') and the host's side (`spawn',
-%%     `spawn_async') of spawns;</li>
+%%     `spawn_async') of spawns; it answers `retry' to this node's requests to a peer it
+%%     loses (shoal_view:ask/3), so callers need no monitor of a remote member;</li>
 %% <li>moves and operations: takeovers, evacuations and rebalancing moves (run by
 %%     short-lived processes, see shoal_mover), `where', `health' and configuration.</li>
 %% </ul>
@@ -56,8 +57,16 @@
              pending = #{} :: #{term() => [shoal_proto:caller()]},
              %% Home: our waits on another process's claim: Ref => {Key, Claimer, Mref}.
              claims = #{} :: #{reference() => {term(), pid(), reference()}},
-             %% Home: keys we asked a host to spawn: Key => Host.
+             %% Home: keys we asked a host to spawn: Key => Host, and how many of the key's
+             %% pending callers went with the request (the host answers those).
              spawning = #{} :: #{term() => node()},
+             sent = #{} :: #{term() => non_neg_integer()},
+             %% Host: workers we started for callers waiting for their init/2 (we answer
+             %% those callers once it ran, in one message): Tag => {Pid, Mref, Vsn, Callers},
+             %% and Mref => Tag.
+             inits = #{} :: #{reference() => {pid(), reference(), shoal_nif:version(),
+                                              [shoal_proto:caller()]}},
+             init_mons = #{} :: #{reference() => reference()},
              %% ensure_started_async keys not routed yet (we route them in batches, once
              %% we are active), and how many.
              async = [] :: [term()],
@@ -85,10 +94,12 @@ init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
         #shoal_cfg{} -> {stop, {already_started, Pool}};
         undefined ->
             CTab = ets:new(shoal_view, [set, protected, {read_concurrency, true}]),
+            Asks = ets:new(shoal_asks, [set, public, {write_concurrency, true}]),
             Cfg = Cfg0#shoal_cfg{table = shoal_registry:new(Bits),
                                  counters = counters:new(?C_COUNT, [write_concurrency]),
                                  meter = shoal_nif:meter_new(),
                                  ctab = CTab,
+                                 asks = Asks,
                                  gate = shoal_view:new_gate(),
                                  server = shoal_proto:member_name(Pool)},
             %% From now on the table stores replicas of admitted peers only.
@@ -143,11 +154,13 @@ handle_info({'$shoal_up', _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
 handle_info({'$shoal_down', _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
 handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
 handle_info({'$shoal_claim', Ref, Result}, S) -> noreply(claim_resolved(Ref, Result, S));
+handle_info({'$shoal_started', Tag, _}, S) -> noreply(init_done(Tag, answered, S));
 handle_info({fence, Ref}, #ms{fence = Ref} = S) -> noreply(fenced(S));
 handle_info({probe_timeout, Mref}, #ms{probes = Pr} = S) when is_map_key(Mref, Pr) ->
     erlang:demonitor(Mref, [flush]),
     noreply(propose(S#ms{probes = maps:remove(Mref, Pr)}));
-handle_info(timeout, S) -> noreply(flush_async(flush(S)));
+handle_info(timeout, S) -> noreply(flush_async(S));
+handle_info(flush_repl, S) -> noreply(flush(S));
 handle_info({nodeup, Node, Info}, S) ->
     noreply(probe(Node, proplists:get_value(node_type, Info, visible), S));
 handle_info({probe_timeout, Mref}, #ms{checks = Ch} = S) when is_map_key(Mref, Ch) ->
@@ -180,7 +193,7 @@ tick(#ms{buf_len = N, buf_since = T0, async_len = A} = S0) ->
         false -> S
     end.
 
-idle_timeout(#ms{buf_len = 0, async = []}) -> infinity;
+idle_timeout(#ms{async = []}) -> infinity;
 idle_timeout(_) -> 0.
 
 %% @private
@@ -323,10 +336,13 @@ peer_left(Node, #ms{cfg = #shoal_cfg{ctab = CTab} = Cfg, peers = Peers} = S) ->
     ets:delete(CTab, {peer, Node}),
     ets:match_delete(CTab, {{window, Node}, '_'}),
     ets:delete(CTab, {drained, Node}),
+    ok = shoal_view:placement_changed(Cfg),
     %% Dismissed before the purge: a replica of Node that arrives late by another path (a
     %% caller's read-your-writes, a mover) can no longer be stored.
     ok = shoal_registry:admit(Cfg, Node, false),
     _ = shoal_registry:purge_node(Cfg, Node),
+    %% After the peer's row is gone (see shoal_view:ask/3).
+    ok = shoal_view:fail_asks(Cfg, Node),
     S1 = abandon_spawns(Node, S#ms{peers = maps:remove(Node, Peers),
                                    sync_in = maps:remove(Node, S#ms.sync_in)}),
     map_size(S1#ms.peers) =:= 0 andalso shoal_registry:set_listener(Cfg, undefined),
@@ -342,6 +358,8 @@ down(Ref, Reason, #ms{checks = Ch} = S) when is_map_key(Ref, Ch) ->
     end;
 down(Ref, Reason, #ms{claims = Claims} = S) when is_map_key(Ref, Claims) ->
     claimer_down(Ref, Reason, S);
+down(Ref, Reason, #ms{init_mons = IM} = S) when is_map_key(Ref, IM) ->
+    init_done(maps:get(Ref, IM), {error, shoal_arbiter:unwrap(Reason)}, S);
 down(Ref, _Reason, #ms{peers = Peers} = S) ->
     case [N || {N, #peer{mref = R}} <- maps:to_list(Peers), R =:= Ref] of
         [Node] -> peer_left(Node, S);
@@ -444,8 +462,12 @@ maybe_activate(S) ->
 buffer(Ev, #ms{cfg = Cfg, buf = B, buf_len = N, buf_since = T0} = S) ->
     case op(Cfg, Ev) of
         skip -> S;
-        Op -> S#ms{buf = [Op | B], buf_len = N + 1,
-                   buf_since = case N of 0 -> now_us(); _ -> T0 end}
+        Op when N =:= 0 ->
+            %% A batch begins: it goes out within a millisecond (see tick/1 too).
+            erlang:send_after(?MAX_DELAY_US div 1000, self(), flush_repl),
+            S#ms{buf = [Op], buf_len = 1, buf_since = now_us()};
+        Op ->
+            S#ms{buf = [Op | B], buf_len = N + 1, buf_since = T0}
     end.
 
 %% Send the buffered ops to every peer, in the order they happened.
@@ -554,15 +576,16 @@ arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims 
         claimed ->
             case shoal_arbiter:choose_host(Cfg, Key, View) of
                 {ok, Host} when Host =:= node() ->
-                    _ = spawn_here(Key, Callers, S),
-                    S;
+                    {_, S1} = spawn_here(Key, Callers, defer, S),
+                    S1;
                 {ok, Host} ->
                     #peer{pid = HostPid} = maps:get(Host, S#ms.peers),
                     shoal_proto:send(HostPid, Cfg#shoal_cfg.pool,
                                      {spawn, Key, View, Callers, self(), Min,
                                       shoal_registry:hlc()}),
                     S#ms{pending = Pending#{Key => Callers},
-                         spawning = (S#ms.spawning)#{Key => Host}};
+                         spawning = (S#ms.spawning)#{Key => Host},
+                         sent = (S#ms.sent)#{Key => length(Callers)}};
                 {error, R} ->
                     _ = shoal_registry:release_claim(Cfg, Key, {error, R}),
                     answer(Callers, Cfg, {error, R}, false),
@@ -570,56 +593,85 @@ arbitrate(Key, Callers, #ms{cfg = Cfg, active = View, pending = Pending, claims 
             end
     end.
 
-%% As the host: start Key's worker here (or answer the one there is), for Callers.
-place_here(Key, Callers, Min, #ms{cfg = Cfg} = S) ->
+%% As the host: start Key's worker here (or answer the one there is), for Callers. How:
+%% `defer' if the callers watch this member (they asked us), `ack' if they watch another
+%% (the home that asked us on their behalf): see started/4.
+place_here(Key, Callers, Min, How, #ms{cfg = Cfg} = S) ->
     Min > 0 andalso shoal_registry:observe(Min),
     case shoal_registry:claim(Cfg, Key, nowait) of
-        claimed -> spawn_here(Key, Callers, S);
+        claimed -> spawn_here(Key, Callers, How, S);
         {ok, _} ->
             case existing(Cfg, Key) of
                 {ok, N, _, V} when V =< Min, N =/= node() ->
-                    spawn_over_here(Key, Callers, Min, S);
+                    spawn_over_here(Key, Callers, Min, How, S);
                 R ->
                     answer(Callers, Cfg, R, false),
-                    R
+                    {R, S}
             end;
         {wait, _} ->
             %% A local process arbitrates it (from a view where we were its home): let the
             %% home try again shortly.
             answer(Callers, Cfg, retry, false),
-            retry
+            {retry, S}
     end.
 
 %% We hold Key's claim and it goes here: spawn and register (the member's own arbitration
 %% never overlaps a fence: both run in this process).
-spawn_here(Key, Callers, #ms{cfg = Cfg}) ->
-    Acks = [{Pid, Ref} || {Pid, Ref, true} <- Callers],
-    case shoal_arbiter:spawn_claimed(Cfg, Key, Acks) of
-        {spawned, Pid, _} ->
-            {ok, Vsn} = local_version(Cfg, Key, Pid),
-            answer(Callers, Cfg, {ok, node(), Pid, Vsn}, true),
-            {ok, node(), Pid, Vsn};
+spawn_here(Key, Callers, How, S) ->
+    started(Callers, How, S,
+            fun(Cfg, Acks) -> shoal_arbiter:spawn_claimed(Cfg, Key, Acks) end).
+
+spawn_over_here(Key, Callers, Min, How, S) ->
+    started(Callers, How, S,
+            fun(Cfg, Acks) -> shoal_arbiter:spawn_over(Cfg, Key, Acks, Min) end).
+
+%% Spawn with Spawn. Callers that do not wait for init/2 get the worker at once. Those that
+%% do (`Sync'): with `defer', from the worker itself once init/2 has run, in one message each
+%% (what a spawn for a caller on another node costs on the wire besides its request); they
+%% watch this member, which watches the worker until its init/2 has run and answers them
+%% the reason if it dies first (init_done/3). With `ack', at once, and the worker tells them
+%% when init/2 has run (they watch it from then on).
+started(Callers, How, #ms{cfg = Cfg, inits = Inits, init_mons = IM} = S, Spawn) ->
+    {Sync, Async} = lists:partition(fun({_, _, Sy}) -> Sy end, Callers),
+    Tag = make_ref(),
+    Acks = case {Sync, How} of
+               {[], _} -> [];
+               {_, defer} -> [{claimed, C} || C <- Sync] ++ [{self(), Tag}];
+               {_, ack} -> [{Pid, Ref} || {Pid, Ref, true} <- Sync]
+           end,
+    case Spawn(Cfg, Acks) of
+        {spawned, Pid, Vsn} ->
+            Result = {ok, node(), Pid, Vsn},
+            answer(Async, Cfg, Result, false),
+            case {Sync, How} of
+                {[], _} ->
+                    {Result, S};
+                {_, ack} ->
+                    answer(Sync, Cfg, Result, true),
+                    {Result, S};
+                {_, defer} ->
+                    Mref = erlang:monitor(process, Pid),
+                    {Result, S#ms{inits = Inits#{Tag => {Pid, Mref, Vsn, Sync}},
+                                  init_mons = IM#{Mref => Tag}}}
+            end;
         retry ->
             answer(Callers, Cfg, retry, false),
-            retry
+            {retry, S}
     end.
 
-spawn_over_here(Key, Callers, Min, #ms{cfg = Cfg}) ->
-    Acks = [{Pid, Ref} || {Pid, Ref, true} <- Callers],
-    case shoal_arbiter:spawn_over(Cfg, Key, Acks, Min) of
-        {spawned, Pid, _} ->
-            {ok, Vsn} = local_version(Cfg, Key, Pid),
-            answer(Callers, Cfg, {ok, node(), Pid, Vsn}, true),
-            {ok, node(), Pid, Vsn};
-        retry ->
-            answer(Callers, Cfg, retry, false),
-            retry
-    end.
-
-local_version(Cfg, Key, Pid) ->
-    case shoal_registry:lookup(Cfg, Key) of
-        {local, Pid, Vsn, _} -> {ok, Vsn};
-        _ -> {ok, 0}
+%% A worker we started for waiting callers ran its init/2 (it answered them itself) or died
+%% first: then we answer them its exit reason.
+init_done(Tag, Result, #ms{cfg = Cfg, inits = Inits, init_mons = IM} = S) ->
+    case maps:take(Tag, Inits) of
+        {{_Pid, Mref, _Vsn, Callers}, Inits1} ->
+            erlang:demonitor(Mref, [flush]),
+            case Result of
+                answered -> ok;
+                {error, _} = E -> answer(Callers, Cfg, E, false)
+            end,
+            S#ms{inits = Inits1, init_mons = maps:remove(Mref, IM)};
+        error ->
+            S
     end.
 
 existing(Cfg, Key) ->
@@ -628,11 +680,11 @@ existing(Cfg, Key) ->
         undefined -> retry
     end.
 
-%% Callers learn the result; `Acked' says whether the worker will send them its init ack
-%% (only callers that asked for one, `Sync', and only when we spawned it for them).
-answer(Callers, #shoal_cfg{pool = Pool}, Result, Acked) ->
-    _ = [shoal_proto:reply(C, Pool, claimed, [Result, Acked andalso Sync])
-         || {_, _, Sync} = C <- Callers],
+%% Callers learn the result; `started' says the worker was spawned for them and its init/2
+%% has run, `true' that it was spawned for them and will tell them when init/2 has run,
+%% `false' neither (a sync caller asks the worker itself).
+answer(Callers, #shoal_cfg{pool = Pool}, Result, How) ->
+    _ = [shoal_proto:reply(C, Pool, claimed, [Result, How]) || C <- Callers],
     ok.
 
 %% A claim we waited on resolved.
@@ -676,11 +728,12 @@ take_pending(Key, Pending) ->
         error -> {[], Pending}
     end.
 
-%% The host we asked answered. It answered the callers it was given itself; we answer all
-%% of them again (a caller keeps only the first answer) with those that came since.
-on_spawned(Key, Result, #ms{cfg = Cfg, pending = Pending, spawning = Sp} = S) ->
-    {Callers, Pending1} = take_pending(Key, Pending),
-    S1 = S#ms{pending = Pending1, spawning = maps:remove(Key, Sp)},
+%% The host we asked answered. It answered the callers it was given itself; we answer
+%% those that came since (the newest first in the list).
+on_spawned(Key, Result, #ms{cfg = Cfg, pending = Pending, spawning = Sp, sent = Sent} = S) ->
+    {All, Pending1} = take_pending(Key, Pending),
+    Callers = lists:sublist(All, length(All) - maps:get(Key, Sent, 0)),
+    S1 = S#ms{pending = Pending1, spawning = maps:remove(Key, Sp), sent = maps:remove(Key, Sent)},
     case Result of
         {ok, Node, Pid, Vsn} ->
             _ = shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, 0),
@@ -706,7 +759,8 @@ abandon_spawns(Node, #ms{spawning = Sp, cfg = Cfg} = S) ->
                         _ = shoal_registry:release_claim(Cfg, K, retry),
                         answer(Cs, Cfg, retry, false),
                         Acc#ms{pending = P1}
-                end, S#ms{spawning = maps:without(Lost, Sp)}, Lost).
+                end, S#ms{spawning = maps:without(Lost, Sp),
+                          sent = maps:without(Lost, S#ms.sent)}, Lost).
 
 %%% Arbitration: the host's side ----------------------------------------------------------
 
@@ -714,9 +768,10 @@ abandon_spawns(Node, #ms{spawning = Sp, cfg = Cfg} = S) ->
 %% names a worker the home knows is dead (its `down' is on its way to us): we place the
 %% key over it. Our clock is raised past Min first, so the worker we start is newer.
 on_spawn(Key, View, Callers, Home, Min, #ms{active = View, cfg = Cfg} = S) when View =/= none ->
-    Result = place_here(Key, Callers, Min, S),
+    How = case is_pid(Home) of true -> ack; false -> defer end,
+    {Result, S1} = place_here(Key, Callers, Min, How, S),
     is_pid(Home) andalso shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned, Key, Result}),
-    S;
+    S1;
 on_spawn(Key, _View, Callers, Home, _Min, #ms{cfg = Cfg} = S) ->
     answer(Callers, Cfg, retry, false),
     is_pid(Home) andalso shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned, Key, retry}),
@@ -780,7 +835,7 @@ arbitrate_async(Keys, #ms{cfg = Cfg, active = View, peers = Peers, spawning = Sp
 
 %% Keys: [{Key, Min}] (see on_spawn).
 on_spawn_async(Keys, View, Home, #ms{active = View, cfg = Cfg} = S) when View =/= none ->
-    Results = [{Key, place_here(Key, [], Min, S)} || {Key, Min} <- Keys],
+    Results = [{Key, element(1, place_here(Key, [], Min, ack, S))} || {Key, Min} <- Keys],
     shoal_proto:send(Home, Cfg#shoal_cfg.pool, {spawned_async, Results}),
     S;
 on_spawn_async(Keys, _View, Home, #ms{cfg = Cfg} = S) ->
@@ -836,11 +891,15 @@ local_config(#shoal_cfg{ctab = CTab}) ->
     [{window, node(), W} || {{window, N}, W} <- ets:tab2list(CTab), N =:= node()] ++
         [{drained, node(), true} || ets:member(CTab, {drained, node()})].
 
-apply_config(#shoal_cfg{ctab = CTab}, {window, Node, W}) ->
+apply_config(Cfg, Item) ->
+    set_config(Cfg, Item),
+    shoal_view:placement_changed(Cfg).
+
+set_config(#shoal_cfg{ctab = CTab}, {window, Node, W}) ->
     ets:insert(CTab, {{window, Node}, W});
-apply_config(#shoal_cfg{ctab = CTab}, {drained, Node, true}) ->
+set_config(#shoal_cfg{ctab = CTab}, {drained, Node, true}) ->
     ets:insert(CTab, {{drained, Node}, true});
-apply_config(#shoal_cfg{ctab = CTab}, {drained, Node, false}) ->
+set_config(#shoal_cfg{ctab = CTab}, {drained, Node, false}) ->
     ets:delete(CTab, {drained, Node});
-apply_config(_, _) ->
+set_config(_, _) ->
     true.

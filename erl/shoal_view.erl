@@ -4,7 +4,10 @@
 %% drains).
 %%
 %% The member (shoal_member) is the only writer; everything here is a read or the two gate
-%% operations an arbitration brackets its table write with. The gate is an `atomics' array:
+%% operations an arbitration brackets its table write with, except the asks table: a
+%% caller that asks a peer's member notes the request there (ask/3, asked/2), and the
+%% member answers `retry' to every request noted for a peer it loses (fail_asks/2), so the
+%% caller needs no monitor of the peer (a remote monitor is two more messages on the wire). The gate is an `atomics' array:
 %% slot 1 is the number of the active view (0 while the member is not active), slot 2
 %% counts arbitrations between their check and their table write. The member closes the
 %% gate (slot 1 := 0) and waits for slot 2 to drain before it proposes a new view.
@@ -13,8 +16,10 @@
 -include("shoal_int.hrl").
 
 -export([new_gate/0, enter/1, leave/1, active/1, await_active/2, close/1, open/3, inflight/1]).
--export([members/1, peer/2, window/2, drained/2, candidates/1, candidates/2]).
+-export([members/1, peer/2, window/2, drained/2, candidates/1, candidates/2, plain/1,
+         placement_changed/1]).
 -export([register_over/5]).
+-export([ask/3, asked/2, fail_asks/2]).
 
 -define(G_VIEW, 1).
 -define(G_INFLIGHT, 2).
@@ -135,6 +140,38 @@ peer(#shoal_cfg{ctab = CTab}, Node) ->
         [] -> undefined
     end.
 
+%% @doc Note a request with reply alias Ref about to go to Node's member: that member's pid,
+%% or `undefined' (not a peer: nothing noted). Until asked/2, losing the peer answers the
+%% request `retry' (fail_asks/2). Noted before the peer is looked up, so the member, which
+%% drops a peer before it fails its requests, either fails this one or was not dropped yet.
+-spec ask(#shoal_cfg{}, reference(), node()) -> pid() | undefined.
+ask(#shoal_cfg{asks = Asks} = Cfg, Ref, Node) ->
+    true = ets:insert(Asks, {Ref, Node}),
+    case peer(Cfg, Node) of
+        undefined ->
+            true = ets:delete(Asks, Ref),
+            undefined;
+        Pid ->
+            Pid
+    end.
+
+%% @doc The request with reply alias Ref is answered or given up.
+-spec asked(#shoal_cfg{}, reference()) -> ok.
+asked(#shoal_cfg{asks = Asks}, Ref) ->
+    true = ets:delete(Asks, Ref),
+    ok.
+
+%% @doc (The member, once Node is no peer any more.) Answer `retry' to every request noted
+%% for Node.
+-spec fail_asks(#shoal_cfg{}, node()) -> ok.
+fail_asks(#shoal_cfg{asks = Asks, pool = Pool}, Node) ->
+    Refs = ets:select(Asks, [{{'$1', Node}, [], ['$1']}]),
+    _ = [begin
+             ets:delete(Asks, Ref),
+             shoal_proto:reply({self(), Ref}, Pool, claimed, [retry, false])
+         end || Ref <- Refs],
+    ok.
+
 %% @doc Node's placement window.
 -spec window(#shoal_cfg{}, node()) -> shoal_placement:window().
 window(#shoal_cfg{ctab = CTab}, Node) ->
@@ -146,6 +183,21 @@ window(#shoal_cfg{ctab = CTab}, Node) ->
 %% @doc Whether Node is drained.
 -spec drained(#shoal_cfg{}, node()) -> boolean().
 drained(#shoal_cfg{ctab = CTab}, Node) -> ets:member(CTab, {drained, Node}).
+
+%% @doc Whether no member has a window or is drained: then a new worker's host is its
+%% home (shoal_placement:choose/2 with equal weights picks the highest rank).
+-spec plain(#shoal_cfg{}) -> boolean().
+plain(#shoal_cfg{ctab = CTab}) -> not ets:member(CTab, custom_placement).
+
+%% @doc (The member, after it changed a window or a drain.) Note whether any is set.
+-spec placement_changed(#shoal_cfg{}) -> ok.
+placement_changed(#shoal_cfg{ctab = CTab}) ->
+    case ets:match(CTab, {{window, '_'}, '_'}, 1) =/= '$end_of_table' orelse
+        ets:match(CTab, {{drained, '_'}, '_'}, 1) =/= '$end_of_table' of
+        true -> true = ets:insert(CTab, {custom_placement, true});
+        false -> true = ets:delete(CTab, custom_placement)
+    end,
+    ok.
 
 %% @doc Placement candidates among Members: node, worker count, window, drained.
 -spec candidates(#shoal_cfg{}) -> [shoal_placement:candidate()].

@@ -38,22 +38,26 @@
             held = [] :: [{call, gen_server:from(), term()} | {cast, term()} | {info, term()}]}).
 
 -type extra() :: timeout() | hibernate | {continue, term()}.
+-type ack() :: {pid(), reference()} | {claimed, shoal_proto:caller()}.
+-export_type([ack/0]).
 -type noreply_result() :: {noreply, #w{}} | {noreply, #w{}, extra()} | {stop, term(), #w{}}.
 -type callback_result() :: {reply, term(), #w{}} | {reply, term(), #w{}, extra()} |
                            {stop, term(), term(), #w{}} | noreply_result().
 
-%% @doc Spawn the worker for Key. Each of `Acks' (`{Pid, Ref}', possibly on other nodes) is
-%% sent `{'$shoal_started', Ref, ok | {error, Reason}}' once the state is set up: by init/2,
-%% or with `{takeover, Transfer}' by takeover/3 (the end of a migration). With `init' the
-%% spawner must hold the key's claim and register the worker.
--spec spawn_worker(#shoal_cfg{}, term(), [{pid(), reference()}], init | {takeover, term()}) ->
-          pid().
+%% @doc Spawn the worker for Key. Each of `Acks' is told once the state is set up: by
+%% init/2, or with `{takeover, Transfer}' by takeover/3 (the end of a migration). A `{Pid,
+%% Ref}' (possibly on another node) is sent `{'$shoal_started', Ref, ok | {error, Reason}}';
+%% a `{claimed, Caller}' (a caller that asked a member for this spawn) gets the member's
+%% answer, `claimed' with `{ok, node(), self(), Vsn}' and `started', or `{error, Reason}'.
+%% With `init' the spawner must hold the key's claim, register the worker, and then send it
+%% `{'$shoal_go', Vsn}' with the version it registered.
+-spec spawn_worker(#shoal_cfg{}, term(), [ack()], init | {takeover, term()}) -> pid().
 spawn_worker(#shoal_cfg{segs = Segs, spawn_opts = SOpts} = Cfg, Key, Acks, How) ->
     Seg = element(erlang:phash2(Key, tuple_size(Segs)) + 1, Segs),
     proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, Seg, self(), Acks, How], SOpts).
 
 %% @private
--spec init_it(#shoal_cfg{}, term(), atom(), pid(), [{pid(), reference()}],
+-spec init_it(#shoal_cfg{}, term(), atom(), pid(), [ack()],
               init | {takeover, term()}) -> no_return().
 init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Trap,
                    has_load = HasLoad, idle_timeout = Idle} = Cfg, Key, SegName, Spawner, Acks,
@@ -64,7 +68,10 @@ init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Tra
              end,
     put('$ancestors', [SegPid]),
     link(SegPid),
-    How =:= init andalso await_registered(Cfg, Key, Spawner),
+    Vsn = case How of
+              init -> await_registered(Cfg, Key, Spawner);
+              _ -> 0
+          end,
     Trap andalso process_flag(trap_exit, true),
     Result = try first_state(Mod, Key, Args, How) of
                  {ok, St} -> {ok, St};
@@ -75,12 +82,13 @@ init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Tra
              end,
     case Result of
         {ok, State} ->
-            ack(Acks, ok),
+            ack(Cfg, Acks, ok, Vsn),
             Restart =/= temporary andalso gen_server:cast(SegPid, {track, self(), Key}),
             W = #w{cfg = Cfg, key = Key, st = State, loaded = How =/= init orelse not HasLoad},
-            gen_server:enter_loop(?MODULE, [], W, Idle);
+            %% Named by its pid: saves gen_server a process_info/2 of its registered name.
+            gen_server:enter_loop(?MODULE, [], W, self(), Idle);
         {stop, Why} ->
-            ack(Acks, {error, Why}),
+            ack(Cfg, Acks, {error, Why}, Vsn),
             exit(Why)
     end.
 
@@ -91,8 +99,17 @@ first_state(Mod, Key, Args, {takeover, Transfer}) ->
         false -> {ok, Transfer}
     end.
 
-ack(Acks, Result) ->
-    _ = [Pid ! {'$shoal_started', Ref, Result} || {Pid, Ref} <- Acks],
+ack(#shoal_cfg{pool = Pool}, Acks, Result, Vsn) ->
+    _ = [case A of
+             {claimed, Caller} ->
+                 Answer = case Result of
+                              ok -> [{ok, node(), self(), Vsn}, started];
+                              {error, _} -> [Result, false]
+                          end,
+                 shoal_proto:reply(Caller, Pool, claimed, Answer);
+             {Pid, Ref} ->
+                 Pid ! {'$shoal_started', Ref, Result}
+         end || A <- Acks],
     ok.
 
 %% Run init/2 only once registered: the spawner registers us right after spawning us and
@@ -100,11 +117,11 @@ ack(Acks, Result) ->
 %% while; if it gave up its claim instead, it kills us.
 await_registered(Cfg, Key, _Spawner) ->
     receive
-        '$shoal_go' -> true
+        {'$shoal_go', Vsn} -> Vsn
     after 5000 ->
             Self = self(),
             case shoal_registry:lookup(Cfg, Key) of
-                {local, Self, _, _} -> true;
+                {local, Self, Vsn, _} -> Vsn;
                 _ -> exit(normal)
             end
     end.

@@ -267,7 +267,7 @@ a_bad_timeout_fails_before_anything_is_spawned(Config) ->
     #{spawns := Before} = pcall(PA, shoal, stats, [Pool]),
     ok.
 
-%% A worker on A is migrated to C from A and from B at the same moment, 20 times: both get
+%% A worker on A, known on B, is migrated to C from A and from B at the same moment, 20 times: both get
 %% {ok, Pid} for the same pid on C (B's migrate may reach the old incarnation through a
 %% replica that still names it: it follows it to the successor, which is already on C).
 concurrent_migrations_to_one_node_agree(Config) ->
@@ -276,7 +276,10 @@ concurrent_migrations_to_one_node_agree(Config) ->
     lists:foreach(
       fun(I) ->
               Key = {mig, I},
-              {_, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, Key, A]),
+              {Old, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, Key, A]),
+              %% Both nodes know the worker (replication takes a millisecond or so).
+              wait_until(fun() -> pcall(PB, shoal, whereis, [Pool, Key]) =:= Old end, 5000,
+                         {replicated, Key}),
               Self = self(),
               Ms = [spawn_link(fun() -> Self ! {self(), pcall(P, shoal, migrate, [Pool, Key, C])} end)
                     || P <- [PA, PB]],
