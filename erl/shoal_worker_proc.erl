@@ -134,7 +134,7 @@ init(_) -> ignore.
 -spec handle_call(term(), gen_server:from(), #w{}) -> callback_result().
 handle_call(Msg, From, #w{forward = To} = W) when is_pid(To) ->
     To ! {'$gen_call', From, Msg},
-    {noreply, W};
+    {noreply, watch(W)};
 handle_call(Msg, From, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{call, From, Msg} | H]}};
 handle_call('$shoal_ready', _From, W) ->
@@ -158,7 +158,7 @@ handle_call(Msg, From, W0) ->
 -spec handle_cast(term(), #w{}) -> noreply_result().
 handle_cast(Msg, #w{forward = To} = W) when is_pid(To) ->
     To ! {'$gen_cast', Msg},
-    {noreply, W};
+    {noreply, watch(W)};
 handle_cast(Msg, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{cast, Msg} | H]}};
 handle_cast(Msg, W0) ->
@@ -180,7 +180,7 @@ handle_info({'$shoal_merged', Loser}, #w{forward = undefined} = W) ->
     {noreply, W, idle_of(W)};
 handle_info(Info, #w{forward = To} = W) when is_pid(To) ->
     To ! Info,
-    {noreply, W};
+    {noreply, watch(W)};
 handle_info({'$shoal_moved', Node, NewPid, Vsn}, #w{frozen = true} = W) ->
     moved(Node, NewPid, Vsn, W);
 handle_info({'$shoal_thaw', Failed}, #w{frozen = true} = W) ->
@@ -308,8 +308,18 @@ moved(Node, NewPid, Vsn, #w{cfg = #shoal_cfg{grace = Grace} = Cfg, key = Key, he
     _ = shoal_registry:put_remote(Cfg, Key, Node, NewPid, Vsn, 0),
     send_held(NewPid, H),
     erlang:send_after(Grace, self(), '$shoal_retire'),
-    {noreply, W#w{frozen = false, held = [], forward = NewPid,
-                  fwd_mon = erlang:monitor(process, NewPid), merge = acked}}.
+    W1 = W#w{frozen = false, held = [], forward = NewPid, fwd_mon = undefined, merge = acked},
+    {noreply, case H of [] -> W1; _ -> watch(W1) end}.
+
+%% We forward to a successor: watch it from the first message we forward (so that should
+%% it die, we stop, and a caller that reached us through a stale replica learns `noproc'
+%% instead of waiting for a reply that cannot come). Only then: a drain moves thousands of
+%% workers that are sent nothing during their grace, and a monitor of a process on another
+%% node costs a message each way.
+watch(#w{fwd_mon = undefined, forward = To} = W) when is_pid(To) ->
+    W#w{fwd_mon = erlang:monitor(process, To)};
+watch(W) ->
+    W.
 
 send_held(To, Held) ->
     lists:foreach(fun({call, From, M}) -> To ! {'$gen_call', From, M};
