@@ -114,6 +114,12 @@ call(Pool, Key, Msg) -> call(Pool, Key, Msg, ?DEFAULT_TIMEOUT).
 call(Pool, Key, Msg, Timeout) ->
     Cfg = ?pool_cfg(Pool, call, [Pool, Key, Msg, Timeout]),
     ?valid_timeout(Timeout) orelse exit({{bad_timeout, Timeout}, {?MODULE, call, [Pool, Key, Msg, Timeout]}}),
+    case shoal_telemetry:call_events() of
+        false -> call_spawning(Cfg, Key, Msg, Timeout);
+        true -> observed(Pool, Key, fun() -> call_spawning(Cfg, Key, Msg, Timeout) end)
+    end.
+
+call_spawning(#shoal_cfg{pool = Pool} = Cfg, Key, Msg, Timeout) ->
     Pid = case shoal_registry:whereis(Cfg, Key) of
               undefined -> resolve_or_exit(Cfg, Key, Timeout, call, [Pool, Key, Msg, Timeout]);
               P -> P
@@ -130,10 +136,22 @@ call_existing(Pool, Key, Msg, Timeout) ->
     Cfg = ?pool_cfg(Pool, call_existing, [Pool, Key, Msg, Timeout]),
     ?valid_timeout(Timeout) orelse
         exit({{bad_timeout, Timeout}, {?MODULE, call_existing, [Pool, Key, Msg, Timeout]}}),
+    case shoal_telemetry:call_events() of
+        false -> call_live(Cfg, Key, Msg, Timeout);
+        true -> observed(Pool, Key, fun() -> call_live(Cfg, Key, Msg, Timeout) end)
+    end.
+
+call_live(Cfg, Key, Msg, Timeout) ->
     case shoal_registry:whereis(Cfg, Key) of
         undefined -> {error, not_found};
         Pid -> do_call(Cfg, Key, Pid, Msg, Timeout, existing, call_existing, 0)
     end.
+
+%% A call as a `[shoal, call]' span (only built when somebody listens: see
+%% shoal_telemetry:call_events/0).
+observed(Pool, Key, Call) ->
+    shoal_telemetry:span([shoal, call], #{pool => Pool, key => Key, node => node()},
+                         fun() -> {Call(), #{}} end).
 
 %% @doc Send `Msg' to the worker for `Key' (gen_server:cast semantics), spawning it first if
 %% there is none. Always `ok' for a running pool (a key that cannot be placed within 5 s,
