@@ -1,10 +1,13 @@
 %% @doc A segment: one of a pool's N lightweight supervisors.
 %%
 %% Workers are spawned by their callers (never by a pool server) and link themselves to
-%% the segment their key hashes to, so no single process sees every spawn. The segment
-%% traps exits: it counts normal exits and crashes (feeding the pool's failure meter),
-%% restarts workers when the pool's `restart' option asks for it, and on shutdown stops
-%% every linked worker (shutdown, then kill after a grace period) like a supervisor does.
+%% the segment their key hashes to, so no single process sees every spawn. Each tells its
+%% segment its key first thing (so the segment knows the key of every exit it sees). The
+%% segment traps exits: it counts normal exits and crashes (feeding the pool's failure
+%% meter), emits `[shoal, worker, crash]' for every crash, logs `worker_crashed' for the
+%% crashes nobody else reported (exit signals: OTP reports the others), restarts workers
+%% when the pool's `restart' option asks for it, and on shutdown stops every linked worker
+%% (shutdown, then kill after a grace period) like a supervisor does.
 %%
 %% A pool's child spec calls a segment a supervisor, so it answers the supervisor calls that
 %% tools make (`supervisor:which_children/1', `count_children/1', and the status that
@@ -23,7 +26,10 @@
 
 -define(SHUTDOWN_GRACE, 5000).
 
--record(seg, {pool :: atom(), parent :: pid(), keys = #{} :: #{pid() => term()}}).
+%% keys: every live worker's key, whether it is to be restarted (it finished its init in a
+%% pool whose `restart' is not temporary), and whether its exit is reported elsewhere.
+-record(seg, {pool :: atom(), parent :: pid(),
+              keys = #{} :: #{pid() => {term(), Restartable :: boolean(), Reported :: boolean()}}}).
 
 -spec start_link(atom(), atom()) -> {ok, pid()} | {error, term()}.
 start_link(Pool, Name) -> gen_server:start_link({local, Name}, ?MODULE, {Pool, self()}, []).
@@ -60,10 +66,20 @@ worker_modules(#seg{pool = Pool}) ->
         undefined -> []
     end.
 
-%% @private Workers of restartable pools tell the segment their key.
+%% @private Every worker tells its segment its key; those of restartable pools say so once
+%% their init is done; one that exits abnormally says whether OTP or Shoal reports it.
 -spec handle_cast(term(), #seg{}) -> {noreply, #seg{}}.
+handle_cast({key, Pid, Key}, #seg{keys = Keys} = S) ->
+    {noreply, S#seg{keys = Keys#{Pid => {Key, false, false}}}};
 handle_cast({track, Pid, Key}, #seg{keys = Keys} = S) ->
-    {noreply, S#seg{keys = Keys#{Pid => Key}}};
+    {noreply, S#seg{keys = Keys#{Pid => {Key, true, false}}}};
+handle_cast({reported, Pid}, #seg{keys = Keys} = S) ->
+    case Keys of
+        #{Pid := {Key, Restartable, _}} ->
+            {noreply, S#seg{keys = Keys#{Pid := {Key, Restartable, true}}}};
+        _ ->
+            {noreply, S}
+    end;
 handle_cast(_Msg, S) -> {noreply, S}.
 
 %% @private
@@ -71,34 +87,52 @@ handle_cast(_Msg, S) -> {noreply, S}.
 handle_info({'EXIT', Parent, Reason}, #seg{parent = Parent} = S) ->
     {stop, Reason, S};
 handle_info({'EXIT', Pid, Reason}, #seg{pool = Pool, keys = Keys} = S) ->
-    {Key, Keys1} = case maps:take(Pid, Keys) of
-                       {K, Rest} -> {{ok, K}, Rest};
-                       error -> {none, Keys}
-                   end,
+    {Worker, Keys1} = case maps:take(Pid, Keys) of
+                          {W, Rest} -> {W, Rest};
+                          error -> {none, Keys}
+                      end,
     case persistent_term:get(?PT_KEY(Pool), undefined) of
-        #shoal_cfg{} = Cfg -> exited(Cfg, Key, Reason);
+        #shoal_cfg{} = Cfg -> exited(Cfg, Pid, Worker, Reason);
         undefined -> ok
     end,
     {noreply, S#seg{keys = Keys1}};
 handle_info(_Info, S) -> {noreply, S}.
 
-exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Key, Reason) ->
+exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Pid, Worker, Reason) ->
     Crash = is_crash(Reason),
     case Crash of
-        true -> counters:add(C, ?C_CRASHES, 1), shoal_nif:meter_add(M, 1);
-        false -> counters:add(C, ?C_NORMAL_EXITS, 1)
+        true ->
+            counters:add(C, ?C_CRASHES, 1),
+            shoal_nif:meter_add(M, 1),
+            crashed(Cfg, Pid, Worker, Reason);
+        false ->
+            counters:add(C, ?C_NORMAL_EXITS, 1)
     end,
     Again = case Restart of
                 permanent -> not shoal_initiated(Reason);
                 transient -> Crash;
                 temporary -> false
             end,
-    case {Again, Key} of
-        {true, {ok, K}} ->
+    case {Again, Worker} of
+        {true, {K, true, _}} ->
             counters:add(C, ?C_RESTARTS, 1),
             _ = shoal_arbiter:spawn_async(Cfg, K),
             ok;
         _ -> ok
+    end.
+
+crashed(#shoal_cfg{pool = Pool}, Pid, Worker, Reason) ->
+    Key = case Worker of
+              {K, _, _} -> K;
+              none -> undefined      %% a process linked to us that is no worker
+          end,
+    shoal_telemetry:execute([shoal, worker, crash], #{system_time => erlang:system_time()},
+                            #{pool => Pool, key => Key, node => node(), pid => Pid,
+                              reason => Reason}),
+    case Worker of
+        {_, _, true} -> ok;
+        _ -> shoal_log:log_limited(error, worker_crashed, #{pool => Pool, key => Key},
+                                   #{pid => Pid, reason => Reason})
     end.
 
 is_crash(normal) -> false;
