@@ -1,9 +1,10 @@
 %% @doc A segment: one of a pool's N lightweight supervisors.
 %%
 %% Workers are spawned by their callers (never by a pool server) and link themselves to
-%% the segment their key hashes to, so no single process sees every spawn. Each tells its
-%% segment its key first thing (so the segment knows the key of every exit it sees). The
-%% segment traps exits: it counts normal exits and crashes (feeding the pool's failure
+%% the segment their key hashes to, so no single process sees every spawn. Each writes a
+%% row of its segment's table first thing (`{Pid, Key, Restartable, Reported}', in a public
+%% ETS table named as the segment: no message to the segment), so the segment knows the key
+%% of every exit it sees. The segment traps exits: it counts normal exits and crashes (feeding the pool's failure
 %% meter), emits `[shoal, worker, crash]' for every crash, logs `worker_crashed' for the
 %% crashes nobody else reported (exit signals: OTP reports the others), restarts workers
 %% when the pool's `restart' option asks for it, and on shutdown stops every linked worker
@@ -26,19 +27,21 @@
 
 -define(SHUTDOWN_GRACE, 5000).
 
-%% keys: every live worker's key, whether it is to be restarted (it finished its init in a
-%% pool whose `restart' is not temporary), and whether its exit is reported elsewhere.
--record(seg, {pool :: atom(), parent :: pid(),
-              keys = #{} :: #{pid() => {term(), Restartable :: boolean(), Reported :: boolean()}}}).
+%% name: the segment's registered name, also the name of its table of workers: one row per
+%% live worker, `{Pid, Key, Restartable, Reported}' (Restartable: it finished its init in a
+%% pool whose `restart' is not temporary; Reported: its exit is reported elsewhere), written
+%% by the workers themselves (shoal_worker_proc) and taken by the segment when they exit.
+-record(seg, {pool :: atom(), parent :: pid(), name :: atom()}).
 
 -spec start_link(atom(), atom()) -> {ok, pid()} | {error, term()}.
-start_link(Pool, Name) -> gen_server:start_link({local, Name}, ?MODULE, {Pool, self()}, []).
+start_link(Pool, Name) -> gen_server:start_link({local, Name}, ?MODULE, {Pool, Name, self()}, []).
 
 %% @private
--spec init({atom(), pid()}) -> {ok, #seg{}}.
-init({Pool, Parent}) ->
+-spec init({atom(), atom(), pid()}) -> {ok, #seg{}}.
+init({Pool, Name, Parent}) ->
     process_flag(trap_exit, true),
-    {ok, #seg{pool = Pool, parent = Parent}}.
+    Name = ets:new(Name, [named_table, public, set, {write_concurrency, true}]),
+    {ok, #seg{pool = Pool, parent = Parent, name = Name}}.
 
 %% @private The supervisor calls (see the module doc).
 -spec handle_call(term(), gen_server:from(), #seg{}) -> {reply, term(), #seg{}}.
@@ -66,36 +69,24 @@ worker_modules(#seg{pool = Pool}) ->
         undefined -> []
     end.
 
-%% @private Every worker tells its segment its key; those of restartable pools say so once
-%% their init is done; one that exits abnormally says whether OTP or Shoal reports it.
+%% @private
 -spec handle_cast(term(), #seg{}) -> {noreply, #seg{}}.
-handle_cast({key, Pid, Key}, #seg{keys = Keys} = S) ->
-    {noreply, S#seg{keys = Keys#{Pid => {Key, false, false}}}};
-handle_cast({track, Pid, Key}, #seg{keys = Keys} = S) ->
-    {noreply, S#seg{keys = Keys#{Pid => {Key, true, false}}}};
-handle_cast({reported, Pid}, #seg{keys = Keys} = S) ->
-    case Keys of
-        #{Pid := {Key, Restartable, _}} ->
-            {noreply, S#seg{keys = Keys#{Pid := {Key, Restartable, true}}}};
-        _ ->
-            {noreply, S}
-    end;
 handle_cast(_Msg, S) -> {noreply, S}.
 
 %% @private
 -spec handle_info(term(), #seg{}) -> {noreply, #seg{}} | {stop, term(), #seg{}}.
 handle_info({'EXIT', Parent, Reason}, #seg{parent = Parent} = S) ->
     {stop, Reason, S};
-handle_info({'EXIT', Pid, Reason}, #seg{pool = Pool, keys = Keys} = S) ->
-    {Worker, Keys1} = case maps:take(Pid, Keys) of
-                          {W, Rest} -> {W, Rest};
-                          error -> {none, Keys}
-                      end,
+handle_info({'EXIT', Pid, Reason}, #seg{pool = Pool, name = Name} = S) ->
+    Worker = case ets:take(Name, Pid) of
+                 [{_, Key, Restartable, Reported}] -> {Key, Restartable, Reported};
+                 [] -> none
+             end,
     case persistent_term:get(?PT_KEY(Pool), undefined) of
         #shoal_cfg{} = Cfg -> exited(Cfg, Pid, Worker, Reason);
         undefined -> ok
     end,
-    {noreply, S#seg{keys = Keys1}};
+    {noreply, S};
 handle_info(_Info, S) -> {noreply, S}.
 
 exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Pid, Worker, Reason) ->
@@ -149,8 +140,8 @@ shoal_initiated(_) -> false.
 %% @private What sys:get_status/1 and crash reports show: a summary (the pid => key map can
 %% hold a million entries), and the `supervisor' entry supervisor:get_callback_module/1 reads.
 -spec format_status(normal | terminate, [term()]) -> term().
-format_status(Opt, [_PDict, #seg{pool = Pool, keys = Keys}]) ->
-    Summary = #{pool => Pool, tracked_keys => map_size(Keys)},
+format_status(Opt, [_PDict, #seg{pool = Pool, name = Name}]) ->
+    Summary = #{pool => Pool, workers => ets:info(Name, size)},
     case Opt of
         terminate -> Summary;
         normal -> [{data, [{"State", Summary}]}, {supervisor, [{"Callback", ?MODULE}]}]

@@ -51,9 +51,11 @@
 %% spawner must hold the key's claim and register the worker.
 -spec spawn_worker(#shoal_cfg{}, term(), [{pid(), reference()}], init | {takeover, term()}) ->
           pid().
-spawn_worker(#shoal_cfg{segs = Segs, spawn_opts = SOpts} = Cfg, Key, Acks, How) ->
-    Seg = element(erlang:phash2(Key, tuple_size(Segs)) + 1, Segs),
-    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, Seg, self(), Acks, How], SOpts).
+spawn_worker(#shoal_cfg{spawn_opts = SOpts} = Cfg, Key, Acks, How) ->
+    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, seg_of(Cfg, Key), self(), Acks, How], SOpts).
+
+%% The segment Key's worker links to (its registered name, also its table's).
+seg_of(#shoal_cfg{segs = Segs}, Key) -> element(erlang:phash2(Key, tuple_size(Segs)) + 1, Segs).
 
 %% @private
 -spec init_it(#shoal_cfg{}, term(), atom(), pid(), [{pid(), reference()}],
@@ -70,8 +72,11 @@ init_it(#shoal_cfg{pool = Pool, worker = Mod, args = Args, restart = Restart, tr
     put('$initial_call', {Mod, init, 2}),
     put(?KEY_ENTRY, {Pool, Key}),
     link(SegPid),
-    %% The segment learns our key before anything can make us exit (shoal_segment).
-    gen_server:cast(SegPid, {key, self(), Key}),
+    %% Our row in the segment's table, so it knows our key whatever makes us exit
+    %% (shoal_segment); a segment that is gone has killed us through the link already.
+    try ets:insert(SegName, {self(), Key, false, false})
+    catch error:badarg -> exit({shutdown, pool_stopping})
+    end,
     How =:= init andalso await_registered(Cfg, Key, Spawner),
     Trap andalso process_flag(trap_exit, true),
     %% As gen_server's init: a throw is a return value, an error exits with
@@ -90,7 +95,7 @@ init_it(#shoal_cfg{pool = Pool, worker = Mod, args = Args, restart = Restart, tr
     case Result of
         {ok, State} ->
             ack(Acks, ok),
-            Restart =/= temporary andalso gen_server:cast(SegPid, {track, self(), Key}),
+            Restart =/= temporary andalso ets:update_element(SegName, self(), {3, true}),
             shoal_telemetry:execute([shoal, worker, spawn], #{system_time => erlang:system_time()},
                                     #{pool => Pool, key => Key, node => node(), pid => self(),
                                       how => how(How)}),
@@ -99,7 +104,7 @@ init_it(#shoal_cfg{pool = Pool, worker = Mod, args = Args, restart = Restart, tr
         {stop, Why} ->
             ack(Acks, {error, Why}),
             init_failed(Cfg, Key, how(How), Why),
-            reported(Why),
+            reported(SegName, Why),
             exit(Why)
     end.
 
@@ -120,15 +125,10 @@ init_failed(#shoal_cfg{pool = Pool}, Key, Callback, Why) ->
 
 %% Tell our segment that OTP or Shoal logs this exit (a crash a segment sees without this
 %% was an exit signal, which nobody else reports).
-reported(Why) ->
-    case is_crash(Why) of
-        true ->
-            case get('$ancestors') of
-                [Seg | _] when is_pid(Seg) -> gen_server:cast(Seg, {reported, self()});
-                _ -> ok
-            end;
-        false -> ok
-    end.
+reported(SegName, Why) ->
+    _ = is_crash(Why) andalso
+        (catch ets:update_element(SegName, self(), {4, true})),
+    ok.
 
 is_crash(normal) -> false;
 is_crash(shutdown) -> false;
@@ -254,9 +254,9 @@ handle_continue(C, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
 
 %% @private
 -spec terminate(term(), #w{}) -> ok.
-terminate(Reason, W) ->
+terminate(Reason, #w{cfg = Cfg, key = Key} = W) ->
     %% gen_server logs an abnormal Reason once terminate/2 returns.
-    reported(Reason),
+    reported(seg_of(Cfg, Key), Reason),
     terminate_(Reason, W).
 
 terminate_(_Reason, #w{forward = To}) when is_pid(To) ->
