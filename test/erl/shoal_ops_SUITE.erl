@@ -333,9 +333,15 @@ moves_drains_and_rebalances_are_events_and_notices(Config) ->
     To = hd([A, B, C] -- [From]),
     {ok, NewPid} = pcall(PA, shoal, migrate, [Pool, 1, To]),
     ?assertEqual(To, node(NewPid)),
+    %% key_of/1 of a pid on another node asks that node
+    [{ok, Pool, 1} = pcall(P, shoal, key_of, [NewPid]) || {P, N} <- peers(Config), N =/= To],
     PFrom = peer_of(Config, From),
     wait_until(fun() -> moves(PFrom, Pool, migrate) =/= [] end, 5000, migrate_events),
     [{1, To, ok}] = moves(PFrom, Pool, migrate),
+    %% the successor's spawn event says it took the state over
+    [NewPid] = [Pid || {ev, [shoal, worker, spawn], #{pool := Po, key := 1, how := takeover,
+                                                      pid := Pid}}
+                           <- pcall(peer_of(Config, To), ?MODULE, p_events, [ev]), Po =:= Pool],
     %% drain B: every worker B had moves, with cause drain, from B
     OnB = pcall(PB, shoal, count, [Pool, B]),
     ok = pcall(PA, shoal, drain, [Pool, B]),
