@@ -355,10 +355,15 @@ moves_drains_and_rebalances_are_events_and_notices(Config) ->
     ok = pcall(PA, shoal, undrain, [Pool, B]),
     wait_until(fun() -> pcall(PC, shoal, count, [Pool, B]) =:= 0 andalso
                             pcall(PC, shoal, count, [Pool]) =:= 30 end, 5000, c_sees_the_drain),
+    %% 30 workers on three members: 10 each; B gets 10, and A or C the share it lacks
+    Before = [pcall(PC, shoal, count, [Pool, N]) || N <- [A, B, C]],
     {ok, #{moved := Moved}} = pcall(PC, shoal, rebalance, [Pool, even]),
-    ?assertEqual(10, Moved),
+    ?assertEqual(lists:sum([max(0, 10 - N) || N <- Before]), Moved),
+    wait_until(fun() -> [pcall(PC, shoal, count, [Pool, N]) || N <- [A, B, C]] =:= [10, 10, 10] end,
+               5000, even),
     Rebalanced = moves(PA, Pool, rebalance) ++ moves(PC, Pool, rebalance),
-    ?assertEqual(Moved, length([K || {K, B1, ok} <- Rebalanced, B1 =:= B])),
+    ?assertEqual(Moved, length([K || {K, _, ok} <- Rebalanced])),
+    ?assertEqual(10, length([K || {K, B1, ok} <- Rebalanced, B1 =:= B])),
     [#{how := even, moved := Moved}] =
         [R || {log, notice, #{pool := P} = R, _} <- pcall(PC, ?MODULE, p_logs, [rebalance_done]),
               P =:= Pool],
