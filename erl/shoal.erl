@@ -114,7 +114,8 @@ call(Pool, Key, Msg) -> call(Pool, Key, Msg, ?DEFAULT_TIMEOUT).
 %% @doc Call the worker for `Key', spawning it first if there is none. Exits like
 %% gen_server:call/3 on failure, with `{Reason, {shoal, call, [Pool, Key, Msg, Timeout]}}';
 %% a Timeout that is neither `infinity' nor a non-negative integer exits with
-%% `{{bad_timeout, Timeout}, ...}' before anything is spawned.
+%% `{{bad_timeout, Timeout}, ...}' before anything is spawned. While somebody listens to
+%% them (shoal_telemetry:call_events/0), the call is a `[shoal, call]' span of events.
 -spec call(pool(), key(), term(), timeout()) -> term().
 call(Pool, Key, Msg, Timeout) ->
     Cfg = ?pool_cfg(Pool, call, [Pool, Key, Msg, Timeout]),
