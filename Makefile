@@ -31,7 +31,7 @@ export ERL_LIBS :=
 
 .PHONY: all deps c nif erl doc-chunks rebar3-doc-chunks install uninstall install-test test c-test \
         c-test-asan erl-test elixir-test dialyzer demo bench bench-nif nif-asan clean fmt chaos \
-        bench-tools
+        bench-tools bench-call
 
 deps:
 	@bash scripts/deps.sh
@@ -144,6 +144,11 @@ bench-member: all
 	erl -noshell -sname "shoal_member_bench_$$$$" +P 2000000 -pa _build/default/lib/shoal/ebin -pa build/bench \
 	    -eval "try shoal_member_bench:main() of ok -> halt(0) \
 	           catch C:R:S -> io:format(standard_error, \"member bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1) end."
+
+# What the [shoal, call] telemetry span costs shoal:call when nobody listens, against the
+# shoal.erl of before the span, in one VM (scripts/call_overhead.escript).
+bench-call: all
+	escript scripts/call_overhead.escript
 
 # The pool tools alone (also part of `make bench`): bench/results/tools.md.
 bench-tools: all

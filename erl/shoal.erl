@@ -15,15 +15,17 @@
 -export([start_pool/2, stop_pool/1,
          call/3, call/4, cast/3, call_existing/3, call_existing/4, cast_existing/3,
          ensure_started/2, ensure_started_async/2, whereis/2, count/1, stop_worker/2,
-         stats/1]).
+         stats/1, key_of/1]).
 %% The cluster.
 -export([nodes/1, ready/1, await_ready/2, view/1, lookup/2, count/2, migrate/3, drain/2,
-         undrain/2, set_target/3, rebalance/1, health/1]).
+         undrain/2, set_target/3, rebalance/1, rebalance/2, health/1]).
 
 -export_type([pool/0, key/0, options/0, stats/0]).
 
 -type pool() :: atom().
 -type key() :: term().
+%% A map, or a proplist with the same keys (an Elixir keyword list; the first of repeated
+%% keys wins).
 -type options() :: #{worker := module(),
                      args => term(),
                      segments => pos_integer(),
@@ -32,7 +34,8 @@
                      table_segments_log2 => 0..16,
                      spawn_opts => [term()],
                      handoff_grace => non_neg_integer(),
-                     quorum => pos_integer()}.
+                     quorum => pos_integer()}
+                 | [{atom(), term()}].
 -type stats() :: #{live := non_neg_integer(),
                    spawns := non_neg_integer(),
                    normal_exits := non_neg_integer(),
@@ -56,7 +59,7 @@
 %%% Pools ---------------------------------------------------------------------------------
 
 %% @doc Start pool `Pool' under the shoal application (started if need be).
-%% Options: `worker' (required, a shoal_worker module), `args' (given to init/2, default
+%% Options (a map or a proplist): `worker' (required, a shoal_worker module), `args' (given to init/2, default
 %% `undefined'), `segments' (segment supervisors, default 4 per scheduler), `restart'
 %% (`temporary', the default: a crashed worker comes back on its next message;
 %% `transient': restarted at once after a crash; `permanent': after any exit Shoal did not
@@ -68,7 +71,9 @@
 %% or a majority of it, a node that is alone or on the small side of a partition waits
 %% instead of spawning a second worker).
 %%
-%% Starting a pool of the same name on connected nodes forms one cluster-wide pool.
+%% Starting a pool of the same name on connected nodes forms one cluster-wide pool. Start it
+%% with the same `worker', `restart', `idle_timeout', `quorum' and `handoff_grace' on every
+%% node: a member that meets one started with others logs an `options_differ' warning.
 -spec start_pool(pool(), options()) -> {ok, pid()} | {error, term()}.
 start_pool(Pool, Opts) ->
     case shoal_pool:validate(Pool, Opts) of
@@ -109,11 +114,18 @@ call(Pool, Key, Msg) -> call(Pool, Key, Msg, ?DEFAULT_TIMEOUT).
 %% @doc Call the worker for `Key', spawning it first if there is none. Exits like
 %% gen_server:call/3 on failure, with `{Reason, {shoal, call, [Pool, Key, Msg, Timeout]}}';
 %% a Timeout that is neither `infinity' nor a non-negative integer exits with
-%% `{{bad_timeout, Timeout}, ...}' before anything is spawned.
+%% `{{bad_timeout, Timeout}, ...}' before anything is spawned. While somebody listens to
+%% them (shoal_telemetry:call_events/0), the call is a `[shoal, call]' span of events.
 -spec call(pool(), key(), term(), timeout()) -> term().
 call(Pool, Key, Msg, Timeout) ->
     Cfg = ?pool_cfg(Pool, call, [Pool, Key, Msg, Timeout]),
     ?valid_timeout(Timeout) orelse exit({{bad_timeout, Timeout}, {?MODULE, call, [Pool, Key, Msg, Timeout]}}),
+    case shoal_telemetry:call_events() of
+        false -> call_spawning(Cfg, Key, Msg, Timeout);
+        true -> observed(Pool, Key, fun() -> call_spawning(Cfg, Key, Msg, Timeout) end)
+    end.
+
+call_spawning(#shoal_cfg{pool = Pool} = Cfg, Key, Msg, Timeout) ->
     Pid = case shoal_registry:whereis(Cfg, Key) of
               undefined -> resolve_or_exit(Cfg, Key, Timeout, call, [Pool, Key, Msg, Timeout]);
               P -> P
@@ -130,10 +142,22 @@ call_existing(Pool, Key, Msg, Timeout) ->
     Cfg = ?pool_cfg(Pool, call_existing, [Pool, Key, Msg, Timeout]),
     ?valid_timeout(Timeout) orelse
         exit({{bad_timeout, Timeout}, {?MODULE, call_existing, [Pool, Key, Msg, Timeout]}}),
+    case shoal_telemetry:call_events() of
+        false -> call_live(Cfg, Key, Msg, Timeout);
+        true -> observed(Pool, Key, fun() -> call_live(Cfg, Key, Msg, Timeout) end)
+    end.
+
+call_live(Cfg, Key, Msg, Timeout) ->
     case shoal_registry:whereis(Cfg, Key) of
         undefined -> {error, not_found};
         Pid -> do_call(Cfg, Key, Pid, Msg, Timeout, existing, call_existing, 0)
     end.
+
+%% A call as a `[shoal, call]' span (only built when somebody listens: see
+%% shoal_telemetry:call_events/0).
+observed(Pool, Key, Call) ->
+    shoal_telemetry:span([shoal, call], #{pool => Pool, key => Key, node => node()},
+                         fun() -> {Call(), #{}} end).
 
 %% @doc Send `Msg' to the worker for `Key' (gen_server:cast semantics), spawning it first if
 %% there is none. Always `ok' for a running pool (a key that cannot be placed within 5 s,
@@ -233,6 +257,17 @@ stats(Pool) ->
       call_timeouts => counters:get(C, ?C_CALL_TIMEOUTS),
       restarts => counters:get(C, ?C_RESTARTS)}.
 
+%% @doc The pool and key of a worker process: `{ok, Pool, Key}', or `undefined' if `Pid' is
+%% not a live Shoal worker. For a pid of this node, a read of its process dictionary; for a
+%% pid of another node, the same read there (one erpc round trip, at most 5 s; `undefined'
+%% if that node cannot be reached or does not run Shoal).
+-spec key_of(pid()) -> {ok, pool(), key()} | undefined.
+key_of(Pid) when is_pid(Pid), node(Pid) =:= node() -> shoal_worker_proc:key_of(Pid);
+key_of(Pid) when is_pid(Pid) ->
+    try erpc:call(node(Pid), shoal_worker_proc, key_of, [Pid], 5000)
+    catch _:_ -> undefined
+    end.
+
 %%% The cluster ---------------------------------------------------------------------------
 
 %% @doc The member nodes of the pool as this node sees them: itself and every node whose
@@ -324,9 +359,21 @@ set_target(Pool, Node, Window) when is_map(Window) ->
 set_target(_Pool, _Node, Window) ->
     {error, {bad_window, Window}}.
 
-%% @doc Move the fewest workers that bring every member inside its window.
+%% @doc Move the fewest workers that bring every member inside its window (see
+%% set_target/3; with the default windows, nothing moves).
 -spec rebalance(pool()) -> {ok, #{moved := non_neg_integer()}}.
 rebalance(Pool) -> shoal_mover:rebalance(cfg(Pool, rebalance, [Pool])).
+
+%% @doc rebalance/1 with `windows'; with `even', move the fewest workers that leave every
+%% member that is not drained within one of the average (with T workers and A such
+%% members, each holds T div A or T div A + 1), whatever the windows say, and move a
+%% drained member's workers away. Counts are those of this node's table; workers spawned
+%% or stopped meanwhile are not accounted for. `{ok, #{moved => N}}', the workers moved.
+-spec rebalance(pool(), windows | even) -> {ok, #{moved := non_neg_integer()}} | {error, term()}.
+rebalance(Pool, How) when How =:= windows; How =:= even ->
+    shoal_mover:rebalance(cfg(Pool, rebalance, [Pool, How]), How);
+rebalance(_Pool, How) ->
+    {error, {bad_rebalance, How}}.
 
 %% @doc Per member: workers, window, fill, drained, crashes per minute; plus the total.
 -spec health(pool()) -> #{nodes := #{node() => map()}, total := non_neg_integer()}.

@@ -7,7 +7,13 @@
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
     ok = shoal_log:show_in_default_handler(),
-    shoal_sup:start_link().
+    case shoal_sup:start_link() of
+        {ok, Sup} ->
+            {ok, _} = supervisor:start_child(shoal_sup, shoal_telemetry_probe:child_spec()),
+            {ok, Sup};
+        Other ->
+            Other
+    end.
 
 -spec stop(term()) -> ok.
 stop(_State) -> ok.

@@ -16,7 +16,7 @@
 %% Elixir's Logger replaces the default handler and shows every domain already.
 -module(shoal_log).
 
--export([log/4, format_report/1, show_in_default_handler/0]).
+-export([log/4, log_limited/4, format_report/1, show_in_default_handler/0]).
 
 -type meta() :: #{pool => atom(), key => term(), node => node(), atom() => term()}.
 -export_type([meta/0]).
@@ -32,6 +32,46 @@ log(Level, What, Meta, Details) when is_atom(What), is_map(Meta), is_map(Details
     logger:log(Level, maps:merge(Details, Ids#{what => What, node => Node}),
                Meta#{domain => [shoal], node => Node,
                      report_cb => fun ?MODULE:format_report/1}).
+
+%% Lines per second that log_limited/4 lets through for one pool and one `What'.
+-define(PER_SECOND, 10).
+-define(LIMIT_KEY(Pool, What), {?MODULE, limit, Pool, What}).
+
+%% @doc log/4 for events that can come in floods (a key whose init/2 fails on every message,
+%% a partition that heals with thousands of conflicts): at most 10 lines per second for one
+%% pool (Meta's `pool') and one `What'; the others are counted, and the next line that goes
+%% through carries `suppressed => N', the lines dropped since the previous one.
+-spec log_limited(logger:level(), atom(), meta(), map()) -> ok.
+log_limited(Level, What, Meta, Details) ->
+    case allow(limiter(maps:get(pool, Meta, undefined), What)) of
+        {true, 0} -> log(Level, What, Meta, Details);
+        {true, N} -> log(Level, What, Meta, Details#{suppressed => N});
+        false -> ok
+    end.
+
+%% One `atomics' array per pool and What (created on first use, kept in persistent_term):
+%% the second of the current window, the lines logged in it, the lines suppressed since the
+%% last one logged. Concurrent loggers may let a line or two more through: a bound on
+%% volume, not an exact count.
+limiter(Pool, What) ->
+    case persistent_term:get(?LIMIT_KEY(Pool, What), undefined) of
+        undefined ->
+            A = atomics:new(3, [{signed, true}]),
+            persistent_term:put(?LIMIT_KEY(Pool, What), A),
+            A;
+        A -> A
+    end.
+
+allow(A) ->
+    Now = erlang:monotonic_time(second),
+    case atomics:get(A, 1) of
+        Now -> ok;
+        Old -> atomics:compare_exchange(A, 1, Old, Now) =:= ok andalso atomics:put(A, 2, 0)
+    end,
+    case atomics:add_get(A, 2, 1) =< ?PER_SECOND of
+        true -> {true, atomics:exchange(A, 3, 0)};
+        false -> atomics:add(A, 3, 1), false
+    end.
 
 %% @doc One line for a Shoal report: `shoal pool P key K on N: what (details)', with the
 %% parts that are known.

@@ -307,7 +307,7 @@ hello(Tag, Pid, Node, MinV, MaxV, Config, #ms{cfg = Cfg, peers = Peers} = S0) ->
             S;
         {ok, #peer{}} ->
             %% Its member restarted before we saw the old one go.
-            add_peer(Tag, Pid, Node, peer_left(Node, S));
+            add_peer(Tag, Pid, Node, peer_left(Node, restarted, S));
         error ->
             add_peer(Tag, Pid, Node, S)
     end.
@@ -327,10 +327,16 @@ add_peer(Tag, Pid, Node, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg,
     ok = shoal_registry:admit(Cfg, Node, true),
     ok = shoal_registry:set_listener(Cfg, self()),
     send_sync(Cfg, Pid),
+    shoal_log:log(notice, node_up, #{pool => Pool, node => Node}, #{}),
+    shoal_telemetry:execute([shoal, node, up], #{system_time => erlang:system_time()},
+                            #{pool => Pool, node => Node}),
     propose(S#ms{peers = Peers#{Node => #peer{pid = Pid, mref = Mref}}}).
 
 %% A peer's member went down (its pool stopped, its node left or the link broke).
-peer_left(Node, #ms{cfg = #shoal_cfg{ctab = CTab} = Cfg, peers = Peers} = S) ->
+peer_left(Node, Reason, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg, peers = Peers} = S) ->
+    shoal_log:log(notice, node_down, #{pool => Pool, node => Node}, #{reason => Reason}),
+    shoal_telemetry:execute([shoal, node, down], #{system_time => erlang:system_time()},
+                            #{pool => Pool, node => Node, reason => Reason}),
     #peer{mref = Mref} = maps:get(Node, Peers),
     erlang:demonitor(Mref, [flush]),
     ets:delete(CTab, {peer, Node}),
@@ -360,9 +366,9 @@ down(Ref, Reason, #ms{claims = Claims} = S) when is_map_key(Ref, Claims) ->
     claimer_down(Ref, Reason, S);
 down(Ref, Reason, #ms{init_mons = IM} = S) when is_map_key(Ref, IM) ->
     init_done(maps:get(Ref, IM), {error, shoal_arbiter:unwrap(Reason)}, S);
-down(Ref, _Reason, #ms{peers = Peers} = S) ->
+down(Ref, Reason, #ms{peers = Peers} = S) ->
     case [N || {N, #peer{mref = R}} <- maps:to_list(Peers), R =:= Ref] of
-        [Node] -> peer_left(Node, S);
+        [Node] -> peer_left(Node, Reason, S);
         [] -> claimer_down(Ref, gone, S)
     end.
 
@@ -887,9 +893,17 @@ local_health(#shoal_cfg{meter = M} = Cfg) ->
 
 %%% Cluster configuration ----------------------------------------------------------------
 
-local_config(#shoal_cfg{ctab = CTab}) ->
+local_config(#shoal_cfg{ctab = CTab} = Cfg) ->
     [{window, node(), W} || {{window, N}, W} <- ets:tab2list(CTab), N =:= node()] ++
-        [{drained, node(), true} || ets:member(CTab, {drained, node()})].
+        [{drained, node(), true} || ets:member(CTab, {drained, node()})] ++
+        [{options, node(), options_hash(Cfg)}].
+
+%% The options every member of a pool should share, hashed: a peer that started the pool
+%% with others gets a warning on both sides (members of older versions ignore the item).
+options_hash(#shoal_cfg{} = Cfg) -> erlang:phash2(shared_options(Cfg)).
+
+shared_options(#shoal_cfg{worker = W, restart = R, idle_timeout = I, quorum = Q, grace = G}) ->
+    [{worker, W}, {restart, R}, {idle_timeout, I}, {quorum, Q}, {handoff_grace, G}].
 
 apply_config(Cfg, Item) ->
     set_config(Cfg, Item),
@@ -901,5 +915,12 @@ set_config(#shoal_cfg{ctab = CTab}, {drained, Node, true}) ->
     ets:insert(CTab, {{drained, Node}, true});
 set_config(#shoal_cfg{ctab = CTab}, {drained, Node, false}) ->
     ets:delete(CTab, {drained, Node});
+set_config(#shoal_cfg{pool = Pool} = Cfg, {options, Node, Hash}) ->
+    Hash =:= options_hash(Cfg) orelse Node =:= node() orelse
+        shoal_log:log(warning, options_differ, #{pool => Pool},
+                      #{peer => Node, options => maps:from_list(shared_options(Cfg)),
+                        hint => "start the pool with the same worker, restart, idle_timeout, "
+                                "quorum and handoff_grace on every node"}),
+    true;
 set_config(_, _) ->
     true.

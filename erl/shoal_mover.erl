@@ -10,8 +10,11 @@
 
 -include("shoal_int.hrl").
 
--export([migrate/3, drain/2, rebalance/1, plan/1]).
--export([takeover/2, evacuate/1, move_some/3, move_batch/3]).
+-export([migrate/3, drain/2, rebalance/1, rebalance/2, plan/1, plan_even/1]).
+-export([takeover/2, evacuate/1, move_some/3, move_batch/3, move_batch/4]).
+
+-type cause() :: migrate | drain | rebalance.
+-export_type([cause/0]).
 
 -define(MOVERS, 8).
 -define(MOVE_BATCH, 256).
@@ -50,11 +53,21 @@ drain(Cfg, Node) ->
 
 %% @doc Move the fewest workers that bring every member inside its window.
 -spec rebalance(#shoal_cfg{}) -> {ok, #{moved := non_neg_integer()}}.
-rebalance(Cfg) ->
+rebalance(Cfg) -> run_plan(Cfg, windows, plan(Cfg)).
+
+%% @doc rebalance/1 (`windows'), or `even': move the fewest workers that bring every member
+%% that is not drained within one of the average (a drained member's workers all go).
+-spec rebalance(#shoal_cfg{}, windows | even) -> {ok, #{moved := non_neg_integer()}}.
+rebalance(Cfg, windows) -> rebalance(Cfg);
+rebalance(Cfg, even) -> run_plan(Cfg, even, plan_even(Cfg)).
+
+run_plan(#shoal_cfg{pool = Pool} = Cfg, How, Plan) ->
     Moved = lists:sum([case request(Cfg, Src, {move_some, N, Dst}, infinity) of
                            {ok, M} -> M;
                            {error, _} -> 0
-                       end || {Src, Dst, N} <- plan(Cfg)]),
+                       end || {Src, Dst, N} <- Plan]),
+    shoal_log:log(notice, rebalance_done, #{pool => Pool},
+                  #{how => How, planned => lists:sum([N || {_, _, N} <- Plan]), moved => Moved}),
     {ok, #{moved => Moved}}.
 
 request(#shoal_cfg{pool = Pool} = Cfg, Node, What, Timeout) ->
@@ -104,6 +117,27 @@ plan(Cfg) ->
                                           not lists:keymember(N, 1, Out)]),
     pair(Out, In).
 
+%% @doc The moves rebalance(Pool, even) makes: `[{From, To, N}]'. With T workers on the
+%% members and A members not drained, each of those is to hold T div A or one more (the
+%% T rem A members that hold the most get the one more, so the fewest workers move), and a
+%% drained member none; members over their share give the excess to those under theirs.
+-spec plan_even(#shoal_cfg{}) -> [{node(), node(), pos_integer()}].
+plan_even(Cfg) ->
+    Cands = shoal_view:candidates(Cfg),
+    Open = lists:reverse(lists:keysort(2, [{N, C} || {N, C, _, false} <- Cands])),
+    Total = lists:sum([C || {_, C, _, _} <- Cands]),
+    case length(Open) of
+        0 -> [];
+        A ->
+            {Q, R} = {Total div A, Total rem A},
+            Shares = [{N, Q + 1} || {N, _} <- lists:sublist(Open, R)]
+                ++ [{N, Q} || {N, _} <- lists:nthtail(R, Open)],
+            Share = fun(N) -> proplists:get_value(N, Shares, 0) end,
+            Out = [{N, C - Share(N)} || {N, C, _, _} <- Cands, C > Share(N)],
+            In = [{N, Share(N) - C} || {N, C, _, false} <- Cands, C < Share(N)],
+            pair(Out, In)
+    end.
+
 eff_window(W, true) -> W#{high := 0, target := 0, low := 0};
 eff_window(W, false) -> W.
 
@@ -140,19 +174,27 @@ pair([{S, A} | Out], [{D, B} | In]) ->
 %% @doc Move every local worker to the other members, keeping state. Returns when none is
 %% left (or `{error, {stuck, N}}' if N could not be moved after three rounds).
 -spec evacuate(#shoal_cfg{}) -> ok | {error, term()}.
-evacuate(Cfg) ->
-    move_keys(Cfg, shoal_registry:keys_on(Cfg, node()), any, 3).
+evacuate(#shoal_cfg{pool = Pool} = Cfg) ->
+    Keys = shoal_registry:keys_on(Cfg, node()),
+    shoal_log:log(notice, drain_started, #{pool => Pool}, #{workers => length(Keys)}),
+    T0 = erlang:monotonic_time(millisecond),
+    Result = move_keys(Cfg, Keys, any, 3),
+    shoal_log:log(case Result of ok -> notice; _ -> warning end, drain_done, #{pool => Pool},
+                  #{workers => length(Keys), result => Result,
+                    ms => erlang:monotonic_time(millisecond) - T0}),
+    Result.
 
-%% @doc Move N local workers to Dest (or wherever placement says, with `any').
+%% @doc Move N local workers to Dest (or wherever placement says, with `any'): a
+%% rebalance's share on this node.
 -spec move_some(#shoal_cfg{}, non_neg_integer(), node() | any) -> {ok, non_neg_integer()}.
 move_some(Cfg, N, Dest) ->
     Keys = lists:sublist(shoal_registry:keys_on(Cfg, node()), N),
-    Failed = run_moves(Cfg, Keys, Dest),
+    Failed = run_moves(Cfg, Keys, Dest, rebalance),
     {ok, length(Keys) - Failed}.
 
 move_keys(_Cfg, [], _Dest, _Tries) -> ok;
 move_keys(Cfg, Keys, Dest, Tries) ->
-    _ = run_moves(Cfg, Keys, Dest),
+    _ = run_moves(Cfg, Keys, Dest, drain),
     case shoal_registry:keys_on(Cfg, node()) of
         [] -> ok;
         Left when Tries > 1 -> move_keys(Cfg, Left, Dest, Tries - 1);
@@ -161,7 +203,7 @@ move_keys(Cfg, Keys, Dest, Tries) ->
 
 %% Moves go in batches of ?MOVE_BATCH keys per target node, ?MOVERS batches at a time;
 %% returns how many keys failed to move.
-run_moves(Cfg, Keys, Dest) ->
+run_moves(Cfg, Keys, Dest, Cause) ->
     Members = case shoal_view:active(Cfg) of
                   inactive -> shoal_view:members(Cfg);
                   Ms -> Ms
@@ -180,31 +222,38 @@ run_moves(Cfg, Keys, Dest) ->
                           end,
     Batches = lists:append([[{Node, B} || B <- chunks(Ks, ?MOVE_BATCH)]
                             || {Node, Ks} <- maps:to_list(Movable)]),
-    NoTarget + run_batches(Cfg, Batches, 0).
+    NoTarget + run_batches(Cfg, Batches, Cause, 0).
 
 target(Cfg, Members, Key, any) ->
     Cands = [C || {N, _, _, _} = C <- shoal_view:candidates(Cfg, Members), N =/= node()],
     shoal_placement:choose(Key, Cands);
 target(_Cfg, _Members, _Key, Node) -> {ok, Node}.
 
-run_batches(_Cfg, [], Failed) -> Failed;
-run_batches(Cfg, Batches, Failed) ->
+run_batches(_Cfg, [], _Cause, Failed) -> Failed;
+run_batches(Cfg, Batches, Cause, Failed) ->
     {Now, Later} = lists:split(min(?MOVERS, length(Batches)), Batches),
     Self = self(),
-    Pids = [spawn_link(fun() -> Self ! {moved, self(), move_batch(Cfg, Keys, Node)} end)
+    Pids = [spawn_link(fun() -> Self ! {moved, self(), move_batch(Cfg, Keys, Node, Cause)} end)
             || {Node, Keys} <- Now],
     F = lists:sum([receive {moved, P, N} -> N end || P <- Pids]),
-    run_batches(Cfg, Later, Failed + F).
+    run_batches(Cfg, Later, Cause, Failed + F).
 
 chunks([], _) -> [];
 chunks(L, N) when length(L) =< N -> [L];
 chunks(L, N) -> {A, B} = lists:split(N, L), [A | chunks(B, N)].
 
-%% @doc Move the local workers of Keys to Node with one round trip for the whole batch;
-%% returns how many failed to move.
+%% @doc move_batch/4 with the cause `rebalance'.
 -spec move_batch(#shoal_cfg{}, [term()], node()) -> non_neg_integer().
-move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node) ->
+move_batch(Cfg, Keys, Node) -> move_batch(Cfg, Keys, Node, rebalance).
+
+%% @doc Move the local workers of Keys to Node with one round trip for the whole batch;
+%% returns how many failed to move. Each key's move is a `[shoal, move]' span (start when
+%% it is asked to freeze, stop once its successor runs or it thawed) with cause Cause, and a
+%% debug line `worker_moved'.
+-spec move_batch(#shoal_cfg{}, [term()], node(), cause()) -> non_neg_integer().
+move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node, Cause) ->
     Local = [{K, P} || K <- Keys, {local, P, _, false} <- [shoal_registry:lookup(Cfg, K)]],
+    Spans = maps:from_list([{K, move_started(Pool, K, Node, Cause)} || {K, _} <- Local]),
     Reqs = [{K, P, gen_server:send_request(P, '$shoal_freeze')} || {K, P} <- Local],
     Frozen = lists:filtermap(
                fun({K, P, R}) ->
@@ -227,13 +276,38 @@ move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node) ->
                               %% replaces the moving entry and relays the successor).
                               _ = shoal_registry:put_remote(Cfg, K, Node, NewPid, NewVsn, 0),
                               P ! {'$shoal_moved', Node, NewPid, NewVsn},
+                              move_stopped(maps:get(K, Spans), ok),
                               N + 1;
-                          _ ->
+                          Other ->
                               P ! {'$shoal_thaw', Node},
+                              move_stopped(maps:get(K, Spans),
+                                           case Other of
+                                               {error, _} -> Other;
+                                               _ -> {error, no_answer}
+                                           end),
                               N
                       end
               end, 0, Frozen),
+    %% Keys that would not freeze (gone, busy for 30 s) end their span here.
+    _ = [move_stopped(maps:get(K, Spans), {error, not_frozen})
+         || {K, _} <- Local, not lists:keymember(K, 1, Frozen)],
     length(Keys) - Moved.
+
+%% The two halves of a `[shoal, move]' span for one key of a batch.
+move_started(Pool, Key, To, Cause) ->
+    Meta = #{pool => Pool, key => Key, node => node(), to => To, cause => Cause,
+             telemetry_span_context => make_ref()},
+    T0 = erlang:monotonic_time(),
+    shoal_telemetry:execute([shoal, move, start],
+                            #{system_time => erlang:system_time(), monotonic_time => T0}, Meta),
+    {Meta, T0}.
+
+move_stopped({#{pool := Pool, key := Key, to := To, cause := Cause} = Meta, T0}, Result) ->
+    T1 = erlang:monotonic_time(),
+    shoal_telemetry:execute([shoal, move, stop], #{duration => T1 - T0, monotonic_time => T1},
+                            Meta#{result => Result}),
+    shoal_log:log(debug, worker_moved, #{pool => Pool, key => Key},
+                  #{to => To, cause => Cause, result => Result}).
 
 %% Addressed by name, like a single migration's (see shoal_worker_proc).
 takeover_on(#shoal_cfg{server = Name}, Pool, Node, Items) ->

@@ -14,7 +14,7 @@
                      spawn_opts, handoff_grace, quorum]).
 
 %% @doc A supervisor child spec that starts pool Pool with Opts (see shoal:start_pool/2).
--spec child_spec(atom(), map()) -> supervisor:child_spec().
+-spec child_spec(atom(), shoal:options()) -> supervisor:child_spec().
 child_spec(Pool, Opts) ->
     #{id => {shoal_pool, Pool},
       start => {?MODULE, start_link, [Pool, Opts]},
@@ -23,7 +23,7 @@ child_spec(Pool, Opts) ->
       shutdown => infinity}.
 
 %% @doc Start the pool's supervisor; `{error, Reason}' for invalid options.
--spec start_link(atom(), map()) -> {ok, pid()} | {error, term()}.
+-spec start_link(atom(), shoal:options()) -> {ok, pid()} | {error, term()}.
 start_link(Pool, Opts) ->
     case validate(Pool, Opts) of
         {ok, Cfg} ->

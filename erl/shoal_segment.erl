@@ -1,10 +1,14 @@
 %% @doc A segment: one of a pool's N lightweight supervisors.
 %%
 %% Workers are spawned by their callers (never by a pool server) and link themselves to
-%% the segment their key hashes to, so no single process sees every spawn. The segment
-%% traps exits: it counts normal exits and crashes (feeding the pool's failure meter),
-%% restarts workers when the pool's `restart' option asks for it, and on shutdown stops
-%% every linked worker (shutdown, then kill after a grace period) like a supervisor does.
+%% the segment their key hashes to, so no single process sees every spawn. Each writes a
+%% row of its segment's table first thing (`{Pid, Key, Restartable, Reported}', in a public
+%% ETS table named as the segment: no message to the segment), so the segment knows the key
+%% of every exit it sees. The segment traps exits: it counts normal exits and crashes (feeding the pool's failure
+%% meter), emits `[shoal, worker, crash]' for every crash, logs `worker_crashed' for the
+%% crashes nobody else reported (exit signals: OTP reports the others), restarts workers
+%% when the pool's `restart' option asks for it, and on shutdown stops every linked worker
+%% (shutdown, then kill after a grace period) like a supervisor does.
 %%
 %% A pool's child spec calls a segment a supervisor, so it answers the supervisor calls that
 %% tools make (`supervisor:which_children/1', `count_children/1', and the status that
@@ -23,16 +27,21 @@
 
 -define(SHUTDOWN_GRACE, 5000).
 
--record(seg, {pool :: atom(), parent :: pid(), keys = #{} :: #{pid() => term()}}).
+%% name: the segment's registered name, also the name of its table of workers: one row per
+%% live worker, `{Pid, Key, Restartable, Reported}' (Restartable: it finished its init in a
+%% pool whose `restart' is not temporary; Reported: its exit is reported elsewhere), written
+%% by the workers themselves (shoal_worker_proc) and taken by the segment when they exit.
+-record(seg, {pool :: atom(), parent :: pid(), name :: atom()}).
 
 -spec start_link(atom(), atom()) -> {ok, pid()} | {error, term()}.
-start_link(Pool, Name) -> gen_server:start_link({local, Name}, ?MODULE, {Pool, self()}, []).
+start_link(Pool, Name) -> gen_server:start_link({local, Name}, ?MODULE, {Pool, Name, self()}, []).
 
 %% @private
--spec init({atom(), pid()}) -> {ok, #seg{}}.
-init({Pool, Parent}) ->
+-spec init({atom(), atom(), pid()}) -> {ok, #seg{}}.
+init({Pool, Name, Parent}) ->
     process_flag(trap_exit, true),
-    {ok, #seg{pool = Pool, parent = Parent}}.
+    Name = ets:new(Name, [named_table, public, set, {write_concurrency, true}]),
+    {ok, #seg{pool = Pool, parent = Parent, name = Name}}.
 
 %% @private The supervisor calls (see the module doc).
 -spec handle_call(term(), gen_server:from(), #seg{}) -> {reply, term(), #seg{}}.
@@ -60,45 +69,61 @@ worker_modules(#seg{pool = Pool}) ->
         undefined -> []
     end.
 
-%% @private Workers of restartable pools tell the segment their key.
+%% @private
 -spec handle_cast(term(), #seg{}) -> {noreply, #seg{}}.
-handle_cast({track, Pid, Key}, #seg{keys = Keys} = S) ->
-    {noreply, S#seg{keys = Keys#{Pid => Key}}};
 handle_cast(_Msg, S) -> {noreply, S}.
 
 %% @private
 -spec handle_info(term(), #seg{}) -> {noreply, #seg{}} | {stop, term(), #seg{}}.
 handle_info({'EXIT', Parent, Reason}, #seg{parent = Parent} = S) ->
     {stop, Reason, S};
-handle_info({'EXIT', Pid, Reason}, #seg{pool = Pool, keys = Keys} = S) ->
-    {Key, Keys1} = case maps:take(Pid, Keys) of
-                       {K, Rest} -> {{ok, K}, Rest};
-                       error -> {none, Keys}
-                   end,
+handle_info({'EXIT', Pid, Reason}, #seg{pool = Pool, name = Name} = S) ->
+    Worker = case ets:take(Name, Pid) of
+                 [{_, Key, Restartable, Reported}] -> {Key, Restartable, Reported};
+                 [] -> none
+             end,
     case persistent_term:get(?PT_KEY(Pool), undefined) of
-        #shoal_cfg{} = Cfg -> exited(Cfg, Key, Reason);
+        #shoal_cfg{} = Cfg -> exited(Cfg, Pid, Worker, Reason);
         undefined -> ok
     end,
-    {noreply, S#seg{keys = Keys1}};
+    {noreply, S};
 handle_info(_Info, S) -> {noreply, S}.
 
-exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Key, Reason) ->
+exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Pid, Worker, Reason) ->
     Crash = is_crash(Reason),
     case Crash of
-        true -> counters:add(C, ?C_CRASHES, 1), shoal_nif:meter_add(M, 1);
-        false -> counters:add(C, ?C_NORMAL_EXITS, 1)
+        true ->
+            counters:add(C, ?C_CRASHES, 1),
+            shoal_nif:meter_add(M, 1),
+            crashed(Cfg, Pid, Worker, Reason);
+        false ->
+            counters:add(C, ?C_NORMAL_EXITS, 1)
     end,
     Again = case Restart of
                 permanent -> not shoal_initiated(Reason);
                 transient -> Crash;
                 temporary -> false
             end,
-    case {Again, Key} of
-        {true, {ok, K}} ->
+    case {Again, Worker} of
+        {true, {K, true, _}} ->
             counters:add(C, ?C_RESTARTS, 1),
             _ = shoal_arbiter:spawn_async(Cfg, K),
             ok;
         _ -> ok
+    end.
+
+crashed(#shoal_cfg{pool = Pool}, Pid, Worker, Reason) ->
+    Key = case Worker of
+              {K, _, _} -> K;
+              none -> undefined      %% a process linked to us that is no worker
+          end,
+    shoal_telemetry:execute([shoal, worker, crash], #{system_time => erlang:system_time()},
+                            #{pool => Pool, key => Key, node => node(), pid => Pid,
+                              reason => Reason}),
+    case Worker of
+        {_, _, true} -> ok;
+        _ -> shoal_log:log_limited(error, worker_crashed, #{pool => Pool, key => Key},
+                                   #{pid => Pid, reason => Reason})
     end.
 
 is_crash(normal) -> false;
@@ -115,8 +140,8 @@ shoal_initiated(_) -> false.
 %% @private What sys:get_status/1 and crash reports show: a summary (the pid => key map can
 %% hold a million entries), and the `supervisor' entry supervisor:get_callback_module/1 reads.
 -spec format_status(normal | terminate, [term()]) -> term().
-format_status(Opt, [_PDict, #seg{pool = Pool, keys = Keys}]) ->
-    Summary = #{pool => Pool, tracked_keys => map_size(Keys)},
+format_status(Opt, [_PDict, #seg{pool = Pool, name = Name}]) ->
+    Summary = #{pool => Pool, workers => ets:info(Name, size)},
     case Opt of
         terminate -> Summary;
         normal -> [{data, [{"State", Summary}]}, {supervisor, [{"Callback", ?MODULE}]}]

@@ -14,9 +14,17 @@
 %% Attaching and detaching rewrite a `persistent_term' (every process is scanned once), so
 %% attach at start-up, not per request. Emitting an event nobody listens to costs a
 %% `persistent_term' read and a loaded-module check.
+%%
+%% The `[shoal, call, _]' span runs on every `shoal:call', so it is not even built unless
+%% somebody listens: call_events/0, one `persistent_term' read of a boolean, says whether a
+%% handler is attached here to a `[shoal, call | _]' event or, with `telemetry' loaded,
+%% whether it has one for them. attach/4 and detach/1 update that flag at once; a handler
+%% attached through `telemetry:attach/4' is seen by probe/0, which shoal_telemetry_probe
+%% runs every second.
 -module(shoal_telemetry).
 
 -export([execute/3, span/3, attach/4, attach_many/4, detach/1, list_handlers/1, events/0]).
+-export([call_events/0, probe/0]).
 -export_type([event_name/0, measurements/0, metadata/0, handler_id/0, handler/0]).
 
 -type event_name() :: [atom(), ...].
@@ -29,6 +37,8 @@
 -define(EVENT_KEY(E), {?MODULE, event, E}).
 -define(IDS_KEY, {?MODULE, ids}).
 -define(LOCK, shoal_telemetry_lock).
+%% Whether anybody listens to `[shoal, call | _]' (an atom key: the cheapest to look up).
+-define(CALL_FLAG, '$shoal_call_events').
 %% The library Shoal emits through when it is loaded (a variable, so no static call to a
 %% module that may not exist).
 -define(TELEMETRY, telemetry).
@@ -46,8 +56,6 @@ events() ->
       [pool, key, node, kind, reason, stacktrace]},
      {[shoal, move, start], [system_time, monotonic_time], [pool, key, node, to, cause]},
      {[shoal, move, stop], [duration, monotonic_time], [pool, key, node, to, cause, result]},
-     {[shoal, move, exception], [duration, monotonic_time],
-      [pool, key, node, to, cause, kind, reason, stacktrace]},
      {[shoal, node, up], [system_time], [pool, node]},
      {[shoal, node, down], [system_time], [pool, node, reason]}].
 
@@ -131,7 +139,7 @@ attach_many(Id, Events, Fun, Config) ->
                                     || E <- lists:usort(Events)],
                                    persistent_term:put(?IDS_KEY,
                                                        Ids#{Id => {lists:usort(Events), Config}}),
-                                   ok
+                                   set_call_flag()
                            end
                    end);
         [] -> {error, {bad_event, Events}};
@@ -149,7 +157,7 @@ detach(Id) ->
                            [put_handlers(E, [H || {I, _, _} = H <- handlers(E), I =/= Id])
                             || E <- Events],
                            persistent_term:put(?IDS_KEY, Rest),
-                           ok
+                           set_call_flag()
                    end
            end).
 
@@ -162,7 +170,47 @@ list_handlers(Prefix) when is_list(Prefix) ->
      || {?EVENT_KEY(E), Hs} <- persistent_term:get(), lists:prefix(Prefix, E),
         {Id, F, C} <- Hs].
 
+%% @doc Whether anybody listens to the `[shoal, call | _]' events: a handler attached here,
+%% or one attached to telemetry as of the last probe/0. One `persistent_term' read, so that
+%% `shoal:call' builds no span when nobody does.
+-spec call_events() -> boolean().
+call_events() -> persistent_term:get(?CALL_FLAG, false).
+
+%% @doc Look again whether anybody listens to the `[shoal, call | _]' events (telemetry may
+%% have been loaded, or handlers attached to it, since the last look) and update the flag
+%% call_events/0 reads. Writes the flag only when it changes; `ok'.
+-spec probe() -> ok.
+probe() ->
+    case call_listeners() =:= call_events() of
+        true -> ok;
+        false -> locked(fun set_call_flag/0)
+    end.
+
 %%% Internals ------------------------------------------------------------------------------
+
+%% Under the lock: the flag as the handlers are now.
+set_call_flag() ->
+    On = call_listeners(),
+    On =:= call_events() orelse persistent_term:put(?CALL_FLAG, On),
+    ok.
+
+call_listeners() ->
+    lists:any(fun({Events, _Config}) -> lists:any(fun call_event/1, Events) end,
+              maps:values(persistent_term:get(?IDS_KEY, #{})))
+        orelse telemetry_call_handlers().
+
+call_event([shoal, call | _]) -> true;
+call_event(_) -> false.
+
+%% telemetry's own handlers for the call events, when it is loaded (any telemetry that
+%% answers something else than a list counts as listening).
+telemetry_call_handlers() ->
+    erlang:function_exported(?TELEMETRY, list_handlers, 1) andalso
+        try (?TELEMETRY):list_handlers([shoal, call]) of
+            [] -> false;
+            _ -> true
+        catch _:_ -> true
+        end.
 
 handlers(E) -> persistent_term:get(?EVENT_KEY(E), []).
 

@@ -16,7 +16,15 @@
 %% <li>`conflict(Key, Winner, State)' runs in the losing worker when two workers for one
 %%     key meet after a partition heals; the loser then hands its queue to Winner and
 %%     exits without terminate/2 (its state must not overwrite the winner's).</li>
+%% <li>`code_change(OldVsn, State, Extra)' runs when a release upgrade changes the worker
+%%     module (a `{update, Mod, {advanced, Extra}}' instruction): `{ok, NewState}', as
+%%     gen_server's. Without it the state is kept as it is.</li>
+%% <li>`format_status(Status)' (or the older `format_status(Opt, [PDict, State])'), as
+%%     gen_server's: how `sys:get_status/1' and crash reports show the state. Without it
+%%     they show the worker's state as it is (never Shoal's own record).</li>
 %% </ul>
+%% A worker process's `$initial_call' is `{Mod, init, 2}' and its process dictionary holds
+%% `{'$shoal_key', {Pool, Key}}' (shoal:key_of/1 reads it).
 -module(shoal_worker).
 
 -callback init(Key :: term(), Args :: term()) -> {ok, State :: term()} | {stop, Reason :: term()}.
@@ -45,5 +53,10 @@
     {noreply, NewState :: term()} |
     {noreply, NewState :: term(), timeout() | hibernate | {continue, term()}} |
     {stop, Reason :: term(), NewState :: term()}.
+-callback code_change(OldVsn :: term() | {down, term()}, State :: term(), Extra :: term()) ->
+    {ok, NewState :: term()} | {error, Reason :: term()}.
+-callback format_status(Status :: gen_server:format_status()) -> gen_server:format_status().
+-callback format_status(Opt :: normal | terminate, [PDict_State :: term()]) -> term().
 -optional_callbacks([handle_info/2, load/2, idle/1, terminate/2, handoff/1, takeover/3,
-                     conflict/3, handle_continue/2]).
+                     conflict/3, handle_continue/2, code_change/3, format_status/1,
+                     format_status/2]).

@@ -15,9 +15,12 @@
 
 -include("shoal_int.hrl").
 
--export([spawn_worker/4, init_it/6]).
+-export([spawn_worker/4, init_it/6, key_of/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, handle_continue/2,
-         terminate/2, code_change/3]).
+         terminate/2, code_change/3, format_status/1]).
+
+%% The worker's pool and key in its process dictionary (key_of/1, crash reports).
+-define(KEY_ENTRY, '$shoal_key').
 
 -record(w, {cfg :: #shoal_cfg{},
             key :: term(),
@@ -52,14 +55,16 @@
 %% With `init' the spawner must hold the key's claim, register the worker, and then send it
 %% `{'$shoal_go', Vsn}' with the version it registered.
 -spec spawn_worker(#shoal_cfg{}, term(), [ack()], init | {takeover, term()}) -> pid().
-spawn_worker(#shoal_cfg{segs = Segs, spawn_opts = SOpts} = Cfg, Key, Acks, How) ->
-    Seg = element(erlang:phash2(Key, tuple_size(Segs)) + 1, Segs),
-    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, Seg, self(), Acks, How], SOpts).
+spawn_worker(#shoal_cfg{spawn_opts = SOpts} = Cfg, Key, Acks, How) ->
+    proc_lib:spawn_opt(?MODULE, init_it, [Cfg, Key, seg_of(Cfg, Key), self(), Acks, How], SOpts).
+
+%% The segment Key's worker links to (its registered name, also its table's).
+seg_of(#shoal_cfg{segs = Segs}, Key) -> element(erlang:phash2(Key, tuple_size(Segs)) + 1, Segs).
 
 %% @private
 -spec init_it(#shoal_cfg{}, term(), atom(), pid(), [ack()],
               init | {takeover, term()}) -> no_return().
-init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Trap,
+init_it(#shoal_cfg{pool = Pool, worker = Mod, args = Args, restart = Restart, trap_exit = Trap,
                    has_load = HasLoad, idle_timeout = Idle} = Cfg, Key, SegName, Spawner, Acks,
         How) ->
     SegPid = case whereis(SegName) of
@@ -67,28 +72,47 @@ init_it(#shoal_cfg{worker = Mod, args = Args, restart = Restart, trap_exit = Tra
                  P -> P
              end,
     put('$ancestors', [SegPid]),
+    %% What crash reports and observer show: the user's module, and which key this is.
+    put('$initial_call', {Mod, init, 2}),
+    put(?KEY_ENTRY, {Pool, Key}),
     link(SegPid),
+    %% Our row in the segment's table, so it knows our key whatever makes us exit
+    %% (shoal_segment); a segment that is gone has killed us through the link already.
+    try ets:insert(SegName, {self(), Key, false, false})
+    catch error:badarg -> exit({shutdown, pool_stopping})
+    end,
     Vsn = case How of
               init -> await_registered(Cfg, Key, Spawner);
               _ -> 0
           end,
     Trap andalso process_flag(trap_exit, true),
+    %% As gen_server's init: a throw is a return value, an error exits with
+    %% {Reason, Stacktrace} (which Elixir formats as the exception it was).
     Result = try first_state(Mod, Key, Args, How) of
                  {ok, St} -> {ok, St};
                  {stop, Reason} -> {stop, Reason};
                  Other -> {stop, {bad_return_value, Other}}
              catch
-                 Class:Reason:Stack -> {stop, {Class, Reason, Stack}}
+                 throw:{ok, St} -> {ok, St};
+                 throw:{stop, Reason} -> {stop, Reason};
+                 throw:Other -> {stop, {bad_return_value, Other}};
+                 error:Reason:Stack -> {stop, {Reason, Stack}};
+                 exit:Reason -> {stop, Reason}
              end,
     case Result of
         {ok, State} ->
             ack(Cfg, Acks, ok, Vsn),
-            Restart =/= temporary andalso gen_server:cast(SegPid, {track, self(), Key}),
+            Restart =/= temporary andalso ets:update_element(SegName, self(), {3, true}),
+            shoal_telemetry:execute([shoal, worker, spawn], #{system_time => erlang:system_time()},
+                                    #{pool => Pool, key => Key, node => node(), pid => self(),
+                                      how => how(How)}),
             W = #w{cfg = Cfg, key = Key, st = State, loaded = How =/= init orelse not HasLoad},
             %% Named by its pid: saves gen_server a process_info/2 of its registered name.
             gen_server:enter_loop(?MODULE, [], W, self(), Idle);
         {stop, Why} ->
             ack(Cfg, Acks, {error, Why}, Vsn),
+            init_failed(Cfg, Key, how(How), Why),
+            reported(SegName, Why),
             exit(Why)
     end.
 
@@ -97,6 +121,39 @@ first_state(Mod, Key, Args, {takeover, Transfer}) ->
     case erlang:function_exported(Mod, takeover, 3) of
         true -> Mod:takeover(Key, Transfer, Args);
         false -> {ok, Transfer}
+    end.
+
+how(init) -> init;
+how({takeover, _}) -> takeover.
+
+%% init/2, takeover/3 or load/2 failed: one line, rate-limited per pool.
+init_failed(#shoal_cfg{pool = Pool}, Key, Callback, Why) ->
+    shoal_log:log_limited(error, worker_init_failed, #{pool => Pool, key => Key},
+                          #{callback => Callback, reason => Why, pid => self()}).
+
+%% Tell our segment that OTP or Shoal logs this exit (a crash a segment sees without this
+%% was an exit signal, which nobody else reports).
+reported(SegName, Why) ->
+    _ = is_crash(Why) andalso
+        (catch ets:update_element(SegName, self(), {4, true})),
+    ok.
+
+is_crash(normal) -> false;
+is_crash(shutdown) -> false;
+is_crash({shutdown, _}) -> false;
+is_crash(_) -> true.
+
+%% @doc The pool and key of a local worker process, from its process dictionary:
+%% `{ok, Pool, Key}', or `undefined' for a process that is not a Shoal worker (or is gone).
+-spec key_of(pid()) -> {ok, atom(), term()} | undefined.
+key_of(Pid) when node(Pid) =:= node() ->
+    case erlang:process_info(Pid, dictionary) of
+        {dictionary, D} ->
+            case lists:keyfind(?KEY_ENTRY, 1, D) of
+                {_, {Pool, Key}} -> {ok, Pool, Key};
+                false -> undefined
+            end;
+        undefined -> undefined
     end.
 
 ack(#shoal_cfg{pool = Pool}, Acks, Result, Vsn) ->
@@ -214,10 +271,15 @@ handle_continue(C, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
 
 %% @private
 -spec terminate(term(), #w{}) -> ok.
-terminate(_Reason, #w{forward = To}) when is_pid(To) ->
+terminate(Reason, #w{cfg = Cfg, key = Key} = W) ->
+    %% gen_server logs an abnormal Reason once terminate/2 returns.
+    reported(seg_of(Cfg, Key), Reason),
+    terminate_(Reason, W).
+
+terminate_(_Reason, #w{forward = To}) when is_pid(To) ->
     %% The state lives on in the newer incarnation: saving it here would overwrite it.
     ok;
-terminate(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} = W) ->
+terminate_(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} = W) ->
     case erlang:function_exported(Mod, terminate, 2) andalso Loaded of
         true -> _ = Mod:terminate(Reason, St), ok;
         false -> ok
@@ -228,16 +290,67 @@ terminate(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} =
         _ -> ok
     end.
 
-%% @private
--spec code_change(term(), #w{}, term()) -> {ok, #w{}}.
-code_change(_Old, W, _Extra) -> {ok, W}.
+%% @private A release upgrade that changes the worker module: its code_change/3, when it
+%% exports one, turns the user's state; otherwise the state is kept as it is.
+-spec code_change(term(), #w{}, term()) -> {ok, #w{}} | {error, term()}.
+code_change(Old, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W, Extra) ->
+    case erlang:function_exported(Mod, code_change, 3) of
+        true ->
+            case Mod:code_change(Old, St, Extra) of
+                {ok, St1} -> {ok, W#w{st = St1}};
+                Error -> Error
+            end;
+        false ->
+            {ok, W}
+    end.
+
+%% @private What sys:get_status/1 and crash reports show: the user's state (not this
+%% wrapper's record), as the worker module's format_status/1 (or format_status/2) formats
+%% it when it exports one.
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
+format_status(#{state := #w{cfg = #shoal_cfg{worker = Mod}, st = St}} = Status) ->
+    User = Status#{state => St},
+    case {erlang:function_exported(Mod, format_status, 1),
+          erlang:function_exported(Mod, format_status, 2)} of
+        {true, _} ->
+            try Mod:format_status(User) of
+                #{} = Formatted -> maps:merge(Status, Formatted);
+                _ -> User
+            catch _:_ -> User
+            end;
+        {false, true} ->
+            Opt = case maps:is_key(reason, Status) of true -> terminate; false -> normal end,
+            try Mod:format_status(Opt, [get(), St]) of
+                Formatted -> Status#{state => Formatted}
+            catch _:_ -> User
+            end;
+        {false, false} ->
+            User
+    end;
+format_status(Status) ->
+    Status.
 
 %% --- moves ------------------------------------------------------------------------------
 
 %% Move to Node (migrate/3): we are inside a call, so nothing else is handled meanwhile.
 %% Hand the state over, have Node's member start and register the successor, point our
 %% table at it, and from then on forward everything to it until we retire.
-migrate(Node, #w{cfg = #shoal_cfg{pool = Pool, server = Name}, key = Key} = W0) ->
+migrate(Node, #w{cfg = #shoal_cfg{pool = Pool}, key = Key} = W0) ->
+    shoal_telemetry:span([shoal, move],
+                         #{pool => Pool, key => Key, node => node(), to => Node, cause => migrate},
+                         fun() ->
+                                 Reply = migrate_(Node, W0),
+                                 Result = case Reply of
+                                              {reply, {ok, _}, _} -> ok;
+                                              {reply, {error, R}, _, _} -> {error, R};
+                                              _ -> {error, stopped}
+                                          end,
+                                 shoal_log:log(debug, worker_moved, #{pool => Pool, key => Key},
+                                               #{to => Node, cause => migrate, result => Result}),
+                                 {Reply, #{result => Result}}
+                         end).
+
+migrate_(Node, #w{cfg = #shoal_cfg{pool = Pool, server = Name}, key = Key} = W0) ->
     case hand_off(W0) of
         {ok, Transfer, Vsn, W} ->
             %% Addressed by name: our member may not have met the target's yet (the caller's
@@ -388,7 +501,9 @@ yield(Node, Winner, Vsn, Mark, #w{cfg = Cfg, key = Key, st = St} = W) ->
     Self = self(),
     case shoal_registry:lookup(Cfg, Key) of
         {local, Self, MyVsn, _} when {Vsn, Node} > {MyVsn, node()} ->
-            Mod = (W#w.cfg)#shoal_cfg.worker,
+            #shoal_cfg{worker = Mod, pool = Pool} = W#w.cfg,
+            shoal_log:log_limited(warning, conflict_resolved, #{pool => Pool, key => Key},
+                                  #{winner => Winner, winner_node => Node, loser => self()}),
             _ = case erlang:function_exported(Mod, conflict, 3) of
                     true -> Mod:conflict(Key, Winner, St);
                     false -> ok
@@ -413,8 +528,12 @@ with_loaded(#w{loaded = true} = W, Fun) -> Fun(W);
 with_loaded(#w{cfg = #shoal_cfg{worker = Mod}, key = Key, st = St} = W, Fun) ->
     case Mod:load(Key, St) of
         {ok, St1} -> Fun(W#w{st = St1, loaded = true});
-        {error, Reason} -> {stop, {shutdown, {load_failed, Reason}}, W};
-        Other -> {stop, {bad_return_value, Other}, W}
+        {error, Reason} ->
+            init_failed(W#w.cfg, Key, load, {load_failed, Reason}),
+            {stop, {shutdown, {load_failed, Reason}}, W};
+        Other ->
+            init_failed(W#w.cfg, Key, load, {bad_return_value, Other}),
+            {stop, {bad_return_value, Other}, W}
     end.
 
 ret({reply, R, S}, #w{cfg = #shoal_cfg{idle_timeout = I}} = W) -> {reply, R, W#w{st = S}, I};
@@ -441,9 +560,11 @@ idle(#w{cfg = #shoal_cfg{has_idle = HasIdle, worker = Mod, idle_timeout = I}, st
 
 %% Leave the table first, so nobody new finds us; whatever reached us meanwhile goes to
 %% the key's next incarnation after terminate/2 (reroute_mailbox/1).
-offload(#w{cfg = #shoal_cfg{counters = C}} = W) ->
+offload(#w{cfg = #shoal_cfg{counters = C, pool = Pool}, key = Key} = W) ->
     unregister_self(W),
     counters:add(C, ?C_IDLE_OFFLOADS, 1),
+    shoal_telemetry:execute([shoal, worker, offload], #{system_time => erlang:system_time()},
+                            #{pool => Pool, key => Key, node => node(), pid => self()}),
     {stop, {shutdown, shoal_offloaded}, W}.
 
 unregister_self(#w{cfg = Cfg, key = Key}) ->

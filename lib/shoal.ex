@@ -37,7 +37,7 @@ defmodule Shoal do
   @typedoc """
   Pool options, as a keyword list or a map: `:worker` (required, a module that implements
   `:shoal_worker`, e.g. with `use Shoal.Worker`), `:args`, `:restart`, `:idle_timeout`,
-  `:segments`, `:handoff_grace`, `:table_segments_log2`, `:spawn_opts`
+  `:segments`, `:handoff_grace`, `:table_segments_log2`, `:spawn_opts`, `:quorum`
   (see `:shoal.start_pool/2`).
   """
   @type options :: keyword() | map()
@@ -66,7 +66,8 @@ defmodule Shoal do
   @doc """
   Calls the worker for `key`, spawning it first if there is none.
 
-  Exits like `GenServer.call/3` on failure, with `{reason, {:shoal, :call, args}}`. A call
+  Exits like `GenServer.call/3` on failure, with `{reason, {:shoal, :call, args}}` (a worker
+  whose `init/2` raised: `reason` is `{exception, stacktrace}`). A call
   that finds its worker gone before it was handled (stopped, offloaded, crashed) is sent
   again to the key's next worker, so such a race is never a timeout.
   """
@@ -93,7 +94,9 @@ defmodule Shoal do
 
   @doc """
   Starts the worker for `key` if there is none and waits until its `init/2` has run.
-  Every concurrent caller gets the same pid. `{:error, reason}` if `init/2` failed.
+  Every concurrent caller gets the same pid. `{:error, reason}` if `init/2` failed; if it
+  raised, `reason` is `{exception, stacktrace}` (as a GenServer's init exit reason), which
+  `Exception.format_exit/1` shows as the exception.
   """
   @spec ensure_started(pool, key) :: {:ok, pid} | {:error, term}
   def ensure_started(pool, key), do: :shoal.ensure_started(pool, key)
@@ -116,6 +119,13 @@ defmodule Shoal do
   @doc "Stops the worker for `key` gracefully; what is queued for it goes to its next worker."
   @spec stop_worker(pool, key) :: :ok | {:error, :not_found}
   def stop_worker(pool, key), do: :shoal.stop_worker(pool, key)
+
+  @doc """
+  The pool and key of a worker process: `{:ok, pool, key}`, or `nil` if `pid` is not a live
+  Shoal worker. A pid of another node is asked about on that node (one round trip).
+  """
+  @spec key_of(pid) :: {:ok, pool, key} | nil
+  def key_of(pid), do: nil_for_undefined(:shoal.key_of(pid))
 
   @doc "The number of live workers in the pool, cluster-wide."
   @spec count(pool) :: non_neg_integer
@@ -158,9 +168,13 @@ defmodule Shoal do
   @spec set_target(pool, node, window) :: :ok | {:error, term}
   def set_target(pool, node, window), do: :shoal.set_target(pool, node, options(window))
 
-  @doc "Moves the fewest workers that bring every member inside its window."
-  @spec rebalance(pool) :: {:ok, %{moved: non_neg_integer}}
-  def rebalance(pool), do: :shoal.rebalance(pool)
+  @doc """
+  Moves the fewest workers that bring every member inside its window (see `set_target/3`;
+  with the default windows nothing moves). `rebalance(pool, :even)` instead moves the
+  fewest workers that leave every member that is not drained within one of the average.
+  """
+  @spec rebalance(pool, :windows | :even) :: {:ok, %{moved: non_neg_integer}} | {:error, term}
+  def rebalance(pool, how \\ :windows), do: :shoal.rebalance(pool, how)
 
   @doc """
   Per member node: `:count`, `:window`, `:fill`, `:drained`, `:crashes_per_minute`,

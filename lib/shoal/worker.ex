@@ -30,8 +30,18 @@ defmodule Shoal.Worker do
   offload), `terminate/2` (when exported the worker traps exits, so it also runs on pool
   shutdown, stop, offload and migration), `handoff/1` and `takeover/3` (what a migration
   carries; by default the state itself), `conflict/3` (this worker lost a post-partition
-  duplicate). Define the ones you need, with `@impl true`. See `:shoal_worker` for their
-  contracts.
+  duplicate), `code_change/3` (a release upgrade of the module), `format_status/1` (how
+  `:sys.get_status/1` and crash reports show the state). Define the ones you need, with
+  `@impl true`. See `:shoal_worker` for their contracts.
+
+  What OTP tools see of a worker: its initial call is `{YourModule, :init, 2}`,
+  `:sys.get_status/1` and crash reports show your state (formatted by your
+  `format_status/1` if you define one), and `Shoal.key_of/1` maps its pid to its pool and
+  key. `:sys.get_state/1` returns Shoal's wrapper around your state (that function cannot be
+  redirected by a GenServer callback); use `:sys.get_status/1`. An `init/2` that raises
+  makes `Shoal.ensure_started/2` return `{:error, {exception, stacktrace}}`, the shape
+  Elixir formats as an exception; the failure is logged (`worker_init_failed`, at most 10
+  lines a second per pool).
   """
 
   @doc false

@@ -181,7 +181,8 @@ defmodule ShoalTest do
       assert :shoal.call(pool, "ivan", :stop) == :ok
       eventually(fn -> :shoal.whereis(pool, "ivan") == :undefined end)
       assert :shoal.count(pool) == 0
-      assert :shoal.stats(pool).normal_exits >= 1
+      # the segment counts the exit when it handles it, after the table forgot the worker
+      eventually(fn -> :shoal.stats(pool).normal_exits >= 1 end)
     end
 
     test "a crashed worker comes back lazily on its next message (restart: temporary)",
@@ -194,7 +195,7 @@ defmodule ShoalTest do
 
       assert :shoal.call(pool, "judy", :get) == 0
       assert :shoal.whereis(pool, "judy") != pid
-      assert :shoal.stats(pool).crashes == 1
+      eventually(fn -> :shoal.stats(pool).crashes == 1 end)
     end
 
     test "killing a worker from outside: the next call gets a new one", %{pool: pool} do
