@@ -25,16 +25,17 @@
          a_dead_pid_in_a_replica_is_relearnt/1,
          a_hidden_node_becomes_a_member/1,
          an_ei_node_that_cannot_answer_does_not_hold_agreement_back/1,
-         membership_agreement_is_observable/1]).
+         membership_agreement_is_observable/1,
+         a_caller_whose_home_dies_mid_spawn_starts_over/1]).
 -export([p_start_and_race/5, p_race/5, p_hammer/3, p_stop/1, p_poke_stale/3, p_put_stale/4,
-         p_migrate_when_member/3, p_spawn_on/3, p_ballast/2]).
+         p_migrate_when_member/3, p_spawn_on/3, p_ballast/2, p_timed_ensure/2]).
 
 -define(WORKER, shoal_counter_worker).
 -define(CALL_TIMEOUT, 60000).
 
 suite() -> [{timetrap, {minutes, 5}}].
 
-all() -> [{group, forming}, {group, formed}, {group, hidden}].
+all() -> [{group, forming}, {group, formed}, {group, hidden}, {group, loss}].
 
 groups() ->
     [{forming, [],
@@ -50,7 +51,8 @@ groups() ->
        a_dead_pid_in_a_replica_is_relearnt,
        membership_agreement_is_observable]},
      {hidden, [], [a_hidden_node_becomes_a_member,
-                   an_ei_node_that_cannot_answer_does_not_hold_agreement_back]}].
+                   an_ei_node_that_cannot_answer_does_not_hold_agreement_back]},
+     {loss, [], [a_caller_whose_home_dies_mid_spawn_starts_over]}].
 
 init_per_suite(Config) ->
     Paths = shoal_test_cluster:code_paths([?MODULE, ?WORKER, shoal_slow_init_worker]),
@@ -64,12 +66,15 @@ end_per_suite(_Config) -> ok.
 
 init_per_group(hidden, Config) ->
     Config;
+init_per_group(loss, Config) ->
+    Config;
 init_per_group(Group, Config) ->
     Peers = shoal_test_cluster:start_peers(Group, 3, ?config(paths, Config)),
     ok = shoal_test_cluster:connect_all(Peers),
     [{peers, Peers} | Config].
 
 end_per_group(hidden, _Config) -> ok;
+end_per_group(loss, _Config) -> ok;
 end_per_group(_, Config) -> shoal_test_cluster:stop_peers(?config(peers, Config)).
 
 init_per_testcase(Case, Config) ->
@@ -321,6 +326,48 @@ membership_agreement_is_observable(Config) ->
 
 %%% Hidden nodes ----------------------------------------------------------------------------
 
+%% A caller on A asks home C for a key whose worker's init/2 takes 1.5 s; C halts while the
+%% worker runs it. The caller does not monitor C's member (its own member answers `retry' for
+%% the requests to a peer it loses): it starts over in the view without C and gets a worker
+%% on a survivor, well inside ensure_started's 5 s (waiting for C's answer would time out).
+%% Repeated with fresh nodes, 3 times.
+a_caller_whose_home_dies_mid_spawn_starts_over(Config) ->
+    lists:foreach(
+      fun(Round) ->
+              Peers = shoal_test_cluster:start_peers(loss, 3, ?config(paths, Config)),
+              try
+                  ok = shoal_test_cluster:connect_all(Peers),
+                  [{PA, A}, {_, B}, {PC, C}] = Peers,
+                  Pool = home_dies,
+                  [{ok, _} = pcall(P, shoal, start_pool,
+                                   [Pool, #{worker => shoal_slow_init_worker,
+                                            args => #{delay => 1500, outcome => ok}}])
+                   || {P, _} <- Peers],
+                  [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- Peers],
+                  All = lists:sort([A, B, C]),
+                  [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000,
+                              {members, N}) || {P, N} <- Peers],
+                  Key = hd([K || I <- lists:seq(1, 1000), K <- [{home_dies, Round, I}],
+                                 pcall(PA, shoal_placement, home, [K, All]) =:= C]),
+                  Self = self(),
+                  Caller = spawn_link(fun() ->
+                                              Self ! {self(), pcall(PA, ?MODULE, p_timed_ensure,
+                                                                    [Pool, Key])}
+                                      end),
+                  %% C's worker is in its init/2 when C goes.
+                  wait_until(fun() -> is_pid(pcall(PC, shoal, whereis, [Pool, Key])) end, 5000,
+                             {spawned_on_home, Key}),
+                  peer:cast(PC, erlang, halt, []),
+                  {Result, Ms} = receive {Caller, R} -> R end,
+                  ct:pal("round ~b: ~p after ~b ms", [Round, Result, Ms]),
+                  ?assertMatch({ok, _}, Result),
+                  {ok, Pid} = Result,
+                  ?assert(lists:member(node(Pid), [A, B]))
+              after
+                  shoal_test_cluster:stop_peers(Peers)
+              end
+      end, lists:seq(1, 3)).
+
 %% A node started with -hidden (as every C node is) is greeted like any other: it becomes
 %% a member, and keys placed on it or elsewhere are reached from both sides.
 a_hidden_node_becomes_a_member(Config) ->
@@ -482,6 +529,12 @@ wait_count(Pool, N) ->
     end.
 
 %% @private Spawn Key's worker and move it to Node: {Pid, Node}.
+%% @private ensure_started/2 with its default timeout, and how long it took (ms).
+p_timed_ensure(Pool, Key) ->
+    T0 = erlang:monotonic_time(millisecond),
+    R = shoal:ensure_started(Pool, Key),
+    {R, erlang:monotonic_time(millisecond) - T0}.
+
 p_spawn_on(Pool, Key, Node) ->
     _ = shoal:call(Pool, Key, whoami),
     {ok, Pid} = shoal:migrate(Pool, Key, Node),
