@@ -32,7 +32,7 @@ defmodule Shoal.Super do
 
       :ok = Shoal.Super.add_group(:shop, :lobby, restart: :one_for_all)
       {:ok, _pid} = Shoal.Super.add_group_worker(:shop, :lobby, {MyApp.Player, :ann}, id: :ann)
-      :ok = Shoal.Super.broadcast(:shop, :lobby, :tick)
+      :ok = Shoal.Super.broadcast(:shop, :lobby, {:ping, self()})
 
   ## Worker and step specs
 
@@ -58,8 +58,10 @@ defmodule Shoal.Super do
   `chains: [{chain, chain_opts, [{step_spec, step_opts}]}]`,
   `workers: [{worker_spec, worker_opts}]`, and `cluster: pool` (the Shoal pool, started
   with `start_host_pool/1` on every node, that hosts members and steps placed on other
-  nodes). A declaration the run-time call would refuse fails the start with
-  `{:error, {:declaration, what, reason}}` and leaves nothing running.
+  nodes). A bad spec or option in a declaration fails the start with the error the
+  run-time call would give (`{:error, {:bad_worker_spec, spec}}`, ...), before anything
+  starts; one refused while loading (a duplicate id) with `{:error, {:declaration, what,
+  reason}}`, and the supervisor is stopped again.
 
       defmodule MyApp.Game do
         use Shoal.Super,
@@ -268,8 +270,9 @@ defmodule Shoal.Super do
   (the shapes `add_group/3` + `add_group_worker/4`, `add_chain/3` + `add_chain_step/4`
   and `add_worker/3` take, options as keyword lists), and `cluster: pool`, the Shoal pool
   (started with `start_host_pool/1` on every node) that hosts members and steps placed on
-  other nodes. A declaration the run-time call would refuse fails the start with
-  `{:error, {:declaration, what, reason}}`.
+  other nodes. A bad spec or option in a declaration fails the start with the run-time
+  call's own error before anything starts; a declaration refused while loading (a
+  duplicate id) with `{:error, {:declaration, what, reason}}`, leaving nothing running.
   """
   @spec start_link(sup(), options()) :: {:ok, pid()} | {:error, term()}
   def start_link(name, _opts) when name in [nil, :undefined], do: {:error, {:bad_id, name}}
