@@ -215,6 +215,11 @@ defmodule ShoalSuperFaceTest do
       assert Shoal.Super.start_link(nil) == {:error, {:bad_id, nil}}
       assert Shoal.Super.start_link(:face_groups) == {:error, {:already_started, Process.whereis(sup)}}
       assert_raise ArgumentError, fn -> Shoal.Super.child_spec(groups: []) end
+
+      # nil where Erlang says undefined: no on_finish, no cluster
+      assert Shoal.Super.add_chain(sup, :quiet, on_finish: nil) == :ok
+      start_supervised!({Shoal.Super, name: :face_no_cluster, cluster: nil}, id: :no_cluster)
+      assert Shoal.Super.add_group(:face_no_cluster, :g, placement: :spread) == {:error, :no_cluster}
       assert is_pid(Process.whereis(sup))
     end
   end
