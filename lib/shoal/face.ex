@@ -1,7 +1,7 @@
 defmodule Shoal.Face do
   @moduledoc false
   # What the `use` faces of the pool tools (Shoal.Fixed, Shoal.Cron, Shoal.Batcher,
-  # Shoal.Tasks, Shoal.Shared) share.
+  # Shoal.Tasks, Shoal.Shared) and Shoal.Super share.
 
   # The instance name a `use` module's functions address: read at compile time from a
   # literal keyword list (so a call costs nothing more), else when it is asked for.
