@@ -57,8 +57,10 @@
 %% `workers => [{WorkerSpec, WorkerOpts}]' (the shapes add_group/3 + add_group_worker/4,
 %% add_chain/3 + add_chain_step/4 and add_worker/3 take), and `cluster => Pool', the Shoal
 %% pool (started with start_host_pool/1 on every node) that hosts members and steps placed
-%% on other nodes. A declaration that the run-time call would refuse fails the start with
-%% `{error, {declaration, What, Reason}}'.
+%% on other nodes. Options or specs of the wrong shape fail the start before anything is
+%% started, with the error the run-time call gives (`{error, {bad_worker_spec, Spec}}', ...);
+%% a declaration refused while loading (a duplicate id, ...) fails it with `{error,
+%% {declaration, What, Reason}}'. Either way nothing is left running.
 -spec start_link(sup(), options()) -> {ok, pid()} | {error, term()}.
 start_link(Id, Opts) when is_atom(Id) ->
     case shoal_super_opts:super(Opts) of
