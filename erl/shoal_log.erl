@@ -24,14 +24,20 @@
 %% @doc Log event `What' at `Level'. `Meta' may give `pool', `key' and `node' (default:
 %% this node), which go both into the logger metadata (for filters and formatter templates)
 %% and into the report (so the default formatter shows them); other keys of Meta are
-%% added to the logger metadata only. `Details' is the rest of the report.
+%% added to the logger metadata only. `Details' is the rest of the report. Nothing is
+%% built when the level is off (a drain logs a debug line per worker moved).
 -spec log(logger:level(), atom(), meta(), map()) -> ok.
 log(Level, What, Meta, Details) when is_atom(What), is_map(Meta), is_map(Details) ->
-    Ids = maps:with([pool, key], Meta),
-    Node = maps:get(node, Meta, node()),
-    logger:log(Level, maps:merge(Details, Ids#{what => What, node => Node}),
-               Meta#{domain => [shoal], node => Node,
-                     report_cb => fun ?MODULE:format_report/1}).
+    case logger:allow(Level, ?MODULE) of
+        true ->
+            Ids = maps:with([pool, key], Meta),
+            Node = maps:get(node, Meta, node()),
+            logger:log(Level, maps:merge(Details, Ids#{what => What, node => Node}),
+                       Meta#{domain => [shoal], node => Node,
+                             report_cb => fun ?MODULE:format_report/1});
+        false ->
+            ok
+    end.
 
 %% Lines per second that log_limited/4 lets through for one pool and one `What'.
 -define(PER_SECOND, 10).

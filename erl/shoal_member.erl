@@ -33,6 +33,7 @@
 -define(TOMB_TTL, 10000).       %% ms a tomb blocks stale replicas
 -define(SWEEP_EVERY, 5000).     %% ms between tomb sweeps
 -define(MAX_DELAY_US, 1000).    %% us a replication op may wait for its batch
+-define(EVENTS, 256).           %% table events taken in one pass (see more_events/2)
 -define(PROBE_TIMEOUT, 2000).   %% ms we wait for a connected node to say whether it is a member
 
 -record(peer, {pid :: pid(),
@@ -150,9 +151,10 @@ handle_info({'$shoal', _, _, _} = Msg, #ms{cfg = #shoal_cfg{pool = Pool}} = S) -
                            #{domain => [shoal]}),
             noreply(S)
     end;
-handle_info({'$shoal_up', _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
-handle_info({'$shoal_down', _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
-handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) -> noreply(buffer(Ev, S));
+handle_info({'$shoal_up', _, _, _} = Ev, S) -> noreply(more_events(buffer(Ev, S), ?EVENTS));
+handle_info({'$shoal_down', _, _, _} = Ev, S) -> noreply(more_events(buffer(Ev, S), ?EVENTS));
+handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) ->
+    noreply(more_events(buffer(Ev, S), ?EVENTS));
 handle_info({'$shoal_claim', Ref, Result}, S) -> noreply(claim_resolved(Ref, Result, S));
 handle_info({'$shoal_started', Tag, _}, S) -> noreply(init_done(Tag, answered, S));
 handle_info({fence, Ref}, #ms{fence = Ref} = S) -> noreply(fenced(S));
@@ -474,6 +476,21 @@ buffer(Ev, #ms{cfg = Cfg, buf = B, buf_len = N, buf_since = T0} = S) ->
             S#ms{buf = [Op], buf_len = 1, buf_since = now_us()};
         Op ->
             S#ms{buf = [Op | B], buf_len = N + 1, buf_since = T0}
+    end.
+
+%% The table sends one message per event, so a drain or a burst of spawns queues tens of
+%% thousands here: the events already queued are taken in the same pass (in their order,
+%% up to ?EVENTS of them and never past a full batch), so a burst pays the server loop and
+%% the tick once per pass, not once per event. A pass ends at the first receive that finds
+%% no event (one look over the queue, which a burst of events keeps short of others).
+more_events(S, 0) -> S;
+more_events(#ms{buf_len = N} = S, _) when N >= ?BATCH -> S;
+more_events(S, Left) ->
+    receive
+        {'$shoal_up', _, _, _} = Ev -> more_events(buffer(Ev, S), Left - 1);
+        {'$shoal_down', _, _, _} = Ev -> more_events(buffer(Ev, S), Left - 1);
+        {'$shoal_replaced', _, _, _, _, _, _} = Ev -> more_events(buffer(Ev, S), Left - 1)
+    after 0 -> S
     end.
 
 %% Send the buffered ops to every peer, in the order they happened.
