@@ -215,7 +215,15 @@ await_claimed(#shoal_cfg{pool = Pool} = Cfg, Key, Ref, Deadline) ->
                         false -> {exists, Pid}
                     end;
                 retry -> retry;
-                {error, _} = E -> E
+                {error, _} = E ->
+                    %% A worker registered for us that failed: our clock goes past its
+                    %% version before the claim is given up, so the next spawn of the key
+                    %% (arbitrated with our clock) is newer than it, wherever it lands.
+                    _ = case Acked of
+                            {failed, Vsn} when is_integer(Vsn) -> shoal_registry:observe(Vsn);
+                            _ -> ok
+                        end,
+                    E
             end
     after remaining(Deadline) ->
             ok = shoal_view:asked(Cfg, Ref),

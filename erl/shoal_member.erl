@@ -686,11 +686,11 @@ started(Callers, How, #ms{cfg = Cfg, inits = Inits, init_mons = IM} = S, Spawn) 
 %% first: then we answer them its exit reason.
 init_done(Tag, Result, #ms{cfg = Cfg, inits = Inits, init_mons = IM} = S) ->
     case maps:take(Tag, Inits) of
-        {{_Pid, Mref, _Vsn, Callers}, Inits1} ->
+        {{_Pid, Mref, Vsn, Callers}, Inits1} ->
             erlang:demonitor(Mref, [flush]),
             case Result of
                 answered -> ok;
-                {error, _} = E -> answer(Callers, Cfg, E, false)
+                {error, _} = E -> answer(Callers, Cfg, E, {failed, Vsn})
             end,
             S#ms{inits = Inits1, init_mons = maps:remove(Mref, IM)};
         error ->
@@ -705,7 +705,8 @@ existing(Cfg, Key) ->
 
 %% Callers learn the result; `started' says the worker was spawned for them and its init/2
 %% has run, `true' that it was spawned for them and will tell them when init/2 has run,
-%% `false' neither (a sync caller asks the worker itself).
+%% `false' neither (a sync caller asks the worker itself); with `{error, _}',
+%% `{failed, Vsn}' gives the version the failed worker was registered at.
 answer(Callers, #shoal_cfg{pool = Pool}, Result, How) ->
     _ = [shoal_proto:reply(C, Pool, claimed, [Result, How]) || C <- Callers],
     ok.

@@ -159,9 +159,12 @@ key_of(Pid) when node(Pid) =:= node() ->
 ack(#shoal_cfg{pool = Pool}, Acks, Result, Vsn) ->
     _ = [case A of
              {claimed, Caller} ->
+                 %% A failure carries the version we were registered at: the claimer
+                 %% raises its clock past it before it gives its claim up, so the next
+                 %% spawn of the key is newer than us (our `up' may still be on its way).
                  Answer = case Result of
                               ok -> [{ok, node(), self(), Vsn}, started];
-                              {error, _} -> [Result, false]
+                              {error, _} -> [Result, {failed, Vsn}]
                           end,
                  shoal_proto:reply(Caller, Pool, claimed, Answer);
              {Pid, Ref} ->
