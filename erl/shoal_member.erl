@@ -470,6 +470,12 @@ maybe_activate(S) ->
 buffer(Ev, #ms{cfg = Cfg, buf = B, buf_len = N, buf_since = T0} = S) ->
     case op(Cfg, Ev) of
         skip -> S;
+        [Up, Down] when N =:= 0 ->
+            %% the buffer is newest first: the down goes out after the up
+            erlang:send_after(?MAX_DELAY_US div 1000, self(), flush_repl),
+            S#ms{buf = [Down, Up], buf_len = 2, buf_since = now_us()};
+        [Up, Down] ->
+            S#ms{buf = [Down, Up | B], buf_len = N + 2, buf_since = T0};
         Op when N =:= 0 ->
             %% A batch begins: it goes out within a millisecond (see tick/1 too).
             erlang:send_after(?MAX_DELAY_US div 1000, self(), flush_repl),
@@ -503,16 +509,19 @@ flush(#ms{cfg = #shoal_cfg{pool = Pool}, peers = Peers, buf = B} = S) ->
 now_us() -> erlang:monotonic_time(microsecond).
 
 %% An `up' is only announced if the worker is still there at that version: its `down' may
-%% have overtaken it (the two come from different processes). A replaced entry is relayed
-%% as an `up' of its successor, which peers apply over the old one.
+%% have overtaken it (the two come from different processes). A replaced entry (a move's
+%% source pointing at the successor, a conflict's loser at the winner) is relayed as the
+%% `down' of what we stopped owning and the `up' of its successor: a peer that drops the
+%% `up' (its owner is no peer of it any more: the target died) still removes our entry,
+%% and one that has the successor already ignores the older `down'.
 op(Cfg, {'$shoal_up', Key, Pid, Vsn}) ->
     case shoal_registry:lookup(Cfg, Key) of
         {local, Pid, Vsn, _} -> {up, Key, node(), Pid, Vsn};
         _ -> skip
     end;
 op(_Cfg, {'$shoal_down', Key, Pid, Vsn}) -> {down, Key, node(), Pid, Vsn};
-op(_Cfg, {'$shoal_replaced', Key, _Pid, _Vsn, Node, NewPid, NewVsn}) ->
-    {up, Key, Node, NewPid, NewVsn}.
+op(_Cfg, {'$shoal_replaced', Key, Pid, Vsn, Node, NewPid, NewVsn}) ->
+    [{up, Key, Node, NewPid, NewVsn}, {down, Key, node(), Pid, Vsn}].
 
 apply_ops(Node, Ops, Mark, #ms{cfg = Cfg} = S) ->
     lists:foreach(fun(Op) -> apply_op(Cfg, Node, Op, Mark, S) end, Ops),
