@@ -231,6 +231,7 @@ body({spawn_async, Keys, View, Home, Clock}, S) ->
     on_spawn_async(Keys, View, Home, S);
 body({spawned_async, Results}, S) -> on_spawned_async(Results, S);
 body({where, Key, ReplyTo}, S) -> on_where(Key, ReplyTo, S);
+body({refresh, Node, Keys}, S) -> on_refresh(Node, Keys, S);
 body({takeover, Items, ReplyTo}, S) -> run(fun(Cfg) -> {taken, shoal_mover:takeover(Cfg, Items)} end, ReplyTo, S);
 body({evacuate, ReplyTo}, S) -> run(fun(Cfg) -> {done, shoal_mover:evacuate(Cfg)} end, ReplyTo, S);
 body({move_some, N, Dest, ReplyTo}, S) ->
@@ -348,13 +349,42 @@ peer_left(Node, Reason, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg, pe
     %% Dismissed before the purge: a replica of Node that arrives late by another path (a
     %% caller's read-your-writes, a mover) can no longer be stored.
     ok = shoal_registry:admit(Cfg, Node, false),
+    Lost = shoal_registry:keys_on(Cfg, Node),
     _ = shoal_registry:purge_node(Cfg, Node),
     %% After the peer's row is gone (see shoal_view:ask/3).
     ok = shoal_view:fail_asks(Cfg, Node),
     S1 = abandon_spawns(Node, S#ms{peers = maps:remove(Node, Peers),
                                    sync_in = maps:remove(Node, S#ms.sync_in)}),
     map_size(S1#ms.peers) =:= 0 andalso shoal_registry:set_listener(Cfg, undefined),
+    ask_refresh(Lost, S1),
     propose(S1).
+
+%% A replica of a node that left may have kept an older `up' of another owner out (a worker
+%% that took its key back from a migration to that node which failed: its version need not
+%% be above the lost successor's). Now that those replicas are gone, ask the other peers
+%% to announce again what they own of those keys: asked after the purge, on the ordered
+%% channel, so their answer cannot be refused by what was purged.
+ask_refresh([], _S) -> ok;
+ask_refresh(Keys, #ms{cfg = #shoal_cfg{pool = Pool}, peers = Peers}) ->
+    _ = [shoal_proto:send(Pid, Pool, {refresh, node(), Chunk})
+         || #peer{pid = Pid} <- maps:values(Peers), Chunk <- chunks(Keys, ?BATCH)],
+    ok.
+
+%% A peer lost a node and asks what we own of the keys it held replicas of: our pending ops
+%% first (so the answer is not overtaken by older ones), then an `up' of each, in a batch.
+on_refresh(Node, Keys, #ms{cfg = #shoal_cfg{pool = Pool} = Cfg, peers = Peers} = S) ->
+    case maps:find(Node, Peers) of
+        {ok, #peer{pid = Pid}} ->
+            S1 = flush(S),
+            Ops = [{up, K, node(), W, V} || K <- Keys, {local, W, V, _} <- [shoal_registry:lookup(Cfg, K)]],
+            Ops =/= [] andalso shoal_proto:send(Pid, Pool, {repl, node(), Ops}),
+            S1;
+        error ->
+            S
+    end.
+
+chunks(L, N) when length(L) =< N -> [L];
+chunks(L, N) -> {A, B} = lists:split(N, L), [A | chunks(B, N)].
 
 down(Ref, _Reason, #ms{probes = Pr} = S) when is_map_key(Ref, Pr) ->
     propose(S#ms{probes = maps:remove(Ref, Pr)});

@@ -26,7 +26,9 @@
          a_hidden_node_becomes_a_member/1,
          an_ei_node_that_cannot_answer_does_not_hold_agreement_back/1,
          membership_agreement_is_observable/1,
-         a_caller_whose_home_dies_mid_spawn_starts_over/1]).
+         a_caller_whose_home_dies_mid_spawn_starts_over/1,
+         a_replica_of_a_lost_node_no_longer_hides_an_older_owner/1]).
+-export([p_put_newer/5, p_idle/0, p_lookup/2]).
 -export([p_start_and_race/5, p_race/5, p_hammer/3, p_stop/1, p_poke_stale/3, p_put_stale/4,
          p_migrate_when_member/3, p_spawn_on/3, p_ballast/2, p_timed_ensure/2]).
 
@@ -52,7 +54,8 @@ groups() ->
        membership_agreement_is_observable]},
      {hidden, [], [a_hidden_node_becomes_a_member,
                    an_ei_node_that_cannot_answer_does_not_hold_agreement_back]},
-     {loss, [], [a_caller_whose_home_dies_mid_spawn_starts_over]}].
+     {loss, [], [a_caller_whose_home_dies_mid_spawn_starts_over,
+                 a_replica_of_a_lost_node_no_longer_hides_an_older_owner]}].
 
 init_per_suite(Config) ->
     Paths = shoal_test_cluster:code_paths([?MODULE, ?WORKER, shoal_slow_init_worker]),
@@ -368,6 +371,45 @@ a_caller_whose_home_dies_mid_spawn_starts_over(Config) ->
               end
       end, lists:seq(1, 3)).
 
+%% The state a migration whose target dies can leave (issue #7's model finding F7): C holds
+%% a replica naming a worker on B at a version above the one A's live worker has (the
+%% successor B registered before it died; A's worker took its key back at a lower version
+%% and C refused A's `up' as older). Here that replica is put in place directly, with a real
+%% process on B. When B goes, C purges B's replicas and asks the other peers to announce
+%% again what they own of those keys: C finds A's live worker again. Without the refresh
+%% C's table would have no entry for the key while the worker lives on A (and C, the key's
+%% home in the view without B, could spawn a second one).
+a_replica_of_a_lost_node_no_longer_hides_an_older_owner(Config) ->
+    Peers = shoal_test_cluster:start_peers(loss, 3, ?config(paths, Config)),
+    try
+        ok = shoal_test_cluster:connect_all(Peers),
+        [{PA, A}, {PB, B}, {PC, C}] = Peers,
+        Pool = hidden_owner,
+        [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => ?WORKER}]) || {P, _} <- Peers],
+        [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- Peers],
+        All = lists:sort([A, B, C]),
+        [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000, {members, N})
+         || {P, N} <- Peers],
+        Key = hidden_key,
+        {W1, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, Key, A]),
+        wait_until(fun() -> pcall(PC, shoal, whereis, [Pool, Key]) =:= W1 end, 5000, {on_c, W1}),
+        {local, W1, V1, false} = pcall(PA, ?MODULE, p_lookup, [Pool, Key]),
+        Ghost = pcall(PB, erlang, spawn, [?MODULE, p_idle, []]),
+        stored = pcall(PC, ?MODULE, p_put_newer, [Pool, Key, B, Ghost, V1 + 1000000]),
+        ?assertEqual(Ghost, pcall(PC, shoal, whereis, [Pool, Key])),
+        peer:cast(PB, erlang, halt, []),
+        wait_until(fun() -> pcall(PC, shoal, nodes, [Pool]) =:= lists:sort([A, C]) end, 10000,
+                   {b_gone, C}),
+        wait_until(fun() -> pcall(PC, shoal, whereis, [Pool, Key]) =:= W1 end, 5000,
+                   {relearnt_on_c, W1}),
+        %% And the key's calls from C reach the one worker, with its state.
+        N0 = pcall(PA, shoal, call, [Pool, Key, incr]),
+        ?assertEqual(N0 + 1, pcall(PC, shoal, call, [Pool, Key, incr])),
+        ?assertEqual(W1, pcall(PC, shoal, whereis, [Pool, Key]))
+    after
+        shoal_test_cluster:stop_peers(Peers)
+    end.
+
 %% A node started with -hidden (as every C node is) is greeted like any other: it becomes
 %% a member, and keys placed on it or elsewhere are reached from both sides.
 a_hidden_node_becomes_a_member(Config) ->
@@ -546,6 +588,16 @@ p_put_stale(Pool, Key, Node, Dead) ->
     shoal_registry:put_remote(cfg(Pool), Key, Node, Dead, 1, 0).
 
 cfg(Pool) -> persistent_term:get({shoal_pool, Pool}).
+
+%% @private Store a replica of Key naming Pid on Node at version Vsn (newer than ours).
+p_put_newer(Pool, Key, Node, Pid, Vsn) ->
+    shoal_registry:put_remote(cfg(Pool), Key, Node, Pid, Vsn, 0).
+
+%% @private A process that waits for nothing.
+p_idle() -> receive stop -> ok end.
+
+%% @private This node's entry for Key.
+p_lookup(Pool, Key) -> shoal_registry:lookup(cfg(Pool), Key).
 
 %%% CT side ---------------------------------------------------------------------------------
 
