@@ -336,7 +336,12 @@ add_peer(Tag, Pid, Node, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg,
     propose(S#ms{peers = Peers#{Node => #peer{pid = Pid, mref = Mref}}}).
 
 %% A peer's member went down (its pool stopped, its node left or the link broke).
-peer_left(Node, Reason, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg, peers = Peers} = S) ->
+peer_left(Node, Reason, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg} = S0) ->
+    %% No arbitration runs while the table loses Node's replicas (the view changes anyway:
+    %% propose/1 below fences): one could find a key absent whose worker is only listed
+    %% again by the refresh.
+    #ms{peers = Peers} = S = close(S0),
+    wait_inflight(Cfg),
     shoal_log:log(notice, node_down, #{pool => Pool, node => Node}, #{reason => Reason}),
     shoal_telemetry:execute([shoal, node, down], #{system_time => erlang:system_time()},
                             #{pool => Pool, node => Node, reason => Reason}),
