@@ -275,7 +275,7 @@ move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node, Cause) ->
                               %% so counts and later walks see the move as done (this
                               %% replaces the moving entry and relays the successor).
                               _ = shoal_registry:put_remote(Cfg, K, Node, NewPid, NewVsn, 0),
-                              P ! {'$shoal_moved', Node, NewPid, NewVsn},
+                              P ! {'$shoal_moved', Node, NewPid, NewVsn, stored},
                               move_stopped(maps:get(K, Spans), ok),
                               N + 1;
                           Other ->

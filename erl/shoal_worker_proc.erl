@@ -243,6 +243,9 @@ handle_info(Info, #w{forward = To} = W) when is_pid(To) ->
     {noreply, watch(W)};
 handle_info({'$shoal_moved', Node, NewPid, Vsn}, #w{frozen = true} = W) ->
     moved(Node, NewPid, Vsn, W);
+handle_info({'$shoal_moved', _Node, NewPid, _Vsn, stored}, #w{frozen = true} = W) ->
+    %% The mover pointed the table at the successor already.
+    forward_to(NewPid, W);
 handle_info({'$shoal_thaw', Failed}, #w{frozen = true} = W) ->
     thaw(Failed, W);
 handle_info('$shoal_thaw', #w{frozen = true} = W) ->
@@ -420,8 +423,11 @@ freeze(W0) ->
 %% The successor runs: point our table at it (the mover may have done it already), hand it
 %% what we held, in order, and forward until we retire. Should the successor die, there is
 %% nothing left to forward to: we exit, and callers resolve the key afresh.
-moved(Node, NewPid, Vsn, #w{cfg = #shoal_cfg{grace = Grace} = Cfg, key = Key, held = H} = W) ->
+moved(Node, NewPid, Vsn, #w{cfg = Cfg, key = Key} = W) ->
     _ = shoal_registry:put_remote(Cfg, Key, Node, NewPid, Vsn, 0),
+    forward_to(NewPid, W).
+
+forward_to(NewPid, #w{cfg = #shoal_cfg{grace = Grace}, held = H} = W) ->
     send_held(NewPid, H),
     erlang:send_after(Grace, self(), '$shoal_retire'),
     W1 = W#w{frozen = false, held = [], forward = NewPid, fwd_mon = undefined, merge = acked},
