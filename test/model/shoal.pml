@@ -205,7 +205,8 @@ bool cstart[NC];
 bool cdone[NC];
 /* Ghost: node n purged (its owner left) a replica of a worker that had already moved on;
  * until the successor's `up' arrives n's table names nothing. The one window in which the
- * model does not claim read-your-writes (model-findings.md, F9). */
+ * model does not claim read-your-writes (README.md; it takes a migration and a node death,
+ * which no clean configuration has yet: F7). */
 bool rywgap[N];
 byte cwait;               /* callers (bits) with a request out or backing off */
 byte kick;                /* those of them that saw progress since their last request */
@@ -1190,13 +1191,19 @@ end_idle:
 /* forwarding only to a strictly newer incarnation */
 #define FWD(i) (w_fwd[i] == 0 || w_vsn[w_fwd[i]] > w_vsn[i])
 
+/* two members that are peers of each other are never active in different views at once */
+#define AGREE(i, j) (!(gate[i] && gate[j] && (peers[i] & BIT(j)) && (peers[j] & BIT(i))) || \
+                     P[i] == P[j])
+
 #define INV (ONE_WORKER && RYW(0) && RYW(1) && RYW(2) && \
-             FWD(1) && FWD(2) && FWD(3) && FWD(4) && FWD(5) && FWD(6))
+             FWD(1) && FWD(2) && FWD(3) && FWD(4) && FWD(5) && FWD(6) && \
+             AGREE(0, 1) && AGREE(0, 2) && AGREE(1, 2))
 
 active proctype monitor() {
 end:
   atomic { !(INV) -> assert(ONE_WORKER); assert(RYW(0)); assert(RYW(1)); assert(RYW(2));
-                     assert(FWD(1) && FWD(2) && FWD(3) && FWD(4) && FWD(5) && FWD(6)) }
+                     assert(FWD(1) && FWD(2) && FWD(3) && FWD(4) && FWD(5) && FWD(6));
+                     assert(AGREE(0, 1) && AGREE(0, 2) && AGREE(1, 2)) }
 }
 
 /* At the end (nothing can move: every caller done, every channel between live members
