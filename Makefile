@@ -31,7 +31,7 @@ export ERL_LIBS :=
 
 .PHONY: all deps c nif erl doc-chunks rebar3-doc-chunks install uninstall install-test test c-test \
         c-test-asan erl-test elixir-test dialyzer demo bench bench-nif nif-asan clean fmt chaos \
-        bench-tools bench-call
+        bench-tools bench-call model model-full model-mutants
 
 deps:
 	@bash scripts/deps.sh
@@ -92,6 +92,18 @@ c-test-asan: deps $(BUILD)/test_core_asan
 # The NIF built with ASan + UBSan and its EUnit suites run against it.
 nif-asan: all
 	bash scripts/nif_asan.sh
+
+# --- The Promela model of the member protocol (test/model, docs/protocol.md "The model") ----
+# `model' (a stage of `make test'): the quick configurations, each an exhaustive search;
+# `model-full': the larger ones; `model-mutants': each fix turned off must fail the check.
+model: deps
+	bash scripts/model_check.sh quick
+
+model-full: deps
+	bash scripts/model_check.sh full
+
+model-mutants: deps
+	bash scripts/model_check.sh mutants
 
 # --- Erlang: EUnit + Common Test ------------------------------------------------------------
 erl-test: all

@@ -5,7 +5,7 @@
 set -eu
 PKGS="build-essential erlang-nox erlang-dev erlang-src erlang-eunit erlang-common-test
 erlang-dialyzer erlang-proper erlang-tools erlang-poolboy elixir rebar3 libuv1-dev libcunit1-dev valgrind clang
-libclang-rt-14-dev git pkg-config chromium gnuplot-nox"
+libclang-rt-14-dev git pkg-config chromium gnuplot-nox spin"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

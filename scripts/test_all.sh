@@ -3,7 +3,7 @@
 # which; ends with one 'N passed, N failed' line over the stages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stages=(c-test c-test-asan nif-asan cnode-test erl-test elixir-test install-test dialyzer)
+stages=(c-test c-test-asan model nif-asan cnode-test erl-test elixir-test install-test dialyzer)
 passed=0; failed=0
 for s in "${stages[@]}"; do
   echo "==> make $s"
