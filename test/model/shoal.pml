@@ -54,12 +54,16 @@
  *    (nondeterministic), which covers every window configuration.
  *  - Atomicity: a member handles one message (or one internal event) as one atomic step,
  *    like a gen_server; a table operation is atomic (one NIF call). A member waiting in its
- *    fence is the one place where it blocks inside a step.
+ *    fence (or, losing a peer, for the arbitrations inside its gate) is the one place where
+ *    it blocks inside a step. So no caller runs between a member's gate check and what the
+ *    same step does next: the window that peer_left/3 closes its gate for in the code (a
+ *    caller entering between the purge and propose/1's fence) does not exist here.
  *
  * The fixes of the defects this model found (test/model/README.md) are switched by FIX_*
- * macros: those the code on lead has are on by default (-DNO_FIX_x turns one off: the
- * mutants); F6's proposed fix is not in the code and is on only with -DFIX_FAIL_VSN.
- * -DSPEC_DRAFT drops them all.
+ * macros: all of them (F0-F7) are in the code on lead and on by default (-DNO_FIX_x turns
+ * one off: the mutants). -DSPEC_DRAFT drops them all. F8 is open (the code has no fix):
+ * -DCAND_F8_KEEP_MOVING is a candidate fix, and -DDEAD_WINNER models the end of a conflict
+ * whose winner is dead (F8 (a)) as one step instead of failing; both are off by default.
  */
 
 #define N      3          /* nodes */
@@ -108,10 +112,26 @@
                            * replicas (shoal_view:ask/3, fail_asks/2); -DNO_FIX_ASKS: the
                            * caller watches the remote member itself (the draft) */
 #endif
+#ifndef NO_FIX_FAIL_VSN
+#define FIX_FAIL_VSN      /* F6: an {error, R} answer for a registered worker carries its
+                           * version ({failed, Vsn}: shoal_worker_proc:ack/4,
+                           * shoal_member:init_done/3) and the caller's clock passes it
+                           * (shoal_arbiter:await_claimed/4: shoal_registry:observe/1) before
+                           * the claimer releases its claim (spawn_on/7) */
 #endif
-/* Not in the code (on only with -DFIX_FAIL_VSN): F6's proposed fix, an {error, R} answer for
- * a registered worker carries its version and the claimer's clock passes it before it
- * releases its claim. */
+#ifndef NO_FIX_RELAY_DOWN
+#define FIX_RELAY_DOWN    /* F7a: a local entry replaced in place is relayed as the `up' of
+                           * its successor, then the `down' of what this node stopped owning
+                           * (shoal_member:op/2, buffer/2) */
+#endif
+#ifndef NO_FIX_REFRESH
+#define FIX_REFRESH       /* F7b: a member that loses a peer closes its gate and waits for the
+                           * arbitrations inside before the purge, and asks its other peers
+                           * {refresh, node(), Keys} for the keys the purged replicas held;
+                           * each answers, after its pending ops, with an `up' of what it owns
+                           * of them (shoal_member:peer_left/3, ask_refresh/2, on_refresh/3) */
+#endif
+#endif
 
 /* entry states of K in a node's table */
 #define ABSENT  0
@@ -160,7 +180,7 @@
 #define HOME(V)  (((V) & 4) -> 2 : (((V) & 1) -> 0 : 1))
 
 mtype = { HELLO, HELLO_ACK, VIEW, VIEW_ACK, UP, DOWN, SYNC, CLAIM, SPAWN, SPAWNED,
-          REPLY, TAKEOVER, TAKEN, MDOWN };
+          REPLY, TAKEOVER, TAKEN, MDOWN, REFRESH };
 
 /* ---- the configuration (see init) --------------------------------------------------------- */
 byte cfg;                 /* its events (E_x bits) */
@@ -206,7 +226,8 @@ bool cdone[NC];
 /* Ghost: node n purged (its owner left) a replica of a worker that had already moved on;
  * until the successor's `up' arrives n's table names nothing. The one window in which the
  * model does not claim read-your-writes (README.md; it takes a migration and a node death,
- * which no clean configuration has yet: F7). */
+ * MOVEKILL; with F7b the window ends when the refresh's answer, or the successor's `up',
+ * arrives). */
 bool rywgap[N];
 byte cwait;               /* callers (bits) with a request out or backing off */
 byte kick;                /* those of them that saw progress since their last request */
@@ -272,7 +293,7 @@ inline defer(df_c, df_r, df_w, df_v) {
 inline deliver_ack(da_c) {
   if
   :: w_alive[dkw[da_c]] -> reply(da_c, dkr[da_c], OK, w_node[dkw[da_c]], dkw[da_c], dkv[da_c])
-  :: else -> reply(da_c, dkr[da_c], FAIL, 0, 0, dkv[da_c])  /* the version: see F6 */
+  :: else -> reply(da_c, dkr[da_c], FAIL, 0, 0, dkv[da_c])  /* {failed, Vsn}: see F6 */
   fi;
   dkw[da_c] = 0; dkr[da_c] = 0; dkv[da_c] = 0
 }
@@ -345,15 +366,37 @@ inline put_remote(pr_n, pr_rn, pr_rp, pr_rv) {
        fi
     :: tst[pr_n] == LOCAL && tmov[pr_n] ->
        if
-       :: pr_rv > tvsn[pr_n] ->            /* replaced in place: relay the successor */
+       :: pr_rv > tvsn[pr_n] ->            /* replaced in place ('$shoal_replaced'): op/2
+                                            * relays the `up' of the successor ... */
           qop(pr_n, UP, pr_rn, pr_rp, pr_rv);
+#ifdef FIX_RELAY_DOWN
+          /* F7a: ... then the `down' of the worker this node stopped owning (buffer/2 keeps
+           * the two in this order) */
+          qop(pr_n, DOWN, pr_n, tpid[pr_n], tvsn[pr_n]);
+#endif
           set_entry(pr_n, REMOTE, pr_rn, pr_rp, pr_rv)
        :: else -> skip
        fi
     :: tst[pr_n] == LOCAL && !tmov[pr_n] ->
        /* a newer replica of a live local worker would start a conflict: outside a
         * partition that means two workers were registered */
+#ifdef DEAD_WINNER
+       /* (F8, -DDEAD_WINNER: instead of failing, what the code's conflict path ends with
+        * when the newer replica's worker is dead: the local worker yields, its monitor of
+        * the winner fires, and it takes its key back above the winner's version; the
+        * relays in between and what it forwarded meanwhile are left out) */
+       if
+       :: pr_rv > tvsn[pr_n] && !w_alive[pr_rp] ->
+          printf("EV node %d: worker %d: conflict with the dead worker %d v%d, takes its key back\n",
+                 pr_n, tpid[pr_n], pr_rp, pr_rv);
+          new_vsn(pr_n, pr_rv, w_vsn[tpid[pr_n]]);
+          set_entry(pr_n, LOCAL, pr_n, tpid[pr_n], w_vsn[tpid[pr_n]]);
+          qop(pr_n, UP, pr_n, tpid[pr_n], tvsn[pr_n])
+       :: else -> assert(pr_rv <= tvsn[pr_n])
+       fi
+#else
        assert(pr_rv <= tvsn[pr_n])
+#endif
     fi
   fi
 }
@@ -520,7 +563,15 @@ inline on_view_ack() {
  * naming a node that is not a peer is dropped (a relay about a node that left). */
 inline apply_up() {
   if
+#ifdef CAND_F8_KEEP_MOVING
+  /* (F8 candidate, not in the code: a replicated `up' does not replace a moving local entry;
+   * the move's outcome does, through the mover's put or the take-back) */
+  :: (peers[n] & BIT(j)) && tst[n] == LOCAL && tmov[n] -> seen(n, c)
+  :: (peers[n] & BIT(j)) && (a == j || (peers[n] & BIT(a))) && !(tst[n] == LOCAL && tmov[n]) ->
+     put_remote(n, a, b, c)
+#else
   :: (peers[n] & BIT(j)) && (a == j || (peers[n] & BIT(a))) -> put_remote(n, a, b, c)
+#endif
   :: else -> seen(n, c)
   fi
 }
@@ -549,17 +600,23 @@ inline on_sync() {
   fi
 }
 
-/* peer_left ('DOWN' of j's member): close its probe; if it was a peer, purge its replicas,
- * give up the spawn we asked it for, and re-propose */
+/* peer_left/3 ('DOWN' of j's member): close its probe; if it was a peer: (F7b) close the
+ * gate and wait for the arbitrations inside, dismiss j (admit false), note the keys of
+ * its replicas (keys_on/2) and purge them, fail the asks, give up the spawn we asked it
+ * for, (F7b) ask the other peers to refresh those keys, and re-propose */
 inline peer_left() {
   pg[n] = pg[n] & ~BIT(j);
   if
   :: peers[n] & BIT(j) ->
-     peers[n] = peers[n] & ~BIT(j);
+#ifdef FIX_REFRESH
+     gate[n] = 0;                            /* close/1 + wait_inflight/1 */
+     (inflight[n] == 0 || !nup[n]);
+#endif
+     peers[n] = peers[n] & ~BIT(j);          /* admit(Node, false) */
      if
-     :: tst[n] == REMOTE && tnode[n] == j ->
+     :: tst[n] == REMOTE && tnode[n] == j -> /* Lost = keys_on(Node); purge_node/2 */
         rywgap[n] = (w_fwd[tpid[n]] != 0);    /* ghost: see RYW */
-        set_entry(n, ABSENT, 0, 0, 0)
+        set_entry(n, ABSENT, 0, 0, 0); x = 1
      :: else -> skip
      fi;
 #ifdef FIX_ASKS
@@ -576,8 +633,36 @@ inline peer_left() {
         hcal[n] = 0; href[n] = 0
      :: else -> skip
      fi;
+#ifdef FIX_REFRESH
+     if                                      /* ask_refresh/2: {refresh, node(), Lost} */
+     :: x ->
+        for (k : 0 .. N-1) {
+          if
+          :: k != n && (peers[n] & BIT(k)) -> msend(n, k, REFRESH, 0, 0, 0, 0)
+          :: else -> skip
+          fi
+        }
+     :: else -> skip
+     fi;
+#endif
+     x = 0;
      propose()
   :: else -> maybe_activate()
+  fi
+}
+
+/* on_refresh/3 ({refresh, From, Keys} from peer j): send our pending ops first (flush/1),
+ * then {repl, node(), [up of each of the keys we own]} to j alone, on the same channel (so
+ * it arrives before our later view_ack) */
+inline on_refresh() {
+  if
+  :: peers[n] & BIT(j) ->
+     flush();
+     if
+     :: tst[n] == LOCAL -> msend(n, j, UP, n, tpid[n], tvsn[n], 0)   /* moving or not */
+     :: else -> skip
+     fi
+  :: else -> skip
   fi
 }
 
@@ -727,6 +812,7 @@ inline on_member_msg() {
   :: t == SPAWN -> host_spawn(1)
   :: t == SPAWNED -> on_spawned()
   :: t == MDOWN -> peer_left()
+  :: t == REFRESH -> on_refresh()
   fi
 }
 
@@ -911,7 +997,8 @@ again:
                             fi }
      :: k == FAIL -> atomic {                                           /* {error, R} */
 #ifdef FIX_FAIL_VSN
-          seen(c, rv);    /* F6 (proposed): the claimer's clock passes the failed worker's */
+          seen(c, rv);    /* F6: the claimer's clock passes the failed worker's version
+                           * (await_claimed/4) before spawn_on/7 releases the claim */
 #endif
           release(c, c); rp = 0; rv = 0; goto done }
      :: else -> atomic { release(c, c); goto retry }
@@ -920,7 +1007,11 @@ again:
      await_reply(H);
      if
      :: k == OK -> atomic { put_remote(c, rn, rp, rv); goto done }   /* read-your-writes */
-     :: k == FAIL -> rp = 0; rv = 0; goto done                       /* {error, R} */
+     :: k == FAIL ->                                                  /* {error, R} */
+#ifdef FIX_FAIL_VSN
+        seen(c, rv);      /* F6: await_claimed/4 observes {failed, Vsn} (any caller) */
+#endif
+        rp = 0; rv = 0; goto done
      :: k == QRETRY -> atomic { forget(); goto again }
      :: else -> goto retry
      fi
