@@ -43,9 +43,12 @@
 -type extra() :: timeout() | hibernate | {continue, term()}.
 -type ack() :: {pid(), reference()} | {claimed, shoal_proto:caller()}.
 -export_type([ack/0]).
--type noreply_result() :: {noreply, #w{}} | {noreply, #w{}, extra()} | {stop, term(), #w{}}.
--type callback_result() :: {reply, term(), #w{}} | {reply, term(), #w{}, extra()} |
-                           {stop, term(), term(), #w{}} | noreply_result().
+-type w_noreply() :: {noreply, #w{}} | {noreply, #w{}, extra()} | {stop, term(), #w{}}.
+-type w_result() :: {reply, term(), #w{}} | {reply, term(), #w{}, extra()} |
+                    {stop, term(), term(), #w{}} | w_noreply().
+-type noreply_result() :: {noreply, term()} | {noreply, term(), extra()} | {stop, term(), term()}.
+-type callback_result() :: {reply, term(), term()} | {reply, term(), term(), extra()} |
+                           {stop, term(), term(), term()} | noreply_result().
 
 %% @doc Spawn the worker for Key. Each of `Acks' is told once the state is set up: by
 %% init/2, or with `{takeover, Transfer}' by takeover/3 (the end of a migration). A `{Pid,
@@ -108,7 +111,7 @@ init_it(#shoal_cfg{pool = Pool, worker = Mod, args = Args, restart = Restart, tr
                                       how => how(How)}),
             W = #w{cfg = Cfg, key = Key, st = State, loaded = How =/= init orelse not HasLoad},
             %% Named by its pid: saves gen_server a process_info/2 of its registered name.
-            gen_server:enter_loop(?MODULE, [], W, self(), Idle);
+            gen_server:enter_loop(?MODULE, [], keep(W), self(), Idle);
         {stop, Why} ->
             ack(Cfg, Acks, {error, Why}, Vsn),
             init_failed(Cfg, Key, how(How), Why),
@@ -186,82 +189,142 @@ await_registered(Cfg, Key, _Spawner) ->
             end
     end.
 
+
+%%% gen_server callbacks -------------------------------------------------------------------
+%%
+%% The gen_server state is the user's state, so what sys:get_state/1 and
+%% sys:replace_state/2 see and change is theirs; this wrapper's record lives in the process
+%% dictionary, and the state gen_server hands a callback is put back into it (in/1) before
+%% the w_* function runs, then taken out again (out/1).
+
+-define(W_KEY, '$shoal_w').
+
+in(St) -> (get(?W_KEY))#w{st = St}.
+
+out({reply, R, W}) -> {reply, R, keep(W)};
+out({reply, R, W, X}) -> {reply, R, keep(W), X};
+out({noreply, W}) -> {noreply, keep(W)};
+out({noreply, W, X}) -> {noreply, keep(W), X};
+out({stop, Why, R, W}) -> {stop, Why, R, keep(W)};
+out({stop, Why, W}) -> {stop, Why, keep(W)}.
+
+keep(#w{st = St} = W) ->
+    put(?W_KEY, W),
+    St.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), term()) -> callback_result().
+handle_call(Msg, From, St) -> out(w_call(Msg, From, in(St))).
+
+%% @private
+-spec handle_cast(term(), term()) -> noreply_result().
+handle_cast(Msg, St) -> out(w_cast(Msg, in(St))).
+
+%% @private
+-spec handle_info(term(), term()) -> noreply_result().
+handle_info(Info, St) -> out(w_info(Info, in(St))).
+
+%% @private
+-spec handle_continue(term(), term()) -> noreply_result().
+handle_continue(C, St) -> out(w_continue(C, in(St))).
+
+%% @private
+-spec terminate(term(), term()) -> ok.
+terminate(Reason, St) -> w_terminate(Reason, in(St)).
+
+%% @private A release upgrade that changes the worker module: its code_change/3, when it
+%% exports one, turns the user's state; otherwise the state is kept as it is.
+-spec code_change(term(), term(), term()) -> {ok, term()} | {error, term()}.
+code_change(Old, St, Extra) ->
+    case w_code_change(Old, in(St), Extra) of
+        {ok, W} -> {ok, keep(W)};
+        Error -> Error
+    end.
+
+%% @private What sys:get_status/1 and crash reports show: the user's state, as the worker
+%% module's format_status/1 (or format_status/2) formats it when it exports one.
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
+format_status(#{state := St} = Status) ->
+    case get(?W_KEY) of
+        #w{cfg = #shoal_cfg{worker = Mod}} -> w_format_status(Mod, St, Status);
+        _ -> Status
+    end;
+format_status(Status) ->
+    Status.
+
 %% @private Never called: workers enter the loop through init_it/6.
 -spec init(term()) -> ignore.
 init(_) -> ignore.
 
-%% @private
--spec handle_call(term(), gen_server:from(), #w{}) -> callback_result().
-handle_call(Msg, From, #w{forward = To} = W) when is_pid(To) ->
+-spec w_call(term(), gen_server:from(), #w{}) -> w_result().
+w_call(Msg, From, #w{forward = To} = W) when is_pid(To) ->
     To ! {'$gen_call', From, Msg},
     {noreply, watch(W)};
-handle_call(Msg, From, #w{frozen = true, held = H} = W) ->
+w_call(Msg, From, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{call, From, Msg} | H]}};
-handle_call('$shoal_ready', _From, W) ->
+w_call('$shoal_ready', _From, W) ->
     {reply, ok, W, idle_of(W)};
-handle_call('$shoal_freeze', _From, W) ->
+w_call('$shoal_freeze', _From, W) ->
     freeze(W);
-handle_call('$shoal_stop', _From, W) ->
+w_call('$shoal_stop', _From, W) ->
     unregister_self(W),
     {stop, {shutdown, shoal_stopped}, ok, W};
-handle_call({'$shoal_migrate', Node}, _From, W) when Node =:= node() ->
+w_call({'$shoal_migrate', Node}, _From, W) when Node =:= node() ->
     %% Reached through a stale replica that still named our predecessor: already there.
     {reply, {ok, self()}, W, idle_of(W)};
-handle_call({'$shoal_migrate', Node}, _From, W) ->
+w_call({'$shoal_migrate', Node}, _From, W) ->
     migrate(Node, W);
-handle_call(Msg, From, W0) ->
+w_call(Msg, From, W0) ->
     with_loaded(W0, fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
                             ret(Mod:handle_call(Msg, From, St), W)
                     end).
 
-%% @private
--spec handle_cast(term(), #w{}) -> noreply_result().
-handle_cast(Msg, #w{forward = To} = W) when is_pid(To) ->
+-spec w_cast(term(), #w{}) -> w_noreply().
+w_cast(Msg, #w{forward = To} = W) when is_pid(To) ->
     To ! {'$gen_cast', Msg},
     {noreply, watch(W)};
-handle_cast(Msg, #w{frozen = true, held = H} = W) ->
+w_cast(Msg, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{cast, Msg} | H]}};
-handle_cast(Msg, W0) ->
+w_cast(Msg, W0) ->
     with_loaded(W0, fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
                             ret(Mod:handle_cast(Msg, St), W)
                     end).
 
-%% @private
--spec handle_info(term(), #w{}) -> noreply_result().
-handle_info({'DOWN', Ref, process, _, _}, #w{fwd_mon = Ref} = W) ->
+-spec w_info(term(), #w{}) -> w_noreply().
+w_info({'DOWN', Ref, process, _, _}, #w{fwd_mon = Ref} = W) ->
     successor_down(W);
-handle_info('$shoal_retire', #w{forward = To} = W) when is_pid(To) ->
+w_info('$shoal_retire', #w{forward = To} = W) when is_pid(To) ->
     maybe_retire(W#w{graced = true});
-handle_info({'$shoal_merged_ack', _}, #w{merge = waiting} = W) ->
+w_info({'$shoal_merged_ack', _}, #w{merge = waiting} = W) ->
     maybe_retire(W#w{merge = acked});
-handle_info({'$shoal_merged', Loser}, #w{forward = undefined} = W) ->
+w_info({'$shoal_merged', Loser}, #w{forward = undefined} = W) ->
     %% We won a conflict: everything the loser forwarded before this is handled.
     Loser ! {'$shoal_merged_ack', self()},
     {noreply, W, idle_of(W)};
-handle_info(Info, #w{forward = To} = W) when is_pid(To) ->
+w_info(Info, #w{forward = To} = W) when is_pid(To) ->
     To ! Info,
     {noreply, watch(W)};
-handle_info({'$shoal_moved', Node, NewPid, Vsn}, #w{frozen = true} = W) ->
+w_info({'$shoal_moved', Node, NewPid, Vsn}, #w{frozen = true} = W) ->
     moved(Node, NewPid, Vsn, W);
-handle_info({'$shoal_moved', _Node, NewPid, _Vsn, stored}, #w{frozen = true} = W) ->
+w_info({'$shoal_moved', _Node, NewPid, _Vsn, stored}, #w{frozen = true} = W) ->
     %% The mover pointed the table at the successor already.
     forward_to(NewPid, W);
-handle_info({'$shoal_thaw', Failed}, #w{frozen = true} = W) ->
+w_info({'$shoal_thaw', Failed}, #w{frozen = true} = W) ->
     thaw(Failed, W);
-handle_info('$shoal_thaw', #w{frozen = true} = W) ->
+w_info('$shoal_thaw', #w{frozen = true} = W) ->
     thaw(none, W);
-handle_info(Info, #w{frozen = true, held = H} = W) ->
+w_info(Info, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{info, Info} | H]}};
-handle_info(Stale, W) when Stale =:= '$shoal_thaw'; Stale =:= '$shoal_retire';
+w_info(Stale, W) when Stale =:= '$shoal_thaw'; Stale =:= '$shoal_retire';
                             element(1, Stale) =:= '$shoal_thaw';
                             element(1, Stale) =:= '$shoal_merged_ack' ->
     %% A timer or an answer that outlived the state it was for.
     {noreply, W, idle_of(W)};
-handle_info({'$shoal_yield', Node, Winner, Vsn, Mark}, W) ->
+w_info({'$shoal_yield', Node, Winner, Vsn, Mark}, W) ->
     yield(Node, Winner, Vsn, Mark, W);
-handle_info(timeout, #w{user_timeout = false} = W) ->
+w_info(timeout, #w{user_timeout = false} = W) ->
     idle(W);
-handle_info(Info, W0) ->
+w_info(Info, W0) ->
     with_loaded(W0#w{user_timeout = false},
                 fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
                         case erlang:function_exported(Mod, handle_info, 2) of
@@ -270,14 +333,12 @@ handle_info(Info, W0) ->
                         end
                 end).
 
-%% @private
--spec handle_continue(term(), #w{}) -> noreply_result().
-handle_continue(C, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
+-spec w_continue(term(), #w{}) -> w_noreply().
+w_continue(C, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
     ret(Mod:handle_continue(C, St), W).
 
-%% @private
--spec terminate(term(), #w{}) -> ok.
-terminate(Reason, #w{cfg = Cfg, key = Key} = W) ->
+-spec w_terminate(term(), #w{}) -> ok.
+w_terminate(Reason, #w{cfg = Cfg, key = Key} = W) ->
     %% gen_server logs an abnormal Reason once terminate/2 returns.
     reported(seg_of(Cfg, Key), Reason),
     terminate_(Reason, W).
@@ -298,8 +359,8 @@ terminate_(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} 
 
 %% @private A release upgrade that changes the worker module: its code_change/3, when it
 %% exports one, turns the user's state; otherwise the state is kept as it is.
--spec code_change(term(), #w{}, term()) -> {ok, #w{}} | {error, term()}.
-code_change(Old, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W, Extra) ->
+-spec w_code_change(term(), #w{}, term()) -> {ok, #w{}} | {error, term()}.
+w_code_change(Old, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W, Extra) ->
     case erlang:function_exported(Mod, code_change, 3) of
         true ->
             case Mod:code_change(Old, St, Extra) of
@@ -313,8 +374,8 @@ code_change(Old, #w{cfg = #shoal_cfg{worker = Mod}, st = St} = W, Extra) ->
 %% @private What sys:get_status/1 and crash reports show: the user's state (not this
 %% wrapper's record), as the worker module's format_status/1 (or format_status/2) formats
 %% it when it exports one.
--spec format_status(gen_server:format_status()) -> gen_server:format_status().
-format_status(#{state := #w{cfg = #shoal_cfg{worker = Mod}, st = St}} = Status) ->
+-spec w_format_status(module(), term(), gen_server:format_status()) -> gen_server:format_status().
+w_format_status(Mod, St, Status) ->
     User = Status#{state => St},
     case {erlang:function_exported(Mod, format_status, 1),
           erlang:function_exported(Mod, format_status, 2)} of
@@ -332,9 +393,7 @@ format_status(#{state := #w{cfg = #shoal_cfg{worker = Mod}, st = St}} = Status) 
             end;
         {false, false} ->
             User
-    end;
-format_status(Status) ->
-    Status.
+    end.
 
 %% --- moves ------------------------------------------------------------------------------
 

@@ -37,8 +37,8 @@ defmodule Shoal.Worker do
   What OTP tools see of a worker: its initial call is `{YourModule, :init, 2}`,
   `:sys.get_status/1` and crash reports show your state (formatted by your
   `format_status/1` if you define one), and `Shoal.key_of/1` maps its pid to its pool and
-  key. `:sys.get_state/1` returns Shoal's wrapper around your state (that function cannot be
-  redirected by a GenServer callback); use `:sys.get_status/1`. An `init/2` that raises
+  key. `:sys.get_state/1` returns your state and `:sys.replace_state/2` replaces it, as
+  for any GenServer. An `init/2` that raises
   makes `Shoal.ensure_started/2` return `{:error, {exception, stacktrace}}`, the shape
   Elixir formats as an exception; the failure is logged (`worker_init_failed`, at most 10
   lines a second per pool).

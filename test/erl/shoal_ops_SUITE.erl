@@ -9,6 +9,7 @@
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
 
+-export([sys_get_state_and_replace_state_see_the_users_state/1]).
 -export([all/0, groups/0, suite/0, init_per_suite/1, end_per_suite/1, init_per_group/2,
          end_per_group/2, init_per_testcase/2, end_per_testcase/2]).
 -export([worker_events_carry_pool_key_node/1,
@@ -45,6 +46,7 @@ groups() ->
        init_failures_are_logged_rate_limited_with_exception_shaped_reasons,
        a_failing_load_is_logged,
        status_and_crash_reports_show_the_users_state,
+       sys_get_state_and_replace_state_see_the_users_state,
        initial_call_and_key_of_name_the_users_worker,
        code_change_reaches_the_users_callback,
        options_and_rebalance_arguments_are_checked]},
@@ -253,6 +255,21 @@ status_and_crash_reports_show_the_users_state(Config) ->
         ?assertEqual(p, status_state(P3))
     after shoal:stop_pool(Plain)
     end.
+
+%% sys:get_state/1 is the user's state, and sys:replace_state/2 changes what the worker's
+%% callbacks see next (as with any gen_server), never Shoal's record.
+sys_get_state_and_replace_state_see_the_users_state(Config) ->
+    Pool = ?config(pool, Config),
+    {ok, Pid} = shoal:ensure_started(Pool, st),
+    ?assertEqual(#{key => st, n => 0, secret => hidden}, sys:get_state(Pid)),
+    New = sys:replace_state(Pid, fun(#{n := N} = S) -> S#{n := N + 41} end),
+    ?assertEqual(#{key => st, n => 41, secret => hidden}, New),
+    ?assertEqual(42, shoal:call(Pool, st, incr)),
+    ?assertEqual(#{key => st, n => 42, secret => hidden}, sys:get_state(Pid)),
+    %% A suspended worker resumes with the state it had.
+    ok = sys:suspend(Pid),
+    ok = sys:resume(Pid),
+    ?assertEqual(43, shoal:call(Pool, st, incr)).
 
 initial_call_and_key_of_name_the_users_worker(Config) ->
     Pool = ?config(pool, Config),
