@@ -88,36 +88,36 @@ start_link(#shoal_cfg{pool = Pool} = Cfg) ->
     gen_server:start_link({local, shoal_proto:member_name(Pool)}, ?MODULE, Cfg, []).
 
 %% @private
--spec init(#shoal_cfg{}) -> {ok, #ms{}} | {stop, term()}.
+-spec init(#shoal_cfg{}) -> {ok, #ms{}}.
 init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
     process_flag(trap_exit, true),
-    case persistent_term:get(?PT_KEY(Pool), undefined) of
-        #shoal_cfg{} -> {stop, {already_started, Pool}};
-        undefined ->
-            CTab = ets:new(shoal_view, [set, protected, {read_concurrency, true}]),
-            Asks = ets:new(shoal_asks, [set, public, {write_concurrency, true}]),
-            Cfg = Cfg0#shoal_cfg{table = shoal_registry:new(Bits),
-                                 counters = counters:new(?C_COUNT, [write_concurrency]),
-                                 meter = shoal_nif:meter_new(),
-                                 ctab = CTab,
-                                 asks = Asks,
-                                 gate = shoal_view:new_gate(),
-                                 server = shoal_proto:member_name(Pool)},
-            %% From now on the table stores replicas of admitted peers only.
-            ok = shoal_registry:admit(Cfg, node(), false),
-            persistent_term:put(?PT_KEY(Pool), Cfg),
-            ok = net_kernel:monitor_nodes(true, [{node_type, all}]),
-            erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
-            S0 = #ms{cfg = Cfg},
-            S1 = lists:foldl(fun(N, Acc) -> probe(N, visible, Acc) end, S0, nodes(visible)),
-            S2 = lists:foldl(fun(N, Acc) -> probe(N, hidden, Acc) end, S1, nodes(hidden)),
-            {ok, propose(S2)}
-    end.
+    %% We hold the member's registered name, so a pool configuration left here is that of a
+    %% member that died without its terminate/2 (killed): its supervisor restarted the
+    %% pool's segments with us, and the old table goes with the old configuration.
+    _ = persistent_term:erase(?PT_KEY(Pool)),
+    CTab = ets:new(shoal_view, [set, protected, {read_concurrency, true}]),
+    Asks = ets:new(shoal_asks, [set, public, {write_concurrency, true}]),
+    Cfg = Cfg0#shoal_cfg{table = shoal_registry:new(Bits),
+                         counters = counters:new(?C_COUNT, [write_concurrency]),
+                         meter = shoal_nif:meter_new(),
+                         ctab = CTab,
+                         asks = Asks,
+                         gate = shoal_view:new_gate(),
+                         server = shoal_proto:member_name(Pool)},
+    %% From now on the table stores replicas of admitted peers only.
+    ok = shoal_registry:admit(Cfg, node(), false),
+    persistent_term:put(?PT_KEY(Pool), Cfg),
+    ok = net_kernel:monitor_nodes(true, [{node_type, all}]),
+    erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
+    S0 = #ms{cfg = Cfg},
+    S1 = lists:foldl(fun(N, Acc) -> probe(N, visible, Acc) end, S0, nodes(visible)),
+    S2 = lists:foldl(fun(N, Acc) -> probe(N, hidden, Acc) end, S1, nodes(hidden)),
+    {ok, propose(S2)}.
 
 %% Every handler ends with tick/1: replication ops and async keys are buffered in the
-%% state (never fished out of the mailbox with a selective receive, which would scan a long
-%% mailbox once per message) and sent when a batch is full, when the oldest has waited a
-%% millisecond, or when the mailbox is empty (the 0 timeout).
+%% state and sent when a batch is full, when the oldest has waited a millisecond, or when
+%% the mailbox is empty (the 0 timeout). The only selective receive is more_events/2's,
+%% bounded: table events already queued, taken in one pass.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #ms{}) ->

@@ -107,6 +107,9 @@ exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Pid, Worker
     case {Again, Worker} of
         {true, {K, true, _}} ->
             counters:add(C, ?C_RESTARTS, 1),
+            %% The table's own monitor may not have removed the dead worker's entry yet:
+            %% remove it now (if it still names Pid), or the restart would find it there.
+            _ = shoal_registry:unregister(Cfg, K, Pid),
             _ = shoal_arbiter:spawn_async(Cfg, K),
             ok;
         _ -> ok
