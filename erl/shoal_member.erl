@@ -573,7 +573,10 @@ apply_op(Cfg, _From, {up, Key, Node, Pid, Vsn}, Mark, S) ->
                     ok;
                 _ -> ok
             end;
-        false -> ok  %% a relay about a node that is not (or no longer) our peer
+        false ->
+            %% A relay about a node that is not (or no longer) our peer: not stored, but
+            %% our clock passes it (a take-back must be above a lost successor's version).
+            shoal_registry:observe(Vsn)
     end;
 apply_op(Cfg, _From, {down, Key, Node, Pid, Vsn}, _Mark, _S) ->
     _ = shoal_registry:remove_remote(Cfg, Key, Node, Pid, Vsn),

@@ -274,7 +274,7 @@ move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node, Cause) ->
                               %% Point this node's table at the successor before returning,
                               %% so counts and later walks see the move as done (this
                               %% replaces the moving entry and relays the successor).
-                              _ = shoal_registry:put_remote(Cfg, K, Node, NewPid, NewVsn, 0),
+                              _ = shoal_registry:put_successor(Cfg, K, Node, NewPid, NewVsn, 0),
                               P ! {'$shoal_moved', Node, NewPid, NewVsn, stored},
                               move_stopped(maps:get(K, Spans), ok),
                               N + 1;
@@ -309,8 +309,17 @@ move_stopped({#{pool := Pool, key := Key, to := To, cause := Cause} = Meta, T0},
     shoal_log:log(debug, worker_moved, #{pool => Pool, key => Key},
                   #{to => To, cause => Cause, result => Result}).
 
-%% Addressed by name, like a single migration's (see shoal_worker_proc).
-takeover_on(#shoal_cfg{server = Name}, Pool, Node, Items) ->
+%% Addressed by name, like a single migration's (see shoal_worker_proc), and only to a
+%% peer of our member. Should the target go down, the batch's workers take their keys back
+%% only once our member has dropped it (shoal_view:await_dropped/4): it may have sent us
+%% the `up' of a successor it registered, which the take-backs' versions must pass.
+takeover_on(#shoal_cfg{server = Name} = Cfg, Pool, Node, Items) ->
+    case shoal_view:peer(Cfg, Node) of
+        undefined -> [];
+        Member -> takeover_on(Cfg, Name, Pool, Node, Member, Items)
+    end.
+
+takeover_on(Cfg, Name, Pool, Node, Member, Items) ->
     Ref = shoal_proto:request_ref(),
     Mref = erlang:monitor(process, {Name, Node}),
     shoal_proto:send_node(Node, Name, Pool, {takeover, Items, {self(), Ref}}),
@@ -320,6 +329,7 @@ takeover_on(#shoal_cfg{server = Name}, Pool, Node, Items) ->
             Results;
         {'DOWN', Mref, process, _, _} ->
             shoal_proto:drop_ref(Ref),
+            _ = shoal_view:await_dropped(Cfg, Node, Member, ?TAKEOVER_TIMEOUT),
             []
     after ?TAKEOVER_TIMEOUT ->
             erlang:demonitor(Mref, [flush]),

@@ -52,7 +52,7 @@
 -export([new/1, delete/1,
          whereis/2, lookup/2, route/3,
          claim/3, release_claim/3, register/4, unregister/3, set_moving/4,
-         put_remote/6, remove_remote/5,
+         put_remote/6, put_successor/6, remove_remote/5,
          set_listener/2, admit/3, count/1, count/2, info/1, fold/3,
          hlc/0, observe/1, canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
 -export_type([table/0, meter/0, version/0, entry/0]).
@@ -127,7 +127,8 @@ release_claim(_T, _Key, _Result) -> ?NOT_LOADED.
 %% replaces an absent entry, a tomb, a replica whose version is at most MaxVsn, or any
 %% replica owned by Node (`none' for no such node); the new version is above MaxVsn and
 %% above what it replaced. If the entry is already Pid's own, its moving flag is cleared and
-%% its version returned. Errors: `{claimed, Claimer}', `{already_registered, Other}' (another
+%% it takes a fresh version (above everything the clock has seen: a take-back), which the
+%% listener gets as `$shoal_up'. Errors: `{claimed, Claimer}', `{already_registered, Other}' (another
 %% local worker), `{newer, Node, Pid, Vsn}' (a newer replica).
 %%
 %% `{error, noproc}' if Pid is not alive.
@@ -149,16 +150,23 @@ set_moving(_T, _Key, _Pid, _On) -> ?NOT_LOADED.
 
 %% @doc Store the replica of Node's worker Pid for Key at version Vsn, if it is newer than
 %% what the entry holds. `stored': it replaced nothing, a claim (whose waiters get
-%% `{ok, Pid}'), a tomb or an older replica, or a moving local worker (the listener gets
-%% `$shoal_replaced'). `stale': the entry is newer (or the same replica: then only its mark
-%% is updated). `{conflict, LocalPid, LocalVsn}': a live, not moving local worker is older;
-%% the entry is left alone for the caller to resolve. Mark (0..2^32-1; 0 = none) tags the
+%% `{ok, Pid}'), a tomb or an older replica. `stale': the entry is newer (or the same
+%% replica: then only its mark is updated). `{conflict, LocalPid, LocalVsn}': a local worker
+%% is older, moving or not; the entry is left alone for the caller to resolve (a moving
+%% entry is replaced by its move's outcome only: put_successor/6). Mark (0..2^32-1; 0 = none) tags the
 %% stored or confirmed replica for fold/3's `sweep_node'; confirming with Mark 0 leaves the
 %% replica's mark as it was. A tie with a local entry's version is broken by the names of
 %% Node and of the local worker's node.
 -spec put_remote(table(), term(), node(), pid(), version(), non_neg_integer()) ->
           stored | stale | {conflict, pid(), version()}.
 put_remote(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
+
+%% @doc put_remote/6 for a move's outcome: the successor that now holds Key (or the winner
+%% of a conflict a local worker steps aside for). The same, except that an older local
+%% worker that is moving is replaced too (`stored'; the listener gets `$shoal_replaced').
+-spec put_successor(table(), term(), node(), pid(), version(), non_neg_integer()) ->
+          stored | stale | {conflict, pid(), version()}.
+put_successor(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
 
 %% @doc Node says its worker Pid for Key, at version Vsn, is gone: a replica that is not
 %% newer than `{Vsn, Node}' becomes a tomb at Vsn (`removed'); an absent entry or an older

@@ -11,7 +11,8 @@
 -include("shoal_int.hrl").
 
 -export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, release_claim/3,
-         register/4, unregister/3, set_moving/4, put_remote/6, remove_remote/5,
+         register/4, unregister/3, set_moving/4, put_remote/6, put_successor/6,
+         remove_remote/5,
          set_listener/2, admit/3, count/1, count/2, info/1, owned/1, dump/1, keys_on/2,
          purge_node/2, sweep_node/4, sweep_tombs/2, worker/2, hlc/0, observe/1]).
 
@@ -63,6 +64,14 @@ set_moving(#shoal_cfg{table = T}, Key, Pid, On) -> shoal_nif:set_moving(T, Key, 
 put_remote(_Cfg, _Key, Node, _Pid, _Vsn, _Mark) when Node =:= node() -> stale;
 put_remote(#shoal_cfg{table = T}, Key, Node, Pid, Vsn, Mark) ->
     shoal_nif:put_remote(T, Key, Node, Pid, Vsn, Mark).
+
+%% @doc Store the successor of a move (or a conflict's winner) over a moving local worker
+%% (see shoal_nif:put_successor/6).
+-spec put_successor(#shoal_cfg{}, term(), node(), pid(), shoal_nif:version(),
+                    non_neg_integer()) -> stored | stale | {conflict, pid(), shoal_nif:version()}.
+put_successor(_Cfg, _Key, Node, _Pid, _Vsn, _Mark) when Node =:= node() -> stale;
+put_successor(#shoal_cfg{table = T}, Key, Node, Pid, Vsn, Mark) ->
+    shoal_nif:put_successor(T, Key, Node, Pid, Vsn, Mark).
 
 %% @doc Node says its worker Pid for Key at Vsn is gone.
 -spec remove_remote(#shoal_cfg{}, term(), node(), pid(), shoal_nif:version()) ->

@@ -16,7 +16,7 @@
 -include("shoal_int.hrl").
 
 -export([new_gate/0, enter/1, leave/1, active/1, await_active/2, close/1, open/3, inflight/1]).
--export([members/1, peer/2, window/2, drained/2, candidates/1, candidates/2, plain/1,
+-export([members/1, peer/2, await_peer/3, await_dropped/4, window/2, drained/2, candidates/1, candidates/2, plain/1,
          placement_changed/1]).
 -export([register_over/5]).
 -export([ask/3, asked/2, fail_asks/2]).
@@ -138,6 +138,49 @@ peer(#shoal_cfg{ctab = CTab}, Node) ->
     case ets:lookup(CTab, {peer, Node}) of
         [{_, Pid}] -> Pid;
         [] -> undefined
+    end.
+
+%% @doc Node's member as peer/2 gives it, waiting up to Timeout ms for this node's member
+%% to meet it (a node that has just joined); `undefined' if it has not by then.
+-spec await_peer(#shoal_cfg{}, node(), non_neg_integer()) -> pid() | undefined.
+await_peer(Cfg, Node, Timeout) ->
+    await_peer(Cfg, Node, erlang:monotonic_time(millisecond) + Timeout, 1).
+
+await_peer(Cfg, Node, Deadline, Sleep) ->
+    case peer(Cfg, Node) of
+        undefined ->
+            case erlang:monotonic_time(millisecond) >= Deadline of
+                true -> undefined;
+                false ->
+                    timer:sleep(Sleep),
+                    await_peer(Cfg, Node, Deadline, min(2 * Sleep, 50))
+            end;
+        Member ->
+            Member
+    end.
+
+%% @doc Wait until this node's member has dropped Member, Node's member as peer/2 gave it
+%% before a move to Node whose target then went down (that member is no longer the peer
+%% listed for Node): by then our member has applied everything Member sent it, and our
+%% clock has passed every version in it, so a take-back that follows is above the version
+%% of any successor the lost target registered (docs/protocol.md, "Moves", F8). `ok', or
+%% `{error, timeout}' after Timeout ms (our member is stuck: the caller goes on anyway).
+-spec await_dropped(#shoal_cfg{}, node(), pid() | undefined, non_neg_integer()) ->
+          ok | {error, timeout}.
+await_dropped(Cfg, Node, Member, Timeout) ->
+    await_dropped(Cfg, Node, Member, erlang:monotonic_time(millisecond) + Timeout, 1).
+
+await_dropped(_Cfg, _Node, undefined, _Deadline, _Sleep) -> ok;
+await_dropped(Cfg, Node, Member, Deadline, Sleep) ->
+    case peer(Cfg, Node) =:= Member of
+        false -> ok;
+        true ->
+            case erlang:monotonic_time(millisecond) >= Deadline of
+                true -> {error, timeout};
+                false ->
+                    timer:sleep(Sleep),
+                    await_dropped(Cfg, Node, Member, Deadline, min(2 * Sleep, 50))
+            end
     end.
 
 %% @doc Note a request with reply alias Ref about to go to Node's member: that member's pid,

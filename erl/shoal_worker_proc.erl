@@ -21,6 +21,7 @@
 
 %% The worker's pool and key in its process dictionary (key_of/1, crash reports).
 -define(KEY_ENTRY, '$shoal_key').
+-define(PEER_WAIT, 10000).  %% migrate_/2: how long to wait for our member to meet the target's
 
 -record(w, {cfg :: #shoal_cfg{},
             key :: term(),
@@ -415,11 +416,20 @@ migrate(Node, #w{cfg = #shoal_cfg{pool = Pool}, key = Key} = W0) ->
                                  {Reply, #{result => Result}}
                          end).
 
-migrate_(Node, #w{cfg = #shoal_cfg{pool = Pool, server = Name}, key = Key} = W0) ->
+migrate_(Node, #w{cfg = Cfg} = W0) ->
+    %% The caller's node has met Node's member; ours may not have yet (a node that just
+    %% joined): wait for it, since a take-back after Node failed must be fenced against what
+    %% that member sent ours (shoal_view:await_dropped/4).
+    case shoal_view:await_peer(Cfg, Node, ?PEER_WAIT) of
+        undefined -> {reply, {error, {not_a_member, Node}}, W0, idle_of(W0)};
+        Member -> migrate_(Node, Member, W0)
+    end.
+
+migrate_(Node, Member, #w{cfg = #shoal_cfg{pool = Pool, server = Name} = Cfg, key = Key} = W0) ->
     case hand_off(W0) of
         {ok, Transfer, Vsn, W} ->
-            %% Addressed by name: our member may not have met the target's yet (the caller's
-            %% node has); a target without the pool answers with a `DOWN'.
+            %% Addressed by name: a target without the pool answers with a `DOWN'. Should the
+            %% target go down, we take our key back only once our member has dropped it.
             Ref = shoal_proto:request_ref(),
             Mref = erlang:monitor(process, {Name, Node}),
             shoal_proto:send_node(Node, Name, Pool, {takeover, [{Key, Transfer, Vsn}], {self(), Ref}}),
@@ -429,6 +439,7 @@ migrate_(Node, #w{cfg = #shoal_cfg{pool = Pool, server = Name}, key = Key} = W0)
                              R;
                          {'DOWN', Mref, process, _, Why} ->
                              shoal_proto:drop_ref(Ref),
+                             _ = shoal_view:await_dropped(Cfg, Node, Member, 60000),
                              {error, {target_down, Node, Why}}
                      after 60000 ->
                              erlang:demonitor(Mref, [flush]),
@@ -483,7 +494,7 @@ freeze(W0) ->
 %% what we held, in order, and forward until we retire. Should the successor die, there is
 %% nothing left to forward to: we exit, and callers resolve the key afresh.
 moved(Node, NewPid, Vsn, #w{cfg = Cfg, key = Key} = W) ->
-    _ = shoal_registry:put_remote(Cfg, Key, Node, NewPid, Vsn, 0),
+    _ = shoal_registry:put_successor(Cfg, Key, Node, NewPid, Vsn, 0),
     forward_to(NewPid, W).
 
 forward_to(NewPid, #w{cfg = #shoal_cfg{grace = Grace}, held = H} = W) ->
@@ -584,7 +595,7 @@ yield(Node, Winner, Vsn, Mark, #w{cfg = Cfg, key = Key, st = St} = W) ->
 
 step_aside(Node, Winner, Vsn, Mark, #w{cfg = #shoal_cfg{grace = Grace} = Cfg, key = Key} = W) ->
     _ = shoal_registry:set_moving(Cfg, Key, self(), true),
-    _ = Vsn > 0 andalso shoal_registry:put_remote(Cfg, Key, Node, Winner, Vsn, Mark),
+    _ = Vsn > 0 andalso shoal_registry:put_successor(Cfg, Key, Node, Winner, Vsn, Mark),
     Winner ! {'$shoal_merged', self()},
     erlang:send_after(Grace, self(), '$shoal_retire'),
     W#w{forward = Winner, fwd_mon = erlang:monitor(process, Winner), merge = waiting,

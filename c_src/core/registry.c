@@ -535,7 +535,10 @@ static table_action register_fn(void *vc, table_entry *te, table_entry **repl)
         case REGISTRY_CLAIMED: seen(c, cur); c->rc = REGISTRY_CLAIMED_BY; return TABLE_KEEP;
         default: /* LOCAL */
             if (cur->te.fast == c->mine->te.fast) {
+                /* A take-back: a fresh version, above every replica the clock has seen
+                 * (one refused while the entry moved may be a lost successor's). */
                 cur->te.flags &= (uint8_t)~REGISTRY_MOVING;
+                cur->vsn = registry_clock_next(c->r->clock, c->now_us);
                 c->out->vsn = cur->vsn;
                 c->rc = REGISTRY_OWN;
                 return TABLE_KEEP;
@@ -657,7 +660,10 @@ static table_action put_remote_fn(void *vc, table_entry *te, table_entry **repl)
             if (!newer_than_local(c->vsn, c->node, cur, c->op)) return TABLE_KEEP;
             c->out->word = cur->te.fast;
             c->out->vsn = cur->vsn;
-            if (!(cur->te.flags & REGISTRY_MOVING)) {
+            /* Only the move's outcome (put_successor, c->flag) replaces a moving entry: a
+             * replica that arrives while it moves is the moving worker's to weigh once the
+             * move has ended (docs/protocol.md, F8). */
+            if (!(cur->te.flags & REGISTRY_MOVING) || !c->flag) {
                 seen(c, cur);
                 c->rc = REGISTRY_CONFLICT;
                 return TABLE_KEEP;
@@ -675,14 +681,28 @@ static table_action put_remote_fn(void *vc, table_entry *te, table_entry **repl)
     return store_mine(c, cur, repl);
 }
 
+static int put_replica(registry *r, const registry_key *k, registry_node *node, uint64_t vsn,
+                       uint32_t mark, int successor, registry_entry *mine,
+                       const registry_op *op, registry_out *out)
+{
+    registry_clock_observe(r->clock, vsn);
+    struct op_ctx c = {.r = r, .op = op, .out = out, .mine = mine, .node = node, .vsn = vsn,
+                       .mark = mark, .flag = successor};
+    return update(&c, k, put_remote_fn);
+}
+
 int registry_put_remote(registry *r, const registry_key *k, registry_node *node, uint64_t vsn,
                         uint32_t mark, registry_entry *mine, const registry_op *op,
                         registry_out *out)
 {
-    registry_clock_observe(r->clock, vsn);
-    struct op_ctx c = {.r = r, .op = op, .out = out, .mine = mine, .node = node, .vsn = vsn,
-                       .mark = mark};
-    return update(&c, k, put_remote_fn);
+    return put_replica(r, k, node, vsn, mark, 0, mine, op, out);
+}
+
+int registry_put_successor(registry *r, const registry_key *k, registry_node *node,
+                           uint64_t vsn, uint32_t mark, registry_entry *mine,
+                           const registry_op *op, registry_out *out)
+{
+    return put_replica(r, k, node, vsn, mark, 1, mine, op, out);
 }
 
 /* remove_remote ---------------------------------------------------------------------------- */

@@ -288,8 +288,8 @@ typedef struct registry_mode {
  * replaces only a claim held by mode->claimer (op->ending on it), else REGISTRY_NOT_CLAIMED
  * (absent or tomb), REGISTRY_CLAIMED_BY or REGISTRY_ALREADY (op->seen on what is there).
  * Over mode replaces an absent entry, a tomb, a replica whose version is at most max_vsn
- * or whose owner is mode->owner; REGISTRY_OWN (moving cleared, out->vsn its version) when
- * the LOCAL entry there has mine's word; else REGISTRY_CLAIMED_BY, REGISTRY_ALREADY or
+ * or whose owner is mode->owner; REGISTRY_OWN (moving cleared, and a fresh version in
+ * out->vsn, the entry's own) when the LOCAL entry there has mine's word; else REGISTRY_CLAIMED_BY, REGISTRY_ALREADY or
  * REGISTRY_NEWER (op->seen). REGISTRY_NOPROC if mine carries REGISTRY_DEAD (its worker died:
  * see registry_drop). out->prev is the state found. SHOAL_ENOMEM if the table could not
  * grow. */
@@ -312,15 +312,23 @@ int registry_set_moving(registry *r, const registry_key *k, uint64_t word, int o
  * its payload), as node's worker at version vsn with sync mark `mark`, if {vsn, node} is
  * newer than what the key holds (vsn is observed by the clock first):
  *   REGISTRY_STORED: over nothing, a claim (op->ending; unless the claim keeps a tomb that
- *     is not older), a tomb or replica that is older, or a LOCAL MOVING entry that is older
- *     (out->word and out->vsn are the local worker's); out->prev says which;
+ *     is not older), a tomb or replica that is older; out->prev says which;
  *   REGISTRY_STALE: what is there is newer or the same; the same replica (same node and
  *     version) takes `mark` unless mark is 0;
- *   REGISTRY_CONFLICT: an older LOCAL entry that is not moving (out->word, out->vsn).
+ *   REGISTRY_CONFLICT: an older LOCAL entry, moving or not (out->word, out->vsn): a moving
+ *     entry is replaced by its move's outcome only (registry_put_successor).
  * SHOAL_ENOMEM if the table could not grow. */
 int registry_put_remote(registry *r, const registry_key *k, registry_node *node, uint64_t vsn,
                         uint32_t mark, registry_entry *mine, const registry_op *op,
                         registry_out *out);
+
+/* registry_put_successor - registry_put_remote for a move's outcome (the successor that now
+ * holds the key, or a conflict's winner the local worker steps aside for): the same, except
+ * that an older LOCAL MOVING entry is replaced too (REGISTRY_STORED, out->prev
+ * REGISTRY_LOCAL, out->word and out->vsn the local worker's). */
+int registry_put_successor(registry *r, const registry_key *k, registry_node *node,
+                           uint64_t vsn, uint32_t mark, registry_entry *mine,
+                           const registry_op *op, registry_out *out);
 
 /* registry_remove_remote - node says its worker of the key at version vsn is gone (vsn is
  * observed first). A replica not newer than {vsn, node} is replaced by `mine`, a TOMB entry

@@ -335,7 +335,9 @@ ERL_NIF_TERM nif_register(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
         tell_waiters(env, &s, enif_make_tuple2(env, a->ok, argv[2]));
         tell_listener(env, nt, enif_make_tuple4(env, a->up_msg, argv[1], argv[2], vsn));
         return pidstore_after(env, nt, argv[0], enif_make_tuple2(env, a->ok, vsn));
-    case REGISTRY_OWN: return enif_make_tuple2(env, a->ok, vsn);
+    case REGISTRY_OWN: /* a take-back: its fresh version goes to the peers */
+        tell_listener(env, nt, enif_make_tuple4(env, a->up_msg, argv[1], argv[2], vsn));
+        return enif_make_tuple2(env, a->ok, vsn);
     case REGISTRY_NOPROC: why = a->noproc; break;
     case REGISTRY_NOT_CLAIMED: why = a->not_claimed; break;
     case REGISTRY_CLAIMED_BY: why = enif_make_tuple2(env, a->claimed, s.pid); break;
@@ -424,10 +426,10 @@ static int replica_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], ErlNifUInt64 
            enif_get_uint64(env, argv[4], vsn);
 }
 
-/* put_remote(Table, Key, Node, Pid, Vsn, Mark) -> stored | stale | {conflict, Pid, Vsn} */
-ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+/* put_remote(Table, Key, Node, Pid, Vsn, Mark) and put_successor(...) (successor != 0)
+ * -> stored | stale | {conflict, Pid, Vsn} */
+static ERL_NIF_TERM put_replica(ErlNifEnv *env, const ERL_NIF_TERM argv[], int successor)
 {
-    (void)argc;
     struct seen s;
     seen_init(&s, env);
     nif_atoms *a = &s.P->a;
@@ -450,7 +452,8 @@ ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     registry_op op = {.seen = hook_seen, .ending = hook_ending, .storing = hook_storing,
                       .self_name = hook_self_name, .admitted = hook_admitted, .ctx = &s};
     registry_out out;
-    rc = registry_put_remote(nt->r, &k, node, vsn, mark, &mine->re, &op, &out);
+    rc = successor ? registry_put_successor(nt->r, &k, node, vsn, mark, &mine->re, &op, &out)
+                   : registry_put_remote(nt->r, &k, node, vsn, mark, &mine->re, &op, &out);
     kbuf_free(&kb);
     if (s.have_name) kbuf_free(&s.self_name);
     registry_node_put(nt->r, node);
@@ -470,6 +473,18 @@ ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
                                 enif_make_uint64(env, out.vsn));
     default: return raise_for(env, rc);
     }
+}
+
+ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    return put_replica(env, argv, 0);
+}
+
+ERL_NIF_TERM nif_put_successor(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    return put_replica(env, argv, 1);
 }
 
 /* remove_remote(Table, Key, Node, Pid, Vsn) -> removed | tombstoned | stale */

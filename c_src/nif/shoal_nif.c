@@ -129,6 +129,7 @@ static ErlNifFunc funcs[] = {
     {"unregister", 3, nif_unregister, 0},
     {"set_moving", 4, nif_set_moving, 0},
     {"put_remote", 6, nif_put_remote, 0},
+    {"put_successor", 6, nif_put_successor, 0},
     {"remove_remote", 5, nif_remove_remote, 0},
     {"set_listener", 2, nif_set_listener, 0},
     {"count", 1, nif_count, 0},

@@ -159,6 +159,18 @@ static int put(fixture *f, uint64_t id, registry_node *n, uint64_t vsn, uint32_t
     return rc;
 }
 
+/* put() through registry_put_successor (a move's outcome) */
+static int put_succ(fixture *f, uint64_t id, registry_node *n, uint64_t vsn,
+                    const registry_op *op, registry_out *out)
+{
+    unsigned char b[16];
+    registry_key k = key_of(b, id);
+    tentry *e = entry(id, 0);
+    int rc = registry_put_successor(f->r, &k, n, vsn, 0, &e->re, op, out);
+    if (!out->stored) free(e);
+    return rc;
+}
+
 static int rm(fixture *f, uint64_t id, registry_node *n, uint64_t vsn, int64_t now)
 {
     unsigned char b[16];
@@ -499,13 +511,15 @@ static void test_register_over_mode(void)
     /* absent */
     CU_ASSERT_EQUAL(reg_over(&f, 1, 21, 0, NULL, &out), REGISTRY_OK);
     uint64_t v1 = out.vsn;
-    /* own entry: moving cleared, version kept */
+    /* own entry (a take-back): moving cleared, a fresh version above all the clock saw */
     unsigned char kb[16];
     registry_key k1 = key_of(kb, 1);
     CU_ASSERT_EQUAL(registry_set_moving(f.r, &k1, 21, 1), REGISTRY_OK);
     CU_ASSERT(look(&f, 1).moving);
+    registry_clock_observe(&f.clock, v1 + 1000);
     CU_ASSERT_EQUAL(reg_over(&f, 1, 21, 0, NULL, &out), REGISTRY_OWN);
-    CU_ASSERT(out.vsn == v1 && !out.stored && !look(&f, 1).moving);
+    CU_ASSERT(out.vsn > v1 + 1000 && !out.stored && !look(&f, 1).moving);
+    CU_ASSERT_EQUAL(look(&f, 1).vsn, out.vsn);
     /* another local worker, moving or not: never */
     CU_ASSERT_EQUAL(registry_set_moving(f.r, &k1, 21, 1), REGISTRY_OK);
     registry_mode m = {.over = 1, .max_vsn = 1u << 20};
@@ -619,7 +633,12 @@ static void test_put_remote_rules(void)
     unsigned char kb[16];
     registry_key k3 = key_of(kb, 3);
     CU_ASSERT_EQUAL(registry_set_moving(f.r, &k3, 21, 1), REGISTRY_OK);
-    CU_ASSERT_EQUAL(put(&f, 3, a, lo.vsn + 1, 0, 0, &op, &out), REGISTRY_STORED);
+    /* moving: a replica is still a conflict (the worker weighs it after its move); only
+     * the move's outcome replaces the entry */
+    CU_ASSERT_EQUAL(put(&f, 3, a, lo.vsn + 1, 0, 0, &op, &out), REGISTRY_CONFLICT);
+    CU_ASSERT(out.word == 21 && out.vsn == lo.vsn && look(&f, 3).moving);
+    CU_ASSERT_EQUAL(put_succ(&f, 3, a, lo.vsn - 1, &op, &out), REGISTRY_STALE);
+    CU_ASSERT_EQUAL(put_succ(&f, 3, a, lo.vsn + 1, &op, &out), REGISTRY_STORED);
     CU_ASSERT(out.prev == REGISTRY_LOCAL && out.word == 21 && out.vsn == lo.vsn);
     /* versions given are observed */
     CU_ASSERT(registry_clock_last(&f.clock) >= lo.vsn + 1);

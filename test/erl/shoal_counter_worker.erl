@@ -73,8 +73,16 @@ conflict(Key, Winner, #{n := N}) ->
 
 %% A test can make takeovers on this node hang (so that a move is caught half done): with
 %% {'$stall_takeovers_after', M} in this node's store, every takeover after the first M
-%% records {stalled, Key, Pid, _} and never returns.
+%% records {stalled, Key, Pid, _} and never returns; with {{'$stall_takeover', Key}} the
+%% takeover of Key does.
 stall_if_asked(Key) ->
+    try ets:member(?STORE, {'$stall_takeover', Key}) of
+        true -> event(stalled, Key, undefined), receive after infinity -> ok end;
+        false -> stall_if_counted(Key)
+    catch error:badarg -> ok
+    end.
+
+stall_if_counted(Key) ->
     try ets:lookup(?STORE, '$stall_takeovers_after') of
         [{_, M}] ->
             case ets:update_counter(?STORE, '$takeovers', 1, {'$takeovers', 0}) > M of

@@ -27,8 +27,9 @@
          an_ei_node_that_cannot_answer_does_not_hold_agreement_back/1,
          membership_agreement_is_observable/1,
          a_caller_whose_home_dies_mid_spawn_starts_over/1,
-         a_replica_of_a_lost_node_no_longer_hides_an_older_owner/1]).
--export([p_put_newer/5, p_idle/0, p_lookup/2]).
+         a_replica_of_a_lost_node_no_longer_hides_an_older_owner/1,
+         a_move_whose_target_dies_after_registering_a_successor_keeps_its_worker/1]).
+-export([p_put_newer/5, p_idle/0, p_lookup/2, p_member/2, p_move_batch/3]).
 -export([p_start_and_race/5, p_race/5, p_hammer/3, p_stop/1, p_poke_stale/3, p_put_stale/4,
          p_migrate_when_member/3, p_spawn_on/3, p_ballast/2, p_timed_ensure/2]).
 
@@ -55,7 +56,8 @@ groups() ->
      {hidden, [], [a_hidden_node_becomes_a_member,
                    an_ei_node_that_cannot_answer_does_not_hold_agreement_back]},
      {loss, [], [a_caller_whose_home_dies_mid_spawn_starts_over,
-                 a_replica_of_a_lost_node_no_longer_hides_an_older_owner]}].
+                 a_replica_of_a_lost_node_no_longer_hides_an_older_owner,
+                 a_move_whose_target_dies_after_registering_a_successor_keeps_its_worker]}].
 
 init_per_suite(Config) ->
     Paths = shoal_test_cluster:code_paths([?MODULE, ?WORKER, shoal_slow_init_worker]),
@@ -410,6 +412,73 @@ a_replica_of_a_lost_node_no_longer_hides_an_older_owner(Config) ->
         shoal_test_cluster:stop_peers(Peers)
     end.
 
+%% F8 of the model (docs/protocol.md, "Moves"): A moves K1 and K2 to B in one batch. B
+%% starts and registers K1's successor (its `up' goes to A and C) and is stuck in K2's
+%% takeover when it halts, so `taken' never comes. A's member is held (sys:suspend) until B
+%% is gone, so it applies B's `up' of K1's successor only after the mover saw B's 'DOWN':
+%% the worst order; and B's clock is ahead of A's. K1's worker must take its key back above
+%% that successor's version and
+%% never treat the dead successor as a conflict's winner: no conflict/3 runs, both workers
+%% keep their pids and their counts, and A and C agree on them. Without the take-back's
+%% wait for A's member to drop B (or with a take-back that keeps its old version) K1's
+%% worker yields to the dead successor. Repeated 3 times with fresh nodes.
+a_move_whose_target_dies_after_registering_a_successor_keeps_its_worker(Config) ->
+    [lost_successor_round(Config, R) || R <- lists:seq(1, 3)],
+    ok.
+
+lost_successor_round(Config, R) ->
+    Peers = shoal_test_cluster:start_peers(list_to_atom("f8_" ++ integer_to_list(R)), 3,
+                                           ?config(paths, Config)),
+    try
+        ok = shoal_test_cluster:connect_all(Peers),
+        [{PA, A}, {PB, B}, {PC, C}] = Peers,
+        Pool = lost_successor,
+        [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => ?WORKER}]) || {P, _} <- Peers],
+        [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- Peers],
+        All = lists:sort([A, B, C]),
+        [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000, {members, N})
+         || {P, N} <- Peers],
+        {K1, K2} = {{lost, R, 1}, {lost, R, 2}},
+        {W1, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, K1, A]),
+        {W2, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, K2, A]),
+        [{1, 2}, {1, 2}] = [{pcall(PA, shoal, call, [Pool, K, incr]),
+                             pcall(PC, shoal, call, [Pool, K, incr])} || K <- [K1, K2]],
+        true = pcall(PB, ets, insert, [shoal_test_store, {{'$stall_takeover', K2}}]),
+        %% B's clock runs a minute ahead of A's (clock skew, as between machines): the
+        %% successor's version is above anything A's clock would give a take-back by itself.
+        ok = pcall(PB, shoal_registry, observe, [pcall(PB, shoal_registry, hlc, []) + 60000000]),
+        MemberA = pcall(PA, ?MODULE, p_member, [Pool, suspend]),
+        Self = self(),
+        Mover = spawn_link(fun() ->
+                                   Self ! {moved, pcall(PA, ?MODULE, p_move_batch, [Pool, [K1, K2], B])}
+                           end),
+        %% K1's successor is registered on B (and announced), K2's takeover is stuck.
+        wait_until(fun() -> element(1, pcall(PB, ?MODULE, p_lookup, [Pool, K1])) =:= local end,
+                   5000, {successor_on_b, K1}),
+        wait_until(fun() -> pcall(PB, ets, match_object,
+                                  [shoal_test_events, {stalled, K2, '_', '_'}]) =/= [] end,
+                   5000, {stalled, K2}),
+        timer:sleep(50),
+        peer:cast(PB, erlang, halt, []),
+        wait_until(fun() -> not lists:member(B, pcall(PA, erlang, nodes, [])) end, 5000,
+                   {b_gone, A}),
+        timer:sleep(300),
+        MemberA = pcall(PA, ?MODULE, p_member, [Pool, resume]),
+        receive {moved, Failed} -> ?assertEqual(2, Failed) after 60000 -> error(mover_stuck) end,
+        unlink(Mover),
+        AC = lists:sort([A, C]),
+        [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= AC end, 10000, {b_left, N})
+         || {P, N} <- [{PA, A}, {PC, C}]],
+        [wait_until(fun() -> pcall(P, shoal, whereis, [Pool, K]) =:= W end, 5000, {K, N, W})
+         || {P, N} <- [{PA, A}, {PC, C}], {K, W} <- [{K1, W1}, {K2, W2}]],
+        ?assertEqual([], pcall(PA, ets, match_object, [shoal_test_events, {conflict, '_', '_', '_'}])),
+        ?assertEqual([3, 3], [pcall(PC, shoal, call, [Pool, K, incr]) || K <- [K1, K2]]),
+        ?assertEqual([W1, W2], [pcall(PC, shoal, whereis, [Pool, K]) || K <- [K1, K2]]),
+        ?assertEqual(2, pcall(PC, shoal, count, [Pool]))
+    after
+        shoal_test_cluster:stop_peers(Peers)
+    end.
+
 %% A node started with -hidden (as every C node is) is greeted like any other: it becomes
 %% a member, and keys placed on it or elsewhere are reached from both sides.
 a_hidden_node_becomes_a_member(Config) ->
@@ -595,6 +664,16 @@ p_put_newer(Pool, Key, Node, Pid, Vsn) ->
 
 %% @private A process that waits for nothing.
 p_idle() -> receive stop -> ok end.
+
+%% @private Suspend or resume this node's member of Pool; its pid.
+p_member(Pool, How) ->
+    Member = shoal_view:peer(cfg(Pool), node()),
+    ok = sys:How(Member),
+    Member.
+
+%% @private A batched move of this node's workers of Keys to Node (shoal_mover): how many
+%% failed to move.
+p_move_batch(Pool, Keys, Node) -> shoal_mover:move_batch(cfg(Pool), Keys, Node).
 
 %% @private This node's entry for Key.
 p_lookup(Pool, Key) -> shoal_registry:lookup(cfg(Pool), Key).

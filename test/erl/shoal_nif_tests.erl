@@ -126,6 +126,7 @@ a_deleted_table_raises_badarg_everywhere_test() ->
              fun() -> shoal_nif:unregister(T, k, W) end,
              fun() -> shoal_nif:set_moving(T, k, W, true) end,
              fun() -> shoal_nif:put_remote(T, k, n@h, R, 1, 0) end,
+             fun() -> shoal_nif:put_successor(T, k, n@h, R, 1, 0) end,
              fun() -> shoal_nif:remove_remote(T, r, n@h, R, 1) end,
              fun() -> shoal_nif:set_listener(T, self()) end,
              fun() -> shoal_nif:count(T) end,
@@ -508,16 +509,21 @@ register_over_replaces_absent_tombs_and_old_or_named_replicas_test() ->
                  maps:with([tombs, remote_workers, nodes], shoal_nif:info(T))),
     kill_and_wait(W).
 
-register_over_its_own_entry_clears_moving_and_keeps_the_version_test() ->
+register_over_its_own_entry_clears_moving_and_takes_a_fresh_version_test() ->
     T = shoal_nif:new(2),
     W = sleeper(),
-    {ok, V} = reg(T, k, W),
+    {ok, V0} = reg(T, k, W),
     listen(T),
     ok = shoal_nif:set_moving(T, k, W, true),
-    ?assertEqual({local, W, V, true}, shoal_nif:lookup(T, k)),
-    ?assertEqual({ok, V}, shoal_nif:register(T, k, W, {over, 0, none})),
+    ?assertEqual({local, W, V0, true}, shoal_nif:lookup(T, k)),
+    %% A take-back: above everything the clock saw (here a replica refused while it moved),
+    %% and announced like a registration.
+    R = remote_pid(n@h, 1),
+    ?assertEqual({conflict, W, V0}, shoal_nif:put_remote(T, k, n@h, R, V0 + 1000, 0)),
+    {ok, V} = shoal_nif:register(T, k, W, {over, 0, none}),
+    ?assert(V > V0 + 1000),
     ?assertEqual({local, W, V, false}, shoal_nif:lookup(T, k)),
-    ?assertEqual(none, no_event()),
+    ?assertEqual({up, k, W, V}, next_event()),
     %% Another local worker is never replaced, moving or not.
     ok = shoal_nif:set_moving(T, k, W, true),
     ?assertEqual({error, {already_registered, W}}, reg_over(T, k, sleeper())),
@@ -571,15 +577,20 @@ a_replica_over_a_live_local_worker_is_a_conflict_or_stale_test() ->
     ?assertEqual(0, maps:get(nodes, shoal_nif:info(T))),
     kill_and_wait(W).
 
-a_newer_replica_replaces_a_moving_worker_and_tells_the_listener_test() ->
+a_successor_replaces_a_moving_worker_and_tells_the_listener_test() ->
     T = shoal_nif:new(2),
     W = sleeper(),
     {ok, V} = reg(T, k, W),
     listen(T),
     ok = shoal_nif:set_moving(T, k, W, true),
     R = remote_pid(n@h, 1),
+    %% A replica is a conflict for the moving worker to weigh, not a replacement: only the
+    %% move's outcome (put_successor/6) replaces it.
     ?assertEqual(stale, shoal_nif:put_remote(T, k, n@h, R, V - 1, 0)),
-    ?assertEqual(stored, shoal_nif:put_remote(T, k, n@h, R, V + 1, 7)),
+    ?assertEqual({conflict, W, V}, shoal_nif:put_remote(T, k, n@h, R, V + 1, 7)),
+    ?assertEqual({local, W, V, true}, shoal_nif:lookup(T, k)),
+    ?assertEqual(stale, shoal_nif:put_successor(T, k, n@h, R, V - 1, 0)),
+    ?assertEqual(stored, shoal_nif:put_successor(T, k, n@h, R, V + 1, 7)),
     ?assertEqual({'$shoal_replaced', k, W, V, n@h, R, V + 1}, next_event()),
     ?assertEqual({remote, n@h, R, V + 1}, shoal_nif:lookup(T, k)),
     ?assertEqual(0, shoal_nif:count(T, local)),

@@ -23,7 +23,7 @@
 
 -export([initial_state/0, command/1, precondition/2, next_state/3, postcondition/3]).
 -export([claim/2, release_claim/2, register_claim/3, register_over/4, unregister/2,
-         set_moving/3, put_remote/5, remove_remote/4, kill/1, whereis/1, lookup/1,
+         set_moving/3, put_remote/5, put_successor/4, remove_remote/4, kill/1, whereis/1, lookup/1,
          counts/0, fold/2]).
 
 -import(proper_types, [oneof/1, elements/1, range/2, boolean/0]).
@@ -103,6 +103,9 @@ set_moving(K, A, On) -> shoal_nif:set_moving(get(table), K, cur(A), On).
 put_remote(K, N, R, Delta, Mark) ->
     V = base(K) + Delta,
     {shoal_nif:put_remote(get(table), K, N, rpid(N, R), V, Mark), V}.
+put_successor(K, N, R, Delta) ->
+    V = base(K) + Delta,
+    {shoal_nif:put_successor(get(table), K, N, rpid(N, R), V, 0), V}.
 remove_remote(K, N, R, Delta) ->
     V = base(K) + Delta,
     {shoal_nif:remove_remote(get(table), K, N, rpid(N, R), V), V}.
@@ -151,6 +154,7 @@ command(_S) ->
            {call, ?MODULE, unregister, [K, A]},
            {call, ?MODULE, set_moving, [K, A, boolean()]},
            {call, ?MODULE, put_remote, [K, N, range(1, 2), D, range(0, 2)]},
+           {call, ?MODULE, put_successor, [K, N, range(1, 2), D]},
            {call, ?MODULE, remove_remote, [K, N, range(1, 2), D]},
            {call, ?MODULE, kill, [A]},
            {call, ?MODULE, whereis, [K]},
@@ -202,9 +206,8 @@ apply_op(S, Res, {call, _, register_claim, [_A, K, W]}) ->
     end;
 apply_op(S0, {Res, Max}, {call, _, register_over, [K, W, _, _]}) ->
     S = seen(S0, Max),
-    case {Res, get_e(S, K)} of
-        {{ok, V}, {local, _, V, _} = E} -> put_e(S, K, setelement(4, E, false));
-        {{ok, V}, _} -> seen(put_e(S, K, {local, who(S, W), V, false}), V);
+    case Res of
+        {ok, V} -> seen(put_e(S, K, {local, who(S, W), V, false}), V);
         _ -> S
     end;
 apply_op(S, _, {call, _, unregister, [K, A]}) ->
@@ -220,6 +223,8 @@ apply_op(S, _, {call, _, set_moving, [K, A, On]}) ->
         {local, Who, V, _} -> put_e(S, K, {local, Who, V, On});
         _ -> S
     end;
+apply_op(S, Res, {call, _, put_successor, [K, N, R, _]}) ->
+    apply_op(S, Res, {call, ?MODULE, put_remote, [K, N, R, 0, 0]});
 apply_op(S0, {Res, V}, {call, _, put_remote, [K, N, R, _, Mark]}) ->
     S = seen(S0, V),
     case {Res, get_e(S, K)} of
@@ -295,7 +300,7 @@ postcondition(S, {call, _, register_over, [K, W, _, Owner]}, {Res, Max}) ->
         {remote, N, _, V, _} when V =< Max; N =:= Owner -> fresh(S, Res, max(V, Max));
         {remote, N, R, V, _} -> Res =:= {error, {newer, N, rpid(N, R), V}};
         {claimed, Other, _} -> Res =:= {error, {claimed, pid(Other)}};
-        {local, Me, V, _} -> Res =:= {ok, V};
+        {local, Me, _, _} -> fresh(S, Res, Max);  %% a take-back: a fresh version
         {local, Other, _, _} -> Res =:= {error, {already_registered, pid(Other)}}
     end;
 postcondition(S, {call, _, unregister, [K, A]}, Res) ->
@@ -309,19 +314,9 @@ postcondition(S, {call, _, set_moving, [K, A, _]}, Res) ->
     Who = who(S, A),
     Res =:= case get_e(S, K) of {local, Who, _, _} -> ok; _ -> not_found end;
 postcondition(S, {call, _, put_remote, [K, N, _, _, _]}, {Res, V}) ->
-    X = {V, N},
-    Res =:= case get_e(S, K) of
-                none -> stored;
-                {tomb, TV, TN} -> stored_if(newer(X, {TV, TN}));
-                {claimed, _, F} -> stored_if(F =:= none orelse newer(X, F));
-                {remote, RN, _, RV, _} -> stored_if(newer(X, {RV, RN}));
-                {local, W, LV, Moving} ->
-                    case {newer(X, {LV, node()}), Moving} of
-                        {false, _} -> stale;
-                        {true, true} -> stored;
-                        {true, false} -> {conflict, pid(W), LV}
-                    end
-            end;
+    replica_post(S, K, N, Res, V, false);
+postcondition(S, {call, _, put_successor, [K, N, _, _]}, {Res, V}) ->
+    replica_post(S, K, N, Res, V, true);
 postcondition(S, {call, _, remove_remote, [K, N, _, _]}, {Res, V}) ->
     X = {V, N},
     Res =:= case get_e(S, K) of
@@ -391,3 +386,20 @@ floor_vsn({V, _}) -> V.
 %% above Min (what it replaces).
 fresh(S, {ok, V}, Min) when is_integer(V) -> V > maps:get(seen, S) andalso V > Min;
 fresh(_, _, _) -> false.
+
+%% What put_remote/6 (Successor false) or put_successor/6 (true) answers for {V, N}.
+replica_post(S, K, N, Res, V, Successor) ->
+    X = {V, N},
+    Res =:= case get_e(S, K) of
+                none -> stored;
+                {tomb, TV, TN} -> stored_if(newer(X, {TV, TN}));
+                {claimed, _, F} -> stored_if(F =:= none orelse newer(X, F));
+                {remote, RN, _, RV, _} -> stored_if(newer(X, {RV, RN}));
+                {local, W, LV, Moving} ->
+                    %% a moving worker is replaced by its move's outcome only
+                    case {newer(X, {LV, node()}), Moving andalso Successor} of
+                        {false, _} -> stale;
+                        {true, true} -> stored;
+                        {true, false} -> {conflict, pid(W), LV}
+                    end
+            end.

@@ -61,9 +61,9 @@
  *
  * The fixes of the defects this model found (test/model/README.md) are switched by FIX_*
  * macros: all of them (F0-F7) are in the code on lead and on by default (-DNO_FIX_x turns
- * one off: the mutants). -DSPEC_DRAFT drops them all. F8 is open (the code has no fix):
- * -DCAND_F8_KEEP_MOVING is a candidate fix, and -DDEAD_WINNER models the end of a conflict
- * whose winner is dead (F8 (a)) as one step instead of failing; both are off by default.
+ * one off: the mutants). -DSPEC_DRAFT drops them all. -DDEAD_WINNER (off by default; it
+ * was used to find F8 (b) past F8 (a)) models the end of a conflict whose winner is dead as
+ * one step instead of failing.
  */
 
 #define N      3          /* nodes */
@@ -130,6 +130,25 @@
                            * {refresh, node(), Keys} for the keys the purged replicas held;
                            * each answers, after its pending ops, with an `up' of what it owns
                            * of them (shoal_member:peer_left/3, ask_refresh/2, on_refresh/3) */
+#endif
+#ifndef NO_FIX_KEEP_MOVING
+#define FIX_KEEP_MOVING   /* F8a: a replicated `up' (or sync, or a caller's put) does not
+                           * replace a moving local entry: only the move's outcome does (the
+                           * mover's put_successor after `taken'); the member hands the newer
+                           * replica to the moving worker as a conflict instead ({conflict, ..}
+                           * from put_remote/6, '$shoal_yield'), which the worker weighs once
+                           * the move has ended (shoal_worker_proc:yield/5) */
+#endif
+#ifndef NO_FIX_TAKEBACK_WAIT
+#define FIX_TAKEBACK_WAIT /* F8b: a move whose target went down is taken back only once the
+                           * source's member has dropped the target's member (so it applied,
+                           * and its clock observed, all that member sent it):
+                           * shoal_mover:await_dropped/3 */
+#endif
+#ifndef NO_FIX_TAKEBACK_VSN
+#define FIX_TAKEBACK_VSN  /* F8c: a take-back over the worker's own moving entry gives it a
+                           * fresh version (above everything the node's clock has seen) and
+                           * announces it (registry.c register_fn, REGISTRY_OWN) */
 #endif
 #endif
 
@@ -210,6 +229,9 @@ byte tnode[N];            /* owner node (LOCAL, REMOTE) */
 byte tpid[N];             /* worker (LOCAL, REMOTE) */
 byte tvsn[N];             /* version (LOCAL, REMOTE, TOMB) */
 bool tmov[N];             /* LOCAL: moving */
+byte tdef[N];             /* LOCAL moving: the newest replica refused while it moved (F8a: the
+                           * '$shoal_yield' its worker weighs when the move has ended) */
+bool pr_outcome;          /* set around the mover's put_successor (the move's outcome) */
 byte tclm[N];             /* CLAIMED: claimer (caller id or MEMBER) */
 
 /* ---- workers (ground truth) ------------------------------------------------------------- */
@@ -322,7 +344,8 @@ inline put_entry(st_n, st_st, st_nd, st_p, st_v) {
   :: st_st == LOCAL || st_st == REMOTE -> rywgap[st_n] = 0
   :: else -> skip
   fi;
-  tst[st_n] = st_st; tnode[st_n] = st_nd; tpid[st_n] = st_p; tvsn[st_n] = st_v; tmov[st_n] = 0; tclm[st_n] = 0
+  tst[st_n] = st_st; tnode[st_n] = st_nd; tpid[st_n] = st_p; tvsn[st_n] = st_v; tmov[st_n] = 0; tclm[st_n] = 0;
+  tdef[st_n] = 0
 }
 /* every table change but a claim or its release is progress for callers that backed off */
 inline set_entry(se_n, se_st, se_nd, se_p, se_v) {
@@ -364,7 +387,17 @@ inline put_remote(pr_n, pr_rn, pr_rp, pr_rv) {
        :: pr_rv > tvsn[pr_n] -> set_entry(pr_n, REMOTE, pr_rn, pr_rp, pr_rv)
        :: else -> skip
        fi
+#ifdef FIX_KEEP_MOVING
+    :: tst[pr_n] == LOCAL && tmov[pr_n] && !pr_outcome ->
+       /* F8a: {conflict, ..}: '$shoal_yield' to the moving worker (weighed after the move) */
+       if
+       :: pr_rv > tvsn[pr_n] && pr_rv > tdef[pr_n] -> tdef[pr_n] = pr_rv
+       :: else -> skip
+       fi
+    :: tst[pr_n] == LOCAL && tmov[pr_n] && pr_outcome ->
+#else
     :: tst[pr_n] == LOCAL && tmov[pr_n] ->
+#endif
        if
        :: pr_rv > tvsn[pr_n] ->            /* replaced in place ('$shoal_replaced'): op/2
                                             * relays the `up' of the successor ... */
@@ -563,16 +596,9 @@ inline on_view_ack() {
  * naming a node that is not a peer is dropped (a relay about a node that left). */
 inline apply_up() {
   if
-#ifdef CAND_F8_KEEP_MOVING
-  /* (F8 candidate, not in the code: a replicated `up' does not replace a moving local entry;
-   * the move's outcome does, through the mover's put or the take-back) */
-  :: (peers[n] & BIT(j)) && tst[n] == LOCAL && tmov[n] -> seen(n, c)
-  :: (peers[n] & BIT(j)) && (a == j || (peers[n] & BIT(a))) && !(tst[n] == LOCAL && tmov[n]) ->
-     put_remote(n, a, b, c)
-#else
   :: (peers[n] & BIT(j)) && (a == j || (peers[n] & BIT(a))) -> put_remote(n, a, b, c)
-#endif
-  :: else -> seen(n, c)
+  :: (peers[n] & BIT(j)) && !(a == j || (peers[n] & BIT(a))) -> seen(n, c)  /* observe/1 */
+  :: else -> skip                          /* from_peer/3: not from a peer, dropped */
   fi
 }
 inline apply_down() {
@@ -1057,20 +1083,25 @@ end_idle:
   }
   do
   :: m2mv?TAKEN,k,nn,nw,nv -> break
-  :: !nup[T] -> k = FAIL; break
+  :: !nup[T] -> k = LOST; break          /* the 'DOWN' of the target's member */
   :: !nup[S] -> goto out
   od;
   if
   :: atomic { nup[S] && k == OK ->
      /* the source stores W' over W's moving entry (relaying `up W''), W forwards to W' */
-     put_remote(S, nn, nw, nv);
+     pr_outcome = 1; put_remote(S, nn, nw, nv); pr_outcome = 0;   /* put_successor/5 */
      printf("EV node %d: worker %d moved to node %d as worker %d v%d\n", S, W, nn, nw, nv);
      assert(nv > V);
      w_fwd[W] = nw }
      /* after handoff_grace (or when W' dies) W exits */
      atomic { w_alive[W] = 0; printf("EV worker %d retires\n", W);
               if :: nup[S] -> owner_gone(S, W) :: else -> skip fi }
+#ifdef FIX_TAKEBACK_WAIT
+  /* F8b: after the target's 'DOWN', only once S's member has dropped T (await_dropped/3) */
+  :: atomic { nup[S] && k != OK && TAKEOVER_OK(S) && (k != LOST || !(peers[S] & BIT(T))) ->
+#else
   :: atomic { nup[S] && k != OK && TAKEOVER_OK(S) ->
+#endif
      /* shoal_worker_proc:reclaim/3: register {over, V, T} inside the gate: over an absent
       * entry, a tomb, a replica not newer than V or any replica of T, above V and what it
       * replaces; another local worker or a newer replica: step aside for it (forward) */
@@ -1086,9 +1117,23 @@ end_idle:
         :: (tst[S] == TOMB || tst[S] == REMOTE) && tvsn[S] > V -> V = tvsn[S]
         :: else -> skip
         fi;
+#ifndef FIX_TAKEBACK_VSN
+        if
+        :: tst[S] == LOCAL && tpid[S] == W -> /* REGISTRY_OWN as it was: the moving flag
+                                              * cleared, the version kept, nothing sent */
+           assert(tdef[S] < tvsn[S]);
+           tmov[S] = 0; tdef[S] = 0; w_serving[W] = 1; KICK
+        :: else ->
+#endif
         new_vsn(S, V, nv);
+        /* the '$shoal_yield' of each replica refused while W moved (F8a) is stale now:
+         * W never steps aside for it */
+        assert(tdef[S] < nv);
         set_entry(S, LOCAL, S, W, nv); w_vsn[W] = nv; w_serving[W] = 1;
         qop(S, UP, S, W, nv)
+#ifndef FIX_TAKEBACK_VSN
+        fi
+#endif
      fi }
   :: atomic { !nup[S] -> skip }
   fi;
