@@ -16,10 +16,14 @@
 %% Elixir's Logger replaces the default handler and shows every domain already.
 -module(shoal_log).
 
--export([log/4, log_limited/4, format_report/1, show_in_default_handler/0]).
+-export([log/4, log_limited/4, enabled/1, format_report/1, show_in_default_handler/0]).
 
 -type meta() :: #{pool => atom(), key => term(), node => node(), atom() => term()}.
 -export_type([meta/0]).
+
+%% @doc Whether log/4 at Level would log anything (for callers that build much before).
+-spec enabled(logger:level()) -> boolean().
+enabled(Level) -> logger:allow(Level, ?MODULE).
 
 %% @doc Log event `What' at `Level'. `Meta' may give `pool', `key' and `node' (default:
 %% this node), which go both into the logger metadata (for filters and formatter templates)

@@ -505,12 +505,6 @@ maybe_activate(S) ->
 buffer(Ev, #ms{cfg = Cfg, buf = B, buf_len = N, buf_since = T0} = S) ->
     case op(Cfg, Ev) of
         skip -> S;
-        [Up, Down] when N =:= 0 ->
-            %% the buffer is newest first: the down goes out after the up
-            erlang:send_after(?MAX_DELAY_US div 1000, self(), flush_repl),
-            S#ms{buf = [Down, Up], buf_len = 2, buf_since = now_us()};
-        [Up, Down] ->
-            S#ms{buf = [Down, Up | B], buf_len = N + 2, buf_since = T0};
         Op when N =:= 0 ->
             %% A batch begins: it goes out within a millisecond (see tick/1 too).
             erlang:send_after(?MAX_DELAY_US div 1000, self(), flush_repl),
@@ -545,10 +539,12 @@ now_us() -> erlang:monotonic_time(microsecond).
 
 %% An `up' is only announced if the worker is still there at that version: its `down' may
 %% have overtaken it (the two come from different processes). A replaced entry (a move's
-%% source pointing at the successor, a conflict's loser at the winner) is relayed as the
-%% `down' of what we stopped owning and the `up' of its successor: a peer that drops the
-%% `up' (its owner is no peer of it any more: the target died) still removes our entry,
-%% and one that has the successor already ignores the older `down'.
+%% source pointing at the successor, a conflict's loser at the winner) is relayed as one
+%% `moved' op: the `up' of its successor, which a peer applies if it would apply that `up',
+%% and otherwise (the successor's owner is no peer of it any more: the target died; or it
+%% is that owner) the `down' of what we stopped owning. After an applied `up' that `down'
+%% could never change anything (the entry is then newer than it), so this is the `up'
+%% followed by the `down', in one op.
 op(Cfg, {'$shoal_up', Key, Pid, Vsn}) ->
     case shoal_registry:lookup(Cfg, Key) of
         {local, Pid, Vsn, _} -> {up, Key, node(), Pid, Vsn};
@@ -556,7 +552,7 @@ op(Cfg, {'$shoal_up', Key, Pid, Vsn}) ->
     end;
 op(_Cfg, {'$shoal_down', Key, Pid, Vsn}) -> {down, Key, node(), Pid, Vsn};
 op(_Cfg, {'$shoal_replaced', Key, Pid, Vsn, Node, NewPid, NewVsn}) ->
-    [{up, Key, Node, NewPid, NewVsn}, {down, Key, node(), Pid, Vsn}].
+    {moved, Key, node(), Pid, Vsn, Node, NewPid, NewVsn}.
 
 apply_ops(Node, Ops, Mark, #ms{cfg = Cfg} = S) ->
     lists:foreach(fun(Op) -> apply_op(Cfg, Node, Op, Mark, S) end, Ops),
@@ -577,6 +573,14 @@ apply_op(Cfg, _From, {up, Key, Node, Pid, Vsn}, Mark, S) ->
             %% A relay about a node that is not (or no longer) our peer: not stored, but
             %% our clock passes it (a take-back must be above a lost successor's version).
             shoal_registry:observe(Vsn)
+    end;
+apply_op(Cfg, From, {moved, Key, Node, Pid, Vsn, NewNode, NewPid, NewVsn}, Mark, S) ->
+    case NewNode =/= node() andalso known_node(NewNode, S) of
+        true -> apply_op(Cfg, From, {up, Key, NewNode, NewPid, NewVsn}, Mark, S);
+        false ->
+            %% (our clock passed NewVsn already if the successor is ours)
+            NewNode =:= node() orelse shoal_registry:observe(NewVsn),
+            apply_op(Cfg, From, {down, Key, Node, Pid, Vsn}, Mark, S)
     end;
 apply_op(Cfg, _From, {down, Key, Node, Pid, Vsn}, _Mark, _S) ->
     _ = shoal_registry:remove_remote(Cfg, Key, Node, Pid, Vsn),

@@ -253,7 +253,12 @@ move_batch(Cfg, Keys, Node) -> move_batch(Cfg, Keys, Node, rebalance).
 -spec move_batch(#shoal_cfg{}, [term()], node(), cause()) -> non_neg_integer().
 move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node, Cause) ->
     Local = [{K, P} || K <- Keys, {local, P, _, false} <- [shoal_registry:lookup(Cfg, K)]],
-    Spans = maps:from_list([{K, move_started(Pool, K, Node, Cause)} || {K, _} <- Local]),
+    %% The spans cost 8% of a drain's time: built only if somebody listens (or logs them).
+    Spans = case shoal_telemetry:listening([[shoal, move, start], [shoal, move, stop]])
+                orelse shoal_log:enabled(debug) of
+                true -> maps:from_list([{K, move_started(Pool, K, Node, Cause)} || {K, _} <- Local]);
+                false -> #{}
+            end,
     Reqs = [{K, P, gen_server:send_request(P, '$shoal_freeze')} || {K, P} <- Local],
     Frozen = lists:filtermap(
                fun({K, P, R}) ->
@@ -276,11 +281,11 @@ move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node, Cause) ->
                               %% replaces the moving entry and relays the successor).
                               _ = shoal_registry:put_successor(Cfg, K, Node, NewPid, NewVsn, 0),
                               P ! {'$shoal_moved', Node, NewPid, NewVsn, stored},
-                              move_stopped(maps:get(K, Spans), ok),
+                              move_stopped(maps:get(K, Spans, none), ok),
                               N + 1;
                           Other ->
                               P ! {'$shoal_thaw', Node},
-                              move_stopped(maps:get(K, Spans),
+                              move_stopped(maps:get(K, Spans, none),
                                            case Other of
                                                {error, _} -> Other;
                                                _ -> {error, no_answer}
@@ -289,7 +294,7 @@ move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node, Cause) ->
                       end
               end, 0, Frozen),
     %% Keys that would not freeze (gone, busy for 30 s) end their span here.
-    _ = [move_stopped(maps:get(K, Spans), {error, not_frozen})
+    _ = [move_stopped(maps:get(K, Spans, none), {error, not_frozen})
          || {K, _} <- Local, not lists:keymember(K, 1, Frozen)],
     length(Keys) - Moved.
 
@@ -302,6 +307,7 @@ move_started(Pool, Key, To, Cause) ->
                             #{system_time => erlang:system_time(), monotonic_time => T0}, Meta),
     {Meta, T0}.
 
+move_stopped(none, _Result) -> ok;
 move_stopped({#{pool := Pool, key := Key, to := To, cause := Cause} = Meta, T0}, Result) ->
     T1 = erlang:monotonic_time(),
     shoal_telemetry:execute([shoal, move, stop], #{duration => T1 - T0, monotonic_time => T1},

@@ -24,7 +24,7 @@
 -module(shoal_telemetry).
 
 -export([execute/3, span/3, attach/4, attach_many/4, detach/1, list_handlers/1, events/0]).
--export([call_events/0, probe/0]).
+-export([call_events/0, probe/0, listening/1]).
 -export_type([event_name/0, measurements/0, metadata/0, handler_id/0, handler/0]).
 
 -type event_name() :: [atom(), ...].
@@ -185,6 +185,21 @@ probe() ->
         true -> ok;
         false -> locked(fun set_call_flag/0)
     end.
+
+%% @doc Whether anybody listens to any of Events right now: a handler attached here, or
+%% (telemetry loaded) one attached to telemetry. For emitters of many events in a row (a
+%% batch of moves) that build nothing when nobody listens: ask once per batch.
+-spec listening([event_name()]) -> boolean().
+listening(Events) ->
+    lists:any(fun(E) -> handlers(E) =/= [] end, Events) orelse
+        (erlang:function_exported(?TELEMETRY, list_handlers, 1) andalso
+         lists:any(fun(E) ->
+                           try (?TELEMETRY):list_handlers(E) of
+                               [] -> false;
+                               _ -> true
+                           catch _:_ -> true
+                           end
+                   end, Events)).
 
 %%% Internals ------------------------------------------------------------------------------
 

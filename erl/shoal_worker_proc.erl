@@ -302,6 +302,11 @@ w_info({'$shoal_merged', Loser}, #w{forward = undefined} = W) ->
     %% We won a conflict: everything the loser forwarded before this is handled.
     Loser ! {'$shoal_merged_ack', self()},
     {noreply, W, idle_of(W)};
+w_info({'$shoal_yield', _, _, _, _}, #w{forward = To} = W) when is_pid(To) ->
+    %% A newer replica our member saw while we moved (most often our own successor's
+    %% `up'): the key is no longer ours to weigh it for; the successor's member sees the
+    %% same replica itself.
+    {noreply, W};
 w_info(Info, #w{forward = To} = W) when is_pid(To) ->
     To ! Info,
     {noreply, watch(W)};
@@ -497,7 +502,9 @@ moved(Node, NewPid, Vsn, #w{cfg = Cfg, key = Key} = W) ->
     _ = shoal_registry:put_successor(Cfg, Key, Node, NewPid, Vsn, 0),
     forward_to(NewPid, W).
 
-forward_to(NewPid, #w{cfg = #shoal_cfg{grace = Grace}, held = H} = W) ->
+forward_to(NewPid, #w{cfg = #shoal_cfg{grace = Grace}, held = H0} = W) ->
+    %% The conflicts held while we moved are not ours to weigh any more (see w_info/2).
+    H = [E || E <- H0, not is_yield(E)],
     send_held(NewPid, H),
     erlang:send_after(Grace, self(), '$shoal_retire'),
     W1 = W#w{frozen = false, held = [], forward = NewPid, fwd_mon = undefined, merge = acked},
@@ -512,6 +519,9 @@ watch(#w{fwd_mon = undefined, forward = To} = W) when is_pid(To) ->
     W#w{fwd_mon = erlang:monitor(process, To)};
 watch(W) ->
     W.
+
+is_yield({info, {'$shoal_yield', _, _, _, _}}) -> true;
+is_yield(_) -> false.
 
 send_held(To, Held) ->
     lists:foreach(fun({call, From, M}) -> To ! {'$gen_call', From, M};

@@ -121,8 +121,9 @@
 #endif
 #ifndef NO_FIX_RELAY_DOWN
 #define FIX_RELAY_DOWN    /* F7a: a local entry replaced in place is relayed as the `up' of
-                           * its successor, then the `down' of what this node stopped owning
-                           * (shoal_member:op/2, buffer/2) */
+                           * its successor and the `down' of what this node stopped owning,
+                           * one `moved' op (shoal_member:op/2, apply_op/5: the receiver
+                           * applies the `up' if it would, else the `down') */
 #endif
 #ifndef NO_FIX_REFRESH
 #define FIX_REFRESH       /* F7b: a member that loses a peer closes its gate and waits for the
@@ -198,7 +199,7 @@
 /* home of K in view V: highest rendezvous score, fixed order 2 > 0 > 1 */
 #define HOME(V)  (((V) & 4) -> 2 : (((V) & 1) -> 0 : 1))
 
-mtype = { HELLO, HELLO_ACK, VIEW, VIEW_ACK, UP, DOWN, SYNC, CLAIM, SPAWN, SPAWNED,
+mtype = { HELLO, HELLO_ACK, VIEW, VIEW_ACK, UP, DOWN, MOVED, SYNC, CLAIM, SPAWN, SPAWNED,
           REPLY, TAKEOVER, TAKEN, MDOWN, REFRESH };
 
 /* ---- the configuration (see init) --------------------------------------------------------- */
@@ -276,7 +277,7 @@ chan m2mv      = [1]  of { mtype, byte, byte, byte, byte };  /* member -> mover 
 /* The table's listener events (registrations, removals, replacements) that the member has
  * not yet sent to its peers: the member's mailbox of '$shoal_up' / '$shoal_down' /
  * '$shoal_replaced'. */
-chan pend[N]   = [4]  of { mtype, byte, byte, byte };
+chan pend[N]   = [4]  of { mtype, byte, byte, byte, byte };
 
 /* ======================================================================================== */
 /* Helpers                                                                                  */
@@ -322,7 +323,7 @@ inline deliver_ack(da_c) {
 
 /* a table listener event on node n, for its member to send to its peers */
 inline qop(qo_n, qo_t, qo_a, qo_b, qo_c) {
-  assert(nfull(pend[qo_n])); pend[qo_n]!qo_t,qo_a,qo_b,qo_c
+  assert(nfull(pend[qo_n])); pend[qo_n]!qo_t,qo_a,qo_b,qo_c,0
 }
 
 inline seen(se_n, se_v) {
@@ -401,11 +402,12 @@ inline put_remote(pr_n, pr_rn, pr_rp, pr_rv) {
        if
        :: pr_rv > tvsn[pr_n] ->            /* replaced in place ('$shoal_replaced'): op/2
                                             * relays the `up' of the successor ... */
-          qop(pr_n, UP, pr_rn, pr_rp, pr_rv);
 #ifdef FIX_RELAY_DOWN
-          /* F7a: ... then the `down' of the worker this node stopped owning (buffer/2 keeps
-           * the two in this order) */
-          qop(pr_n, DOWN, pr_n, tpid[pr_n], tvsn[pr_n]);
+          /* F7a: ... and the `down' of the worker this node stopped owning, in one op
+           * ({moved, ..}: the receiver applies the `up' if it would, else the `down') */
+          assert(nfull(pend[pr_n])); pend[pr_n]!MOVED,pr_rn,pr_rp,pr_rv,tpid[pr_n];
+#else
+          qop(pr_n, UP, pr_rn, pr_rp, pr_rv);
 #endif
           set_entry(pr_n, REMOTE, pr_rn, pr_rp, pr_rv)
        :: else -> skip
@@ -507,16 +509,16 @@ inline maybe_activate() {
 inline flush() {
   do
   :: nempty(pend[n]) ->
-     pend[n]?ft,fa,fb,fc;
+     pend[n]?ft,fa,fb,fc,fd;
      for (k : 0 .. N-1) {
        if
-       :: k != n && (peers[n] & BIT(k)) -> msend(n, k, ft, fa, fb, fc, 0)
+       :: k != n && (peers[n] & BIT(k)) -> msend(n, k, ft, fa, fb, fc, fd)
        :: else -> skip
        fi
      }
   :: empty(pend[n]) -> break
   od;
-  ft = 0; fa = 0; fb = 0; fc = 0
+  ft = 0; fa = 0; fb = 0; fc = 0; fd = 0
 }
 
 /* fence: close the gate, wait for the arbitrations inside, send what they registered */
@@ -599,6 +601,18 @@ inline apply_up() {
   :: (peers[n] & BIT(j)) && (a == j || (peers[n] & BIT(a))) -> put_remote(n, a, b, c)
   :: (peers[n] & BIT(j)) && !(a == j || (peers[n] & BIT(a))) -> seen(n, c)  /* observe/1 */
   :: else -> skip                          /* from_peer/3: not from a peer, dropped */
+  fi
+}
+/* apply_moved ({moved, ..} from peer j, the owner of worker d (whose version is w_vsn[d],
+ * fixed once it is replaced): the `up' of successor b (owner a, version c) if this node
+ * would apply it (a is a peer other than itself), otherwise the `down' of d (the `down'
+ * after an applied `up' never changes anything) */
+inline apply_moved() {
+  if
+  :: (peers[n] & BIT(j)) && a != n && (peers[n] & BIT(a)) -> put_remote(n, a, b, c)
+  :: (peers[n] & BIT(j)) && !(a != n && (peers[n] & BIT(a))) ->
+     seen(n, c); remove_remote(n, j, d, w_vsn[d])
+  :: else -> skip
   fi
 }
 inline apply_down() {
@@ -834,6 +848,7 @@ inline on_member_msg() {
   :: t == VIEW_ACK -> on_view_ack()
   :: t == UP -> apply_up()
   :: t == DOWN -> apply_down()
+  :: t == MOVED -> apply_moved()
   :: t == SYNC -> on_sync()
   :: t == SPAWN -> host_spawn(1)
   :: t == SPAWNED -> on_spawned()
@@ -857,7 +872,7 @@ inline clr() {
 #define RECV_C(jj) printf("RECV member %d <- caller %d: %e %d %d %d %d\n", n, jj, t, a, b, c, d)
 proctype member(byte n) {
   mtype t, ft;
-  byte a, b, c, d, j, k, x, y, w, v, fa, fb, fc;
+  byte a, b, c, d, j, k, x, y, w, v, fa, fb, fc, fd;
 end:
   do
   :: atomic { n != 0 && nempty(m2m[CH(0, n)]) -> m2m[CH(0, n)]?t,a,b,c,d; j = 0; RECV_M(j); on_member_msg(); clr() }
@@ -1218,7 +1233,7 @@ inline kill(kl_d) {
   fi;
   drain(mv2m[kl_d]);
   do
-  :: nempty(pend[kl_d]) -> pend[kl_d]?_,_,_,_
+  :: nempty(pend[kl_d]) -> pend[kl_d]?_,_,_,_,_
   :: empty(pend[kl_d]) -> break
   od
 }
