@@ -151,9 +151,9 @@ set_moving(_T, _Key, _Pid, _On) -> ?NOT_LOADED.
 %% @doc Store the replica of Node's worker Pid for Key at version Vsn, if it is newer than
 %% what the entry holds. `stored': it replaced nothing, a claim (whose waiters get
 %% `{ok, Pid}'), a tomb or an older replica. `stale': the entry is newer (or the same
-%% replica: then only its mark is updated). `{conflict, LocalPid, LocalVsn}': a local worker
-%% is older, moving or not; the entry is left alone for the caller to resolve (a moving
-%% entry is replaced by its move's outcome only: put_successor/6). Mark (0..2^32-1; 0 = none) tags the
+%% replica: then only its mark is updated), or is a local worker that is moving (replaced by
+%% its move's outcome only: put_successor/6). `{conflict, LocalPid, LocalVsn}': a live, not
+%% moving local worker is older; the entry is left alone for the caller to resolve. Mark (0..2^32-1; 0 = none) tags the
 %% stored or confirmed replica for fold/3's `sweep_node'; confirming with Mark 0 leaves the
 %% replica's mark as it was. A tie with a local entry's version is broken by the names of
 %% Node and of the local worker's node.

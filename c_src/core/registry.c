@@ -660,14 +660,17 @@ static table_action put_remote_fn(void *vc, table_entry *te, table_entry **repl)
             if (!newer_than_local(c->vsn, c->node, cur, c->op)) return TABLE_KEEP;
             c->out->word = cur->te.fast;
             c->out->vsn = cur->vsn;
-            /* Only the move's outcome (put_successor, c->flag) replaces a moving entry: a
-             * replica that arrives while it moves is the moving worker's to weigh once the
-             * move has ended (docs/protocol.md, F8). */
-            if (!(cur->te.flags & REGISTRY_MOVING) || !c->flag) {
+            if (!(cur->te.flags & REGISTRY_MOVING)) {
                 seen(c, cur);
                 c->rc = REGISTRY_CONFLICT;
                 return TABLE_KEEP;
             }
+            /* Only the move's outcome (put_successor, c->flag) replaces a moving entry. A
+             * replica that arrives while it moves (most often the successor's own `up') is
+             * stale whatever the outcome: the successor's replica replaces the entry, or
+             * the take-back is above every version the clock has seen (docs/protocol.md,
+             * F8). */
+            if (!c->flag) return TABLE_KEEP;
             break;
         }
     }

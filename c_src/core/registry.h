@@ -313,10 +313,10 @@ int registry_set_moving(registry *r, const registry_key *k, uint64_t word, int o
  * newer than what the key holds (vsn is observed by the clock first):
  *   REGISTRY_STORED: over nothing, a claim (op->ending; unless the claim keeps a tomb that
  *     is not older), a tomb or replica that is older; out->prev says which;
- *   REGISTRY_STALE: what is there is newer or the same; the same replica (same node and
- *     version) takes `mark` unless mark is 0;
- *   REGISTRY_CONFLICT: an older LOCAL entry, moving or not (out->word, out->vsn): a moving
- *     entry is replaced by its move's outcome only (registry_put_successor).
+ *   REGISTRY_STALE: what is there is newer or the same, or is a LOCAL MOVING entry (which
+ *     only its move's outcome replaces: registry_put_successor); the same replica (same
+ *     node and version) takes `mark` unless mark is 0;
+ *   REGISTRY_CONFLICT: an older LOCAL entry that is not moving (out->word, out->vsn).
  * SHOAL_ENOMEM if the table could not grow. */
 int registry_put_remote(registry *r, const registry_key *k, registry_node *node, uint64_t vsn,
                         uint32_t mark, registry_entry *mine, const registry_op *op,

@@ -633,10 +633,10 @@ static void test_put_remote_rules(void)
     unsigned char kb[16];
     registry_key k3 = key_of(kb, 3);
     CU_ASSERT_EQUAL(registry_set_moving(f.r, &k3, 21, 1), REGISTRY_OK);
-    /* moving: a replica is still a conflict (the worker weighs it after its move); only
-     * the move's outcome replaces the entry */
-    CU_ASSERT_EQUAL(put(&f, 3, a, lo.vsn + 1, 0, 0, &op, &out), REGISTRY_CONFLICT);
-    CU_ASSERT(out.word == 21 && out.vsn == lo.vsn && look(&f, 3).moving);
+    /* moving: a replica is stale (its version is observed); only the move's outcome
+     * replaces the entry */
+    CU_ASSERT_EQUAL(put(&f, 3, a, lo.vsn + 1, 0, 0, &op, &out), REGISTRY_STALE);
+    CU_ASSERT(look(&f, 3).moving && look(&f, 3).vsn == lo.vsn);
     CU_ASSERT_EQUAL(put_succ(&f, 3, a, lo.vsn - 1, &op, &out), REGISTRY_STALE);
     CU_ASSERT_EQUAL(put_succ(&f, 3, a, lo.vsn + 1, &op, &out), REGISTRY_STORED);
     CU_ASSERT(out.prev == REGISTRY_LOCAL && out.word == 21 && out.vsn == lo.vsn);

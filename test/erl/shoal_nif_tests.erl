@@ -519,7 +519,7 @@ register_over_its_own_entry_clears_moving_and_takes_a_fresh_version_test() ->
     %% A take-back: above everything the clock saw (here a replica refused while it moved),
     %% and announced like a registration.
     R = remote_pid(n@h, 1),
-    ?assertEqual({conflict, W, V0}, shoal_nif:put_remote(T, k, n@h, R, V0 + 1000, 0)),
+    ?assertEqual(stale, shoal_nif:put_remote(T, k, n@h, R, V0 + 1000, 0)),
     {ok, V} = shoal_nif:register(T, k, W, {over, 0, none}),
     ?assert(V > V0 + 1000),
     ?assertEqual({local, W, V, false}, shoal_nif:lookup(T, k)),
@@ -584,10 +584,10 @@ a_successor_replaces_a_moving_worker_and_tells_the_listener_test() ->
     listen(T),
     ok = shoal_nif:set_moving(T, k, W, true),
     R = remote_pid(n@h, 1),
-    %% A replica is a conflict for the moving worker to weigh, not a replacement: only the
-    %% move's outcome (put_successor/6) replaces it.
+    %% A replica is stale while the worker moves, newer or not: only the move's outcome
+    %% (put_successor/6) replaces it.
     ?assertEqual(stale, shoal_nif:put_remote(T, k, n@h, R, V - 1, 0)),
-    ?assertEqual({conflict, W, V}, shoal_nif:put_remote(T, k, n@h, R, V + 1, 7)),
+    ?assertEqual(stale, shoal_nif:put_remote(T, k, n@h, R, V + 1, 7)),
     ?assertEqual({local, W, V, true}, shoal_nif:lookup(T, k)),
     ?assertEqual(stale, shoal_nif:put_successor(T, k, n@h, R, V - 1, 0)),
     ?assertEqual(stored, shoal_nif:put_successor(T, k, n@h, R, V + 1, 7)),

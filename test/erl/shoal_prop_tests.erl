@@ -397,9 +397,10 @@ replica_post(S, K, N, Res, V, Successor) ->
                 {remote, RN, _, RV, _} -> stored_if(newer(X, {RV, RN}));
                 {local, W, LV, Moving} ->
                     %% a moving worker is replaced by its move's outcome only
-                    case {newer(X, {LV, node()}), Moving andalso Successor} of
-                        {false, _} -> stale;
-                        {true, true} -> stored;
-                        {true, false} -> {conflict, pid(W), LV}
+                    case {newer(X, {LV, node()}), Moving, Successor} of
+                        {false, _, _} -> stale;
+                        {true, true, true} -> stored;
+                        {true, true, false} -> stale;
+                        {true, false, _} -> {conflict, pid(W), LV}
                     end
             end.

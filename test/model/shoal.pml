@@ -135,10 +135,10 @@
 #ifndef NO_FIX_KEEP_MOVING
 #define FIX_KEEP_MOVING   /* F8a: a replicated `up' (or sync, or a caller's put) does not
                            * replace a moving local entry: only the move's outcome does (the
-                           * mover's put_successor after `taken'); the member hands the newer
-                           * replica to the moving worker as a conflict instead ({conflict, ..}
-                           * from put_remote/6, '$shoal_yield'), which the worker weighs once
-                           * the move has ended (shoal_worker_proc:yield/5) */
+                           * mover's put_successor after `taken'); put_remote/6 answers
+                           * `stale'. The model notes the newest such replica (tdef) and
+                           * asserts at a take-back that it is stale indeed: a conflict it
+                           * would have started could never make the worker step aside */
 #endif
 #ifndef NO_FIX_TAKEBACK_WAIT
 #define FIX_TAKEBACK_WAIT /* F8b: a move whose target went down is taken back only once the
@@ -230,8 +230,8 @@ byte tnode[N];            /* owner node (LOCAL, REMOTE) */
 byte tpid[N];             /* worker (LOCAL, REMOTE) */
 byte tvsn[N];             /* version (LOCAL, REMOTE, TOMB) */
 bool tmov[N];             /* LOCAL: moving */
-byte tdef[N];             /* LOCAL moving: the newest replica refused while it moved (F8a: the
-                           * '$shoal_yield' its worker weighs when the move has ended) */
+byte tdef[N];             /* LOCAL moving: the newest replica refused while it moved (F8a: a
+                           * conflict it would start must be stale by the move's end) */
 bool pr_outcome;          /* set around the mover's put_successor (the move's outcome) */
 byte tclm[N];             /* CLAIMED: claimer (caller id or MEMBER) */
 
@@ -390,7 +390,7 @@ inline put_remote(pr_n, pr_rn, pr_rp, pr_rv) {
        fi
 #ifdef FIX_KEEP_MOVING
     :: tst[pr_n] == LOCAL && tmov[pr_n] && !pr_outcome ->
-       /* F8a: {conflict, ..}: '$shoal_yield' to the moving worker (weighed after the move) */
+       /* F8a: `stale' (noted in tdef: see FIX_KEEP_MOVING) */
        if
        :: pr_rv > tvsn[pr_n] && pr_rv > tdef[pr_n] -> tdef[pr_n] = pr_rv
        :: else -> skip
