@@ -384,14 +384,9 @@ a_caller_whose_home_dies_mid_spawn_starts_over(Config) ->
 a_replica_of_a_lost_node_no_longer_hides_an_older_owner(Config) ->
     Peers = shoal_test_cluster:start_peers(loss, 3, ?config(paths, Config)),
     try
-        ok = shoal_test_cluster:connect_all(Peers),
         [{PA, A}, {PB, B}, {PC, C}] = Peers,
         Pool = hidden_owner,
-        [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => ?WORKER}]) || {P, _} <- Peers],
-        [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- Peers],
-        All = lists:sort([A, B, C]),
-        [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000, {members, N})
-         || {P, N} <- Peers],
+        formed_pool(Peers, Pool),
         Key = hidden_key,
         {W1, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, Key, A]),
         wait_until(fun() -> pcall(PC, shoal, whereis, [Pool, Key]) =:= W1 end, 5000, {on_c, W1}),
@@ -430,14 +425,9 @@ lost_successor_round(Config, R) ->
     Peers = shoal_test_cluster:start_peers(list_to_atom("f8_" ++ integer_to_list(R)), 3,
                                            ?config(paths, Config)),
     try
-        ok = shoal_test_cluster:connect_all(Peers),
         [{PA, A}, {PB, B}, {PC, C}] = Peers,
         Pool = lost_successor,
-        [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => ?WORKER}]) || {P, _} <- Peers],
-        [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- Peers],
-        All = lists:sort([A, B, C]),
-        [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000, {members, N})
-         || {P, N} <- Peers],
+        formed_pool(Peers, Pool),
         {K1, K2} = {{lost, R, 1}, {lost, R, 2}},
         {W1, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, K1, A]),
         {W2, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, K2, A]),
@@ -679,6 +669,16 @@ p_move_batch(Pool, Keys, Node) -> shoal_mover:move_batch(cfg(Pool), Keys, Node).
 p_lookup(Pool, Key) -> shoal_registry:lookup(cfg(Pool), Key).
 
 %%% CT side ---------------------------------------------------------------------------------
+
+%% Connect Peers, start Pool on each and wait until every member is ready in the view of all.
+formed_pool(Peers, Pool) ->
+    ok = shoal_test_cluster:connect_all(Peers),
+    [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => ?WORKER}]) || {P, _} <- Peers],
+    [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- Peers],
+    All = lists:sort([N || {_, N} <- Peers]),
+    [wait_until(fun() -> pcall(P, shoal, nodes, [Pool]) =:= All end, 5000, {members, N})
+     || {P, N} <- Peers],
+    ok.
 
 peers(Config) -> ?config(peers, Config).
 nodes_of(Config) -> lists:sort([N || {_, N} <- peers(Config)]).
