@@ -138,7 +138,12 @@ int shoal__term_check(const char *buf, size_t len, size_t *used)
             pos += 8;
             break;
         case 'c': /* FLOAT_EXT */
+            /* 31 bytes of "%.20e" padded with NULs. ei decodes it with sscanf, which
+             * runs strlen over the bytes: without a NUL inside them it reads past the
+             * frame (found by fuzz_frame), so such a float is refused here. */
             NEED(31);
+            if (!memchr(buf + pos, 0, 31))
+                return -EINVAL;
             pos += 31;
             break;
         case 'd':
