@@ -372,7 +372,7 @@ peer_left(Node, Reason, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg} = 
 ask_refresh([], _S) -> ok;
 ask_refresh(Keys, #ms{cfg = #shoal_cfg{pool = Pool}, peers = Peers}) ->
     _ = [shoal_proto:send(Pid, Pool, {refresh, node(), Chunk})
-         || #peer{pid = Pid} <- maps:values(Peers), Chunk <- chunks(Keys, ?BATCH)],
+         || #peer{pid = Pid} <- maps:values(Peers), Chunk <- shoal_proto:chunks(Keys, ?BATCH)],
     ok.
 
 %% A peer lost a node and asks what we own of the keys it held replicas of: our pending ops
@@ -387,9 +387,6 @@ on_refresh(Node, Keys, #ms{cfg = #shoal_cfg{pool = Pool} = Cfg, peers = Peers} =
         error ->
             S
     end.
-
-chunks(L, N) when length(L) =< N -> [L];
-chunks(L, N) -> {A, B} = lists:split(N, L), [A | chunks(B, N)].
 
 down(Ref, _Reason, #ms{probes = Pr} = S) when is_map_key(Ref, Pr) ->
     propose(S#ms{probes = maps:remove(Ref, Pr)});
@@ -592,18 +589,21 @@ known_node(Node, #ms{peers = Peers}) -> maps:is_key(Node, Peers).
 send_sync(#shoal_cfg{pool = Pool} = Cfg, Pid) ->
     T0 = shoal_registry:hlc(),
     Owned = shoal_registry:owned(Cfg),
-    send_chunks(Pid, Pool, T0, Owned, first).
+    send_chunks(Pid, Pool, T0, Owned).
 
-send_chunks(Pid, Pool, T0, Entries, Part) ->
-    case length(Entries) > ?BATCH of
-        true ->
-            {Chunk, Rest} = lists:split(?BATCH, Entries),
-            shoal_proto:send(Pid, Pool, {sync, node(), T0, Chunk, Part}),
-            send_chunks(Pid, Pool, T0, Rest, middle);
-        false ->
-            Last = case Part of first -> only; middle -> last end,
-            shoal_proto:send(Pid, Pool, {sync, node(), T0, Entries, Last})
+send_chunks(Pid, Pool, T0, Entries) ->
+    case shoal_proto:chunks(Entries, ?BATCH) of
+        [] -> shoal_proto:send(Pid, Pool, {sync, node(), T0, [], only});
+        [Only] -> shoal_proto:send(Pid, Pool, {sync, node(), T0, Only, only});
+        [First | Rest] ->
+            shoal_proto:send(Pid, Pool, {sync, node(), T0, First, first}),
+            send_rest(Pid, Pool, T0, Rest)
     end.
+
+send_rest(Pid, Pool, T0, [Last]) -> shoal_proto:send(Pid, Pool, {sync, node(), T0, Last, last});
+send_rest(Pid, Pool, T0, [Chunk | Rest]) ->
+    shoal_proto:send(Pid, Pool, {sync, node(), T0, Chunk, middle}),
+    send_rest(Pid, Pool, T0, Rest).
 
 %% A peer's sync: apply its entries like ups, tagged with a mark of this sync; after the
 %% last chunk, drop its replicas the sync did not confirm and that are older than its walk.

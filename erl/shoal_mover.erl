@@ -208,9 +208,16 @@ run_moves(Cfg, Keys, Dest, Cause) ->
                   inactive -> shoal_view:members(Cfg);
                   Ms -> Ms
               end,
+    %% The counts and windows placement weighs, taken once: no key moves before every
+    %% key has its target.
+    Cands = case Dest of
+                any -> [C || {N, _, _, _} = C <- shoal_view:candidates(Cfg, Members),
+                             N =/= node()];
+                _ -> none
+            end,
     ByTarget = lists:foldl(
                  fun(Key, Acc) ->
-                         T = case target(Cfg, Members, Key, Dest) of
+                         T = case target(Cands, Key, Dest) of
                                  {ok, Node} -> Node;
                                  {error, _} -> none
                              end,
@@ -220,14 +227,12 @@ run_moves(Cfg, Keys, Dest, Cause) ->
                               {L, Rest} -> {length(L), Rest};
                               error -> {0, ByTarget}
                           end,
-    Batches = lists:append([[{Node, B} || B <- chunks(Ks, ?MOVE_BATCH)]
+    Batches = lists:append([[{Node, B} || B <- shoal_proto:chunks(Ks, ?MOVE_BATCH)]
                             || {Node, Ks} <- maps:to_list(Movable)]),
     NoTarget + run_batches(Cfg, Batches, Cause, 0).
 
-target(Cfg, Members, Key, any) ->
-    Cands = [C || {N, _, _, _} = C <- shoal_view:candidates(Cfg, Members), N =/= node()],
-    shoal_placement:choose(Key, Cands);
-target(_Cfg, _Members, _Key, Node) -> {ok, Node}.
+target(Cands, Key, any) -> shoal_placement:choose(Key, Cands);
+target(_Cands, _Key, Node) -> {ok, Node}.
 
 run_batches(_Cfg, [], _Cause, Failed) -> Failed;
 run_batches(Cfg, Batches, Cause, Failed) ->
@@ -238,9 +243,6 @@ run_batches(Cfg, Batches, Cause, Failed) ->
     F = lists:sum([receive {moved, P, N} -> N end || P <- Pids]),
     run_batches(Cfg, Later, Cause, Failed + F).
 
-chunks([], _) -> [];
-chunks(L, N) when length(L) =< N -> [L];
-chunks(L, N) -> {A, B} = lists:split(N, L), [A | chunks(B, N)].
 
 %% @doc move_batch/4 with the cause `rebalance'.
 -spec move_batch(#shoal_cfg{}, [term()], node()) -> non_neg_integer().
@@ -294,8 +296,9 @@ move_batch(#shoal_cfg{pool = Pool} = Cfg, Keys, Node, Cause) ->
                       end
               end, 0, Frozen),
     %% Keys that would not freeze (gone, busy for 30 s) end their span here.
-    _ = [move_stopped(maps:get(K, Spans, none), {error, not_frozen})
-         || {K, _} <- Local, not lists:keymember(K, 1, Frozen)],
+    _ = map_size(Spans) > 0 andalso
+        maps:foreach(fun(_K, Span) -> move_stopped(Span, {error, not_frozen}) end,
+                     maps:without([K || {K, _, _, _} <- Frozen], Spans)),
     length(Keys) - Moved.
 
 %% The two halves of a `[shoal, move]' span for one key of a batch.

@@ -9,6 +9,7 @@
 %% member.
 -module(shoal_proto).
 
+-export([chunks/2]).
 -export([vsn/0, min_vsn/0, send/3, send_node/4, reply/4, request_ref/0, drop_ref/1, is_msg/1,
          body/2, member_name/1]).
 -export_type([body/0, caller/0, result/0]).
@@ -79,3 +80,13 @@ body({'$shoal', V, _, _}, _) when is_integer(V), (V < ?MIN_VSN orelse V > ?VSN) 
     {error, {bad_version, V}};
 body(_, _) ->
     {error, bad_message}.
+
+%% @doc L cut into the lists of at most N elements that go out one message each (batches,
+%% sync chunks), in order, in one pass; `[]' for an empty L.
+-spec chunks([T], pos_integer()) -> [[T, ...]].
+chunks(L, N) -> chunks(L, N, N, [], []).
+
+chunks([], _N, _Left, [], Acc) -> lists:reverse(Acc);
+chunks([], _N, _Left, Cur, Acc) -> lists:reverse(Acc, [lists:reverse(Cur)]);
+chunks(L, N, 0, Cur, Acc) -> chunks(L, N, N, [], [lists:reverse(Cur) | Acc]);
+chunks([X | L], N, Left, Cur, Acc) -> chunks(L, N, Left - 1, [X | Cur], Acc).
