@@ -6,7 +6,8 @@
 %%      group) vs global:register_name, each registering a fresh process per key.
 %%   2. a cross-node shoal:call/3 by key vs gen_server:call/2 on the remote pid in hand.
 %%   3. draining a node that holds ?DRAIN_N workers while clients call keys all over the
-%%      cluster: time until it is empty, calls failed meanwhile.
+%%      cluster: time until it is empty, calls failed meanwhile; then the same drain with
+%%      no clients (the move machinery alone).
 %%   4. replica memory per worker entry, on a node that holds only replicas.
 %%
 %% The three nodes are OTP peers of this (controller) node, which is connected to them but
@@ -87,14 +88,17 @@ main() ->
 
     %% 3. drain a node holding DrainN workers, under call load, Rounds times; every node's
     %% own count sampled meanwhile
-    Drains = [drain_round(Nodes, DrainN, R) || R <- lists:seq(1, Rounds)],
+    Drains = [drain_round(Nodes, DrainN, R, true) || R <- lists:seq(1, Rounds)],
     io:format("### Draining a node under call load~n~n~ts", [drain_table(Drains)]),
+    Idle = [drain_round(Nodes, DrainN, R, false) || R <- lists:seq(1, Rounds)],
+    io:format("### Draining a node, no load~n~n~ts", [idle_table(Idle)]),
 
     %% 4. replica memory: workers only on A, measured on B
     Mem = spread([replica_bytes(Nodes, DrainN) || _ <- lists:seq(1, Rounds)]),
     io:format("### Replica memory~n~n~ts", [mem_table(Mem, DrainN)]),
     _ = C,
-    write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, Drains, {Mem, DrainN}),
+    write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, {Drains, Idle},
+                  {Mem, DrainN}),
     ok.
 
 %% One side's registrations, from a clean start; {Count, Seconds, PerSecond}.
@@ -120,7 +124,7 @@ registrations(global, Nodes, _, GlobalN, Round) ->
 
 scope(Round) -> list_to_atom(atom_to_list(?SCOPE) ++ "_" ++ integer_to_list(Round)).
 
-drain_round(Nodes, DrainN, Round) ->
+drain_round(Nodes, DrainN, Round, Load) ->
     [A, B, C] = Nodes,
     start_pools(Nodes),
     Total = DrainN * length(Nodes),
@@ -129,7 +133,7 @@ drain_round(Nodes, DrainN, Round) ->
     OnC = erpc:call(A, shoal, count, [?POOL, C]),
     Self = self(),
     Callers = [spawn_link(Nd, ?MODULE, caller, [Self, ?POOL, Total, 100 * Round + I])
-               || {I, Nd} <- idx([A, B])],
+               || Load, {I, Nd} <- idx([A, B])],
     Sampler = spawn_link(fun() -> sampler(Self, Nodes, erlang:monotonic_time(millisecond), []) end),
     timer:sleep(500),
     T0 = erlang:monotonic_time(millisecond),
@@ -205,6 +209,16 @@ drain_table(Drains) ->
                    "Targets: under 10 s, zero failed calls.~n~n",
                    [maps:get(med, Secs), maps:get(min, Secs), maps:get(max, Secs),
                     lists:sum([maps:get(failed, D) || D <- Drains])])].
+
+idle_table(Idle) ->
+    Secs = spread([maps:get(secs, D) || D <- Idle]),
+    [io_lib:format("~b rounds, each from a fresh pool, as above but with no clients. Data: "
+                   "`cluster_drain_idle.csv`.~n~n| round | workers on the drained node | "
+                   "seconds to empty | left |~n|---|---:|---:|---:|~n", [length(Idle)]),
+     [io_lib:format("| ~b | ~b | ~.2f | ~b |~n", [I, On, S, L])
+      || {I, #{on_drained := On, secs := S, left := L}} <- lists:zip(lists:seq(1, length(Idle)), Idle)],
+     io_lib:format("~nseconds to empty: ~.2f (~.2f–~.2f)~n~n",
+                   [maps:get(med, Secs), maps:get(min, Secs), maps:get(max, Secs)])].
 
 mem_table(Mem, M) ->
     io_lib:format("`erlang:memory(total)` growth on a node holding only replicas of ~b workers, "
@@ -363,7 +377,7 @@ env_int(Name, Default) ->
         V -> list_to_integer(V)
     end.
 
-write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, Drains, {Mem, M}) ->
+write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, {Drains, Idle}, {Mem, M}) ->
     Text = ["# Cluster benchmark (three local nodes, one 2-core machine)\n\n"
             "Produced by `make bench` (bench/shoal_cluster_bench.erl). Every figure is taken "
             "over rounds and given as the median with its range (min–max). Load average at "
@@ -371,6 +385,7 @@ write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, Drains, 
             "## Cluster-wide registrations per second\n\n", reg_table(Reg, RegRatios, Rounds),
             "## Cross-node call\n\n", call_table(Gen, Sh, CallRatio, Calls),
             "## Drain under call load\n\n", drain_table(Drains),
+            "## Drain with no load\n\n", idle_table(Idle),
             "## Replica memory\n\n", mem_table(Mem, M)],
     ok = filelib:ensure_dir(filename:join(Dir, "x")),
     ok = file:write_file(filename:join(Dir, "cluster.md"), unicode:characters_to_binary(Text)),
@@ -390,6 +405,10 @@ write_results(Dir, Reg, RegRatios, Rounds, {Gen, Sh, CallRatio, Calls}, Drains, 
          | [[I, On, S, L, Ok, F]
             || {I, #{on_drained := On, secs := S, left := L, ok := Ok, failed := F}}
                    <- lists:zip(lists:seq(1, length(Drains)), Drains)]]),
+    Csv("cluster_drain_idle.csv",
+        [["round", "workers_on_drained_node", "seconds_to_empty", "left"]
+         | [[I, On, S, L] || {I, #{on_drained := On, secs := S, left := L}}
+                                <- lists:zip(lists:seq(1, length(Idle)), Idle)]]),
     %% Grouped by round and node, in time order: one line per node in the plot. Nodes are
     %% named by role: the drained one, and the two others.
     Csv("cluster_drain_timeline.csv",
