@@ -33,7 +33,7 @@
 -define(TOMB_TTL, 10000).       %% ms a tomb blocks stale replicas
 -define(SWEEP_EVERY, 5000).     %% ms between tomb sweeps
 -define(MAX_DELAY_US, 1000).    %% us a replication op may wait for its batch
--define(EVENTS, 256).           %% table events taken in one pass (see more_events/2)
+-define(EVENTS, 256).           %% table events taken in one pass (see events/2)
 -define(PROBE_TIMEOUT, 2000).   %% ms we wait for a connected node to say whether it is a member
 
 -record(peer, {pid :: pid(),
@@ -116,7 +116,7 @@ init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
 
 %% Every handler ends with tick/1: replication ops and async keys are buffered in the
 %% state and sent when a batch is full, when the oldest has waited a millisecond, or when
-%% the mailbox is empty (the 0 timeout). The only selective receive is more_events/2's,
+%% the mailbox is empty (the 0 timeout). The only selective receive is more_events/4's,
 %% bounded: table events already queued, taken in one pass.
 
 %% @private
@@ -151,10 +151,9 @@ handle_info({'$shoal', _, _, _} = Msg, #ms{cfg = #shoal_cfg{pool = Pool}} = S) -
                            #{domain => [shoal]}),
             noreply(S)
     end;
-handle_info({'$shoal_up', _, _, _} = Ev, S) -> noreply(more_events(buffer(Ev, S), ?EVENTS));
-handle_info({'$shoal_down', _, _, _} = Ev, S) -> noreply(more_events(buffer(Ev, S), ?EVENTS));
-handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) ->
-    noreply(more_events(buffer(Ev, S), ?EVENTS));
+handle_info({'$shoal_up', _, _, _} = Ev, S) -> noreply(events(Ev, S));
+handle_info({'$shoal_down', _, _, _} = Ev, S) -> noreply(events(Ev, S));
+handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) -> noreply(events(Ev, S));
 handle_info({'$shoal_claim', Ref, Result}, S) -> noreply(claim_resolved(Ref, Result, S));
 handle_info({'$shoal_started', Tag, _}, S) -> noreply(init_done(Tag, answered, S));
 handle_info({fence, Ref}, #ms{fence = Ref} = S) -> noreply(fenced(S));
@@ -498,31 +497,44 @@ maybe_activate(S) ->
 
 %%% Replication ----------------------------------------------------------------------------
 
-%% A table event becomes a replication op in our buffer (see tick/1).
-buffer(Ev, #ms{cfg = Cfg, buf = B, buf_len = N, buf_since = T0} = S) ->
-    case op(Cfg, Ev) of
-        skip -> S;
-        Op when N =:= 0 ->
+%% Table events become replication ops in our buffer (see tick/1). The table sends one
+%% message per event, so a drain or a burst of spawns queues tens of thousands here: the
+%% events already queued are taken in the same pass (in their order, up to ?EVENTS of them
+%% and never past a full batch), so a burst pays the server loop, the tick and the state's
+%% update once per pass, not once per event. A pass ends at the first receive that finds
+%% no event (one look over the queue, which a burst of events keeps short of others).
+events(Ev, #ms{cfg = Cfg, buf = B0, buf_len = N0} = S) ->
+    {B1, N1} = add_op(Cfg, Ev, B0, N0),
+    {B, N} = more_events(Cfg, B1, N1, ?EVENTS - 1),
+    if
+        N =:= N0 -> S;
+        N0 =:= 0 ->
             %% A batch begins: it goes out within a millisecond (see tick/1 too).
             erlang:send_after(?MAX_DELAY_US div 1000, self(), flush_repl),
-            S#ms{buf = [Op], buf_len = 1, buf_since = now_us()};
-        Op ->
-            S#ms{buf = [Op | B], buf_len = N + 1, buf_since = T0}
+            S#ms{buf = B, buf_len = N, buf_since = now_us()};
+        true -> S#ms{buf = B, buf_len = N}
     end.
 
-%% The table sends one message per event, so a drain or a burst of spawns queues tens of
-%% thousands here: the events already queued are taken in the same pass (in their order,
-%% up to ?EVENTS of them and never past a full batch), so a burst pays the server loop and
-%% the tick once per pass, not once per event. A pass ends at the first receive that finds
-%% no event (one look over the queue, which a burst of events keeps short of others).
-more_events(S, 0) -> S;
-more_events(#ms{buf_len = N} = S, _) when N >= ?BATCH -> S;
-more_events(S, Left) ->
+add_op(Cfg, Ev, B, N) ->
+    case op(Cfg, Ev) of
+        skip -> {B, N};
+        Op -> {[Op | B], N + 1}
+    end.
+
+more_events(_Cfg, B, N, 0) -> {B, N};
+more_events(_Cfg, B, N, _) when N >= ?BATCH -> {B, N};
+more_events(Cfg, B, N, Left) ->
     receive
-        {'$shoal_up', _, _, _} = Ev -> more_events(buffer(Ev, S), Left - 1);
-        {'$shoal_down', _, _, _} = Ev -> more_events(buffer(Ev, S), Left - 1);
-        {'$shoal_replaced', _, _, _, _, _, _} = Ev -> more_events(buffer(Ev, S), Left - 1)
-    after 0 -> S
+        {'$shoal_up', _, _, _} = Ev -> more_op(Cfg, Ev, B, N, Left);
+        {'$shoal_down', _, _, _} = Ev -> more_op(Cfg, Ev, B, N, Left);
+        {'$shoal_replaced', _, _, _, _, _, _} = Ev -> more_op(Cfg, Ev, B, N, Left)
+    after 0 -> {B, N}
+    end.
+
+more_op(Cfg, Ev, B, N, Left) ->
+    case op(Cfg, Ev) of
+        skip -> more_events(Cfg, B, N, Left - 1);
+        Op -> more_events(Cfg, [Op | B], N + 1, Left - 1)
     end.
 
 %% Send the buffered ops to every peer, in the order they happened.
@@ -552,8 +564,13 @@ op(_Cfg, {'$shoal_replaced', Key, Pid, Vsn, Node, NewPid, NewVsn}) ->
     {moved, Key, node(), Pid, Vsn, Node, NewPid, NewVsn}.
 
 apply_ops(Node, Ops, Mark, #ms{cfg = Cfg} = S) ->
-    lists:foreach(fun(Op) -> apply_op(Cfg, Node, Op, Mark, S) end, Ops),
+    apply_each(Cfg, Node, Ops, Mark, S),
     S.
+
+apply_each(_Cfg, _Node, [], _Mark, _S) -> ok;
+apply_each(Cfg, Node, [Op | Ops], Mark, S) ->
+    _ = apply_op(Cfg, Node, Op, Mark, S),
+    apply_each(Cfg, Node, Ops, Mark, S).
 
 apply_op(Cfg, _From, {up, Key, Node, Pid, Vsn}, Mark, S) ->
     case known_node(Node, S) of
