@@ -144,8 +144,9 @@ register(_T, _Key, _Pid, _Mode) -> ?NOT_LOADED.
 unregister(_T, _Key, _Pid) -> ?NOT_LOADED.
 
 %% @doc Mark local worker Pid of Key as moving (a newer replica may then replace it), or
-%% clear the mark.
--spec set_moving(table(), term(), pid(), boolean()) -> ok | not_found.
+%% clear the mark: `{ok, Vsn}' with the entry's version, or `not_found' if Key's entry is
+%% not local worker Pid.
+-spec set_moving(table(), term(), pid(), boolean()) -> {ok, version()} | not_found.
 set_moving(_T, _Key, _Pid, _On) -> ?NOT_LOADED.
 
 %% @doc Store the replica of Node's worker Pid for Key at version Vsn, if it is newer than

@@ -53,8 +53,9 @@ register(#shoal_cfg{table = T}, Key, Pid, Mode) -> shoal_nif:register(T, Key, Pi
 -spec unregister(#shoal_cfg{}, term(), pid()) -> ok | not_found.
 unregister(#shoal_cfg{table = T}, Key, Pid) -> shoal_nif:unregister(T, Key, Pid).
 
-%% @doc Mark local worker Pid of Key as moving, or clear the mark.
--spec set_moving(#shoal_cfg{}, term(), pid(), boolean()) -> ok | not_found.
+%% @doc Mark local worker Pid of Key as moving, or clear the mark: `{ok, Vsn}' with its
+%% version, or `not_found'.
+-spec set_moving(#shoal_cfg{}, term(), pid(), boolean()) -> {ok, shoal_nif:version()} | not_found.
 set_moving(#shoal_cfg{table = T}, Key, Pid, On) -> shoal_nif:set_moving(T, Key, Pid, On).
 
 %% @doc Store a replica if it is newer (see shoal_nif:put_remote/6). A replica of one of

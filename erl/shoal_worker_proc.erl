@@ -468,9 +468,7 @@ migrate_(Node, Member, #w{cfg = #shoal_cfg{pool = Pool, server = Name} = Cfg, ke
 hand_off(#w{cfg = #shoal_cfg{worker = Mod} = Cfg, key = Key} = W0) ->
     case with_loaded(W0, fun(W) -> {ok, W} end) of
         {ok, #w{st = St} = W} ->
-            Self = self(),
-            {local, Self, Vsn, _} = shoal_registry:lookup(Cfg, Key),
-            ok = shoal_registry:set_moving(Cfg, Key, Self, true),
+            {ok, Vsn} = shoal_registry:set_moving(Cfg, Key, self(), true),
             {ok, Transfer} = case erlang:function_exported(Mod, handoff, 1) of
                                  true -> Mod:handoff(St);
                                  false -> {ok, St}

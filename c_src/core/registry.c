@@ -619,14 +619,18 @@ static table_action moving_fn(void *vc, table_entry *te, table_entry **repl)
         cur->te.flags |= REGISTRY_MOVING;
     else
         cur->te.flags &= (uint8_t)~REGISTRY_MOVING;
+    c->vsn = cur->vsn;
     c->rc = REGISTRY_OK;
     return TABLE_KEEP;
 }
 
-int registry_set_moving(registry *r, const registry_key *k, uint64_t word, int on)
+int registry_set_moving(registry *r, const registry_key *k, uint64_t word, int on,
+                        uint64_t *vsn)
 {
     struct op_ctx c = {.r = r, .word = word, .flag = on != 0};
-    return update(&c, k, moving_fn);
+    int rc = update(&c, k, moving_fn);
+    if (rc == REGISTRY_OK && vsn != NULL) *vsn = c.vsn;
+    return rc;
 }
 
 /* put_remote ------------------------------------------------------------------------------- */

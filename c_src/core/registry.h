@@ -305,8 +305,10 @@ int registry_unregister(registry *r, const registry_key *k, uint64_t word, int c
                         int64_t now_ms, const registry_op *op, registry_out *out);
 
 /* registry_set_moving - set (on != 0) or clear the MOVING flag of the key's LOCAL entry if
- * it is worker `word`: REGISTRY_OK or REGISTRY_NOT_FOUND. */
-int registry_set_moving(registry *r, const registry_key *k, uint64_t word, int on);
+ * it is worker `word`: REGISTRY_OK (and the entry's version in *vsn, unless vsn is NULL)
+ * or REGISTRY_NOT_FOUND. */
+int registry_set_moving(registry *r, const registry_key *k, uint64_t word, int on,
+                        uint64_t *vsn);
 
 /* registry_put_remote - store `mine`, a REMOTE entry the caller prepared (op->storing sets
  * its payload), as node's worker at version vsn with sync mark `mark`, if {vsn, node} is

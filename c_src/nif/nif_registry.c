@@ -374,7 +374,7 @@ ERL_NIF_TERM nif_unregister(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return a->ok;
 }
 
-/* set_moving(Table, Key, Pid, Bool) -> ok | not_found */
+/* set_moving(Table, Key, Pid, Bool) -> {ok, Vsn} | not_found */
 ERL_NIF_TERM nif_set_moving(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -385,10 +385,12 @@ ERL_NIF_TERM nif_set_moving(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     if (!enif_get_local_pid(env, argv[2], &pid) || (!on && !enif_is_identical(argv[3], a->false_)))
         return enif_make_badarg(env);
     GET_KEY(kb, k, argv[1]);
-    int rc = registry_set_moving(nt->r, &k, (uint64_t)pid.pid, on);
+    uint64_t vsn = 0;
+    int rc = registry_set_moving(nt->r, &k, (uint64_t)pid.pid, on, &vsn);
     kbuf_free(&kb);
     if (rc < 0) return raise_for(env, rc);
-    return rc == REGISTRY_OK ? a->ok : a->not_found;
+    return rc == REGISTRY_OK ? enif_make_tuple2(env, a->ok, enif_make_uint64(env, vsn))
+                             : a->not_found;
 }
 
 /* The worker of a LOCAL entry died: the entry goes, if it is still the key's, and the

@@ -514,14 +514,17 @@ static void test_register_over_mode(void)
     /* own entry (a take-back): moving cleared, a fresh version above all the clock saw */
     unsigned char kb[16];
     registry_key k1 = key_of(kb, 1);
-    CU_ASSERT_EQUAL(registry_set_moving(f.r, &k1, 21, 1), REGISTRY_OK);
+    CU_ASSERT_EQUAL(registry_set_moving(f.r, &k1, 21, 1, NULL), REGISTRY_OK);
     CU_ASSERT(look(&f, 1).moving);
     registry_clock_observe(&f.clock, v1 + 1000);
     CU_ASSERT_EQUAL(reg_over(&f, 1, 21, 0, NULL, &out), REGISTRY_OWN);
     CU_ASSERT(out.vsn > v1 + 1000 && !out.stored && !look(&f, 1).moving);
     CU_ASSERT_EQUAL(look(&f, 1).vsn, out.vsn);
-    /* another local worker, moving or not: never */
-    CU_ASSERT_EQUAL(registry_set_moving(f.r, &k1, 21, 1), REGISTRY_OK);
+    /* another local worker, moving or not: never (set_moving reports the version) */
+    uint64_t mv = 0;
+    CU_ASSERT_EQUAL(registry_set_moving(f.r, &k1, 21, 1, &mv), REGISTRY_OK);
+    CU_ASSERT_EQUAL(mv, out.vsn);
+    CU_ASSERT_EQUAL(registry_set_moving(f.r, &k1, 22, 1, &mv), REGISTRY_NOT_FOUND);
     registry_mode m = {.over = 1, .max_vsn = 1u << 20};
     CU_ASSERT_EQUAL(reg(&f, 1, 22, &m, &op, NULL), REGISTRY_ALREADY);
     /* replicas: older than max, or the owner's */
@@ -632,7 +635,7 @@ static void test_put_remote_rules(void)
     CU_ASSERT_EQUAL(put(&f, 3, z, lo.vsn, 0, 0, &op, NULL), REGISTRY_STALE);
     unsigned char kb[16];
     registry_key k3 = key_of(kb, 3);
-    CU_ASSERT_EQUAL(registry_set_moving(f.r, &k3, 21, 1), REGISTRY_OK);
+    CU_ASSERT_EQUAL(registry_set_moving(f.r, &k3, 21, 1, NULL), REGISTRY_OK);
     /* moving: a replica is stale (its version is observed); only the move's outcome
      * replaces the entry */
     CU_ASSERT_EQUAL(put(&f, 3, a, lo.vsn + 1, 0, 0, &op, &out), REGISTRY_STALE);
@@ -846,7 +849,7 @@ static void *mt_run(void *p)
         case 3: rc = unreg(f, id, self, (x >> 50) & 1, NULL); break;
         case 4: rc = put(f, id, n, v, (uint32_t)(x >> 50) % 3, 0, NULL, NULL); break;
         case 5: rc = rm(f, id, n, v, (int64_t)i); break;
-        case 6: rc = registry_set_moving(f->r, &k, self, (x >> 50) & 1); break;
+        case 6: rc = registry_set_moving(f->r, &k, self, (x >> 50) & 1, NULL); break;
         case 7: {
             registry_sweep s = {.what = REGISTRY_SWEEP_NODE_MARK, .node = n, .mark = 1,
                                 .before = v};

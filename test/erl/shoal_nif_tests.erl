@@ -514,7 +514,7 @@ register_over_its_own_entry_clears_moving_and_takes_a_fresh_version_test() ->
     W = sleeper(),
     {ok, V0} = reg(T, k, W),
     listen(T),
-    ok = shoal_nif:set_moving(T, k, W, true),
+    ?assertEqual({ok, V0}, shoal_nif:set_moving(T, k, W, true)),
     ?assertEqual({local, W, V0, true}, shoal_nif:lookup(T, k)),
     %% A take-back: above everything the clock saw (here a replica refused while it moved),
     %% and announced like a registration.
@@ -525,11 +525,11 @@ register_over_its_own_entry_clears_moving_and_takes_a_fresh_version_test() ->
     ?assertEqual({local, W, V, false}, shoal_nif:lookup(T, k)),
     ?assertEqual({up, k, W, V}, next_event()),
     %% Another local worker is never replaced, moving or not.
-    ok = shoal_nif:set_moving(T, k, W, true),
+    ?assertEqual({ok, V}, shoal_nif:set_moving(T, k, W, true)),
     ?assertEqual({error, {already_registered, W}}, reg_over(T, k, sleeper())),
     ?assertEqual(not_found, shoal_nif:set_moving(T, k, self(), true)),
     ?assertEqual(not_found, shoal_nif:set_moving(T, nokey, W, true)),
-    ?assertEqual(ok, shoal_nif:set_moving(T, k, W, false)),
+    ?assertEqual({ok, V}, shoal_nif:set_moving(T, k, W, false)),
     ?assertEqual({local, W, V, false}, shoal_nif:lookup(T, k)),
     %% Its death is told with the version it kept.
     kill_and_wait(W),
@@ -582,7 +582,7 @@ a_successor_replaces_a_moving_worker_and_tells_the_listener_test() ->
     W = sleeper(),
     {ok, V} = reg(T, k, W),
     listen(T),
-    ok = shoal_nif:set_moving(T, k, W, true),
+    ?assertEqual({ok, V}, shoal_nif:set_moving(T, k, W, true)),
     R = remote_pid(n@h, 1),
     %% A replica is stale while the worker moves, newer or not: only the move's outcome
     %% (put_successor/6) replaces it.

@@ -312,7 +312,7 @@ postcondition(S, {call, _, unregister, [K, A]}, Res) ->
             end;
 postcondition(S, {call, _, set_moving, [K, A, _]}, Res) ->
     Who = who(S, A),
-    Res =:= case get_e(S, K) of {local, Who, _, _} -> ok; _ -> not_found end;
+    Res =:= case get_e(S, K) of {local, Who, V, _} -> {ok, V}; _ -> not_found end;
 postcondition(S, {call, _, put_remote, [K, N, _, _, _]}, {Res, V}) ->
     replica_post(S, K, N, Res, V, false);
 postcondition(S, {call, _, put_successor, [K, N, _, _]}, {Res, V}) ->
