@@ -146,7 +146,8 @@ bench-nif: all
 	           catch C:R:S -> io:format(standard_error, \"nif bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1) end."
 
 # The member protocol on three local nodes (bench/results/member.md): synchronous spawns
-# against pg, a remote-home spawn against a call round trip, remote against local whereis.
+# against pg (12 and 48 callers), a remote-home spawn against a call round trip, remote
+# against local whereis.
 # SHOAL_MEMBER_N (default 60000 spawns a round), SHOAL_MEMBER_ROUNDS (default 5).
 .PHONY: bench-member
 bench-member: all
