@@ -20,6 +20,7 @@
          a_remote_spawn_reads_its_own_writes/1,
          ensure_started_racers_all_get_the_init_failure/1,
          ensure_started_racers_all_wait_for_a_slow_init/1,
+         a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason/1,
          a_bad_timeout_fails_before_anything_is_spawned/1,
          concurrent_migrations_to_one_node_agree/1,
          a_dead_pid_in_a_replica_is_relearnt/1,
@@ -49,6 +50,7 @@ groups() ->
       [a_remote_spawn_reads_its_own_writes,
        ensure_started_racers_all_get_the_init_failure,
        ensure_started_racers_all_wait_for_a_slow_init,
+       a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason,
        a_bad_timeout_fails_before_anything_is_spawned,
        concurrent_migrations_to_one_node_agree,
        a_dead_pid_in_a_replica_is_relearnt,
@@ -105,7 +107,8 @@ end_per_testcase(_Case, Config) ->
     end.
 
 worker_of(Case) when Case =:= ensure_started_racers_all_get_the_init_failure;
-                     Case =:= ensure_started_racers_all_wait_for_a_slow_init ->
+                     Case =:= ensure_started_racers_all_wait_for_a_slow_init;
+                     Case =:= a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason ->
     shoal_slow_init_worker;
 worker_of(_) -> ?WORKER.
 
@@ -113,6 +116,8 @@ args_of(ensure_started_racers_all_get_the_init_failure) ->
     #{delay => 150, outcome => {stop, boom}};
 args_of(ensure_started_racers_all_wait_for_a_slow_init) ->
     #{delay => 150, outcome => ok};
+args_of(a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason) ->
+    #{delay => 3000, outcome => ok};
 args_of(_) -> #{}.
 
 %%% Forming clusters ----------------------------------------------------------------------
@@ -264,6 +269,33 @@ ensure_started_racers_all_wait_for_a_slow_init(Config) ->
     Inits = lists:append([pcall(P, ets, lookup, [shoal_test_events, init]) || {P, _} <- peers(Config)]),
     ?assertEqual(1, length([x || {init, {slow, 1}, _, _} <- Inits])),
     ok.
+
+%% A caller on A starts a key whose home is C; C spawns the worker, which is killed while
+%% its init/2 runs (3 s). The caller is owed an answer by the home, not by the worker (it
+%% never got to answer): it gets the exit reason, `{error, killed}', not a timeout, and well
+%% before the init/2 would have returned. 5 keys, one after another.
+a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, _}, _, {PC, C}] = peers(Config),
+    All = nodes_of(Config),
+    Keys = lists:sublist([K || I <- lists:seq(1, 1000), K <- [{killed_in_init, I}],
+                               pcall(PA, shoal_placement, home, [K, All]) =:= C], 5),
+    lists:foreach(
+      fun(Key) ->
+              Self = self(),
+              Caller = spawn_link(fun() ->
+                                          Self ! {self(), pcall(PA, ?MODULE, p_timed_ensure,
+                                                                [Pool, Key])}
+                                  end),
+              wait_until(fun() -> is_pid(pcall(PC, shoal, whereis, [Pool, Key])) end, 5000,
+                         {spawned_on_home, Key}),
+              Pid = pcall(PC, shoal, whereis, [Pool, Key]),
+              true = pcall(PC, erlang, exit, [Pid, kill]),
+              {Result, Ms} = receive {Caller, R} -> R end,
+              ct:pal("~p: ~p after ~b ms", [Key, Result, Ms]),
+              ?assertEqual({error, killed}, Result),
+              ?assert(Ms < 3000)
+      end, Keys).
 
 %% call/4 with a timeout that is neither infinity nor a non-negative integer exits before
 %% it does anything: no worker is spawned.
