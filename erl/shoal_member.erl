@@ -62,12 +62,6 @@
              %% pending callers went with the request (the host answers those).
              spawning = #{} :: #{term() => node()},
              sent = #{} :: #{term() => non_neg_integer()},
-             %% Host: workers we started for callers waiting for their init/2 (we answer
-             %% those callers once it ran, in one message): Tag => {Pid, Mref, Vsn, Callers},
-             %% and Mref => Tag.
-             inits = #{} :: #{reference() => {pid(), reference(), shoal_nif:version(),
-                                              [shoal_proto:caller()]}},
-             init_mons = #{} :: #{reference() => reference()},
              %% ensure_started_async keys not routed yet (we route them in batches, once
              %% we are active), and how many.
              async = [] :: [term()],
@@ -155,7 +149,6 @@ handle_info({'$shoal_up', _, _, _} = Ev, S) -> noreply(events(Ev, S));
 handle_info({'$shoal_down', _, _, _} = Ev, S) -> noreply(events(Ev, S));
 handle_info({'$shoal_replaced', _, _, _, _, _, _} = Ev, S) -> noreply(events(Ev, S));
 handle_info({'$shoal_claim', Ref, Result}, S) -> noreply(claim_resolved(Ref, Result, S));
-handle_info({'$shoal_started', Tag, _}, S) -> noreply(init_done(Tag, answered, S));
 handle_info({fence, Ref}, #ms{fence = Ref} = S) -> noreply(fenced(S));
 handle_info({probe_timeout, Mref}, #ms{probes = Pr} = S) when is_map_key(Mref, Pr) ->
     erlang:demonitor(Mref, [flush]),
@@ -397,8 +390,6 @@ down(Ref, Reason, #ms{checks = Ch} = S) when is_map_key(Ref, Ch) ->
     end;
 down(Ref, Reason, #ms{claims = Claims} = S) when is_map_key(Ref, Claims) ->
     claimer_down(Ref, Reason, S);
-down(Ref, Reason, #ms{init_mons = IM} = S) when is_map_key(Ref, IM) ->
-    init_done(maps:get(Ref, IM), {error, shoal_arbiter:unwrap(Reason)}, S);
 down(Ref, Reason, #ms{peers = Peers} = S) ->
     case [N || {N, #peer{mref = R}} <- maps:to_list(Peers), R =:= Ref] of
         [Node] -> peer_left(Node, Reason, S);
@@ -718,51 +709,26 @@ spawn_over_here(Key, Callers, Min, How, S) ->
 
 %% Spawn with Spawn. Callers that do not wait for init/2 get the worker at once. Those that
 %% do (`Sync'): with `defer', from the worker itself once init/2 has run, in one message each
-%% (what a spawn for a caller on another node costs on the wire besides its request); they
-%% watch this member, which watches the worker until its init/2 has run and answers them
-%% the reason if it dies first (init_done/3). With `ack', at once, and the worker tells them
-%% when init/2 has run (they watch it from then on).
-started(Callers, How, #ms{cfg = Cfg, inits = Inits, init_mons = IM} = S, Spawn) ->
+%% (what a spawn for a caller on another node costs on the wire besides its request), or,
+%% should it die first, from its segment, which reads them in the worker's row
+%% (shoal_segment); they watch this member for the loss of its node. With `ack', at once,
+%% and the worker tells them when init/2 has run (they watch it from then on).
+started(Callers, How, #ms{cfg = Cfg} = S, Spawn) ->
     {Sync, Async} = lists:partition(fun({_, _, Sy}) -> Sy end, Callers),
-    Tag = make_ref(),
     Acks = case {Sync, How} of
                {[], _} -> [];
-               {_, defer} -> [{claimed, C} || C <- Sync] ++ [{self(), Tag}];
+               {_, defer} -> [{claimed, C} || C <- Sync];
                {_, ack} -> [{Pid, Ref} || {Pid, Ref, true} <- Sync]
            end,
     case Spawn(Cfg, Acks) of
         {spawned, Pid, Vsn} ->
             Result = {ok, node(), Pid, Vsn},
             answer(Async, Cfg, Result, false),
-            case {Sync, How} of
-                {[], _} ->
-                    {Result, S};
-                {_, ack} ->
-                    answer(Sync, Cfg, Result, true),
-                    {Result, S};
-                {_, defer} ->
-                    Mref = erlang:monitor(process, Pid),
-                    {Result, S#ms{inits = Inits#{Tag => {Pid, Mref, Vsn, Sync}},
-                                  init_mons = IM#{Mref => Tag}}}
-            end;
+            How =:= ack andalso answer(Sync, Cfg, Result, true),
+            {Result, S};
         retry ->
             answer(Callers, Cfg, retry, false),
             {retry, S}
-    end.
-
-%% A worker we started for waiting callers ran its init/2 (it answered them itself) or died
-%% first: then we answer them its exit reason.
-init_done(Tag, Result, #ms{cfg = Cfg, inits = Inits, init_mons = IM} = S) ->
-    case maps:take(Tag, Inits) of
-        {{_Pid, Mref, Vsn, Callers}, Inits1} ->
-            erlang:demonitor(Mref, [flush]),
-            case Result of
-                answered -> ok;
-                {error, _} = E -> answer(Callers, Cfg, E, {failed, Vsn})
-            end,
-            S#ms{inits = Inits1, init_mons = maps:remove(Mref, IM)};
-        error ->
-            S
     end.
 
 existing(Cfg, Key) ->

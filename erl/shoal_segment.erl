@@ -2,9 +2,12 @@
 %%
 %% Workers are spawned by their callers (never by a pool server) and link themselves to
 %% the segment their key hashes to, so no single process sees every spawn. Each writes a
-%% row of its segment's table first thing (`{Pid, Key, Restartable, Reported}', in a public
-%% ETS table named as the segment: no message to the segment), so the segment knows the key
-%% of every exit it sees. The segment traps exits: it counts normal exits and crashes (feeding the pool's failure
+%% row of its segment's table first thing (`{Pid, Key, Restartable, Reported, Owed}', in a
+%% public ETS table named as the segment: no message to the segment), so the segment knows
+%% the key of every exit it sees. A worker that dies before it told the callers it owes its
+%% init outcome (`Owed': callers that asked a member for the spawn, see
+%% shoal_worker_proc:ack/4) has the segment tell them its exit reason. The segment traps
+%% exits: it counts normal exits and crashes (feeding the pool's failure
 %% meter), emits `[shoal, worker, crash]' for every crash, logs `worker_crashed' for the
 %% crashes nobody else reported (exit signals: OTP reports the others), restarts workers
 %% when the pool's `restart' option asks for it, and on shutdown stops every linked worker
@@ -28,9 +31,10 @@
 -define(SHUTDOWN_GRACE, 5000).
 
 %% name: the segment's registered name, also the name of its table of workers: one row per
-%% live worker, `{Pid, Key, Restartable, Reported}' (Restartable: it finished its init in a
-%% pool whose `restart' is not temporary; Reported: its exit is reported elsewhere), written
-%% by the workers themselves (shoal_worker_proc) and taken by the segment when they exit.
+%% live worker, `{Pid, Key, Restartable, Reported, Owed}' (Restartable: it finished its init
+%% in a pool whose `restart' is not temporary; Reported: its exit is reported elsewhere;
+%% Owed: the callers still waiting for its init outcome), written by the workers themselves
+%% (shoal_worker_proc) and taken by the segment when they exit.
 -record(seg, {pool :: atom(), parent :: pid(), name :: atom()}).
 
 -spec start_link(atom(), atom()) -> {ok, pid()} | {error, term()}.
@@ -78,16 +82,36 @@ handle_cast(_Msg, S) -> {noreply, S}.
 handle_info({'EXIT', Parent, Reason}, #seg{parent = Parent} = S) ->
     {stop, Reason, S};
 handle_info({'EXIT', Pid, Reason}, #seg{pool = Pool, name = Name} = S) ->
-    Worker = case ets:take(Name, Pid) of
-                 [{_, Key, Restartable, Reported}] -> {Key, Restartable, Reported};
-                 [] -> none
-             end,
+    {Worker, Owed} = case ets:take(Name, Pid) of
+                         [{_, Key, Restartable, Reported, Ow}] ->
+                             {{Key, Restartable, Reported}, Ow};
+                         [{_, Key, Restartable, Reported}] ->
+                             %% written by a worker from before a hot upgrade
+                             {{Key, Restartable, Reported}, []};
+                         [] -> {none, []}
+                     end,
     case persistent_term:get(?PT_KEY(Pool), undefined) of
-        #shoal_cfg{} = Cfg -> exited(Cfg, Pid, Worker, Reason);
+        #shoal_cfg{} = Cfg ->
+            answer_owed(Cfg, Pid, Worker, Owed, Reason),
+            exited(Cfg, Pid, Worker, Reason);
         undefined -> ok
     end,
     {noreply, S};
 handle_info(_Info, S) -> {noreply, S}.
+
+%% A worker died before it told the callers it owed its init outcome: tell them its exit
+%% reason, as it would have (`{failed, Vsn}' with the version it was registered at, or 0 if
+%% its entry already gave way to another).
+answer_owed(_Cfg, _Pid, _Worker, [], _Reason) -> ok;
+answer_owed(#shoal_cfg{pool = Pool} = Cfg, Pid, {Key, _, _}, Owed, Reason) ->
+    Vsn = case shoal_registry:lookup(Cfg, Key) of
+              {local, Pid, V, _} -> V;
+              {tomb, V} -> V;
+              _ -> 0
+          end,
+    Answer = [{error, shoal_arbiter:unwrap(Reason)}, {failed, Vsn}],
+    _ = [shoal_proto:reply(C, Pool, claimed, Answer) || C <- Owed],
+    ok.
 
 exited(#shoal_cfg{counters = C, meter = M, restart = Restart} = Cfg, Pid, Worker, Reason) ->
     Crash = is_crash(Reason),

@@ -55,7 +55,8 @@
 %% init/2, or with `{takeover, Transfer}' by takeover/3 (the end of a migration). A `{Pid,
 %% Ref}' (possibly on another node) is sent `{'$shoal_started', Ref, ok | {error, Reason}}';
 %% a `{claimed, Caller}' (a caller that asked a member for this spawn) gets the member's
-%% answer, `claimed' with `{ok, node(), self(), Vsn}' and `started', or `{error, Reason}'.
+%% answer, `claimed' with `{ok, node(), self(), Vsn}' and `started', or `{error, Reason}'
+%% (from our segment, with our exit reason, if we die before we answer).
 %% With `init' the spawner must hold the key's claim, register the worker, and then send it
 %% `{'$shoal_go', Vsn}' with the version it registered.
 -spec spawn_worker(#shoal_cfg{}, term(), [ack()], init | {takeover, term()}) -> pid().
@@ -81,8 +82,11 @@ init_it(#shoal_cfg{pool = Pool, worker = Mod, args = Args, restart = Restart, tr
     put(?KEY_ENTRY, {Pool, Key}),
     link(SegPid),
     %% Our row in the segment's table, so it knows our key whatever makes us exit
-    %% (shoal_segment); a segment that is gone has killed us through the link already.
-    try ets:insert(SegName, {self(), Key, false, false})
+    %% (shoal_segment), and the callers we owe our init outcome (ack/4), whom it answers
+    %% should we die before we do; a segment that is gone has killed us through the link
+    %% already.
+    Owed = [C || {claimed, C} <- Acks],
+    try ets:insert(SegName, {self(), Key, false, false, Owed})
     catch error:badarg -> exit({shutdown, pool_stopping})
     end,
     Vsn = case How of
@@ -106,7 +110,12 @@ init_it(#shoal_cfg{pool = Pool, worker = Mod, args = Args, restart = Restart, tr
     case Result of
         {ok, State} ->
             ack(Cfg, Acks, ok, Vsn),
-            Restart =/= temporary andalso ets:update_element(SegName, self(), {3, true}),
+            case {Restart =/= temporary, Owed =/= []} of
+                {false, false} -> true;
+                {true, false} -> ets:update_element(SegName, self(), {3, true});
+                {false, true} -> ets:update_element(SegName, self(), {5, []});
+                {true, true} -> ets:update_element(SegName, self(), [{3, true}, {5, []}])
+            end,
             shoal_telemetry:execute([shoal, worker, spawn], #{system_time => erlang:system_time()},
                                     #{pool => Pool, key => Key, node => node(), pid => self(),
                                       how => how(How)}),
@@ -115,6 +124,7 @@ init_it(#shoal_cfg{pool = Pool, worker = Mod, args = Args, restart = Restart, tr
             gen_server:enter_loop(?MODULE, [], keep(W), self(), Idle);
         {stop, Why} ->
             ack(Cfg, Acks, {error, Why}, Vsn),
+            Owed =/= [] andalso ets:update_element(SegName, self(), {5, []}),
             init_failed(Cfg, Key, how(How), Why),
             reported(SegName, Why),
             exit(Why)

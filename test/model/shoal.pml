@@ -115,7 +115,7 @@
 #ifndef NO_FIX_FAIL_VSN
 #define FIX_FAIL_VSN      /* F6: an {error, R} answer for a registered worker carries its
                            * version ({failed, Vsn}: shoal_worker_proc:ack/4,
-                           * shoal_member:init_done/3) and the caller's clock passes it
+                           * shoal_segment:answer_owed/5) and the caller's clock passes it
                            * (shoal_arbiter:await_claimed/4: shoal_registry:observe/1) before
                            * the claimer releases its claim (spawn_on/7) */
 #endif
@@ -312,7 +312,7 @@ inline defer(df_c, df_r, df_w, df_v) {
 
 /* the deferred answer to caller cc: {claimed, Ref, {ok, ..}, started} from the worker after
  * its init/2 (always succeeds here), or, if the worker died first, {error, Reason} from its
- * member (init_done/3) */
+ * segment (shoal_segment:answer_owed/5, from the worker's row) */
 inline deliver_ack(da_c) {
   if
   :: w_alive[dkw[da_c]] -> reply(da_c, dkr[da_c], OK, w_node[dkw[da_c]], dkw[da_c], dkv[da_c])
