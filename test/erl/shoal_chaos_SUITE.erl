@@ -360,6 +360,15 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
              lists:sort([{element(tuple_size(E), E), E} || E <- Events, element(2, E) =:= K]),
              [{N, pcall(St, N, shoal_registry, lookup, [persistent_term_cfg(St, N), K])} || N <- Pool]])
      || {K, Id} <- lists:sublist(MissingCasts ++ MissingCalls, 3)],
+    [ct:pal("applied twice ~p (~ts, acked: ~p, errors: ~p): events ~p~nfinal ids ~p",
+            [{K, Id}, case lists:keymember(Id, 2, [{K1, I1} || {K1, I1, _} <- Casts, K1 =:= K]) of
+                          true -> "a cast";
+                          false -> "a call"
+                      end,
+             lists:member({K, Id}, Calls), [E || {K1, Id1, _, _} = E <- Errors, {K1, Id1} =:= {K, Id}],
+             lists:sort([{element(tuple_size(E), E), E} || E <- Events, element(2, E) =:= K]),
+             maps:get(K, FinalMap, [])])
+     || {K, Id} <- lists:sublist(Twice, 3)],
     ?assertEqual([], lists:sublist(Samples, 10)),
     ?assertEqual([], lists:sublist(Overlaps, 10)),
     ?assertEqual([], lists:sublist(Twice, 10)),
