@@ -130,7 +130,7 @@ call_spawning(#shoal_cfg{pool = Pool} = Cfg, Key, Msg, Timeout) ->
               undefined -> resolve_or_exit(Cfg, Key, Timeout, call, [Pool, Key, Msg, Timeout]);
               P -> P
           end,
-    do_call(Cfg, Key, Pid, Msg, Timeout, spawn, call, 0).
+    do_call(call_of(Cfg, Key, Msg, Timeout, spawn, call), Pid, 0, 0).
 
 %% @equiv call_existing(Pool, Key, Msg, 5000)
 -spec call_existing(pool(), key(), term()) -> term() | {error, not_found}.
@@ -150,7 +150,7 @@ call_existing(Pool, Key, Msg, Timeout) ->
 call_live(Cfg, Key, Msg, Timeout) ->
     case shoal_registry:whereis(Cfg, Key) of
         undefined -> {error, not_found};
-        Pid -> do_call(Cfg, Key, Pid, Msg, Timeout, existing, call_existing, 0)
+        Pid -> do_call(call_of(Cfg, Key, Msg, Timeout, existing, call_existing), Pid, 0, 0)
     end.
 
 %% A call as a `[shoal, call]' span (only built when somebody listens: see
@@ -199,7 +199,7 @@ ensure_started(Pool, Key) ->
         undefined -> shoal_arbiter:resolve(Cfg, Key, sync, ?DEFAULT_TIMEOUT);
         Pid ->
             case shoal_arbiter:ready(Pid, ?DEFAULT_TIMEOUT) of
-                ok -> {ok, Pid};
+                {ok, _} = Ok -> Ok;
                 {error, noproc} ->
                     _ = shoal_arbiter:relearn(Cfg, Key, Pid),
                     shoal_arbiter:resolve(Cfg, Key, sync, ?DEFAULT_TIMEOUT);
@@ -231,14 +231,21 @@ stop_worker(Pool, Key) ->
     case shoal_registry:whereis(Cfg, Key) of
         undefined -> {error, not_found};
         Pid ->
-            try gen_server:call(Pid, '$shoal_stop', infinity)
-            catch exit:{R, _} when R =:= noproc; R =:= normal;
-                                   R =:= {shutdown, shoal_stopped};
-                                   R =:= {shutdown, shoal_offloaded} ->
-                    {error, not_found};
-                  exit:{{shutdown, {shoal_moved, _}}, _} ->
-                    stop_worker(Pool, Key)
-            end
+            stop_pid(Pool, Key, Pid)
+    end.
+
+stop_pid(Pool, Key, Pid) ->
+    try gen_server:call(Pid, '$shoal_stop', infinity) of
+        ?REDIRECT(To) -> stop_pid(Pool, Key, To);
+        ok -> ok
+    catch exit:{R, _} when R =:= noproc; R =:= normal;
+                           R =:= {shutdown, shoal_stopped};
+                           R =:= {shutdown, shoal_offloaded} ->
+            {error, not_found};
+          exit:{{shutdown, {shoal_moved, _}}, _} ->
+            %% It moved before it had our request (a worker that forwards answers with
+            %% where it went instead): ask where the key is now.
+            stop_worker(Pool, Key)
     end.
 
 %% @doc Counters of the pool on this node: live workers (cluster-wide), spawns, normal
@@ -390,8 +397,10 @@ cfg(Pool, Fun, Args) ->
 config(#shoal_cfg{server = Name}, Item) -> gen_server:call(Name, {config, Item}).
 
 %% Reasons with which a call provably never reached a worker's callbacks: it may be sent
-%% again. A worker that stops or offloads itself hands over what it had queued first; one
-%% that moved or stepped aside forwards everything and never handles anything itself.
+%% again. A worker that stops or offloads itself hands over what it had queued first, but
+%% not our calls (they come back here); one that moved or stepped aside answers our calls
+%% with where it went (?REDIRECT) and never handles one itself, so if we see it exit, it
+%% never had ours.
 retryable(noproc) -> true;
 retryable({shutdown, shoal_stopped}) -> true;
 retryable({shutdown, shoal_offloaded}) -> true;
@@ -399,41 +408,66 @@ retryable({shutdown, {shoal_moved, _}}) -> true;
 retryable(_) -> false.
 
 -define(MAX_REROUTES, 3).
+%% Each redirect names a strictly newer incarnation, so a chain ends; this only bounds it.
+-define(MAX_REDIRECTS, 64).
 
-do_call(Cfg, Key, Pid, Msg, Timeout, Mode, Fun, Tries) ->
-    try
-        gen_server:call(Pid, Msg, Timeout)
+%% One call of shoal:call/4 or call_existing/4 on its way: the whole of it, reroutes and
+%% redirects included, takes at most Timeout.
+-record(call, {cfg :: #shoal_cfg{},
+               key :: key(),
+               msg :: term(),
+               timeout :: timeout(),
+               deadline :: integer() | infinity,
+               mode :: spawn | existing,
+               name :: call | call_existing}).
+
+call_of(Cfg, Key, Msg, Timeout, Mode, Name) ->
+    Deadline = case Timeout of
+                   infinity -> infinity;
+                   _ -> erlang:monotonic_time(millisecond) + Timeout
+               end,
+    #call{cfg = Cfg, key = Key, msg = Msg, timeout = Timeout, deadline = Deadline,
+          mode = Mode, name = Name}.
+
+remaining(#call{deadline = infinity}) -> infinity;
+remaining(#call{deadline = D}) -> max(0, D - erlang:monotonic_time(millisecond)).
+
+do_call(#call{msg = Msg} = C, Pid, Tries, Hops) ->
+    try gen_server:call(Pid, ?SHOAL_CALL(Msg), remaining(C)) of
+        ?REDIRECT(To) when Hops < ?MAX_REDIRECTS -> do_call(C, To, Tries, Hops + 1);
+        ?REDIRECT(_) -> call_failed(C, too_many_redirects);
+        Reply -> Reply
     catch
         exit:{Reason, _} ->
-            Args = [Cfg#shoal_cfg.pool, Key, Msg, Timeout],
             case retryable(Reason) andalso Tries < ?MAX_REROUTES of
-                true -> reroute(Cfg, Key, Pid, Msg, Timeout, Mode, Fun, Tries, Args);
-                false -> call_failed(Cfg, Reason, Fun, Args)
+                true -> reroute(C, Pid, Tries);
+                false -> call_failed(C, Reason)
             end
     end.
 
 %% The worker was gone before it handled the call: learn the key's current worker (the
 %% dead one's node knows it), spawn one if allowed, and send the call again.
-reroute(Cfg, Key, Dead, Msg, Timeout, Mode, Fun, Tries, Args) ->
+reroute(#call{cfg = Cfg, key = Key, mode = Mode} = C, Dead, Tries) ->
     _ = case node(Dead) =:= node() of
             true -> shoal_registry:unregister(Cfg, Key, Dead);
             false -> shoal_arbiter:relearn(Cfg, Key, Dead)
         end,
     Next = case shoal_registry:whereis(Cfg, Key) of
-               undefined when Mode =:= spawn -> shoal_arbiter:resolve(Cfg, Key, call, Timeout);
+               undefined when Mode =:= spawn -> shoal_arbiter:resolve(Cfg, Key, call, remaining(C));
                undefined -> {error, not_found};
                P -> {ok, P}
            end,
     case Next of
-        {ok, Pid} -> do_call(Cfg, Key, Pid, Msg, Timeout, Mode, Fun, Tries + 1);
+        {ok, Pid} -> do_call(C, Pid, Tries + 1, 0);
         {error, not_found} when Mode =:= existing -> {error, not_found};
-        {error, Reason} -> call_failed(Cfg, Reason, Fun, Args)
+        {error, Reason} -> call_failed(C, Reason)
     end.
 
--spec call_failed(#shoal_cfg{}, term(), atom(), list()) -> no_return().
-call_failed(#shoal_cfg{counters = C}, Reason, Fun, Args) ->
-    Reason =:= timeout andalso counters:add(C, ?C_CALL_TIMEOUTS, 1),
-    exit({Reason, {?MODULE, Fun, Args}}).
+-spec call_failed(#call{}, term()) -> no_return().
+call_failed(#call{cfg = #shoal_cfg{counters = Cs, pool = Pool}, key = Key, msg = Msg,
+                  timeout = Timeout, name = Name}, Reason) ->
+    Reason =:= timeout andalso counters:add(Cs, ?C_CALL_TIMEOUTS, 1),
+    exit({Reason, {?MODULE, Name, [Pool, Key, Msg, Timeout]}}).
 
 resolve_or_exit(Cfg, Key, Timeout, Fun, Args) ->
     case shoal_arbiter:resolve(Cfg, Key, call, Timeout) of

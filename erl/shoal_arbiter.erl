@@ -264,21 +264,27 @@ flush_claim(Ref) ->
 ready(_Cfg, _Key, Pid, call, _Deadline) -> {ok, Pid};
 ready(Cfg, Key, Pid, sync, Deadline) ->
     case ready(Pid, remaining(Deadline)) of
-        ok -> {ok, Pid};
-        {error, noproc} ->
-            %% It was gone before we asked (its init/2 may have failed): resolve again, so
-            %% this caller gets what a fresh start gives.
+        {ok, _} = Ok -> Ok;
+        {error, R} when R =:= noproc; R =:= {shutdown, shoal_stopped};
+                        R =:= {shutdown, shoal_offloaded};
+                        is_tuple(R), element(1, R) =:= shutdown,
+                        is_tuple(element(2, R)), element(1, element(2, R)) =:= shoal_moved ->
+            %% It was gone before it had our question (its init/2 may have failed; it
+            %% stopped, offloaded itself or moved on): resolve again, so this caller gets
+            %% what a fresh start gives.
             _ = relearn(Cfg, Key, Pid),
             loop(Cfg, Key, sync, Deadline, 1);
         {error, _} = E -> E
     end.
 
-%% @doc Ask a worker whether its init/2 has run: `ok', or `{error, Reason}' with the reason
+%% @doc Ask a worker whether its init/2 has run: `{ok, Pid}' with the key's worker (Pid, or
+%% the incarnation Pid moved to or stepped aside for), or `{error, Reason}' with the reason
 %% it exited with.
--spec ready(pid(), timeout()) -> ok | {error, term()}.
+-spec ready(pid(), timeout()) -> {ok, pid()} | {error, term()}.
 ready(Pid, Timeout) ->
     try gen_server:call(Pid, '$shoal_ready', Timeout) of
-        ok -> ok
+        ok -> {ok, Pid};
+        ?REDIRECT(To) -> ready(To, Timeout)
     catch
         exit:{Reason, _} -> {error, unwrap(Reason)}
     end.

@@ -27,6 +27,13 @@
 
 -define(PT_KEY(Pool), {shoal_pool, Pool}).
 
+%% A call from Shoal's own callers (shoal:call/4, call_existing/4) to a worker, and the
+%% answer of a worker that moved or stepped aside: ask its successor (docs/protocol.md,
+%% "Calls that follow a worker"). A worker that forwards never forwards these requests, so
+%% a caller that sees it exit knows its request never ran.
+-define(SHOAL_CALL(Msg), {'$shoal_call', Msg}).
+-define(REDIRECT(Pid), {'$shoal_redirect', Pid}).
+
 %% Counter slots in #shoal_cfg.counters.
 -define(C_SPAWNS, 1).
 -define(C_NORMAL_EXITS, 2).

@@ -32,17 +32,24 @@ migrate(Cfg, Key, Node) ->
                 undefined -> {error, not_found};
                 Pid when node(Pid) =:= Node -> {ok, Pid};
                 Pid ->
-                    try gen_server:call(Pid, {'$shoal_migrate', Node}, 2 * ?TAKEOVER_TIMEOUT) of
-                        {ok, NewPid} = Ok when node(NewPid) =:= Node -> Ok;
-                        {ok, Other} when node(Other) =/= Node ->
-                            %% A stale replica pointed us at an old incarnation that had
-                            %% already moved: the call reached the current one, which was
-                            %% already where we wanted it.
-                            {ok, Other};
-                        Error -> Error
-                    catch exit:{Reason, _} -> {error, Reason}
-                    end
+                    migrate_pid(Pid, Node)
             end
+    end.
+
+migrate_pid(Pid, Node) when node(Pid) =:= Node ->
+    {ok, Pid};
+migrate_pid(Pid, Node) ->
+    try gen_server:call(Pid, {'$shoal_migrate', Node}, 2 * ?TAKEOVER_TIMEOUT) of
+        ?REDIRECT(To) ->
+            %% A stale replica pointed us at an old incarnation that had already moved on:
+            %% ask the one it moved to (already where we want it, most often).
+            migrate_pid(To, Node);
+        {ok, NewPid} = Ok when node(NewPid) =:= Node -> Ok;
+        {ok, Other} when node(Other) =/= Node ->
+            %% Reached through a stale replica, the current incarnation was already there.
+            {ok, Other};
+        Error -> Error
+    catch exit:{Reason, _} -> {error, Reason}
     end.
 
 %% @doc Ask Node's member to move every worker it holds to the other members (Node must

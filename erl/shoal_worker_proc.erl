@@ -269,8 +269,10 @@ init(_) -> ignore.
 
 -spec w_call(term(), gen_server:from(), #w{}) -> w_result().
 w_call(Msg, From, #w{forward = To} = W) when is_pid(To) ->
-    To ! {'$gen_call', From, Msg},
-    {noreply, watch(W)};
+    case redirected(Msg) of
+        true -> {reply, ?REDIRECT(To), W};
+        false -> To ! {'$gen_call', From, Msg}, {noreply, watch(W)}
+    end;
 w_call(Msg, From, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{call, From, Msg} | H]}};
 w_call('$shoal_ready', _From, W) ->
@@ -285,7 +287,12 @@ w_call({'$shoal_migrate', Node}, _From, W) when Node =:= node() ->
     {reply, {ok, self()}, W, idle_of(W)};
 w_call({'$shoal_migrate', Node}, _From, W) ->
     migrate(Node, W);
-w_call(Msg, From, W0) ->
+w_call(?SHOAL_CALL(Msg), From, W) ->
+    user_call(Msg, From, W);
+w_call(Msg, From, W) ->
+    user_call(Msg, From, W).
+
+user_call(Msg, From, W0) ->
     with_loaded(W0, fun(#w{cfg = #shoal_cfg{worker = Mod}, st = St} = W) ->
                             ret(Mod:handle_call(Msg, From, St), W)
                     end).
@@ -531,8 +538,26 @@ watch(W) ->
 is_yield({info, {'$shoal_yield', _, _, _, _}}) -> true;
 is_yield(_) -> false.
 
+%% The requests of Shoal's own callers, which a worker that forwards answers with where it
+%% forwards to instead of forwarding them: their callers ask there. Forwarded, such a
+%% request could run in the successor and have its caller see us exit before the
+%% successor's reply came, and send it again (it would run twice); answered so, a request
+%% whose caller sees us exit never ran, and is sent again safely.
+redirected(?SHOAL_CALL(_)) -> true;
+redirected('$shoal_stop') -> true;
+redirected('$shoal_ready') -> true;
+redirected({'$shoal_migrate', _}) -> true;
+redirected(_) -> false.
+
+%% A call we hand to To: forwarded, or answered with To for those of Shoal's callers.
+hand_call(To, From, Msg) ->
+    case redirected(Msg) of
+        true -> gen_server:reply(From, ?REDIRECT(To));
+        false -> To ! {'$gen_call', From, Msg}
+    end.
+
 send_held(To, Held) ->
-    lists:foreach(fun({call, From, M}) -> To ! {'$gen_call', From, M};
+    lists:foreach(fun({call, From, M}) -> hand_call(To, From, M);
                      ({cast, M}) -> To ! {'$gen_cast', M};
                      ({info, M}) -> To ! M
                   end, lists:reverse(Held)).
@@ -583,7 +608,7 @@ maybe_retire(W) ->
 %% Forward what is still queued before exiting: those messages never ran here.
 drain_forward(To) ->
     receive
-        {'$gen_call', _, _} = M -> To ! M, drain_forward(To);
+        {'$gen_call', From, Msg} -> hand_call(To, From, Msg), drain_forward(To);
         {'$gen_cast', _} = M -> To ! M, drain_forward(To);
         {'$shoal_merged', _} = M -> To ! M, drain_forward(To)
     after 0 -> ok
@@ -670,7 +695,9 @@ unregister_self(#w{cfg = Cfg, key = Key}) ->
 
 %% After terminate/2 ran (the state is saved), what is still queued goes to the key's next
 %% incarnation, spawned if need be: our member resolves the key and forwards, and calls
-%% keep their From, so their callers get the reply.
+%% keep their From, so their callers get the reply. Not the calls of Shoal's own callers:
+%% those see us exit with `shoal_stopped' or `shoal_offloaded' and send them again
+%% (handed on as well, they would run twice).
 reroute_mailbox(#w{cfg = #shoal_cfg{pool = Pool, server = Name}, key = Key}) ->
     case collect_mailbox([]) of
         [] -> ok;
@@ -683,7 +710,11 @@ reroute_mailbox(#w{cfg = #shoal_cfg{pool = Pool, server = Name}, key = Key}) ->
 
 collect_mailbox(Acc) ->
     receive
-        {'$gen_call', _From, _Msg} = M -> collect_mailbox([M | Acc]);
+        {'$gen_call', _From, Msg} = M ->
+            case redirected(Msg) of
+                true -> collect_mailbox(Acc);
+                false -> collect_mailbox([M | Acc])
+            end;
         {'$gen_cast', _Msg} = M -> collect_mailbox([M | Acc])
     after 0 -> lists:reverse(Acc)
     end.

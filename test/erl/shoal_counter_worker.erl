@@ -12,6 +12,9 @@
 %% collector also monitors every incarnation (init and takeover tell it to), so the exit
 %% reason of each worker is recorded as {down, Key, Pid, Reason}.
 %%
+%% Calls: `incr', `{slow_incr, Ms}' (the same after Ms), `get', `marks', `whoami', and
+%% `{block, Pid}' (tells Pid `{blocked, self()}' and answers once sent `unblock').
+%%
 %% State: #{key, n (the counter), marks (cast ids in arrival order, newest first)}.
 -module(shoal_counter_worker).
 -behaviour(shoal_worker).
@@ -42,6 +45,12 @@ load(Key, #{store := Node} = St) ->
 handle_call(incr, _From, #{key := Key, n := N, store := Store} = St) ->
     persist(Store, Key, N + 1),
     {reply, N + 1, St#{n := N + 1}};
+handle_call({slow_incr, Ms}, From, St) ->
+    timer:sleep(Ms),
+    handle_call(incr, From, St);
+handle_call({block, Pid}, _From, St) ->
+    Pid ! {blocked, self()},
+    receive unblock -> {reply, unblocked, St} end;
 handle_call(get, _From, #{n := N} = St) ->
     {reply, N, St};
 handle_call(marks, _From, #{marks := Ms} = St) ->

@@ -22,7 +22,7 @@
          ensure_started_racers_all_wait_for_a_slow_init/1,
          a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason/1,
          a_bad_timeout_fails_before_anything_is_spawned/1,
-         concurrent_migrations_to_one_node_agree/1,
+         concurrent_migrations_to_one_node_agree/1, a_call_a_moved_worker_held_runs_once/1,
          a_dead_pid_in_a_replica_is_relearnt/1,
          a_hidden_node_becomes_a_member/1,
          an_ei_node_that_cannot_answer_does_not_hold_agreement_back/1,
@@ -32,7 +32,7 @@
          a_move_whose_target_dies_after_registering_a_successor_keeps_its_worker/1]).
 -export([p_put_newer/5, p_idle/0, p_lookup/2, p_member/2, p_move_batch/3]).
 -export([p_start_and_race/5, p_race/5, p_hammer/3, p_stop/1, p_poke_stale/3, p_put_stale/4,
-         p_migrate_when_member/3, p_spawn_on/3, p_ballast/2, p_timed_ensure/2]).
+         p_migrate_when_member/3, p_spawn_on/3, p_call_held_by_a_move/3, p_ballast/2, p_timed_ensure/2]).
 
 -define(WORKER, shoal_counter_worker).
 -define(CALL_TIMEOUT, 60000).
@@ -53,6 +53,7 @@ groups() ->
        a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason,
        a_bad_timeout_fails_before_anything_is_spawned,
        concurrent_migrations_to_one_node_agree,
+       a_call_a_moved_worker_held_runs_once,
        a_dead_pid_in_a_replica_is_relearnt,
        membership_agreement_is_observable]},
      {hidden, [], [a_hidden_node_becomes_a_member,
@@ -88,8 +89,9 @@ init_per_testcase(Case, Config) ->
     case lists:member(Case, element(3, lists:keyfind(formed, 1, groups()))) of
         true ->
             Pool = Case,
-            [{ok, _} = pcall(P, shoal, start_pool, [Pool, #{worker => worker_of(Case),
-                                                          args => args_of(Case)}])
+            Opts = maps:merge(#{worker => worker_of(Case), args => args_of(Case)},
+                              opts_of(Case)),
+            [{ok, _} = pcall(P, shoal, start_pool, [Pool, Opts])
              || {P, _} <- peers(Config)],
             [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- peers(Config)],
             All = nodes_of(Config),
@@ -105,6 +107,9 @@ end_per_testcase(_Case, Config) ->
         undefined -> ok;
         Pool -> [catch pcall(P, shoal, stop_pool, [Pool]) || {P, _} <- peers(Config)], ok
     end.
+
+opts_of(a_call_a_moved_worker_held_runs_once) -> #{handoff_grace => 100};
+opts_of(_) -> #{}.
 
 worker_of(Case) when Case =:= ensure_started_racers_all_get_the_init_failure;
                      Case =:= ensure_started_racers_all_wait_for_a_slow_init;
@@ -330,6 +335,24 @@ concurrent_migrations_to_one_node_agree(Config) ->
               ?assertEqual(C, node(Pid)),
               ?assertEqual({ok, C, Pid}, pcall(PC, shoal, lookup, [Pool, Key]))
       end, lists:seq(1, 20)),
+    ok.
+
+%% A call that reached a worker while it moved runs once, in its successor, however long
+%% the successor takes to answer. The call waits in A's worker while the worker is busy and
+%% then moves to B (grace 100 ms); the successor takes 400 ms over it. Before, the old
+%% worker forwarded the call and retired when its grace ran out; its caller, told
+%% `{shutdown, {shoal_moved, B}}' before the successor's reply came, sent the call again
+%% and it ran twice (the caller saw 2). Now the old worker answers Shoal's callers with
+%% where the key went, and they ask there.
+a_call_a_moved_worker_held_runs_once(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {_, B} | _] = peers(Config),
+    [begin
+         Key = {held, I},
+         {Old, A} = pcall(PA, ?MODULE, p_spawn_on, [Pool, Key, A]),
+         ?assertEqual([1, 1, 1], pcall(PA, ?MODULE, p_call_held_by_a_move, [Pool, Key, B])),
+         ?assertNotEqual(Old, pcall(PA, shoal, whereis, [Pool, Key]))
+     end || I <- lists:seq(1, 10)],
     ok.
 
 %% A replica that names a dead process (as if its removal had been lost) is found out by
@@ -667,6 +690,33 @@ p_timed_ensure(Pool, Key) ->
     T0 = erlang:monotonic_time(millisecond),
     R = shoal:ensure_started(Pool, Key),
     {R, erlang:monotonic_time(millisecond) - T0}.
+
+%% @private Block Key's worker (here), queue a migration to Node and then a slow call
+%% behind it, unblock, and answer [the slow call's reply, the counter after it, the
+%% counter once the grace is long over].
+p_call_held_by_a_move(Pool, Key, Node) ->
+    Self = self(),
+    Old = shoal:whereis(Pool, Key),
+    spawn_link(fun() -> Self ! {blocked_reply, shoal:call(Pool, Key, {block, Self})} end),
+    receive {blocked, Old} -> ok end,
+    spawn_link(fun() -> Self ! {migrate_reply, shoal:migrate(Pool, Key, Node)} end),
+    wait_until(fun() -> queue_len(Old) =:= 1 end, 5000, migrate_queued),
+    spawn_link(fun() -> Self ! {slow_reply, shoal:call(Pool, Key, {slow_incr, 400})} end),
+    wait_until(fun() -> queue_len(Old) =:= 2 end, 5000, call_queued),
+    Old ! unblock,
+    unblocked = receive {blocked_reply, R1} -> R1 end,
+    {ok, New} = receive {migrate_reply, R2} -> R2 end,
+    Node = node(New),
+    Slow = receive {slow_reply, R3} -> R3 end,
+    After = shoal:call(Pool, Key, get),
+    timer:sleep(600),
+    [Slow, After, shoal:call(Pool, Key, get)].
+
+queue_len(Pid) ->
+    case process_info(Pid, message_queue_len) of
+        {message_queue_len, N} -> N;
+        undefined -> dead
+    end.
 
 p_spawn_on(Pool, Key, Node) ->
     _ = shoal:call(Pool, Key, whoami),

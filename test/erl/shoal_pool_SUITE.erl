@@ -25,6 +25,7 @@ all() ->
      ensure_started_reports_init_failure, ensure_started_async_spawns,
      stop_worker_runs_terminate_and_removes_the_entry,
      stop_worker_hands_queued_messages_to_the_next_incarnation,
+     a_call_queued_behind_a_stop_runs_once,
      pool_shutdown_runs_terminate, stats_count_what_happened,
      pool_lives_in_a_user_supervisor, pool_recovers_when_its_server_is_killed].
 
@@ -356,6 +357,30 @@ stop_worker_hands_queued_messages_to_the_next_incarnation(_) ->
     ?assert(is_pid(New) andalso New =/= Old),
     %% The cast reached the new incarnation (the old state, 10, was not transferred).
     ?assertEqual(5, shoal:call(?P, k, get)).
+
+%% A call queued behind stop_worker/2 runs once, in the next incarnation (which starts
+%% from 0 here: the state is not persisted), and its caller gets that reply. Before, the
+%% stopped worker handed the call on and its caller, told `{shutdown, shoal_stopped}',
+%% sent it again: it ran twice (the caller saw 2).
+a_call_queued_behind_a_stop_runs_once(_) ->
+    start(#{}),
+    [begin
+         Key = {q, I},
+         Old = pong(Key),
+         Self = self(),
+         spawn_link(fun() -> Self ! {blocked_reply, shoal:call(?P, Key, {block, Self})} end),
+         receive {blocked, Old} -> ok end,
+         spawn_link(fun() -> Self ! {stop_reply, shoal:stop_worker(?P, Key)} end),
+         ?assert(wait_until(fun() -> queue_len(Old) =:= 1 end)),
+         spawn_link(fun() -> Self ! {add_reply, shoal:call(?P, Key, {add, 1})} end),
+         ?assert(wait_until(fun() -> queue_len(Old) =:= 2 end)),
+         Old ! unblock,
+         ?assertEqual(unblocked, receive {blocked_reply, R1} -> R1 end),
+         ?assertEqual(ok, receive {stop_reply, R2} -> R2 end),
+         ?assertEqual(1, receive {add_reply, R3} -> R3 end),
+         ?assertEqual(1, shoal:call(?P, Key, get))
+     end || I <- lists:seq(1, 20)],
+    ok.
 
 queue_len(Pid) ->
     case process_info(Pid, message_queue_len) of

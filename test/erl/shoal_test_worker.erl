@@ -5,7 +5,8 @@
 %%   fail_init => [Key]   init/2 returns {stop, init_failed} for these keys
 %%   fail_load => [Key]   load/2 returns {error, no_such_record} for these keys
 %%   idle => keep | offload (default offload)
-%% The state counts what `{add, N}' casts added; `get' returns it.
+%% The state counts what `{add, N}' casts and calls added (a call answers the new sum); `get'
+%% returns it.
 -module(shoal_test_worker).
 -behaviour(shoal_worker).
 
@@ -35,6 +36,7 @@ idle(#{key := Key, args := Args} = St) ->
 
 handle_call(ping, _From, St) -> {reply, {pong, self()}, St};
 handle_call(get, _From, #{n := N} = St) -> {reply, N, St};
+handle_call({add, K}, _From, #{n := N} = St) -> {reply, N + K, St#{n => N + K}};
 handle_call(loaded, _From, #{loaded := L} = St) -> {reply, L, St};
 handle_call({echo, X}, _From, St) -> {reply, X, St};
 handle_call(noreply, _From, St) -> {noreply, St};
