@@ -9,7 +9,8 @@
 %% meanwhile); it runs init/2 only once it finds itself registered.
 %%
 %% After a move or a lost conflict the process forwards everything to the newer incarnation
-%% (never to an older one) until it retires.
+%% (never to an older one) until it retires, except the requests of Shoal's own callers,
+%% which it answers with the newer incarnation for them to ask (redirected/1).
 -module(shoal_worker_proc).
 -behaviour(gen_server).
 
@@ -551,10 +552,11 @@ redirected(_) -> false.
 
 %% A call we hand to To: forwarded, or answered with To for those of Shoal's callers.
 hand_call(To, From, Msg) ->
-    case redirected(Msg) of
-        true -> gen_server:reply(From, ?REDIRECT(To));
-        false -> To ! {'$gen_call', From, Msg}
-    end.
+    _ = case redirected(Msg) of
+            true -> gen_server:reply(From, ?REDIRECT(To));
+            false -> To ! {'$gen_call', From, Msg}
+        end,
+    ok.
 
 send_held(To, Held) ->
     lists:foreach(fun({call, From, M}) -> hand_call(To, From, M);
