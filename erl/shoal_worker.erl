@@ -15,7 +15,11 @@
 %%     during migration and drain; by default the state itself is transferred.</li>
 %% <li>`conflict(Key, Winner, State)' runs in the losing worker when two workers for one
 %%     key meet after a partition heals; the loser then hands its queue to Winner and
-%%     exits without terminate/2 (its state must not overwrite the winner's).</li>
+%%     exits without terminate/2 (its state must not overwrite the winner's). Should the
+%%     Winner become unreachable before it acknowledges the hand-off, the loser takes its
+%%     key back, state and all, and may lose or win again at the next heal: so a merge
+%%     that conflict/3 sends the Winner should be idempotent (a union, a maximum), not an
+%%     append.</li>
 %% <li>`code_change(OldVsn, State, Extra)' runs when a release upgrade changes the worker
 %%     module (a `{update, Mod, {advanced, Extra}}' instruction): `{ok, NewState}', as
 %%     gen_server's. Without it the state is kept as it is.</li>
