@@ -1,7 +1,7 @@
 %% shoal_chaos_SUITE: five real OTP peer nodes under continuous call/cast load while nodes
 %% join late, leave (drained, then stopped), are killed and restarted, are cut apart and
 %% healed, and workers are migrated, drained and rebalanced — one fault at a time, chosen
-%% by a seeded random schedule.
+%% by a seeded random schedule — and workers are stopped with stop_worker/2.
 %%
 %% Checked, at the end and by sampling during the run:
 %%   * no key ever had two live workers outside a partition: sampled every 500 ms on the
@@ -26,7 +26,7 @@
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
 -export([chaos/1]).
 -export([p_client/4, p_stop/1, p_local_keys/1, p_snapshot/1, p_dump/1, p_final_ids/2,
-         p_migrate_some/3]).
+         p_migrate_some/3, p_stop_workers/2]).
 
 -define(POOL, chaos).
 -define(WORKER, shoal_chaos_worker).
@@ -61,7 +61,10 @@ chaos(Config) ->
     [A, B, C, D, E] = [N || {_, N} <- Peers],
     St0 = #{peers => maps:from_list([{N, P} || {P, N} <- Peers]), names => Names,
             paths => Paths, alive => [A, B, C, D, E], pool => [], links => [],
-            history => [], saved => [], affected => #{}, faults => #{}, t0 => now_us()},
+            history => [], saved => [], affected => #{}, faults => #{}, t0 => now_us(),
+            %% Stops draw from their own generator, so a seed replays the same faults as
+            %% it did before stops were added.
+            stops => rand:seed_s(exsss, {Seed * 3 + 1, Seed * 5 + 2, Seed * 11 + 7})},
     try
         St1 = link_all(St0, [A, B, C, D]),
         St2 = lists:foldl(fun(N, S) -> start_pool(S, N) end, St1, [A, B, C, D]),
@@ -100,9 +103,31 @@ fault_loop(St, Tab, Deadline, Killable) ->
                           ct:pal("fault ~p failed: ~p:~p ~p", [Kind, Class, Reason, Stack]),
                           St
                   end,
-            publish(Tab, St1),
-            fault_loop(count_fault(Kind, St1), Tab, Deadline, Killable)
+            St2 = maybe_stop(count_fault(Kind, St1)),
+            publish(Tab, St2),
+            fault_loop(St2, Tab, Deadline, Killable)
     end.
+
+%% After one fault in five, a member stops five random keys' workers (shoal:stop_worker/2)
+%% under the clients' traffic: calls queued behind a stop must run once, in the next
+%% incarnation. The stopped workers' state is gone (the test worker does not persist it).
+maybe_stop(#{stops := R0, pool := Pool} = St) when Pool =/= [] ->
+    case rand:uniform_s(5, R0) of
+        {1, R1} ->
+            {I, R2} = rand:uniform_s(length(Pool), R1),
+            {Ks, R3} = lists:foldl(fun(_, {Acc, R}) ->
+                                           {X, R_} = rand:uniform_s(?KEYS, R),
+                                           {[{k, X} | Acc], R_}
+                                   end, {[], R2}, lists:seq(1, 5)),
+            N = lists:nth(I, Pool),
+            Res = pcall(St, N, ?MODULE, p_stop_workers, [?POOL, Ks]),
+            ct:pal("stop on ~p: ~p", [N, Res]),
+            affect(count_fault(stop, St#{stops := R3}), Ks, {stopped, N});
+        {_, R1} ->
+            St#{stops := R1}
+    end;
+maybe_stop(St) ->
+    St.
 
 count_fault(Kind, #{faults := F} = St) -> St#{faults := maps:update_with(Kind, fun(X) -> X + 1 end, 1, F)}.
 
@@ -414,6 +439,12 @@ overlaps(Events, History, Kills) ->
         stable(History, N1, N2, T2)].
 
 %%% On the peers -------------------------------------------------------------------------------
+
+%% @private Stop the workers of Keys, all at once (each from its own process).
+p_stop_workers(Pool, Keys) ->
+    Self = self(),
+    Ps = [spawn(fun() -> Self ! {self(), K, catch shoal:stop_worker(Pool, K)} end) || K <- Keys],
+    [receive {P, K, R} -> {K, R} end || P <- Ps].
 
 %% @private A client: ~500 operations a second on random keys, 85% calls `{incr, Id}', 15%
 %% casts `{mark, Id}'; p_stop/1 answers #{acked => [{Key, Id}], casts => [{Key, Id, T}],
