@@ -199,14 +199,7 @@ ensure_started(Pool, Key) ->
     Cfg = cfg(Pool, ensure_started, [Pool, Key]),
     case shoal_registry:whereis(Cfg, Key) of
         undefined -> shoal_arbiter:resolve(Cfg, Key, sync, ?DEFAULT_TIMEOUT);
-        Pid ->
-            case shoal_arbiter:ready(Pid, ?DEFAULT_TIMEOUT) of
-                {ok, _} = Ok -> Ok;
-                {error, noproc} ->
-                    _ = shoal_arbiter:relearn(Cfg, Key, Pid),
-                    shoal_arbiter:resolve(Cfg, Key, sync, ?DEFAULT_TIMEOUT);
-                {error, _} = E -> E
-            end
+        Pid -> shoal_arbiter:ready_or_resolve(Cfg, Key, Pid, ?DEFAULT_TIMEOUT)
     end.
 
 %% @doc Asynchronous spawn: starts the worker for `Key' if there is none and returns `ok'
@@ -398,17 +391,6 @@ cfg(Pool, Fun, Args) ->
 
 config(#shoal_cfg{server = Name}, Item) -> gen_server:call(Name, {config, Item}).
 
-%% Reasons with which a call provably never reached a worker's callbacks: it may be sent
-%% again. A worker that stops or offloads itself hands over what it had queued first, but
-%% not our calls (they come back here); one that moved or stepped aside answers our calls
-%% with where it went (?REDIRECT) and never handles one itself, so if we see it exit, it
-%% never had ours.
-retryable(noproc) -> true;
-retryable({shutdown, shoal_stopped}) -> true;
-retryable({shutdown, shoal_offloaded}) -> true;
-retryable({shutdown, {shoal_moved, _}}) -> true;
-retryable(_) -> false.
-
 -define(MAX_REROUTES, 3).
 %% Each redirect names a strictly newer incarnation, so a chain ends; this only bounds it.
 -define(MAX_REDIRECTS, 64).
@@ -445,7 +427,8 @@ do_call(#call{msg = Msg} = C, Pid, Tries, Hops) ->
         Reply -> Reply
     catch
         exit:{Reason, _} ->
-            case retryable(Reason) andalso Tries < ?MAX_REROUTES of
+            %% A call that provably never ran (shoal_arbiter:never_ran/1) may be sent again.
+            case shoal_arbiter:never_ran(Reason) andalso Tries < ?MAX_REROUTES of
                 true -> reroute(later(C), Pid, Tries);
                 false -> call_failed(C, Reason)
             end

@@ -12,7 +12,8 @@
 -include("shoal_int.hrl").
 
 -export([resolve/4, spawn_async/2, relearn/3, spawn_claimed/3, spawn_over/4, await_started/3,
-         ready/2, await_claim/5, choose_host/3, settle/4, tomb_floor/2, unwrap/1]).
+         ready/2, ready_or_resolve/4, never_ran/1, await_claim/5, choose_host/3, settle/4,
+         tomb_floor/2, unwrap/1]).
 
 -type mode() :: call | sync.
 -export_type([mode/0]).
@@ -265,17 +266,39 @@ ready(_Cfg, _Key, Pid, call, _Deadline) -> {ok, Pid};
 ready(Cfg, Key, Pid, sync, Deadline) ->
     case ready(Pid, remaining(Deadline)) of
         {ok, _} = Ok -> Ok;
-        {error, R} when R =:= noproc; R =:= {shutdown, shoal_stopped};
-                        R =:= {shutdown, shoal_offloaded};
-                        is_tuple(R), element(1, R) =:= shutdown,
-                        is_tuple(element(2, R)), element(1, element(2, R)) =:= shoal_moved ->
-            %% It was gone before it had our question (its init/2 may have failed; it
-            %% stopped, offloaded itself or moved on): resolve again, so this caller gets
-            %% what a fresh start gives.
-            _ = relearn(Cfg, Key, Pid),
-            loop(Cfg, Key, sync, Deadline, 1);
-        {error, _} = E -> E
+        {error, R} = E ->
+            case never_ran(R) of
+                true ->
+                    %% It was gone before it had our question (its init/2 may have failed;
+                    %% it stopped, offloaded itself or moved on): resolve again, so this
+                    %% caller gets what a fresh start gives.
+                    _ = relearn(Cfg, Key, Pid),
+                    try loop(Cfg, Key, sync, Deadline, 1)
+                    catch throw:{?MODULE, Error} -> Error
+                    end;
+                false ->
+                    E
+            end
     end.
+
+%% @doc ensure_started/2 for a key whose worker Pid this node's table names: `{ok, Pid}'
+%% once its init/2 has run (following it if it moved on), or, if it was gone before it had
+%% the question, what resolving the key afresh gives.
+-spec ready_or_resolve(#shoal_cfg{}, term(), pid(), timeout()) -> {ok, pid()} | {error, term()}.
+ready_or_resolve(Cfg, Key, Pid, Timeout) ->
+    ready(Cfg, Key, Pid, sync, deadline(Timeout)).
+
+%% @doc Whether a worker's exit Reason, seen by a caller of Shoal's own requests
+%% (`{'$shoal_call', _}', `'$shoal_ready'', `'$shoal_stop'', `{'$shoal_migrate', _}'), proves
+%% the request never ran, so that it may be sent again: the worker was dead before it had
+%% it, or it stopped or offloaded itself (it does not hand these requests on), or it moved
+%% or stepped aside (it answers them with its successor instead of forwarding them).
+-spec never_ran(term()) -> boolean().
+never_ran(noproc) -> true;
+never_ran({shutdown, shoal_stopped}) -> true;
+never_ran({shutdown, shoal_offloaded}) -> true;
+never_ran({shutdown, {shoal_moved, _}}) -> true;
+never_ran(_) -> false.
 
 %% @doc Ask a worker whether its init/2 has run: `{ok, Pid}' with the key's worker (Pid, or
 %% the incarnation Pid moved to or stepped aside for), or `{error, Reason}' with the reason
