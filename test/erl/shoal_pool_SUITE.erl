@@ -26,6 +26,7 @@ all() ->
      stop_worker_runs_terminate_and_removes_the_entry,
      stop_worker_hands_queued_messages_to_the_next_incarnation,
      a_call_queued_behind_a_stop_runs_once,
+     ensure_started_queued_behind_a_stop_gets_the_next_worker,
      pool_shutdown_runs_terminate, stats_count_what_happened,
      pool_lives_in_a_user_supervisor, pool_recovers_when_its_server_is_killed].
 
@@ -384,6 +385,29 @@ a_call_queued_behind_a_stop_runs_once(_) ->
          ?assertEqual(1, receive {add_reply, R3} -> R3 end),
          ?assertEqual(1, shoal:call(?P, Key, get))
      end || I <- lists:seq(1, 20)],
+    ok.
+
+%% ensure_started/2 for a key whose worker is about to stop (its question queued behind
+%% the stop) answers with the key's next worker, started for it, not with the stop.
+ensure_started_queued_behind_a_stop_gets_the_next_worker(_) ->
+    start(#{}),
+    [begin
+         Key = {e, I},
+         Old = pong(Key),
+         Self = self(),
+         spawn_link(fun() -> Self ! {blocked_reply, shoal:call(?P, Key, {block, Self})} end),
+         receive {blocked, Old} -> ok end,
+         spawn_link(fun() -> Self ! {stop_reply, shoal:stop_worker(?P, Key)} end),
+         ?assert(wait_until(fun() -> queue_len(Old) =:= 1 end)),
+         spawn_link(fun() -> Self ! {ensure_reply, shoal:ensure_started(?P, Key)} end),
+         ?assert(wait_until(fun() -> queue_len(Old) =:= 2 end)),
+         Old ! unblock,
+         ?assertEqual(unblocked, receive {blocked_reply, R1} -> R1 end),
+         ?assertEqual(ok, receive {stop_reply, R2} -> R2 end),
+         {ok, New} = receive {ensure_reply, R3} -> R3 end,
+         ?assertNotEqual(Old, New),
+         ?assertEqual(New, shoal:whereis(?P, Key))
+     end || I <- lists:seq(1, 10)],
     ok.
 
 queue_len(Pid) ->
