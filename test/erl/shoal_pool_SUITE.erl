@@ -27,6 +27,7 @@ all() ->
      stop_worker_hands_queued_messages_to_the_next_incarnation,
      a_call_queued_behind_a_stop_runs_once,
      ensure_started_queued_behind_a_stop_gets_the_next_worker,
+     calls_racing_stops_run_once,
      pool_shutdown_runs_terminate, stats_count_what_happened,
      pool_lives_in_a_user_supervisor, pool_recovers_when_its_server_is_killed].
 
@@ -409,6 +410,36 @@ ensure_started_queued_behind_a_stop_gets_the_next_worker(_) ->
          ?assertEqual(New, shoal:whereis(?P, Key))
      end || I <- lists:seq(1, 10)],
     ok.
+
+%% Eight callers call three keys over and over while another process stops those keys'
+%% workers 300 times: every call is answered and runs exactly once (each call's id is
+%% counted in a table by the worker that runs it).
+calls_racing_stops_run_once(_) ->
+    start(#{args => undefined}),
+    Tab = ets:new(runs, [public, set, {write_concurrency, true}]),
+    Self = self(),
+    Callers = [spawn_link(fun() -> Self ! {calls, self(), call_loop(Tab, C, 0)} end)
+               || C <- lists:seq(1, 8)],
+    ok = stop_loop(300),
+    [C ! stop || C <- Callers],
+    Calls = lists:sum([receive {calls, C, N} -> N end || C <- Callers]),
+    ct:pal("~b calls during 300 stops", [Calls]),
+    ?assertEqual(Calls, ets:info(Tab, size)),
+    ?assertEqual([], [E || {_, Runs} = E <- ets:tab2list(Tab), Runs =/= 1]).
+
+call_loop(Tab, C, I) ->
+    receive stop -> I
+    after 0 ->
+            1 = shoal:call(?P, {hot, rand:uniform(3)}, {record, Tab, {C, I}}),
+            call_loop(Tab, C, I + 1)
+    end.
+
+stop_loop(0) -> ok;
+stop_loop(N) ->
+    case shoal:stop_worker(?P, {hot, rand:uniform(3)}) of
+        ok -> stop_loop(N - 1);
+        {error, not_found} -> stop_loop(N)
+    end.
 
 queue_len(Pid) ->
     case process_info(Pid, message_queue_len) of

@@ -37,6 +37,9 @@ idle(#{key := Key, args := Args} = St) ->
 handle_call(ping, _From, St) -> {reply, {pong, self()}, St};
 handle_call(get, _From, #{n := N} = St) -> {reply, N, St};
 handle_call({add, K}, _From, #{n := N} = St) -> {reply, N + K, St#{n => N + K}};
+handle_call({record, Tab, Id}, _From, St) ->
+    %% Counts each run of a call in the caller's public table (it must run once).
+    {reply, ets:update_counter(Tab, Id, 1, {Id, 0}), St};
 handle_call(loaded, _From, #{loaded := L} = St) -> {reply, L, St};
 handle_call({echo, X}, _From, St) -> {reply, X, St};
 handle_call(noreply, _From, St) -> {noreply, St};
