@@ -350,39 +350,51 @@ to_member(#shoal_cfg{pool = Pool, server = Name}, Key) ->
         Member -> shoal_proto:send(Member, Pool, {place_async, Key})
     end.
 
-%% @doc A call to Dead, Key's worker in this node's table, exited `noproc': drop that
-%% replica (a tomb at its version) and ask the member of Dead's node where Key is now,
-%% storing the answer. Returns the worker it learnt of, if any.
+%% @doc A call to Dead, Key's worker in this node's table, exited `noproc': ask the member
+%% of Dead's node where Key is now and store a newer answer over Dead's replica; only if
+%% there is none (the node knows nothing newer, or cannot answer) drop the replica (a tomb
+%% at its version). Returns the worker it learnt of, if any.
+%%
+%% Asked first, because the node of a worker that moved points its table at the successor
+%% before the worker exits, while the relay of that to this node may still be on its way:
+%% dropping the replica first would leave this node's table without the key meanwhile,
+%% and on the key's home a spawn arbitrated then would start a second worker beside the
+%% successor (shoal_member_SUITE:calls_racing_migrations_run_once).
 -spec relearn(#shoal_cfg{}, term(), pid()) -> {ok, pid()} | none.
-relearn(#shoal_cfg{pool = Pool} = Cfg, Key, Dead) ->
+relearn(Cfg, Key, Dead) ->
     case shoal_registry:lookup(Cfg, Key) of
         {remote, Node, Dead, Vsn} ->
-            _ = shoal_registry:remove_remote(Cfg, Key, Node, Dead, Vsn),
-            case shoal_view:peer(Cfg, Node) of
-                undefined -> none;
-                Member ->
-                    Ref = shoal_proto:request_ref(),
-                    Mref = erlang:monitor(process, Member),
-                    shoal_proto:send(Member, Pool, {where, Key, {self(), Ref}}),
-                    receive
-                        {'$shoal', _, Pool, {where_is, Ref, {ok, N, Pid, V}}} ->
-                            erlang:demonitor(Mref, [flush]),
-                            _ = shoal_registry:put_remote(Cfg, Key, N, Pid, V, 0),
-                            {ok, Pid};
-                        {'$shoal', _, Pool, {where_is, Ref, none}} ->
-                            erlang:demonitor(Mref, [flush]),
-                            none;
-                        {'DOWN', Mref, process, _, _} ->
-                            shoal_proto:drop_ref(Ref),
-                            none
-                    after 5000 ->
-                            erlang:demonitor(Mref, [flush]),
-                            shoal_proto:drop_ref(Ref),
-                            none
-                    end
+            case where(Cfg, Key, Node) of
+                {ok, N, Pid, V} when V > Vsn ->
+                    _ = shoal_registry:put_remote(Cfg, Key, N, Pid, V, 0),
+                    {ok, Pid};
+                _ ->
+                    _ = shoal_registry:remove_remote(Cfg, Key, Node, Dead, Vsn),
+                    none
             end;
         _ ->
             none
+    end.
+
+where(#shoal_cfg{pool = Pool} = Cfg, Key, Node) ->
+    case shoal_view:peer(Cfg, Node) of
+        undefined -> none;
+        Member ->
+            Ref = shoal_proto:request_ref(),
+            Mref = erlang:monitor(process, Member),
+            shoal_proto:send(Member, Pool, {where, Key, {self(), Ref}}),
+            receive
+                {'$shoal', _, Pool, {where_is, Ref, Answer}} ->
+                    erlang:demonitor(Mref, [flush]),
+                    Answer;
+                {'DOWN', Mref, process, _, _} ->
+                    shoal_proto:drop_ref(Ref),
+                    none
+            after 5000 ->
+                    erlang:demonitor(Mref, [flush]),
+                    shoal_proto:drop_ref(Ref),
+                    none
+            end
     end.
 
 %% @doc The host of a new worker for Key among the active view's Members. A pool alone on

@@ -23,6 +23,7 @@
          a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason/1,
          a_bad_timeout_fails_before_anything_is_spawned/1,
          concurrent_migrations_to_one_node_agree/1, a_call_a_moved_worker_held_runs_once/1,
+         calls_racing_migrations_run_once/1,
          a_dead_pid_in_a_replica_is_relearnt/1,
          a_hidden_node_becomes_a_member/1,
          an_ei_node_that_cannot_answer_does_not_hold_agreement_back/1,
@@ -32,7 +33,8 @@
          a_move_whose_target_dies_after_registering_a_successor_keeps_its_worker/1]).
 -export([p_put_newer/5, p_idle/0, p_lookup/2, p_member/2, p_move_batch/3]).
 -export([p_start_and_race/5, p_race/5, p_hammer/3, p_stop/1, p_poke_stale/3, p_put_stale/4,
-         p_migrate_when_member/3, p_spawn_on/3, p_call_held_by_a_move/3, p_ballast/2, p_timed_ensure/2]).
+         p_migrate_when_member/3, p_spawn_on/3, p_call_held_by_a_move/3,
+         p_call_loop/3, p_stop_loop/1, p_bounce/4, p_ballast/2, p_timed_ensure/2]).
 
 -define(WORKER, shoal_counter_worker).
 -define(CALL_TIMEOUT, 60000).
@@ -54,6 +56,7 @@ groups() ->
        a_bad_timeout_fails_before_anything_is_spawned,
        concurrent_migrations_to_one_node_agree,
        a_call_a_moved_worker_held_runs_once,
+       calls_racing_migrations_run_once,
        a_dead_pid_in_a_replica_is_relearnt,
        membership_agreement_is_observable]},
      {hidden, [], [a_hidden_node_becomes_a_member,
@@ -63,7 +66,8 @@ groups() ->
                  a_move_whose_target_dies_after_registering_a_successor_keeps_its_worker]}].
 
 init_per_suite(Config) ->
-    Paths = shoal_test_cluster:code_paths([?MODULE, ?WORKER, shoal_slow_init_worker]),
+    Paths = shoal_test_cluster:code_paths([?MODULE, ?WORKER, shoal_slow_init_worker,
+                                           shoal_chaos_worker]),
     Repeat = case os:getenv("SHOAL_REPEAT") of
                  false -> 50;
                  N -> list_to_integer(N)
@@ -109,12 +113,14 @@ end_per_testcase(_Case, Config) ->
     end.
 
 opts_of(a_call_a_moved_worker_held_runs_once) -> #{handoff_grace => 100};
+opts_of(calls_racing_migrations_run_once) -> #{handoff_grace => 0};
 opts_of(_) -> #{}.
 
 worker_of(Case) when Case =:= ensure_started_racers_all_get_the_init_failure;
                      Case =:= ensure_started_racers_all_wait_for_a_slow_init;
                      Case =:= a_remote_caller_whose_worker_is_killed_in_init_gets_the_reason ->
     shoal_slow_init_worker;
+worker_of(calls_racing_migrations_run_once) -> shoal_chaos_worker;
 worker_of(_) -> ?WORKER.
 
 args_of(ensure_started_racers_all_get_the_init_failure) ->
@@ -354,6 +360,34 @@ a_call_a_moved_worker_held_runs_once(Config) ->
          ?assertNotEqual(Old, pcall(PA, shoal, whereis, [Pool, Key]))
      end || I <- lists:seq(1, 10)],
     ok.
+
+%% Callers on A and C call three keys over and over while A migrates their workers back
+%% and forth between B and C, 40 times each, with no grace (a moved worker forwards what it
+%% had queued and retires at once, the case most exposed to a reply racing its exit): every acknowledged call
+%% is in its key's state, and none twice (the state, the ids of the calls in the order they
+%% ran, moves with the worker).
+calls_racing_migrations_run_once(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {_, B}, {PC, C}] = peers(Config),
+    Keys = [{hot, I} || I <- [1, 2, 3]],
+    [begin
+         {ok, _} = pcall(PA, shoal, ensure_started, [Pool, K]),
+         {ok, W} = pcall(PA, shoal, migrate, [Pool, K, B]),
+         B = node(W)
+     end || K <- Keys],
+    Callers = [{P, pcall(P, ?MODULE, p_call_loop, [Pool, Keys, {N, I}])}
+               || {P, N} <- [{PA, A}, {PC, C}], I <- [1, 2]],
+    Moves = pcall(PA, ?MODULE, p_bounce, [Pool, Keys, [C, B], 40]),
+    Acked = lists:append([pcall(P, ?MODULE, p_stop_loop, [W]) || {P, W} <- Callers]),
+    Final = maps:from_list([{K, pcall(PA, shoal, call, [Pool, K, ids])} || K <- Keys]),
+    Twice = [{K, Id} || {K, Ids} <- maps:to_list(Final), Id <- Ids -- lists:usort(Ids)],
+    Missing = [{K, Id} || {K, Id} <- Acked, not lists:member(Id, maps:get(K, Final))],
+    Homes = [{K, pcall(PA, shoal_placement, home, [K, lists:sort([A, B, C])])} || K <- Keys],
+    ct:pal("~b moves, ~b calls acknowledged; homes ~p; spawns on A ~p",
+           [Moves, length(Acked), Homes, maps:get(spawns, pcall(PA, shoal, stats, [Pool]))]),
+    ?assert(Moves >= 200),
+    ?assertEqual([], Twice),
+    ?assertEqual([], Missing).
 
 %% A replica that names a dead process (as if its removal had been lost) is found out by
 %% the first call that meets it: the call exits noproc inside shoal:call, which asks the
@@ -717,6 +751,30 @@ queue_len(Pid) ->
         {message_queue_len, N} -> N;
         undefined -> dead
     end.
+
+%% @private A process calling Keys in turn with `{incr, {Tag, I}}' until p_stop_loop/1.
+p_call_loop(Pool, Keys, Tag) ->
+    spawn(fun() -> call_loop(Pool, Keys, Tag, 0, []) end).
+
+call_loop(Pool, Keys, Tag, I, Acked) ->
+    receive {stop, From} -> From ! {acked, self(), Acked}
+    after 0 ->
+            K = lists:nth(I rem length(Keys) + 1, Keys),
+            Id = {Tag, I},
+            _ = shoal:call(Pool, K, {incr, Id}, 10000),
+            call_loop(Pool, Keys, Tag, I + 1, [{K, Id} | Acked])
+    end.
+
+%% @private The [{Key, Id}] a p_call_loop/3 process had acknowledged when it stopped.
+p_stop_loop(Pid) ->
+    Pid ! {stop, self()},
+    receive {acked, Pid, Acked} -> Acked after 30000 -> error(no_answer) end.
+
+%% @private Migrate every key of Keys to each node of Nodes in turn, Rounds times; the
+%% number of moves that succeeded.
+p_bounce(Pool, Keys, Nodes, Rounds) ->
+    lists:sum([length([ok || K <- Keys, {ok, _} <- [shoal:migrate(Pool, K, N)]])
+               || _ <- lists:seq(1, Rounds), N <- Nodes]).
 
 p_spawn_on(Pool, Key, Node) ->
     _ = shoal:call(Pool, Key, whoami),
