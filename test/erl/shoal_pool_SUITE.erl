@@ -372,18 +372,8 @@ a_call_queued_behind_a_stop_runs_once(_) ->
     start(#{}),
     [begin
          Key = {q, I},
-         Old = pong(Key),
-         Self = self(),
-         spawn_link(fun() -> Self ! {blocked_reply, shoal:call(?P, Key, {block, Self})} end),
-         receive {blocked, Old} -> ok end,
-         spawn_link(fun() -> Self ! {stop_reply, shoal:stop_worker(?P, Key)} end),
-         ?assert(wait_until(fun() -> queue_len(Old) =:= 1 end)),
-         spawn_link(fun() -> Self ! {add_reply, shoal:call(?P, Key, {add, 1})} end),
-         ?assert(wait_until(fun() -> queue_len(Old) =:= 2 end)),
-         Old ! unblock,
-         ?assertEqual(unblocked, receive {blocked_reply, R1} -> R1 end),
-         ?assertEqual(ok, receive {stop_reply, R2} -> R2 end),
-         ?assertEqual(1, receive {add_reply, R3} -> R3 end),
+         {_, Reply} = behind_a_stop(Key, fun() -> shoal:call(?P, Key, {add, 1}) end),
+         ?assertEqual(1, Reply),
          ?assertEqual(1, shoal:call(?P, Key, get))
      end || I <- lists:seq(1, 20)],
     ok.
@@ -394,22 +384,27 @@ ensure_started_queued_behind_a_stop_gets_the_next_worker(_) ->
     start(#{}),
     [begin
          Key = {e, I},
-         Old = pong(Key),
-         Self = self(),
-         spawn_link(fun() -> Self ! {blocked_reply, shoal:call(?P, Key, {block, Self})} end),
-         receive {blocked, Old} -> ok end,
-         spawn_link(fun() -> Self ! {stop_reply, shoal:stop_worker(?P, Key)} end),
-         ?assert(wait_until(fun() -> queue_len(Old) =:= 1 end)),
-         spawn_link(fun() -> Self ! {ensure_reply, shoal:ensure_started(?P, Key)} end),
-         ?assert(wait_until(fun() -> queue_len(Old) =:= 2 end)),
-         Old ! unblock,
-         ?assertEqual(unblocked, receive {blocked_reply, R1} -> R1 end),
-         ?assertEqual(ok, receive {stop_reply, R2} -> R2 end),
-         {ok, New} = receive {ensure_reply, R3} -> R3 end,
+         {Old, {ok, New}} = behind_a_stop(Key, fun() -> shoal:ensure_started(?P, Key) end),
          ?assertNotEqual(Old, New),
          ?assertEqual(New, shoal:whereis(?P, Key))
      end || I <- lists:seq(1, 10)],
     ok.
+
+%% Key's worker kept busy while stop_worker/2 and then Request (each from a process of its
+%% own) queue at it; then let it go: {the old worker, what Request returned}.
+behind_a_stop(Key, Request) ->
+    Old = pong(Key),
+    Self = self(),
+    spawn_link(fun() -> Self ! {blocked_reply, shoal:call(?P, Key, {block, Self})} end),
+    receive {blocked, Old} -> ok end,
+    spawn_link(fun() -> Self ! {stop_reply, shoal:stop_worker(?P, Key)} end),
+    ?assert(wait_until(fun() -> queue_len(Old) =:= 1 end)),
+    spawn_link(fun() -> Self ! {request_reply, Request()} end),
+    ?assert(wait_until(fun() -> queue_len(Old) =:= 2 end)),
+    Old ! unblock,
+    ?assertEqual(unblocked, receive {blocked_reply, R1} -> R1 end),
+    ?assertEqual(ok, receive {stop_reply, R2} -> R2 end),
+    {Old, receive {request_reply, R3} -> R3 end}.
 
 %% Eight callers call three keys over and over while another process stops those keys'
 %% workers 300 times: every call is answered and runs exactly once (each call's id is
