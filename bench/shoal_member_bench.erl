@@ -5,9 +5,10 @@
 %%   1. synchronous cluster-wide spawns: ensure_started/2 of fresh keys from 12 callers (4 on
 %%      each node), until every one returned; beside it, in the same rounds, pg:join of a fresh
 %%      process per key from the same 12 callers (what a user would pick for a cluster-wide
-%%      group of processes; it does not arbitrate anything); then both again with 48 callers
-%%      (16 on each node), since a caller that waits for its spawn makes the rate follow the
-%%      number of callers;
+%%      group of processes; it does not arbitrate anything), and the same pg:join made after
+%%      one gen_server:call round trip to the key's home (what asking a home costs alone);
+%%      then all three again with 48 callers (16 on each node), since a caller that waits for
+%%      its spawn makes the rate follow the number of callers;
 %%   2. the latency of one spawn whose home is another node, one caller at a time, against a
 %%      gen_server:call round trip from the same node to a server on that node;
 %%   3. whereis/2 on a member of a key whose worker is on another node against a key whose
@@ -24,9 +25,10 @@
 %% shoal_worker, run on the peers
 -export([init/2, handle_call/3, handle_cast/2]).
 %% run on the peers
--export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0]).
+-export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0]).
 
 -define(POOL, bench_member).
+-define(ECHO, bench_member_echo).
 
 init(_Key, _Args) -> {ok, 0}.
 handle_call(_, _From, N) -> {reply, N, N}.
@@ -52,8 +54,8 @@ main() ->
     %% 1. synchronous spawns against pg:join, alternating
     %% (each caller waits for its spawn, so the rate follows the number of callers: the
     %% same with 16 callers a node shows how far)
-    {ShoalRate, PgRate, SyncRatio} = sync_rounds(Nodes, N, Rounds, 4),
-    {ShoalRate16, PgRate16, SyncRatio16} = sync_rounds(Nodes, N, Rounds, 16),
+    {ShoalRate, PgRate, SyncRatio, HomeRate, HomeRatio} = sync_rounds(Nodes, N, Rounds, 4),
+    {ShoalRate16, PgRate16, SyncRatio16, HomeRate16, HomeRatio16} = sync_rounds(Nodes, N, Rounds, 16),
 
     %% 2. latency of a spawn whose home is another node, against a call round trip
     start_pools(Nodes),
@@ -84,22 +86,35 @@ main() ->
           "### Synchronous cluster-wide spawns\n\n",
           io_lib:format("`ensure_started/2` of ~b fresh keys a round from 12 callers (4 on each "
                         "node), until all returned, against `pg:join/3` of a fresh process per "
-                        "key from the same 12 callers.~n~n"
+                        "key from the same 12 callers, and against the same `pg:join/3` made "
+                        "after one `gen_server:call/2` round trip to an echo server on the "
+                        "key's home (Shoal's home for the key, another node for two keys in "
+                        "three): what any registry that asks a key's home before it answers "
+                        "pays, and nothing more.~n~n"
                         "| what | per second |~n|---|---:|~n"
-                        "| shoal:ensure_started/2 | ~ts |~n| pg:join/3 (spawn + join) | ~ts |~n~n"
-                        "shoal / pg: **~ts**. pg arbitrates nothing (every node may join "
+                        "| shoal:ensure_started/2 | ~ts |~n| pg:join/3 (spawn + join) | ~ts |~n"
+                        "| pg:join/3 after a round trip to the key's home | ~ts |~n~n"
+                        "shoal / pg: **~ts** (target: 0.5x syn); shoal / (pg after a round trip "
+                        "to the home): **~ts**.~n~n"
+                        "pg arbitrates nothing (every node may join "
                         "any number of processes to a group) and replicates asynchronously; "
                         "syn 3.4, the registry the issue measured (39.2 k/s), is not packaged "
                         "for Debian, so pg stands in for it: its rate here is of the same "
-                        "order.~n~n"
+                        "order. Shoal's strict arbitration asks the key's home before it "
+                        "answers; the third row shows what that round trip alone costs on "
+                        "this machine, where three nodes share two cores and a caller that "
+                        "waits for another node leaves its schedulers spinning and waking.~n~n"
                         "Each caller waits for its own spawn (a round trip to the key's home "
                         "for two keys in three), so the rate follows the number of callers. "
                         "The same with 48 callers (16 on each node):~n~n"
                         "| what | per second |~n|---|---:|~n"
-                        "| shoal:ensure_started/2 | ~ts |~n| pg:join/3 (spawn + join) | ~ts |~n~n"
-                        "shoal / pg: **~ts**.~n~n",
-                        [N, rate(ShoalRate), rate(PgRate), x(SyncRatio),
-                         rate(ShoalRate16), rate(PgRate16), x(SyncRatio16)]),
+                        "| shoal:ensure_started/2 | ~ts |~n| pg:join/3 (spawn + join) | ~ts |~n"
+                        "| pg:join/3 after a round trip to the key's home | ~ts |~n~n"
+                        "shoal / pg: **~ts**; shoal / (pg after a round trip to the home): "
+                        "**~ts**.~n~n",
+                        [N, rate(ShoalRate), rate(PgRate), rate(HomeRate), x(SyncRatio),
+                         x(HomeRatio), rate(ShoalRate16), rate(PgRate16), rate(HomeRate16),
+                         x(SyncRatio16), x(HomeRatio16)]),
           "### One spawn whose home is another node\n\n",
           io_lib:format("A single caller on the first node, 300 fresh keys a round whose home "
                         "is another member, one at a time; against `gen_server:call/2` from the "
@@ -127,15 +142,20 @@ main() ->
                             "`make bench-member` (bench/shoal_member_bench.erl).\n\n" | Md])),
     ok.
 
-%% Rounds of synchronous spawns from Per callers on each node, the sides in alternating
-%% order: {Shoal, Pg, Shoal / Pg}, each a spread over the rounds.
+%% Rounds of synchronous spawns from Per callers on each node, the sides in rotating order:
+%% {Shoal, Pg, Shoal / Pg, Pg after a round trip to the home, Shoal / that}, each a spread
+%% over the rounds.
 sync_rounds(Nodes, N, Rounds, Per) ->
+    Sides = [shoal, pg, pg_home],
     Sync = [begin
-                Order = case R rem 2 of 0 -> [shoal, pg]; 1 -> [pg, shoal] end,
+                %% rotate the order of the sides from round to round
+                Order = lists:sublist(Sides ++ Sides, R rem 3 + 1, 3),
                 maps:from_list([{Side, spawns(Side, Nodes, N, {Per, R}, Per)} || Side <- Order])
             end || R <- lists:seq(1, Rounds)],
     {spread([maps:get(shoal, S) || S <- Sync]), spread([maps:get(pg, S) || S <- Sync]),
-     spread([maps:get(shoal, S) / maps:get(pg, S) || S <- Sync])}.
+     spread([maps:get(shoal, S) / maps:get(pg, S) || S <- Sync]),
+     spread([maps:get(pg_home, S) || S <- Sync]),
+     spread([maps:get(shoal, S) / maps:get(pg_home, S) || S <- Sync])}.
 
 %% One side's round of synchronous spawns: registrations per second.
 spawns(shoal, Nodes, N, R, Per) ->
@@ -144,12 +164,18 @@ spawns(shoal, Nodes, N, R, Per) ->
                             || {I, Nd} <- idx(Nodes)]) end),
     stop_pools(Nodes),
     N / T;
-spawns(pg, Nodes, N, {Per, R}, Per) ->
-    Scope = list_to_atom("bench_member_pg_" ++ integer_to_list(Per) ++ "_" ++ integer_to_list(R)),
+spawns(Side, Nodes, N, {Per, R}, Per) ->
+    Scope = list_to_atom(lists:concat(["bench_member_", Side, "_", Per, "_", R])),
     [{ok, _} = erpc:call(Nd, pg, start, [Scope]) || Nd <- Nodes],
-    T = timed(fun() -> par([{Nd, ?MODULE, pg_spawns, [Scope, {p, Per, R, I}, N div 3, Per]}
+    Home = case Side of
+               pg -> none;
+               pg_home -> [erpc:call(Nd, ?MODULE, start_echo, []) || Nd <- Nodes],
+                          lists:sort(Nodes)
+           end,
+    T = timed(fun() -> par([{Nd, ?MODULE, pg_spawns, [Scope, {p, Per, R, I}, N div 3, Per, Home]}
                             || {I, Nd} <- idx(Nodes)]) end),
     [erpc:call(Nd, ?MODULE, pg_stop, [Scope]) || Nd <- Nodes],
+    Home =/= none andalso [erpc:call(Nd, ?MODULE, stop_echo, []) || Nd <- Nodes],
     N / T.
 
 %%% On the peers ---------------------------------------------------------------------------
@@ -161,9 +187,35 @@ sync_spawns(Pool, Tag, N, Per) ->
     par_local(Per, N, fun(J) -> {ok, _} = shoal:ensure_started(Pool, {Tag, J}) end).
 
 %% A fresh process per key, joined to group {Tag, J} (this node's share). pg:join/3 returns
-%% once the local scope has it; the other nodes learn it asynchronously.
-pg_spawns(Scope, Tag, N, Per) ->
-    par_local(Per, N, fun(J) -> ok = pg:join(Scope, {Tag, J}, spawn(?MODULE, idle, [])) end).
+%% once the local scope has it; the other nodes learn it asynchronously. With Members (the
+%% `pg_home' side), a key whose home among them (shoal_placement:home/2, as Shoal's) is
+%% another node first costs a gen_server:call round trip to an echo server there: what any
+%% registry that asks a key's home before it answers pays, and nothing else.
+pg_spawns(Scope, Tag, N, Per) -> pg_spawns(Scope, Tag, N, Per, none).
+
+pg_spawns(Scope, Tag, N, Per, Members) ->
+    par_local(Per, N, fun(J) ->
+                              K = {Tag, J},
+                              ask_home(K, Members),
+                              ok = pg:join(Scope, K, spawn(?MODULE, idle, []))
+                      end).
+
+ask_home(_K, none) -> ok;
+ask_home(K, Members) ->
+    case shoal_placement:home(K, Members) of
+        Home when Home =:= node() -> ok;
+        Home -> pong = gen_server:call({?ECHO, Home}, ping)
+    end.
+
+%% The echo server pg_home's callers ask, registered on each node.
+start_echo() ->
+    Pid = spawn(?MODULE, echo, []),
+    true = register(?ECHO, Pid),
+    ok.
+
+stop_echo() ->
+    exit(whereis(?ECHO), kill),
+    ok.
 
 %% Microseconds, median over Count: one ensure_started/2 of a fresh key whose home is
 %% another member (`spawn'), or one gen_server:call/2 to an echo server there (`call').
