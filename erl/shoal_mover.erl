@@ -208,8 +208,9 @@ move_keys(Cfg, Keys, Dest, Tries) ->
         Left -> {error, {stuck, length(Left)}}
     end.
 
-%% Moves go in batches of ?MOVE_BATCH keys per target node, ?MOVERS batches at a time;
-%% returns how many keys failed to move.
+%% Moves go in batches of ?MOVE_BATCH keys per target node, ?MOVERS batches in flight (a
+%% batch starts as soon as one ends), the targets taking turns, so that every target spawns
+%% successors at once; returns how many keys failed to move.
 run_moves(Cfg, Keys, Dest, Cause) ->
     Members = case shoal_view:active(Cfg) of
                   inactive -> shoal_view:members(Cfg);
@@ -234,22 +235,43 @@ run_moves(Cfg, Keys, Dest, Cause) ->
                               {L, Rest} -> {length(L), Rest};
                               error -> {0, ByTarget}
                           end,
-    Batches = lists:append([[{Node, B} || B <- shoal_proto:chunks(Ks, ?MOVE_BATCH)]
-                            || {Node, Ks} <- maps:to_list(Movable)]),
-    NoTarget + run_batches(Cfg, Batches, Cause, 0).
+    Batches = interleave([[{Node, B} || B <- shoal_proto:chunks(Ks, ?MOVE_BATCH)]
+                          || {Node, Ks} <- maps:to_list(Movable)]),
+    NoTarget + run_batches(Cfg, Batches, Cause).
 
 target(Cands, Key, any) -> shoal_placement:choose(Key, Cands);
 target(_Cands, _Key, Node) -> {ok, Node}.
 
-run_batches(_Cfg, [], _Cause, Failed) -> Failed;
-run_batches(Cfg, Batches, Cause, Failed) ->
+%% The first item of each list, then the second of each, and so on.
+interleave(Lists) ->
+    case [L || [_ | _] = L <- Lists] of
+        [] -> [];
+        Ls -> [hd(L) || L <- Ls] ++ interleave([tl(L) || L <- Ls])
+    end.
+
+%% Keep up to ?MOVERS batches moving: the failures, summed.
+run_batches(Cfg, Batches, Cause) ->
     {Now, Later} = lists:split(min(?MOVERS, length(Batches)), Batches),
     Self = self(),
-    Pids = [spawn_link(fun() -> Self ! {moved, self(), move_batch(Cfg, Keys, Node, Cause)} end)
-            || {Node, Keys} <- Now],
-    F = lists:sum([receive {moved, P, N} -> N end || P <- Pids]),
-    run_batches(Cfg, Later, Cause, Failed + F).
+    Tag = make_ref(),
+    Start = fun({Node, Keys}) ->
+                    spawn_link(fun() -> Self ! {Tag, move_batch(Cfg, Keys, Node, Cause)} end)
+            end,
+    _ = [Start(B) || B <- Now],
+    collect_batches(Tag, Start, Later, length(Now), 0).
 
+collect_batches(_Tag, _Start, [], 0, Failed) -> Failed;
+collect_batches(Tag, Start, Later, Running, Failed) ->
+    receive
+        {Tag, N} ->
+            case Later of
+                [Next | Rest] ->
+                    _ = Start(Next),
+                    collect_batches(Tag, Start, Rest, Running, Failed + N);
+                [] ->
+                    collect_batches(Tag, Start, [], Running - 1, Failed + N)
+            end
+    end.
 
 %% @doc move_batch/4 with the cause `rebalance'.
 -spec move_batch(#shoal_cfg{}, [term()], node()) -> non_neg_integer().
