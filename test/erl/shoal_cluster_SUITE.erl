@@ -31,6 +31,7 @@
          any_member_reaches_any_key/1,
          migrate_three_times_under_load_loses_nothing/1,
          drain_to_zero_keeps_every_state/1,
+         a_drain_moves_to_every_target_at_once/1,
          rebalance_moves_the_minimum/1,
          health_reports_every_member/1,
          idle_offload_in_a_cluster_clears_every_replica/1,
@@ -44,7 +45,7 @@
          p_spawn_and_watch_idle/4, p_live_workers/1, p_local_keys/1, p_whereis_all/2, p_move_batch/3,
          p_race/4, p_converge/3, p_spawn_keys/3,
          p_cluster_view/2, p_hammer/3, p_caster/3, p_incr_each/4, p_states/3,
-         p_watch_node_gone/3, p_events/1, p_locate/2, p_locate_vsn/2, p_stop/1]).
+         p_watch_node_gone/3, p_events/1, p_watch_moves/0, p_move_started/4, p_unwatch_moves/0, p_locate/2, p_locate_vsn/2, p_stop/1]).
 
 -define(WORKER, shoal_counter_worker).
 -define(CALL_TIMEOUT, 60000).
@@ -63,6 +64,7 @@ groups() ->
        any_member_reaches_any_key,
        migrate_three_times_under_load_loses_nothing,
        drain_to_zero_keeps_every_state,
+       a_drain_moves_to_every_target_at_once,
        rebalance_moves_the_minimum,
        health_reports_every_member,
        idle_offload_in_a_cluster_clears_every_replica,
@@ -403,6 +405,36 @@ drain_to_zero_keeps_every_state(Config) ->
     #{per_node := Undrained} = wait_counts_agree(Config, Pool, 600),
     ?assert(proplists:get_value(B, Undrained) > 0),
     _ = Peers,
+    ok.
+
+%% A drain keeps its targets busy at once: its batches of 256 workers take turns between the
+%% two other nodes. With some 6000 workers on the drained node (12 batches a target), the
+%% first 8 batches (those that start together, 2048 moves) go to both targets, about evenly.
+%% Before, every batch for one target went first: the first 2048 moves all went to one
+%% node while the other waited.
+a_drain_moves_to_every_target_at_once(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, _}, {PB, B}, _] = peers(Config),
+    Total = 18000,
+    Keys = [{t, I} || I <- lists:seq(1, Total)],
+    Parts = split(Keys, 3),
+    Self = self(),
+    Spawners = [spawn_link(fun() -> Self ! {spawned, self(), pcall(P, ?MODULE, p_spawn_keys, [Pool, Part, 8])} end)
+                || {{P, _}, Part} <- lists:zip(peers(Config), Parts)],
+    ?assertEqual([[], [], []], [receive {spawned, S, Bad} -> Bad end || S <- Spawners]),
+    #{per_node := Before} = wait_counts_agree(Config, Pool, Total),
+    OnB = proplists:get_value(B, Before),
+    ?assert(OnB > 2 * 8 * 256),
+    ok = pcall(PB, ?MODULE, p_watch_moves, []),
+    ?assertEqual(ok, pcall(PA, shoal, drain, [Pool, B])),
+    ok = pcall(PB, ?MODULE, p_unwatch_moves, []),
+    Tos = [To || {move, {_, To}} <- lists:sort(pcall(PB, ?MODULE, p_events, [move]))],
+    ?assertEqual(OnB, length(Tos)),
+    First = lists:sublist(Tos, 8 * 256),
+    PerTarget = [{N, length([x || T <- First, T =:= N])} || N <- nodes_of(Config) -- [B]],
+    ct:pal("moves off ~p: ~b; the first ~b by target: ~p", [B, OnB, length(First), PerTarget]),
+    [?assert(C >= 3 * 256, {too_few_early_moves_to, N, PerTarget}) || {N, C} <- PerTarget],
+    ?assertEqual(0, pcall(PB, shoal, count, [Pool, B])),
     ok.
 
 %% With windows set so that the least work is known (A must shed 30, B must gain 10, C has
@@ -996,6 +1028,19 @@ watch_gone(Pool, Node, Deadline) ->
 %% @private Events of one kind recorded on this node.
 p_events(Kind) ->
     ets:lookup(shoal_test_events, Kind).
+
+%% @private Record the target of every move that starts on this node, in order, as
+%% `{move, {Seq, To}}' events.
+p_watch_moves() ->
+    shoal_telemetry:attach(shoal_test_moves, [shoal, move, start], fun ?MODULE:p_move_started/4, none).
+
+%% @private The handler p_watch_moves/0 attaches.
+p_move_started(_Event, _Measurements, #{to := To}, none) ->
+    ets:insert(shoal_test_events, {move, {erlang:unique_integer([monotonic]), To}}).
+
+%% @private
+p_unwatch_moves() ->
+    shoal_telemetry:detach(shoal_test_moves).
 
 %% @private Stop a helper process started by p_hammer/3, p_caster/3 or
 %% p_watch_node_gone/3 and return what it answers.
