@@ -18,6 +18,7 @@
 
 -define(MOVERS, 8).
 -define(MOVE_BATCH, 256).
+-define(PLAN_CHUNK, 8192).  %% keys whose targets are chosen at a time (see run_moves/4)
 -define(TAKEOVER_TIMEOUT, 60000).
 
 %%% Requests (on any member) ---------------------------------------------------------------
@@ -210,19 +211,25 @@ move_keys(Cfg, Keys, Dest, Tries) ->
 
 %% Moves go in batches of ?MOVE_BATCH keys per target node, ?MOVERS batches in flight (a
 %% batch starts as soon as one ends), the targets taking turns, so that every target spawns
-%% successors at once; returns how many keys failed to move.
+%% successors at once; returns how many keys failed to move. Targets are chosen ?PLAN_CHUNK
+%% keys at a time, as the batches are needed, so the first moves start at once.
 run_moves(Cfg, Keys, Dest, Cause) ->
     Members = case shoal_view:active(Cfg) of
                   inactive -> shoal_view:members(Cfg);
                   Ms -> Ms
               end,
-    %% The counts and windows placement weighs, taken once: no key moves before every
-    %% key has its target.
+    %% The counts and windows placement weighs, taken once: a key's target does not depend
+    %% on how many keys have moved when it is chosen.
     Cands = case Dest of
                 any -> [C || {N, _, _, _} = C <- shoal_view:candidates(Cfg, Members),
                              N =/= node()];
                 _ -> none
             end,
+    run_batches(Cfg, fun(Ks) -> batches_of(Cands, Ks, Dest) end,
+                shoal_proto:chunks(Keys, ?PLAN_CHUNK), Cause).
+
+%% Keys' batches, the targets taking turns, and how many keys have no target.
+batches_of(Cands, Keys, Dest) ->
     ByTarget = lists:foldl(
                  fun(Key, Acc) ->
                          T = case target(Cands, Key, Dest) of
@@ -235,9 +242,8 @@ run_moves(Cfg, Keys, Dest, Cause) ->
                               {L, Rest} -> {length(L), Rest};
                               error -> {0, ByTarget}
                           end,
-    Batches = interleave([[{Node, B} || B <- shoal_proto:chunks(Ks, ?MOVE_BATCH)]
-                          || {Node, Ks} <- maps:to_list(Movable)]),
-    NoTarget + run_batches(Cfg, Batches, Cause).
+    {NoTarget, interleave([[{Node, B} || B <- shoal_proto:chunks(Ks, ?MOVE_BATCH)]
+                           || {Node, Ks} <- maps:to_list(Movable)])}.
 
 target(Cands, Key, any) -> shoal_placement:choose(Key, Cands);
 target(_Cands, _Key, Node) -> {ok, Node}.
@@ -249,28 +255,40 @@ interleave(Lists) ->
         Ls -> [hd(L) || L <- Ls] ++ interleave([tl(L) || L <- Ls])
     end.
 
-%% Keep up to ?MOVERS batches moving: the failures, summed.
-run_batches(Cfg, Batches, Cause) ->
-    {Now, Later} = lists:split(min(?MOVERS, length(Batches)), Batches),
+%% Keep up to ?MOVERS batches moving, planning the chunks of keys as their batches are
+%% needed: the keys that failed to move or had no target.
+run_batches(Cfg, Plan, Chunks, Cause) ->
     Self = self(),
     Tag = make_ref(),
     Start = fun({Node, Keys}) ->
                     spawn_link(fun() -> Self ! {Tag, move_batch(Cfg, Keys, Node, Cause)} end)
             end,
-    _ = [Start(B) || B <- Now],
-    collect_batches(Tag, Start, Later, length(Now), 0).
+    {Running, Supply} = start_batches(Plan, Start, ?MOVERS, 0, {[], Chunks, 0}),
+    collect_batches(Tag, Plan, Start, Running, Supply, 0).
 
-collect_batches(_Tag, _Start, [], 0, Failed) -> Failed;
-collect_batches(Tag, Start, Later, Running, Failed) ->
+start_batches(_Plan, _Start, 0, Running, Supply) -> {Running, Supply};
+start_batches(Plan, Start, Room, Running, Supply0) ->
+    case next_batch(Plan, Supply0) of
+        {none, Supply} -> {Running, Supply};
+        {Batch, Supply} ->
+            _ = Start(Batch),
+            start_batches(Plan, Start, Room - 1, Running + 1, Supply)
+    end.
+
+%% The next batch to start, from the planned ones or the next chunk's: `{Batch, Supply}' or
+%% `{none, Supply}'. Supply is {Planned, Chunks, NoTarget}.
+next_batch(_Plan, {[B | Bs], Chunks, NoTarget}) -> {B, {Bs, Chunks, NoTarget}};
+next_batch(_Plan, {[], [], _} = Supply) -> {none, Supply};
+next_batch(Plan, {[], [C | Cs], NoTarget}) ->
+    {N, Bs} = Plan(C),
+    next_batch(Plan, {Bs, Cs, NoTarget + N}).
+
+collect_batches(_Tag, _Plan, _Start, 0, {_, _, NoTarget}, Failed) -> Failed + NoTarget;
+collect_batches(Tag, Plan, Start, Running, Supply0, Failed) ->
     receive
         {Tag, N} ->
-            case Later of
-                [Next | Rest] ->
-                    _ = Start(Next),
-                    collect_batches(Tag, Start, Rest, Running, Failed + N);
-                [] ->
-                    collect_batches(Tag, Start, [], Running - 1, Failed + N)
-            end
+            {Running1, Supply} = start_batches(Plan, Start, 1, Running - 1, Supply0),
+            collect_batches(Tag, Plan, Start, Running1, Supply, Failed + N)
     end.
 
 %% @doc move_batch/4 with the cause `rebalance'.
