@@ -32,6 +32,7 @@
          migrate_three_times_under_load_loses_nothing/1,
          drain_to_zero_keeps_every_state/1,
          a_drain_moves_to_every_target_at_once/1,
+         a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker/1,
          rebalance_moves_the_minimum/1,
          health_reports_every_member/1,
          idle_offload_in_a_cluster_clears_every_replica/1,
@@ -65,6 +66,7 @@ groups() ->
        migrate_three_times_under_load_loses_nothing,
        drain_to_zero_keeps_every_state,
        a_drain_moves_to_every_target_at_once,
+       a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker,
        rebalance_moves_the_minimum,
        health_reports_every_member,
        idle_offload_in_a_cluster_clears_every_replica,
@@ -435,6 +437,25 @@ a_drain_moves_to_every_target_at_once(Config) ->
     ct:pal("moves off ~p: ~b; the first ~b by target: ~p", [B, OnB, length(First), PerTarget]),
     [?assert(C >= 3 * 256, {too_few_early_moves_to, N, PerTarget}) || {N, C} <- PerTarget],
     ?assertEqual(0, pcall(PB, shoal, count, [Pool, B])),
+    ok.
+
+%% With `high => 0' on both other nodes no worker of the drained node has a target: drain/2
+%% says `{error, {stuck, N}}' with all N of them, and every one still answers, with its
+%% state, on its node.
+a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, B}, {_, C}] = peers(Config),
+    Keys = [{r, I} || I <- lists:seq(1, 300)],
+    Want = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(I) -> I rem 5 + 1 end,
+                                            nodes_of(Config)]),
+    #{per_node := Before} = wait_counts_agree(Config, Pool, 300),
+    OnB = proplists:get_value(B, Before),
+    ?assert(OnB > 0),
+    [ok = pcall(PA, shoal, set_target, [Pool, N, #{high => 0}]) || N <- [A, C]],
+    ?assertEqual({error, {stuck, OnB}}, pcall(PA, shoal, drain, [Pool, B])),
+    #{per_node := After} = wait_counts_agree(Config, Pool, 300),
+    ?assertEqual(Before, After),
+    ?assertEqual(Want, pcall(PB, ?MODULE, p_states, [Pool, Keys, get])),
     ok.
 
 %% With windows set so that the least work is known (A must shed 30, B must gain 10, C has
