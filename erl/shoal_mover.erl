@@ -218,32 +218,42 @@ run_moves(Cfg, Keys, Dest, Cause) ->
                   inactive -> shoal_view:members(Cfg);
                   Ms -> Ms
               end,
-    %% The counts and windows placement weighs, taken once: a key's target does not depend
-    %% on how many keys have moved when it is chosen.
+    %% The counts and windows placement weighs, taken once, plus the keys given a target
+    %% since: a node fills up to its `high' and no further, as with new workers.
     Cands = case Dest of
                 any -> [C || {N, _, _, _} = C <- shoal_view:candidates(Cfg, Members),
                              N =/= node()];
                 _ -> none
             end,
-    run_batches(Cfg, fun(Ks) -> batches_of(Cands, Ks, Dest) end,
+    run_batches(Cfg, fun(Ks, Cs) -> batches_of(Cs, Ks, Dest) end, Cands,
                 shoal_proto:chunks(Keys, ?PLAN_CHUNK), Cause).
 
-%% Keys' batches, the targets taking turns, and how many keys have no target.
-batches_of(Cands, Keys, Dest) ->
-    ByTarget = lists:foldl(
-                 fun(Key, Acc) ->
-                         T = case target(Cands, Key, Dest) of
-                                 {ok, Node} -> Node;
-                                 {error, _} -> none
-                             end,
-                         maps:update_with(T, fun(L) -> [Key | L] end, [Key], Acc)
-                 end, #{}, Keys),
+%% Keys' batches, the targets taking turns, how many keys have no target, and the
+%% candidates with the keys given to each counted in.
+batches_of(Cands0, Keys, Dest) ->
+    {ByTarget, Cands} =
+        lists:foldl(
+          fun(Key, {Acc, Cs}) ->
+                  case target(Cs, Key, Dest) of
+                      {ok, Node} -> {add_to(Node, Key, Acc), count_in(Node, Cs)};
+                      {error, _} -> {add_to(none, Key, Acc), Cs}
+                  end
+          end, {#{}, Cands0}, Keys),
     {NoTarget, Movable} = case maps:take(none, ByTarget) of
                               {L, Rest} -> {length(L), Rest};
                               error -> {0, ByTarget}
                           end,
     {NoTarget, interleave([[{Node, B} || B <- shoal_proto:chunks(Ks, ?MOVE_BATCH)]
-                           || {Node, Ks} <- maps:to_list(Movable)])}.
+                           || {Node, Ks} <- maps:to_list(Movable)]), Cands}.
+
+add_to(T, Key, Acc) -> maps:update_with(T, fun(L) -> [Key | L] end, [Key], Acc).
+
+count_in(_Node, none) -> none;
+count_in(Node, Cands) ->
+    [case C of
+         {Node, Count, W, D} -> {Node, Count + 1, W, D};
+         _ -> C
+     end || C <- Cands].
 
 target(Cands, Key, any) -> shoal_placement:choose(Key, Cands);
 target(_Cands, _Key, Node) -> {ok, Node}.
@@ -256,14 +266,15 @@ interleave(Lists) ->
     end.
 
 %% Keep up to ?MOVERS batches moving, planning the chunks of keys as their batches are
-%% needed: the keys that failed to move or had no target.
-run_batches(Cfg, Plan, Chunks, Cause) ->
+%% needed (Plan(Chunk, Cands) -> {NoTarget, Batches, Cands}): the keys that failed to move
+%% or had no target.
+run_batches(Cfg, Plan, Cands, Chunks, Cause) ->
     Self = self(),
     Tag = make_ref(),
     Start = fun({Node, Keys}) ->
                     spawn_link(fun() -> Self ! {Tag, move_batch(Cfg, Keys, Node, Cause)} end)
             end,
-    {Running, Supply} = start_batches(Plan, Start, ?MOVERS, 0, {[], Chunks, 0}),
+    {Running, Supply} = start_batches(Plan, Start, ?MOVERS, 0, {[], Chunks, 0, Cands}),
     collect_batches(Tag, Plan, Start, Running, Supply, 0).
 
 start_batches(_Plan, _Start, 0, Running, Supply) -> {Running, Supply};
@@ -276,14 +287,14 @@ start_batches(Plan, Start, Room, Running, Supply0) ->
     end.
 
 %% The next batch to start, from the planned ones or the next chunk's: `{Batch, Supply}' or
-%% `{none, Supply}'. Supply is {Planned, Chunks, NoTarget}.
-next_batch(_Plan, {[B | Bs], Chunks, NoTarget}) -> {B, {Bs, Chunks, NoTarget}};
-next_batch(_Plan, {[], [], _} = Supply) -> {none, Supply};
-next_batch(Plan, {[], [C | Cs], NoTarget}) ->
-    {N, Bs} = Plan(C),
-    next_batch(Plan, {Bs, Cs, NoTarget + N}).
+%% `{none, Supply}'. Supply is {Planned, Chunks, NoTarget, Cands}.
+next_batch(_Plan, {[B | Bs], Chunks, NoTarget, Cands}) -> {B, {Bs, Chunks, NoTarget, Cands}};
+next_batch(_Plan, {[], [], _, _} = Supply) -> {none, Supply};
+next_batch(Plan, {[], [C | Cs], NoTarget, Cands0}) ->
+    {N, Bs, Cands} = Plan(C, Cands0),
+    next_batch(Plan, {Bs, Cs, NoTarget + N, Cands}).
 
-collect_batches(_Tag, _Plan, _Start, 0, {_, _, NoTarget}, Failed) -> Failed + NoTarget;
+collect_batches(_Tag, _Plan, _Start, 0, {_, _, NoTarget, _}, Failed) -> Failed + NoTarget;
 collect_batches(Tag, Plan, Start, Running, Supply0, Failed) ->
     receive
         {Tag, N} ->

@@ -33,6 +33,7 @@
          drain_to_zero_keeps_every_state/1,
          a_drain_moves_to_every_target_at_once/1,
          a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker/1,
+         a_drain_fills_no_node_past_its_high/1,
          rebalance_moves_the_minimum/1,
          health_reports_every_member/1,
          idle_offload_in_a_cluster_clears_every_replica/1,
@@ -67,6 +68,7 @@ groups() ->
        drain_to_zero_keeps_every_state,
        a_drain_moves_to_every_target_at_once,
        a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker,
+       a_drain_fills_no_node_past_its_high,
        rebalance_moves_the_minimum,
        health_reports_every_member,
        idle_offload_in_a_cluster_clears_every_replica,
@@ -456,6 +458,26 @@ a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker(Config) ->
     #{per_node := After} = wait_counts_agree(Config, Pool, 300),
     ?assertEqual(Before, After),
     ?assertEqual(Want, pcall(PB, ?MODULE, p_states, [Pool, Keys, get])),
+    ok.
+
+%% A node at its `high' takes no moved worker either: with room for 20 more on A and none
+%% on C, a drain of B moves 20 workers to A and says `{error, {stuck, N}}' with the rest,
+%% which stay on B with their state.
+a_drain_fills_no_node_past_its_high(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {_, B}, {_, C}] = peers(Config),
+    Keys = [{h, I} || I <- lists:seq(1, 300)],
+    Want = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(I) -> I rem 5 + 1 end,
+                                            nodes_of(Config)]),
+    #{per_node := Before} = wait_counts_agree(Config, Pool, 300),
+    [OnA, OnB, OnC] = [proplists:get_value(N, Before) || N <- [A, B, C]],
+    ?assert(OnB > 20),
+    ok = pcall(PA, shoal, set_target, [Pool, A, #{high => OnA + 20}]),
+    ok = pcall(PA, shoal, set_target, [Pool, C, #{high => 0}]),
+    ?assertEqual({error, {stuck, OnB - 20}}, pcall(PA, shoal, drain, [Pool, B])),
+    #{per_node := After} = wait_counts_agree(Config, Pool, 300),
+    ?assertEqual([OnA + 20, OnB - 20, OnC], [proplists:get_value(N, After) || N <- [A, B, C]]),
+    ?assertEqual(Want, pcall(PA, ?MODULE, p_states, [Pool, Keys, get])),
     ok.
 
 %% With windows set so that the least work is known (A must shed 30, B must gain 10, C has
