@@ -317,7 +317,9 @@ migrate(Pool, Key, Node) -> shoal_mover:migrate(cfg(Pool, migrate, [Pool, Key, N
 
 %% @doc Stop placing new workers on `Node' and move its workers to the other members,
 %% keeping their state. Returns once `Node' holds no worker of the pool. Draining the only
-%% member that is not drained is refused: `{error, {no_other_member, Node}}'.
+%% member that is not drained is refused: `{error, {no_other_member, Node}}'. A drain fills
+%% no member past its `high' (set_target/3): the workers that find no room stay on `Node',
+%% working, and the answer is `{error, {stuck, N}}' with how many.
 -spec drain(pool(), node()) -> ok | {error, term()}.
 drain(Pool, Node) ->
     Cfg = cfg(Pool, drain, [Pool, Node]),
