@@ -447,10 +447,7 @@ a_drain_moves_to_every_target_at_once(Config) ->
 a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker(Config) ->
     Pool = ?config(pool, Config),
     [{PA, A}, {PB, B}, {_, C}] = peers(Config),
-    Keys = [{r, I} || I <- lists:seq(1, 300)],
-    Want = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(I) -> I rem 5 + 1 end,
-                                            nodes_of(Config)]),
-    #{per_node := Before} = wait_counts_agree(Config, Pool, 300),
+    {Keys, Want, Before} = counted_workers(Config, Pool, r),
     OnB = proplists:get_value(B, Before),
     ?assert(OnB > 0),
     [ok = pcall(PA, shoal, set_target, [Pool, N, #{high => 0}]) || N <- [A, C]],
@@ -466,10 +463,7 @@ a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker(Config) ->
 a_drain_fills_no_node_past_its_high(Config) ->
     Pool = ?config(pool, Config),
     [{PA, A}, {_, B}, {_, C}] = peers(Config),
-    Keys = [{h, I} || I <- lists:seq(1, 300)],
-    Want = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(I) -> I rem 5 + 1 end,
-                                            nodes_of(Config)]),
-    #{per_node := Before} = wait_counts_agree(Config, Pool, 300),
+    {Keys, Want, Before} = counted_workers(Config, Pool, h),
     [OnA, OnB, OnC] = [proplists:get_value(N, Before) || N <- [A, B, C]],
     ?assert(OnB > 20),
     ok = pcall(PA, shoal, set_target, [Pool, A, #{high => OnA + 20}]),
@@ -479,6 +473,16 @@ a_drain_fills_no_node_past_its_high(Config) ->
     ?assertEqual([OnA + 20, OnB - 20, OnC], [proplists:get_value(N, After) || N <- [A, B, C]]),
     ?assertEqual(Want, pcall(PA, ?MODULE, p_states, [Pool, Keys, get])),
     ok.
+
+%% 300 workers {Tag, I} spread over the nodes, each counted up 1 to 5 times: the keys, the
+%% counts they hold, and the workers per node once every member agrees.
+counted_workers(Config, Pool, Tag) ->
+    [{PA, _} | _] = peers(Config),
+    Keys = [{Tag, I} || I <- lists:seq(1, 300)],
+    Want = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(I) -> I rem 5 + 1 end,
+                                            nodes_of(Config)]),
+    #{per_node := Before} = wait_counts_agree(Config, Pool, 300),
+    {Keys, Want, Before}.
 
 %% With windows set so that the least work is known (A must shed 30, B must gain 10, C has
 %% room), rebalance/1 reports exactly 30 moves, every node ends inside its window, and
