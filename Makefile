@@ -158,6 +158,20 @@ bench-member: all
 	    -eval "try shoal_member_bench:main() of ok -> halt(0) \
 	           catch C:R:S -> io:format(standard_error, \"member bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1) end."
 
+# A drain, this checkout against another (built) one, the sides taking turns round by round
+# on fresh peers (build/bench/scratch/drain_ab.md, drain_ab_load.md): make bench-drain-ab BASE=../other.
+# SHOAL_DRAIN_AB_ROUNDS (4), SHOAL_DRAIN_AB_N (100000 keys from each node),
+# SHOAL_DRAIN_AB_GRACE (2000 ms), SHOAL_DRAIN_AB_LOAD=1 (clients call meanwhile).
+.PHONY: bench-drain-ab
+bench-drain-ab: all
+	@test -n "$(BASE)" || { echo "usage: make bench-drain-ab BASE=/path/to/another/built/checkout" >&2; exit 2; }
+	@mkdir -p build/bench
+	erlc -o build/bench +debug_info bench/shoal_drain_ab_bench.erl
+	@epmd -daemon >/dev/null 2>&1 || true
+	SHOAL_DRAIN_AB_BASE="$(BASE)" erl -noshell -sname "shoal_drain_ab_$$$$" -pa build/bench \
+	    -eval "try shoal_drain_ab_bench:main() of ok -> halt(0) \
+	           catch C:R:S -> io:format(standard_error, \"drain bench crashed: ~p:~p~n~p~n\", [C, R, S]), halt(1) end."
+
 # What the [shoal, call] telemetry span costs shoal:call when nobody listens, against the
 # shoal.erl of before the span, in one VM (scripts/call_overhead.escript).
 bench-call: all
