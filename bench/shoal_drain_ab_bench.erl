@@ -95,20 +95,43 @@ drain_round(Name, SideDir, N, Grace, Load, Round) ->
         Callers = [spawn(Nd, ?MODULE, caller, [?POOL, N, 10 * Round + I])
                    || Load, {I, Nd} <- lists:zip([1, 2], [A, B])],
         timer:sleep(500),
+        C0 = calls(Callers),
         T0s = [erpc:call(Nd, ?MODULE, cpu_ticks, []) || Nd <- Nodes],
         T0 = erlang:monotonic_time(microsecond),
         Res = erpc:call(A, shoal, drain, [?POOL, C], infinity),
         Secs = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
         T1s = [erpc:call(Nd, ?MODULE, cpu_ticks, []) || Nd <- Nodes],
+        {Ok, Failed, Lats} = sub(calls(Callers), C0),
         [exit(P, kill) || P <- Callers],
         Left = erpc:call(A, shoal, count, [?POOL, C]),
         Ticks = lists:sum([Y - X || {X, Y} <- lists:zip(T0s, T1s)]),
-        io:format("round ~b, ~s: ~b workers drained in ~.2f s (~p, ~b left), ~b CPU ticks on the three nodes~n",
-                  [Round, Name, OnC, Secs, Res, Left, Ticks]),
-        #{secs => Secs, ticks => Ticks, moved => OnC - Left, ok => Res =:= ok andalso Left =:= 0}
+        io:format("round ~b, ~s: ~b workers drained in ~.2f s (~p, ~b left), ~b CPU ticks on the "
+                  "three nodes, ~b calls answered meanwhile, ~b failed~n",
+                  [Round, Name, OnC, Secs, Res, Left, Ticks, Ok, Failed]),
+        #{secs => Secs, ticks => Ticks, moved => OnC - Left, ok => Res =:= ok andalso Left =:= 0,
+          calls => Ok / Secs, failed => Failed, p50 => pct(50, Lats), p99 => pct(99, Lats),
+          pmax => pct(100, Lats)}
     after
         [catch peer:stop(P) || {P, _} <- Peers]
     end.
+
+%% The callers' counts of answered and failed calls so far, summed.
+calls(Callers) ->
+    [P ! {count, self()} || P <- Callers],
+    lists:foldl(fun(P, {O, F, L}) ->
+                        receive {calls, P, O1, F1, L1} -> {O + O1, F + F1, L1 ++ L}
+                        after 30000 -> erlang:error({no_count, P})
+                        end
+                end, {0, 0, []}, Callers).
+
+%% Calls answered and failed between two counts, and the latencies of the later one's.
+sub({O1, F1, L}, {O0, F0, _}) -> {O1 - O0, F1 - F0, L}.
+
+%% The p-th percentile of a non-empty list (0 for an empty one).
+pct(_, []) -> 0;
+pct(P, L) ->
+    S = lists:sort(L),
+    lists:nth(max(1, min(length(S), round(P / 100 * length(S)))), S).
 
 %%% On the peers ---------------------------------------------------------------------------
 
@@ -120,11 +143,24 @@ spawn_keys(Pool, Tag, N) ->
 -spec caller(atom(), pos_integer(), integer()) -> no_return().
 caller(Pool, N, Seed) ->
     rand:seed(exsss, {Seed, Seed, Seed}),
-    caller_loop(Pool, N).
+    caller_loop(Pool, N, 0, 0, []).
 
-caller_loop(Pool, N) ->
-    _ = (catch shoal:call(Pool, {rand:uniform(3), rand:uniform(N)}, ping)),
-    caller_loop(Pool, N).
+%% Calls one key at a time. Asked, answers {calls, self(), Ok, Failed, Lats}: the calls
+%% answered and failed so far, and the latencies (us) of the calls answered since it was
+%% last asked.
+caller_loop(Pool, N, Ok, Failed, Lats) ->
+    receive
+        {count, From} ->
+            From ! {calls, self(), Ok, Failed, Lats},
+            caller_loop(Pool, N, Ok, Failed, [])
+    after 0 -> ok
+    end,
+    T0 = erlang:monotonic_time(microsecond),
+    case catch shoal:call(Pool, {rand:uniform(3), rand:uniform(N)}, ping) of
+        R when is_integer(R) ->
+            caller_loop(Pool, N, Ok + 1, Failed, [erlang:monotonic_time(microsecond) - T0 | Lats]);
+        _ -> caller_loop(Pool, N, Ok, Failed + 1, Lats)
+    end.
 
 %% utime + stime of this OS process, in clock ticks (/proc/self/stat fields 14 and 15).
 -spec cpu_ticks() -> non_neg_integer().
@@ -142,9 +178,19 @@ report(Sides, Results, #{rounds := Rounds, n := N, grace := Grace, load := Load}
     Row = fun(Name) ->
                   Secs = [maps:get(secs, maps:get(Name, R)) || R <- Results],
                   Ticks = [maps:get(ticks, maps:get(Name, R)) || R <- Results],
-                  io_lib:format("| ~s (~s) | ~ts | ~ts |~n",
+                  Calls = [maps:get(calls, maps:get(Name, R)) || R <- Results],
+                  Failed = lists:sum([maps:get(failed, maps:get(Name, R)) || R <- Results]),
+                  Lat = fun(K) -> spread("~b", [maps:get(K, maps:get(Name, R)) || R <- Results]) end,
+                  io_lib:format("| ~s (~s) | ~ts | ~ts | ~ts |~n",
                                 [Name, Commit(case Name of This -> "."; _ -> BaseDir end),
-                                 spread("~.2f", Secs), spread("~b", Ticks)])
+                                 spread("~.2f", Secs), spread("~b", Ticks),
+                                 case Load of
+                                     true ->
+                                         io_lib:format("~ts | ~ts | ~ts | ~ts | ~b",
+                                                       [spread("~b", [round(C) || C <- Calls]),
+                                                        Lat(p50), Lat(p99), Lat(pmax), Failed]);
+                                     false -> "– | – | – | – | –"
+                                 end])
           end,
     Ratio = fun(Key) -> [maps:get(Key, maps:get(This, R)) / maps:get(Key, maps:get(BaseName, R))
                          || R <- Results] end,
@@ -162,7 +208,9 @@ report(Sides, Results, #{rounds := Rounds, n := N, grace := Grace, load := Load}
                         true -> "a client on each other node calls random keys throughout";
                         false -> "no load"
                     end]),
-     "| side | seconds to empty | CPU ticks |\n|---|---:|---:|\n",
+     "| side | seconds to empty | CPU ticks | calls answered per second meanwhile "
+     "| call latency p50 (us) | p99 | max | calls failed |\n"
+     "|---|---:|---:|---:|---:|---:|---:|---:|\n",
      Row(This), Row(BaseName),
      io_lib:format("~nthis / base, seconds: **~ts**; CPU: **~ts**. Every drain emptied its node: ~s.~n",
                    [spread("~.2fx", Ratio(secs)), spread("~.2fx", Ratio(ticks)), AllOk])].
