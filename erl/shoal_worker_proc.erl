@@ -211,7 +211,14 @@ await_registered(Cfg, Key, _Spawner) ->
 
 -define(W_KEY, '$shoal_w').
 
-in(St) -> (get(?W_KEY))#w{st = St}.
+%% gen_server hands us the state keep/1 gave it: the very term in the record, which then
+%% needs no copy (a match of identical terms costs one comparison of words). Only a state
+%% set by sys:replace_state/2 differs, and is put into a copy of the record.
+in(St) ->
+    case get(?W_KEY) of
+        #w{st = St} = W -> W;
+        W -> W#w{st = St}
+    end.
 
 out({reply, R, W}) -> {reply, R, keep(W)};
 out({reply, R, W, X}) -> {reply, R, keep(W), X};
