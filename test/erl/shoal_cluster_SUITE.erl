@@ -34,6 +34,7 @@
          a_drain_moves_to_every_target_at_once/1,
          a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker/1,
          a_drain_fills_no_node_past_its_high/1,
+         a_migrated_worker_retires_with_shoal_moved_trapping_exits_or_not/1,
          rebalance_moves_the_minimum/1,
          health_reports_every_member/1,
          idle_offload_in_a_cluster_clears_every_replica/1,
@@ -43,7 +44,7 @@
          dead_member_rejoins_under_its_name/1,
          partition_sides_keep_serving_and_heal_to_one_worker/1]).
 %% Run on the peers.
--export([p_start_pool/2, p_start_pool/3, p_async/3,
+-export([p_start_pool/2, p_start_pool/3, p_async/3, p_migrate_and_watch/3,
          p_spawn_and_watch_idle/4, p_live_workers/1, p_local_keys/1, p_whereis_all/2, p_move_batch/3,
          p_race/4, p_converge/3, p_spawn_keys/3,
          p_cluster_view/2, p_hammer/3, p_caster/3, p_incr_each/4, p_states/3,
@@ -69,6 +70,7 @@ groups() ->
        a_drain_moves_to_every_target_at_once,
        a_drain_with_no_room_elsewhere_fails_and_keeps_every_worker,
        a_drain_fills_no_node_past_its_high,
+       a_migrated_worker_retires_with_shoal_moved_trapping_exits_or_not,
        rebalance_moves_the_minimum,
        health_reports_every_member,
        idle_offload_in_a_cluster_clears_every_replica,
@@ -109,6 +111,8 @@ init_per_testcase(Case, Config0) ->
             start_pool_everywhere(Config, Pool, Args, #{idle_timeout => 300});
         move_to_a_dying_target_keeps_the_worker ->
             %% Short, so that the predecessors of the setup's moves are gone quickly.
+            start_pool_everywhere(Config, Pool, Args, #{handoff_grace => 200});
+        a_migrated_worker_retires_with_shoal_moved_trapping_exits_or_not ->
             start_pool_everywhere(Config, Pool, Args, #{handoff_grace => 200});
         spawns_racing_a_joining_node_end_with_one_worker_per_key ->
             %% The third node starts the pool during the case.
@@ -291,6 +295,46 @@ any_member_reaches_any_key(Config) ->
     ok.
 
 %%% Moving workers ------------------------------------------------------------------------
+
+%% A migrated worker forwards for its grace and then exits `{shutdown, {shoal_moved, To}}':
+%% one that does not trap exits ends by an exit signal to itself (skipping gen_server's
+%% exit path, shoal_worker_proc:retire/2), one that traps exits through gen_server's stop.
+%% Both ways its monitors see that reason, its node counts a normal exit and no crash, and
+%% the key answers from the successor with the state it carried.
+a_migrated_worker_retires_with_shoal_moved_trapping_exits_or_not(Config) ->
+    Pool = ?config(pool, Config),
+    %% A worker module that exports terminate/2 traps exits (shoal_test_worker does, the
+    %% suite's counter does not).
+    Trapping = list_to_atom(atom_to_list(Pool) ++ "_trapping"),
+    Peers = peers(Config),
+    [{ok, _} = pcall(P, shoal, start_pool, [Trapping, #{worker => shoal_test_worker, args => #{},
+                                                       handoff_grace => 200}])
+     || {P, _} <- Peers],
+    All = lists:sort([N || {_, N} <- Peers]),
+    [wait_until(fun() -> pcall(P, shoal, nodes, [Trapping]) =:= All end, 5000, {members, N})
+     || {P, N} <- Peers],
+    try
+        [begin
+             Key = {retire, P0},
+             {ok, _} = pcall(element(1, hd(Peers)), shoal, ensure_started, [P0, Key]),
+             [pcall(element(1, hd(Peers)), shoal, call, [P0, Key, Incr]) || _ <- lists:seq(1, 5)],
+             {ok, From, Old} = pcall(element(1, hd(Peers)), shoal, lookup, [P0, Key]),
+             {FromP, _} = lists:keyfind(From, 2, Peers),
+             {_, To} = hd([PN || {_, N} = PN <- Peers, N =/= From]),
+             #{new := New, reason := Reason, normal := Normal, crashes := Crashes,
+               trapped := Trapped} = pcall(FromP, ?MODULE, p_migrate_and_watch, [P0, Key, To]),
+             ?assertEqual(P0 =:= Trapping, Trapped),
+             ?assertEqual(To, node(New)),
+             ?assertNotEqual(Old, New),
+             ?assertEqual({shutdown, {shoal_moved, To}}, Reason),
+             ?assert(Normal >= 1),
+             ?assertEqual(0, Crashes),
+             ?assertEqual(5, pcall(FromP, shoal, call, [P0, Key, get]))
+         end || {P0, Incr} <- [{Pool, incr}, {Trapping, {add, 1}}]],
+        ok
+    after
+        [catch peer:call(P, shoal, stop_pool, [Trapping], ?CALL_TIMEOUT) || {P, _} <- Peers]
+    end.
 
 %% A counter hammered with incr calls from all three nodes (and marked with casts from all
 %% three) migrates A -> B -> C -> A. Every call gets its reply or an explicit error (none
@@ -887,6 +931,22 @@ p_start_pool(Pool, Args) ->
 %% @private
 p_start_pool(Pool, Args, Opts) ->
     shoal:start_pool(Pool, Opts#{worker => ?WORKER, args => Args}).
+
+%% @private On the node of Key's worker: migrate it to To, and wait for the old process to
+%% exit; its exit reason, whether it trapped exits, and this node's normal exits and
+%% crashes meanwhile.
+p_migrate_and_watch(Pool, Key, To) ->
+    {ok, Here, Old} = shoal:lookup(Pool, Key),
+    Here = node(),
+    {trap_exit, Trapped} = erlang:process_info(Old, trap_exit),
+    #{normal_exits := N0, crashes := C0} = shoal:stats(Pool),
+    M = erlang:monitor(process, Old),
+    {ok, New} = shoal:migrate(Pool, Key, To),
+    Reason = receive {'DOWN', M, process, Old, R} -> R after 10000 -> still_alive end,
+    timer:sleep(200),
+    #{normal_exits := N1, crashes := C1} = shoal:stats(Pool),
+    #{new => New, reason => Reason, trapped => Trapped, normal => N1 - N0,
+      crashes => C1 - C0}.
 
 %% @private apply(M, F, A) in a process of its own; returns its pid. p_stop/1 collects the
 %% result (waiting for it).
