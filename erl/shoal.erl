@@ -291,9 +291,12 @@ await_ready(Pool, Timeout) -> shoal_view:await_active(cfg(Pool, await_ready, [Po
 %% @doc This node's view of the pool's membership: `members' (its proposed view),
 %% `agreed' (whether it is active), `active' (the agreed member list or `none'),
 %% `changes' (how many times it became active), `peers' and `probing' (connected nodes
-%% it has not heard from yet).
+%% it has not heard from yet), and `protocol': the member protocol version it speaks with
+%% each peer (the newest both speak) and, under its own node name, the newest it speaks
+%% itself (see the application's `protocol_vsn' in docs/operations.md).
 -spec view(pool()) -> #{members := [node()], agreed := boolean(), active := [node()] | none,
-                        changes := non_neg_integer(), peers := [node()], probing := [node()]}.
+                        changes := non_neg_integer(), peers := [node()], probing := [node()],
+                        protocol := #{node() => pos_integer()}}.
 view(Pool) ->
     #shoal_cfg{server = Name} = cfg(Pool, view, [Pool]),
     gen_server:call(Name, view).

@@ -369,7 +369,7 @@ relearn(Cfg, Key, Dead) ->
                     _ = shoal_registry:put_remote(Cfg, Key, N, Pid, V, 0),
                     {ok, Pid};
                 _ ->
-                    _ = shoal_registry:remove_remote(Cfg, Key, Node, Dead, Vsn),
+                    _ = shoal_registry:remove_remote(Cfg, Key, Node, Vsn),
                     none
             end;
         _ ->

@@ -38,6 +38,8 @@
 
 -record(peer, {pid :: pid(),
                mref :: reference(),
+               %% The protocol version we speak with it: the newest both speak.
+               vsn = 1 :: pos_integer(),
                %% The last `view' this peer proposed to us.
                last_view = none :: none | {non_neg_integer(), [node()]},
                %% The last of our Seqs this peer acknowledged.
@@ -74,7 +76,9 @@
              buf_len = 0 :: non_neg_integer(),
              buf_since = 0 :: integer(),
              %% A fence in progress: the marker we sent ourselves (see fence/1).
-             fence = none :: none | reference()}).
+             fence = none :: none | reference(),
+             %% The newest protocol version we speak (shoal_proto:vsn/0 when we started).
+             vsn = 1 :: pos_integer()}).
 
 %% @doc Start the member of the pool described by Cfg, registered under its name.
 -spec start_link(#shoal_cfg{}) -> {ok, pid()} | {error, term()}.
@@ -103,7 +107,7 @@ init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
     persistent_term:put(?PT_KEY(Pool), Cfg),
     ok = net_kernel:monitor_nodes(true, [{node_type, all}]),
     erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
-    S0 = #ms{cfg = Cfg},
+    S0 = #ms{cfg = Cfg, vsn = shoal_proto:vsn()},
     S1 = lists:foldl(fun(N, Acc) -> probe(N, visible, Acc) end, S0, nodes(visible)),
     S2 = lists:foldl(fun(N, Acc) -> probe(N, hidden, Acc) end, S1, nodes(hidden)),
     {ok, propose(S2)}.
@@ -125,9 +129,12 @@ handle_call({config, Item}, _From, #ms{cfg = Cfg, peers = Peers} = S) ->
     _ = [shoal_proto:send(P, Cfg#shoal_cfg.pool, {config, Item})
          || #peer{pid = P} <- maps:values(Peers)],
     reply(ok, S);
-handle_call(view, _From, #ms{p = P, active = A, view_no = N, peers = Peers, probes = Pr} = S) ->
+handle_call(view, _From, #ms{p = P, active = A, view_no = N, peers = Peers, probes = Pr,
+                             vsn = V} = S) ->
     reply(#{members => P, agreed => A =/= none, active => A, changes => N,
-            peers => maps:keys(Peers), probing => lists:usort(maps:values(Pr))}, S);
+            peers => maps:keys(Peers), probing => lists:usort(maps:values(Pr)),
+            protocol => maps:from_list([{node(), V} | [{Nd, PV} || {Nd, #peer{vsn = PV}}
+                                                                    <- maps:to_list(Peers)]])}, S);
 handle_call(_Req, _From, S) ->
     reply({error, unknown_call}, S).
 
@@ -137,8 +144,8 @@ handle_cast(_Msg, S) -> noreply(S).
 
 %% @private
 -spec handle_info(term(), #ms{}) -> {noreply, #ms{}, timeout()}.
-handle_info({'$shoal', _, _, _} = Msg, #ms{cfg = #shoal_cfg{pool = Pool}} = S) ->
-    case shoal_proto:body(Msg, Pool) of
+handle_info({'$shoal', _, _, _} = Msg, #ms{cfg = #shoal_cfg{pool = Pool}, vsn = V} = S) ->
+    case shoal_proto:body(Msg, Pool, V) of
         {ok, Body} -> noreply(body(Body, S));
         {error, Why} ->
             logger:warning(#{what => shoal_dropped_message, pool => Pool, why => Why},
@@ -272,12 +279,12 @@ probe(Node, hidden, #ms{checks = Ch} = S) ->
             erlang:send_after(?PROBE_TIMEOUT, self(), {probe_timeout, Mref}),
             S#ms{checks = Ch#{Mref => Node}}
     end;
-probe(Node, _Visible, #ms{cfg = #shoal_cfg{server = Name, pool = Pool} = Cfg, probes = Pr} = S) ->
+probe(Node, _Visible, #ms{cfg = #shoal_cfg{server = Name, pool = Pool}, probes = Pr} = S) ->
     case known(Node, S) of
         true -> S;
         false ->
             Mref = erlang:monitor(process, {Name, Node}),
-            shoal_proto:send_node(Node, Name, Pool, hello_body(hello, Cfg)),
+            shoal_proto:send_node(Node, Name, Pool, hello_body(hello, S)),
             erlang:send_after(?PROBE_TIMEOUT, self(), {probe_timeout, Mref}),
             S#ms{probes = Pr#{Mref => Node}}
     end.
@@ -286,13 +293,13 @@ known(Node, #ms{peers = Peers, probes = Pr, checks = Ch}) ->
     maps:is_key(Node, Peers) orelse lists:member(Node, maps:values(Pr))
         orelse lists:member(Node, maps:values(Ch)).
 
-hello_body(Tag, Cfg) ->
-    {Tag, self(), node(), shoal_proto:min_vsn(), shoal_proto:vsn(), local_config(Cfg)}.
+hello_body(Tag, #ms{cfg = Cfg, vsn = V}) ->
+    {Tag, self(), node(), shoal_proto:min_vsn(), V, local_config(Cfg)}.
 
-hello(Tag, Pid, Node, MinV, MaxV, Config, #ms{cfg = Cfg, peers = Peers} = S0) ->
+hello(Tag, Pid, Node, MinV, MaxV, Config, #ms{cfg = Cfg, peers = Peers, vsn = V} = S0) ->
     S = close_probe(Node, S0),
     [apply_config(Cfg, Item) || Item <- Config],
-    Compatible = MinV =< shoal_proto:vsn() andalso MaxV >= shoal_proto:min_vsn(),
+    Compatible = MinV =< V andalso MaxV >= shoal_proto:min_vsn(),
     case maps:find(Node, Peers) of
         _ when not Compatible ->
             logger:error(#{what => shoal_incompatible_member, node => Node,
@@ -302,9 +309,9 @@ hello(Tag, Pid, Node, MinV, MaxV, Config, #ms{cfg = Cfg, peers = Peers} = S0) ->
             S;
         {ok, #peer{}} ->
             %% Its member restarted before we saw the old one go.
-            add_peer(Tag, Pid, Node, peer_left(Node, restarted, S));
+            add_peer(Tag, Pid, Node, min(MaxV, V), peer_left(Node, restarted, S));
         error ->
-            add_peer(Tag, Pid, Node, S)
+            add_peer(Tag, Pid, Node, min(MaxV, V), S)
     end.
 
 close_probe(Node, #ms{probes = Pr} = S) ->
@@ -314,9 +321,9 @@ close_probe(Node, #ms{probes = Pr} = S) ->
 
 %% A new peer: answer its hello, watch it, send it everything we own (sync), and propose
 %% the view with it in.
-add_peer(Tag, Pid, Node, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg,
-                             peers = Peers} = S) ->
-    Tag =:= hello andalso shoal_proto:send(Pid, Pool, hello_body(hello_ack, Cfg)),
+add_peer(Tag, Pid, Node, Vsn, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg,
+                                  peers = Peers} = S) ->
+    Tag =:= hello andalso shoal_proto:send(Pid, Pool, hello_body(hello_ack, S)),
     Mref = erlang:monitor(process, Pid),
     ets:insert(CTab, {{peer, Node}, Pid}),
     ok = shoal_registry:admit(Cfg, Node, true),
@@ -325,7 +332,7 @@ add_peer(Tag, Pid, Node, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg,
     shoal_log:log(notice, node_up, #{pool => Pool, node => Node}, #{}),
     shoal_telemetry:execute([shoal, node, up], #{system_time => erlang:system_time()},
                             #{pool => Pool, node => Node}),
-    propose(S#ms{peers = Peers#{Node => #peer{pid = Pid, mref = Mref}}}).
+    propose(S#ms{peers = Peers#{Node => #peer{pid = Pid, mref = Mref, vsn = Vsn}}}).
 
 %% A peer's member went down (its pool stopped, its node left or the link broke).
 peer_left(Node, Reason, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg} = S0) ->
@@ -528,12 +535,27 @@ more_op(Cfg, Ev, B, N, Left) ->
         Op -> more_events(Cfg, [Op | B], N + 1, Left - 1)
     end.
 
-%% Send the buffered ops to every peer, in the order they happened.
+%% Send the buffered ops to every peer, in the order they happened: as they are to a peer
+%% that speaks version 1 only, in version 2's shorter forms to the others (see v2/2).
 flush(#ms{buf_len = 0} = S) -> S;
 flush(#ms{cfg = #shoal_cfg{pool = Pool}, peers = Peers, buf = B} = S) ->
     Ops = lists:reverse(B),
-    _ = [shoal_proto:send(Pid, Pool, {repl, node(), Ops}) || #peer{pid = Pid} <- maps:values(Peers)],
+    _ = [case V of
+             1 -> shoal_proto:send(Pid, Pool, {repl, node(), Ops});
+             _ -> shoal_proto:send(Pid, Pool, 2, {repl, node(), v2(Node, Ops)})
+         end || {Node, #peer{pid = Pid, vsn = V}} <- maps:to_list(Peers)],
     S#ms{buf = [], buf_len = 0}.
+
+%% The ops for peer Node in version 2's forms, which leave out what the receiver knows: the
+%% owner (always the sender, whose name the `repl' carries), and the pid of an incarnation
+%% that is gone (a removal needs only its version). A `moved' to the node that runs the
+%% successor is the `down' it would apply of it (see apply_op/5): the successor is its own.
+v2(_Node, []) -> [];
+v2(Node, [{up, K, _, Pid, Vsn} | Ops]) -> [{up, K, Pid, Vsn} | v2(Node, Ops)];
+v2(Node, [{down, K, _, _, Vsn} | Ops]) -> [{down, K, Vsn} | v2(Node, Ops)];
+v2(Node, [{moved, K, _, _, Vsn, Node, _, _} | Ops]) -> [{down, K, Vsn} | v2(Node, Ops)];
+v2(Node, [{moved, K, _, _, Vsn, NewNode, NewPid, NewVsn} | Ops]) ->
+    [{moved, K, Vsn, NewNode, NewPid, NewVsn} | v2(Node, Ops)].
 
 now_us() -> erlang:monotonic_time(microsecond).
 
@@ -587,9 +609,22 @@ apply_op(Cfg, From, {moved, Key, Node, Pid, Vsn, NewNode, NewPid, NewVsn}, Mark,
             NewNode =:= node() orelse shoal_registry:observe(NewVsn),
             apply_op(Cfg, From, {down, Key, Node, Pid, Vsn}, Mark, S)
     end;
-apply_op(Cfg, _From, {down, Key, Node, Pid, Vsn}, _Mark, _S) ->
-    _ = shoal_registry:remove_remote(Cfg, Key, Node, Pid, Vsn),
-    ok.
+apply_op(Cfg, _From, {down, Key, Node, _Pid, Vsn}, _Mark, _S) -> %% version 1's forms
+    _ = shoal_registry:remove_remote(Cfg, Key, Node, Vsn),
+    ok;
+%% Version 2's forms (v2/2): the owner is the sender.
+apply_op(Cfg, From, {up, Key, Pid, Vsn}, Mark, S) ->
+    apply_op(Cfg, From, {up, Key, From, Pid, Vsn}, Mark, S);
+apply_op(Cfg, From, {down, Key, Vsn}, _Mark, _S) ->
+    _ = shoal_registry:remove_remote(Cfg, Key, From, Vsn),
+    ok;
+apply_op(Cfg, From, {moved, Key, Vsn, NewNode, NewPid, NewVsn}, Mark, S) ->
+    case NewNode =/= node() andalso known_node(NewNode, S) of
+        true -> apply_op(Cfg, From, {up, Key, NewNode, NewPid, NewVsn}, Mark, S);
+        false ->
+            NewNode =:= node() orelse shoal_registry:observe(NewVsn),
+            apply_op(Cfg, From, {down, Key, Vsn}, Mark, S)
+    end.
 
 known_node(Node, #ms{peers = Peers}) -> maps:is_key(Node, Peers).
 

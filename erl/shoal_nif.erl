@@ -45,14 +45,14 @@
 %% A replica's pid is kept as a term in a store per node, so whereis/2 answers a replica
 %% from the key's slot like a local worker, with one copy of the pid. Replicas that go
 %% leave dead terms behind; when a store holds more dead than live ones (and at least
-%% 4096), the put_remote/6, remove_remote/5, register/4 or removing fold/3 that tipped it
+%% 4096), the put_remote/6, remove_remote/4, register/4 or removing fold/3 that tipped it
 %% returns only after compacting that store on a dirty scheduler (a walk of the table).
 -module(shoal_nif).
 
 -export([new/1, delete/1,
          whereis/2, lookup/2, route/3,
          claim/3, release_claim/3, register/4, unregister/3, set_moving/4,
-         put_remote/6, put_successor/6, remove_remote/5,
+         put_remote/6, put_successor/6, remove_remote/4,
          set_listener/2, admit/3, count/1, count/2, info/1, fold/3,
          hlc/0, observe/1, canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
 -export_type([table/0, meter/0, version/0, entry/0]).
@@ -169,13 +169,13 @@ put_remote(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
           stored | stale | {conflict, pid(), version()}.
 put_successor(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
 
-%% @doc Node says its worker Pid for Key, at version Vsn, is gone: a replica that is not
-%% newer than `{Vsn, Node}' becomes a tomb at Vsn (`removed'); an absent entry or an older
-%% tomb becomes a tomb at Vsn (`tombstoned'); anything newer, a local worker or a claim is
-%% left alone (`stale'; a claim keeps `{Vsn, Node}' as its tomb, see the module doc). Pid
-%% must be a pid and is otherwise not used: versions decide.
--spec remove_remote(table(), term(), node(), pid(), version()) -> removed | tombstoned | stale.
-remove_remote(_T, _Key, _Node, _Pid, _Vsn) -> ?NOT_LOADED.
+%% @doc Node says its worker for Key, at version Vsn, is gone: a replica that is not newer
+%% than `{Vsn, Node}' becomes a tomb at Vsn (`removed'); an absent entry or an older tomb
+%% becomes a tomb at Vsn (`tombstoned'); anything newer, a local worker or a claim is left
+%% alone (`stale'; a claim keeps `{Vsn, Node}' as its tomb, see the module doc). Versions
+%% decide: the gone worker's pid is not needed.
+-spec remove_remote(table(), term(), node(), version()) -> removed | tombstoned | stale.
+remove_remote(_T, _Key, _Node, _Vsn) -> ?NOT_LOADED.
 
 %% @doc The process told of every change of a local entry (see the module doc).
 -spec set_listener(table(), pid() | undefined) -> ok.

@@ -12,7 +12,7 @@
 
 -export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, release_claim/3,
          register/4, unregister/3, set_moving/4, put_remote/6, put_successor/6,
-         remove_remote/5,
+         remove_remote/4,
          set_listener/2, admit/3, count/1, count/2, info/1, owned/1, dump/1, keys_on/2,
          purge_node/2, sweep_node/4, sweep_tombs/2, worker/2, hlc/0, observe/1]).
 
@@ -74,12 +74,12 @@ put_successor(_Cfg, _Key, Node, _Pid, _Vsn, _Mark) when Node =:= node() -> stale
 put_successor(#shoal_cfg{table = T}, Key, Node, Pid, Vsn, Mark) ->
     shoal_nif:put_successor(T, Key, Node, Pid, Vsn, Mark).
 
-%% @doc Node says its worker Pid for Key at Vsn is gone.
--spec remove_remote(#shoal_cfg{}, term(), node(), pid(), shoal_nif:version()) ->
+%% @doc Node says its worker for Key at Vsn is gone.
+-spec remove_remote(#shoal_cfg{}, term(), node(), shoal_nif:version()) ->
           removed | tombstoned | stale.
-remove_remote(_Cfg, _Key, Node, _Pid, _Vsn) when Node =:= node() -> stale;
-remove_remote(#shoal_cfg{table = T}, Key, Node, Pid, Vsn) ->
-    shoal_nif:remove_remote(T, Key, Node, Pid, Vsn).
+remove_remote(_Cfg, _Key, Node, _Vsn) when Node =:= node() -> stale;
+remove_remote(#shoal_cfg{table = T}, Key, Node, Vsn) ->
+    shoal_nif:remove_remote(T, Key, Node, Vsn).
 
 %% @doc Who is told of local changes.
 -spec set_listener(#shoal_cfg{}, pid() | undefined) -> ok.

@@ -421,7 +421,7 @@ void local_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
 
 /* ---- replicas ----------------------------------------------------------------------------- */
 
-/* The common arguments of put_remote and remove_remote: Table, Key, Node, Pid, Vsn. */
+/* The arguments put_remote and put_successor share: Table, Key, Node, Pid, Vsn. */
 static int replica_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], ErlNifUInt64 *vsn)
 {
     return enif_is_atom(env, argv[2]) && enif_is_pid(env, argv[3]) &&
@@ -489,14 +489,15 @@ ERL_NIF_TERM nif_put_successor(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return put_replica(env, argv, 1);
 }
 
-/* remove_remote(Table, Key, Node, Pid, Vsn) -> removed | tombstoned | stale */
+/* remove_remote(Table, Key, Node, Vsn) -> removed | tombstoned | stale */
 ERL_NIF_TERM nif_remove_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     nif_atoms *a = &priv_of(env)->a;
     GET_TABLE(nt, argv[0]);
     ErlNifUInt64 vsn;
-    if (!replica_args(env, argv, &vsn)) return enif_make_badarg(env);
+    if (!enif_is_atom(env, argv[2]) || !enif_get_uint64(env, argv[3], &vsn))
+        return enif_make_badarg(env);
     GET_KEY(kb, k, argv[1]);
     int rc;
     registry_node *node = node_of(env, nt, argv[2], 1, &rc);

@@ -130,7 +130,7 @@ static ErlNifFunc funcs[] = {
     {"set_moving", 4, nif_set_moving, 0},
     {"put_remote", 6, nif_put_remote, 0},
     {"put_successor", 6, nif_put_successor, 0},
-    {"remove_remote", 5, nif_remove_remote, 0},
+    {"remove_remote", 4, nif_remove_remote, 0},
     {"set_listener", 2, nif_set_listener, 0},
     {"count", 1, nif_count, 0},
     {"count", 2, nif_count_node, 0},

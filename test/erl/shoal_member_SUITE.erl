@@ -32,6 +32,8 @@
          a_replica_of_a_lost_node_no_longer_hides_an_older_owner/1,
          a_move_whose_target_dies_after_registering_a_successor_keeps_its_worker/1]).
 -export([p_put_newer/5, p_idle/0, p_lookup/2, p_member/2, p_move_batch/3]).
+-export([a_member_pinned_to_version_1_converges_through_drains_and_moves/1]).
+-export([p_start_all/2, p_local_keys/1, p_dump/1, p_call_all/2]).
 -export([p_start_and_race/5, p_race/5, p_hammer/3, p_stop/1, p_poke_stale/3, p_put_stale/4,
          p_migrate_when_member/3, p_spawn_on/3, p_call_held_by_a_move/3,
          p_call_loop/3, p_stop_loop/1, p_bounce/4, p_ballast/2, p_timed_ensure/2]).
@@ -58,7 +60,8 @@ groups() ->
        a_call_a_moved_worker_held_runs_once,
        calls_racing_migrations_run_once,
        a_dead_pid_in_a_replica_is_relearnt,
-       membership_agreement_is_observable]},
+       membership_agreement_is_observable,
+       a_member_pinned_to_version_1_converges_through_drains_and_moves]},
      {hidden, [], [a_hidden_node_becomes_a_member,
                    an_ei_node_that_cannot_answer_does_not_hold_agreement_back]},
      {loss, [], [a_caller_whose_home_dies_mid_spawn_starts_over,
@@ -95,6 +98,8 @@ init_per_testcase(Case, Config) ->
             Pool = Case,
             Opts = maps:merge(#{worker => worker_of(Case), args => args_of(Case)},
                               opts_of(Case)),
+            [ok = pcall(P, application, set_env, [shoal, protocol_vsn, V])
+             || {P, V} <- pinned_of(Case, peers(Config))],
             [{ok, _} = pcall(P, shoal, start_pool, [Pool, Opts])
              || {P, _} <- peers(Config)],
             [ok = pcall(P, shoal, await_ready, [Pool, 5000]) || {P, _} <- peers(Config)],
@@ -106,11 +111,20 @@ init_per_testcase(Case, Config) ->
             Config
     end.
 
-end_per_testcase(_Case, Config) ->
+end_per_testcase(Case, Config) ->
     case proplists:get_value(pool, Config) of
         undefined -> ok;
         Pool -> [catch pcall(P, shoal, stop_pool, [Pool]) || {P, _} <- peers(Config)], ok
-    end.
+    end,
+    [catch pcall(P, application, unset_env, [shoal, protocol_vsn])
+     || {P, _} <- pinned_of(Case, proplists:get_value(peers, Config, []))],
+    ok.
+
+%% The peers whose members a case starts speaking an older protocol version (a node of a
+%% cluster being upgraded): [{Peer, Vsn}].
+pinned_of(a_member_pinned_to_version_1_converges_through_drains_and_moves, [_, _, {PC, _}]) ->
+    [{PC, 1}];
+pinned_of(_, _) -> [].
 
 opts_of(a_call_a_moved_worker_held_runs_once) -> #{handoff_grace => 100};
 opts_of(calls_racing_migrations_run_once) -> #{handoff_grace => 0};
@@ -388,6 +402,52 @@ calls_racing_migrations_run_once(Config) ->
     ?assert(Moves >= 200),
     ?assertEqual([], Twice),
     ?assertEqual([], Missing).
+
+%% A rolling upgrade: C's member speaks protocol version 1 only (the application's
+%% `protocol_vsn', as on a node not upgraded yet; it drops what comes in a later version),
+%% A and B speak version 2, whose replication ops are shorter, with each other. With 3000
+%% workers spread over the three, A is drained (its relays go to B in version 2's forms and
+%% to C in version 1's), 200 of C's workers move to B and 200 of B's to C, and B is drained
+%% too: afterwards every member's table is the union of the owners' (the test fails if A or
+%% B sends C anything of version 2, which C drops), and every key still answers, once.
+a_member_pinned_to_version_1_converges_through_drains_and_moves(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, B}, {PC, C}] = Ps = peers(Config),
+    ?assertEqual(#{A => 2, B => 2, C => 1}, maps:get(protocol, pcall(PA, shoal, view, [Pool]))),
+    ?assertEqual(#{A => 1, B => 1, C => 1}, maps:get(protocol, pcall(PC, shoal, view, [Pool]))),
+    Keys = [{mixed, I} || I <- lists:seq(1, 3000)],
+    [ok = pcall(P, ?MODULE, p_start_all, [Pool, Part])
+     || {{P, _}, Part} <- lists:zip(Ps, shoal_test_cluster:split(Keys, 3))],
+    wait_until(fun() -> [pcall(P, shoal, count, [Pool]) || {P, _} <- Ps] =:= [3000, 3000, 3000] end,
+               10000, counted),
+    ok = shoal_test_cluster:pcall(PA, shoal, drain, [Pool, A], 60000),
+    OnC = lists:sublist(pcall(PC, ?MODULE, p_local_keys, [Pool]), 200),
+    OnB = lists:sublist(pcall(PB, ?MODULE, p_local_keys, [Pool]), 200),
+    ?assertEqual(0, pcall(PC, ?MODULE, p_move_batch, [Pool, OnC, B])),
+    ?assertEqual(0, pcall(PB, ?MODULE, p_move_batch, [Pool, OnB, C])),
+    ok = shoal_test_cluster:pcall(PB, shoal, drain, [Pool, B], 60000),
+    ?assertEqual(ok, converged(Ps, Pool, 10000)),
+    ?assertEqual([0, 0, 3000], [pcall(PA, shoal, count, [Pool, N]) || N <- [A, B, C]]),
+    Who = pcall(PA, ?MODULE, p_call_all, [Pool, Keys]),
+    ?assertEqual(3000, length(lists:usort([Pid || {Pid, _} <- Who]))),
+    ?assertEqual([C], lists:usort([N || {_, N} <- Who])).
+
+%% Every member's table equals the union of what each owns, within Ms: ok or the differences.
+converged(Ps, Pool, Ms) ->
+    Deadline = erlang:monotonic_time(millisecond) + Ms,
+    converged_loop(Ps, Pool, Deadline).
+
+converged_loop(Ps, Pool, Deadline) ->
+    Dumps = [{N, pcall(P, ?MODULE, p_dump, [Pool])} || {P, N} <- Ps],
+    Owned = lists:usort(lists:append([[E || {_, EN, _} = E <- D, EN =:= N] || {N, D} <- Dumps])),
+    case [{N, length(D -- Owned), length(Owned -- D)} || {N, D} <- Dumps, D =/= Owned] of
+        [] -> ok;
+        Diff ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> {not_converged, Diff};
+                false -> timer:sleep(50), converged_loop(Ps, Pool, Deadline)
+            end
+    end.
 
 %% A replica that names a dead process (as if its removal had been lost) is found out by
 %% the first call that meets it: the call exits noproc inside shoal:call, which asks the
@@ -807,6 +867,19 @@ p_move_batch(Pool, Keys, Node) -> shoal_mover:move_batch(cfg(Pool), Keys, Node).
 
 %% @private This node's entry for Key.
 p_lookup(Pool, Key) -> shoal_registry:lookup(cfg(Pool), Key).
+
+%% @private Start the workers of Keys (from this node), each before returning.
+p_start_all(Pool, Keys) ->
+    lists:foreach(fun(K) -> {ok, _} = shoal:ensure_started(Pool, K) end, Keys).
+
+%% @private The keys of this node's own workers.
+p_local_keys(Pool) -> shoal_registry:keys_on(cfg(Pool), node()).
+
+%% @private This node's table as [{Key, Node, Pid}], sorted.
+p_dump(Pool) -> lists:sort([{K, N, P} || {K, N, P, _} <- shoal_registry:dump(cfg(Pool))]).
+
+%% @private Who answers a call to each of Keys: [{Pid, Node}].
+p_call_all(Pool, Keys) -> [shoal:call(Pool, K, whoami) || K <- Keys].
 
 %%% CT side ---------------------------------------------------------------------------------
 

@@ -127,7 +127,7 @@ a_deleted_table_raises_badarg_everywhere_test() ->
              fun() -> shoal_nif:set_moving(T, k, W, true) end,
              fun() -> shoal_nif:put_remote(T, k, n@h, R, 1, 0) end,
              fun() -> shoal_nif:put_successor(T, k, n@h, R, 1, 0) end,
-             fun() -> shoal_nif:remove_remote(T, r, n@h, R, 1) end,
+             fun() -> shoal_nif:remove_remote(T, r, n@h, 1) end,
              fun() -> shoal_nif:set_listener(T, self()) end,
              fun() -> shoal_nif:count(T) end,
              fun() -> shoal_nif:count(T, local) end,
@@ -150,7 +150,7 @@ a_fun_is_never_a_key_test() ->
                fun(Key) -> shoal_nif:claim(T, Key, nowait) end,
                fun(Key) -> shoal_nif:register(T, Key, self(), {over, 0, none}) end,
                fun(Key) -> shoal_nif:put_remote(T, Key, n@h, remote_pid(n@h, 1), 1, 0) end,
-               fun(Key) -> shoal_nif:remove_remote(T, Key, n@h, remote_pid(n@h, 1), 1) end,
+               fun(Key) -> shoal_nif:remove_remote(T, Key, n@h, 1) end,
                fun shoal_nif:canonical/1,
                fun shoal_nif:hash/1]],
     ?assertEqual(0, maps:get(entries, shoal_nif:info(T))).
@@ -203,7 +203,7 @@ a_non_pid_where_a_pid_is_expected_is_badarg_test() ->
      || NotPid <- [foo, 1, "pid", make_ref(), {self()}]],
     [?assertError(badarg, shoal_nif:unregister(T, k, NotPid)) || NotPid <- [foo, 1]],
     ?assertError(badarg, shoal_nif:set_moving(T, k, foo, true)),
-    ?assertError(badarg, shoal_nif:remove_remote(T, k, n@h, foo, 1)),
+    ?assertError(badarg, shoal_nif:remove_remote(T, k, n@h, foo)),
     ?assertError(badarg, shoal_nif:put_remote(T, k, n@h, not_a_pid, 1, 0)),
     ?assertError(badarg, shoal_nif:set_listener(T, foo)),
     ?assertError(badarg, shoal_nif:set_listener(T, remote_pid(n@h, 1))).
@@ -243,8 +243,8 @@ bad_replica_arguments_are_badarg_test() ->
     ?assertError(badarg, shoal_nif:put_remote(T, k, n@h, R, vsn, 0)),
     ?assertError(badarg, shoal_nif:put_remote(T, k, n@h, R, 1, -1)),
     ?assertError(badarg, shoal_nif:put_remote(T, k, n@h, R, 1, 1 bsl 32)),
-    ?assertError(badarg, shoal_nif:remove_remote(T, k, 1, R, 1)),
-    ?assertError(badarg, shoal_nif:remove_remote(T, k, n@h, R, -5)),
+    ?assertError(badarg, shoal_nif:remove_remote(T, k, 1, 1)),
+    ?assertError(badarg, shoal_nif:remove_remote(T, k, n@h, -5)),
     ?assertError(badarg, shoal_nif:count(T, "node")),
     ?assertEqual(stored, shoal_nif:put_remote(T, k, n@h, R, 1, (1 bsl 32) - 1)),
     ?assertEqual(#{entries => 1, nodes => 1},
@@ -294,7 +294,7 @@ every_version_a_table_is_given_is_observed_by_the_clock_test() ->
     stored = shoal_nif:put_remote(T, a, n@h, remote_pid(n@h, 1), Far, 0),
     ?assert(shoal_nif:hlc() > Far),
     Farther = Far + 1000000000,
-    tombstoned = shoal_nif:remove_remote(T, b, n@h, remote_pid(n@h, 2), Farther),
+    tombstoned = shoal_nif:remove_remote(T, b, n@h, Farther),
     ?assert(shoal_nif:hlc() > Farther),
     Farthest = Farther + 1000000000,
     {ok, V} = shoal_nif:register(T, c, self(), {over, Farthest, none}),
@@ -498,7 +498,7 @@ register_over_replaces_absent_tombs_and_old_or_named_replicas_test() ->
     ?assert(V2 > 200),
     %% A tomb, whatever its version, and an absent key.
     Ahead = shoal_nif:hlc() + 1000000000,
-    tombstoned = shoal_nif:remove_remote(T, k3, a@h, remote_pid(a@h, 3), Ahead),
+    tombstoned = shoal_nif:remove_remote(T, k3, a@h, Ahead),
     {ok, V3} = shoal_nif:register(T, k3, W, {over, 0, none}),
     ?assert(V3 > Ahead),
     {ok, V4} = shoal_nif:register(T, k4, W, {over, 0, none}),
@@ -624,9 +624,9 @@ remove_remote_makes_tombs_that_block_older_replicas_test() ->
     T = shoal_nif:new(2),
     R = remote_pid(n@h, 1),
     stored = shoal_nif:put_remote(T, k, n@h, R, 10, 0),
-    ?assertEqual(stale, shoal_nif:remove_remote(T, k, n@h, R, 9)),
+    ?assertEqual(stale, shoal_nif:remove_remote(T, k, n@h, 9)),
     ?assertEqual(R, shoal_nif:whereis(T, k)),
-    ?assertEqual(removed, shoal_nif:remove_remote(T, k, n@h, R, 10)),
+    ?assertEqual(removed, shoal_nif:remove_remote(T, k, n@h, 10)),
     ?assertEqual({tomb, 10}, shoal_nif:lookup(T, k)),
     %% A tomb reads as absent and is counted apart.
     ?assertEqual(undefined, shoal_nif:whereis(T, k)),
@@ -640,15 +640,15 @@ remove_remote_makes_tombs_that_block_older_replicas_test() ->
     %% A late `up' of the dead incarnation (or anything not newer) cannot bring it back.
     ?assertEqual(stale, shoal_nif:put_remote(T, k, n@h, R, 10, 0)),
     ?assertEqual(stale, shoal_nif:put_remote(T, k, a@h, R, 10, 0)),
-    ?assertEqual(stale, shoal_nif:remove_remote(T, k, n@h, R, 10)),
+    ?assertEqual(stale, shoal_nif:remove_remote(T, k, n@h, 10)),
     %% A newer tomb raises it; a newer replica replaces it.
-    ?assertEqual(tombstoned, shoal_nif:remove_remote(T, k, n@h, R, 12)),
+    ?assertEqual(tombstoned, shoal_nif:remove_remote(T, k, n@h, 12)),
     ?assertEqual({tomb, 12}, shoal_nif:lookup(T, k)),
     ?assertEqual(stored, shoal_nif:put_remote(T, k, z@h, R, 12, 0)),
     ?assertEqual({remote, z@h, R, 12}, shoal_nif:lookup(T, k)),
     %% The down of an unknown key leaves a tomb; a newer replica is left alone.
-    ?assertEqual(tombstoned, shoal_nif:remove_remote(T, other, n@h, R, 5)),
-    ?assertEqual(stale, shoal_nif:remove_remote(T, k, n@h, R, 11)),
+    ?assertEqual(tombstoned, shoal_nif:remove_remote(T, other, n@h, 5)),
+    ?assertEqual(stale, shoal_nif:remove_remote(T, k, n@h, 11)),
     ?assertEqual(#{tombs => 1, remote_workers => 1},
                  maps:with([tombs, remote_workers], shoal_nif:info(T))).
 
@@ -656,10 +656,10 @@ remove_remote_leaves_local_workers_and_claims_alone_test() ->
     T = shoal_nif:new(2),
     W = sleeper(),
     {ok, V} = reg(T, k, W),
-    ?assertEqual(stale, shoal_nif:remove_remote(T, k, n@h, remote_pid(n@h, 1), V + 100)),
+    ?assertEqual(stale, shoal_nif:remove_remote(T, k, n@h, V + 100)),
     ?assertEqual({local, W, V, false}, shoal_nif:lookup(T, k)),
     claimed = shoal_nif:claim(T, c, nowait),
-    ?assertEqual(stale, shoal_nif:remove_remote(T, c, n@h, remote_pid(n@h, 1), 5)),
+    ?assertEqual(stale, shoal_nif:remove_remote(T, c, n@h, 5)),
     ?assertEqual({claimed, self()}, shoal_nif:lookup(T, c)),
     %% ...but the claim remembers the tomb: given up, it becomes that tomb.
     ok = shoal_nif:release_claim(T, c, retry),
@@ -669,7 +669,7 @@ remove_remote_leaves_local_workers_and_claims_alone_test() ->
 a_claim_over_a_tomb_keeps_it_test() ->
     T = shoal_nif:new(2),
     R = remote_pid(n@h, 1),
-    tombstoned = shoal_nif:remove_remote(T, k, n@h, R, 50),
+    tombstoned = shoal_nif:remove_remote(T, k, n@h, 50),
     ?assertEqual(claimed, shoal_nif:claim(T, k, nowait)),
     ?assertEqual(#{claims => 1, tombs => 0}, maps:with([claims, tombs], shoal_nif:info(T))),
     %% A replica that the tomb would have blocked does not resolve the claim.
@@ -688,9 +688,9 @@ a_claim_over_a_tomb_keeps_it_test() ->
 sweep_tombs_removes_tombs_by_age_test() ->
     T = shoal_nif:new(4),
     R = remote_pid(n@h, 1),
-    [tombstoned = shoal_nif:remove_remote(T, {old, I}, n@h, R, I) || I <- lists:seq(1, 100)],
+    [tombstoned = shoal_nif:remove_remote(T, {old, I}, n@h, I) || I <- lists:seq(1, 100)],
     timer:sleep(30),
-    [tombstoned = shoal_nif:remove_remote(T, {new, I}, n@h, R, I) || I <- lists:seq(1, 50)],
+    [tombstoned = shoal_nif:remove_remote(T, {new, I}, n@h, I) || I <- lists:seq(1, 50)],
     stored = shoal_nif:put_remote(T, live, n@h, R, 1, 0),
     ?assertEqual(100, shoal_nif:fold(T, sweep_tombs, 25)),
     ?assertEqual(50, maps:get(tombs, shoal_nif:info(T))),
@@ -782,7 +782,7 @@ counts_per_node_hold_past_256_nodes_and_free_their_names_test() ->
     [stored = shoal_nif:put_remote(T, {M, 1}, M, remote_pid(M, 1), 1, 0) || M <- More],
     ?assertEqual([1], lists:usort([shoal_nif:count(T, M) || M <- More])),
     ?assertEqual(1000, maps:get(nodes, shoal_nif:info(T))),
-    [removed = shoal_nif:remove_remote(T, {M, 1}, M, remote_pid(M, 1), 1) || M <- More],
+    [removed = shoal_nif:remove_remote(T, {M, 1}, M, 1) || M <- More],
     %% Tombs name their node until they are swept.
     ?assertEqual(1000, maps:get(nodes, shoal_nif:info(T))),
     500 = shoal_nif:fold(T, sweep_tombs, 0),
@@ -880,7 +880,7 @@ op(T, K, 2) -> shoal_nif:register(T, K, self(), claim);
 op(T, K, 3) -> shoal_nif:register(T, K, self(), {over, rand:uniform(1000), n@h});
 op(T, K, 4) -> shoal_nif:unregister(T, K, self());
 op(T, K, 5) -> shoal_nif:put_remote(T, K, n@h, remote_pid(n@h, K), rand:uniform(2000), 0);
-op(T, K, 6) -> shoal_nif:remove_remote(T, K, n@h, remote_pid(n@h, K), rand:uniform(2000));
+op(T, K, 6) -> shoal_nif:remove_remote(T, K, n@h, rand:uniform(2000));
 op(T, K, 7) -> shoal_nif:set_moving(T, K, self(), rand:uniform(2) =:= 1);
 op(T, K, 8) -> shoal_nif:release_claim(T, K, retry).
 
@@ -909,7 +909,7 @@ walks_list_every_entry_of_a_big_table() ->
     [stored = shoal_nif:put_remote(T, {r, I}, n@h, remote_pid(n@h, I), I, 0)
      || I <- lists:seq(1, 1000)],
     claimed = shoal_nif:claim(T, a_claim, nowait),
-    tombstoned = shoal_nif:remove_remote(T, a_tomb, n@h, remote_pid(n@h, 0), 1),
+    tombstoned = shoal_nif:remove_remote(T, a_tomb, n@h, 1),
     Owned = shoal_nif:fold(T, owned, x),
     ?assertEqual(lists:zip3([{k, I} || I <- lists:seq(1, N)], lists:duplicate(N, W), Vs),
                  lists:sort(Owned)),
@@ -935,7 +935,7 @@ purge_node_removes_only_that_nodes_replicas_test_() ->
         [stored = shoal_nif:put_remote(T, {kept, I}, 'kept@host', remote_pid('kept@host', I), I, 0)
          || I <- lists:seq(1, 1000)],
         [{ok, _} = reg_over(T, {local, I}, Local) || I <- lists:seq(1, 500)],
-        tombstoned = shoal_nif:remove_remote(T, t, 'gone@host', remote_pid('gone@host', 0), 1),
+        tombstoned = shoal_nif:remove_remote(T, t, 'gone@host', 1),
         ?assertEqual(31500, shoal_nif:count(T)),
         ?assertEqual(1000, length(shoal_nif:fold(T, keys_on, 'kept@host'))),
         ?assertEqual(30000, shoal_nif:fold(T, purge_node, 'gone@host')),
@@ -1007,7 +1007,7 @@ churn(T, W, Stop) ->
                 1 -> shoal_nif:register(T, K, W, {over, shoal_nif:hlc(), n@h});
                 2 -> shoal_nif:unregister(T, K, W);
                 3 -> shoal_nif:put_remote(T, K, n@h, remote_pid(n@h, 1), shoal_nif:hlc(), 0);
-                4 -> shoal_nif:remove_remote(T, K, n@h, remote_pid(n@h, 1), shoal_nif:hlc())
+                4 -> shoal_nif:remove_remote(T, K, n@h, shoal_nif:hlc())
             end,
             churn(T, W, Stop)
     end.
@@ -1107,7 +1107,7 @@ upgrade_scenario(Bin) ->
     {ok, _} = shoal_nif:register(T, gone, Gone, {over, 0, none}),
     claimed = shoal_nif:claim(T, c, nowait),
     stored = shoal_nif:put_remote(T, r, n@h, remote_pid(n@h, 1), 1, 0),
-    tombstoned = shoal_nif:remove_remote(T, t, n@h, remote_pid(n@h, 2), 2),
+    tombstoned = shoal_nif:remove_remote(T, t, n@h, 2),
     {module, shoal_nif} = code:load_binary(shoal_nif, "shoal_nif_upgraded.beam", Bin),
     [upgraded] = proplists:get_value(vsn, shoal_nif:module_info(attributes)),
     Loaded = shoal_nif:load_info(),
@@ -1122,7 +1122,7 @@ upgrade_scenario(Bin) ->
     %% Every path through the old table after the old library is gone:
     W = shoal_nif:whereis(T, w),
     ok = shoal_nif:unregister(T, w, W),
-    removed = shoal_nif:remove_remote(T, r, n@h, remote_pid(n@h, 1), 1),
+    removed = shoal_nif:remove_remote(T, r, n@h, 1),
     ok = shoal_nif:release_claim(T, c, retry),
     2 = shoal_nif:fold(T, sweep_tombs, 0),
     Ref = erlang:monitor(process, Gone),

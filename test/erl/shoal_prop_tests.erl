@@ -106,9 +106,9 @@ put_remote(K, N, R, Delta, Mark) ->
 put_successor(K, N, R, Delta) ->
     V = base(K) + Delta,
     {shoal_nif:put_successor(get(table), K, N, rpid(N, R), V, 0), V}.
-remove_remote(K, N, R, Delta) ->
+remove_remote(K, N, _R, Delta) ->
     V = base(K) + Delta,
-    {shoal_nif:remove_remote(get(table), K, N, rpid(N, R), V), V}.
+    {shoal_nif:remove_remote(get(table), K, N, V), V}.
 %% Kill actor A's process and wait for the table to notice; a new process takes its place.
 kill(A) ->
     P = cur(A),

@@ -436,7 +436,7 @@ inline put_remote(pr_n, pr_rn, pr_rp, pr_rv) {
   fi
 }
 
-/* shoal_registry:remove_remote/5: a tomb at rv unless the entry is newer */
+/* shoal_registry:remove_remote/4: a tomb at rv unless the entry is newer */
 inline remove_remote(rr_n, rr_rn, rr_rp, rr_rv) {
   seen(rr_n, rr_rv);
   if
