@@ -25,7 +25,8 @@
 %% shoal_worker, run on the peers
 -export([init/2, handle_call/3, handle_cast/2]).
 %% run on the peers
--export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0]).
+-export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0,
+         cpu_ticks/0]).
 
 -define(POOL, bench_member).
 -define(ECHO, bench_member_echo).
@@ -54,8 +55,8 @@ main() ->
     %% 1. synchronous spawns against pg:join, alternating
     %% (each caller waits for its spawn, so the rate follows the number of callers: the
     %% same with 16 callers a node shows how far)
-    {ShoalRate, PgRate, SyncRatio, HomeRate, HomeRatio} = sync_rounds(Nodes, N, Rounds, 4),
-    {ShoalRate16, PgRate16, SyncRatio16, HomeRate16, HomeRatio16} = sync_rounds(Nodes, N, Rounds, 16),
+    {ShoalRate, PgRate, SyncRatio, HomeRate, HomeRatio, Cpu} = sync_rounds(Nodes, N, Rounds, 4),
+    {ShoalRate16, PgRate16, SyncRatio16, HomeRate16, HomeRatio16, Cpu16} = sync_rounds(Nodes, N, Rounds, 16),
 
     %% 2. latency of a spawn whose home is another node, against a call round trip
     start_pools(Nodes),
@@ -91,11 +92,14 @@ main() ->
                         "key's home (Shoal's home for the key, another node for two keys in "
                         "three): what any registry that asks a key's home before it answers "
                         "pays, and nothing more.~n~n"
-                        "| what | per second |~n|---|---:|~n"
-                        "| shoal:ensure_started/2 | ~ts |~n| pg:join/3 (spawn + join) | ~ts |~n"
-                        "| pg:join/3 after a round trip to the key's home | ~ts |~n~n"
+                        "| what | per second | CPU µs per key (three nodes) |~n|---|---:|---:|~n"
+                        "| shoal:ensure_started/2 | ~ts | ~ts |~n| pg:join/3 (spawn + join) | ~ts | ~ts |~n"
+                        "| pg:join/3 after a round trip to the key's home | ~ts | ~ts |~n~n"
                         "shoal / pg: **~ts** (target: 0.5x syn); shoal / (pg after a round trip "
-                        "to the home): **~ts**.~n~n"
+                        "to the home): **~ts**. Every side kept ~ts of the machine's two cores "
+                        "busy, so a rate here is the inverse of its CPU per key: the round trip "
+                        "to the home is what costs (the third row against the second), and "
+                        "Shoal's key costs about what that round trip and a pg:join cost.~n~n"
                         "pg arbitrates nothing (every node may join "
                         "any number of processes to a group) and replicates asynchronously; "
                         "syn 3.4, the registry the issue measured (39.2 k/s), is not packaged "
@@ -107,13 +111,16 @@ main() ->
                         "Each caller waits for its own spawn (a round trip to the key's home "
                         "for two keys in three), so the rate follows the number of callers. "
                         "The same with 48 callers (16 on each node):~n~n"
-                        "| what | per second |~n|---|---:|~n"
-                        "| shoal:ensure_started/2 | ~ts |~n| pg:join/3 (spawn + join) | ~ts |~n"
-                        "| pg:join/3 after a round trip to the key's home | ~ts |~n~n"
+                        "| what | per second | CPU µs per key (three nodes) |~n|---|---:|---:|~n"
+                        "| shoal:ensure_started/2 | ~ts | ~ts |~n| pg:join/3 (spawn + join) | ~ts | ~ts |~n"
+                        "| pg:join/3 after a round trip to the key's home | ~ts | ~ts |~n~n"
                         "shoal / pg: **~ts**; shoal / (pg after a round trip to the home): "
                         "**~ts**.~n~n",
-                        [N, rate(ShoalRate), rate(PgRate), rate(HomeRate), x(SyncRatio),
-                         x(HomeRatio), rate(ShoalRate16), rate(PgRate16), rate(HomeRate16),
+                        [N, rate(ShoalRate), us(maps:get(shoal, Cpu)), rate(PgRate),
+                         us(maps:get(pg, Cpu)), rate(HomeRate), us(maps:get(pg_home, Cpu)),
+                         x(SyncRatio), x(HomeRatio), cores(maps:get(cores, Cpu)),
+                         rate(ShoalRate16), us(maps:get(shoal, Cpu16)), rate(PgRate16),
+                         us(maps:get(pg, Cpu16)), rate(HomeRate16), us(maps:get(pg_home, Cpu16)),
                          x(SyncRatio16), x(HomeRatio16)]),
           "### One spawn whose home is another node\n\n",
           io_lib:format("A single caller on the first node, 300 fresh keys a round whose home "
@@ -147,23 +154,27 @@ main() ->
 %% over the rounds.
 sync_rounds(Nodes, N, Rounds, Per) ->
     Sides = [shoal, pg, pg_home],
-    Sync = [begin
+    Runs = [begin
                 %% rotate the order of the sides from round to round
                 Order = lists:sublist(Sides ++ Sides, R rem 3 + 1, 3),
                 maps:from_list([{Side, spawns(Side, Nodes, N, {Per, R}, Per)} || Side <- Order])
             end || R <- lists:seq(1, Rounds)],
+    Sync = [maps:map(fun(_, {Rate, _Cpu, _Cores}) -> Rate end, Run) || Run <- Runs],
+    Cpu = fun(Side) -> spread([element(2, maps:get(Side, Run)) || Run <- Runs]) end,
+    Cores = spread([element(3, C) || Run <- Runs, C <- maps:values(Run)]),
     {spread([maps:get(shoal, S) || S <- Sync]), spread([maps:get(pg, S) || S <- Sync]),
      spread([maps:get(shoal, S) / maps:get(pg, S) || S <- Sync]),
      spread([maps:get(pg_home, S) || S <- Sync]),
-     spread([maps:get(shoal, S) / maps:get(pg_home, S) || S <- Sync])}.
+     spread([maps:get(shoal, S) / maps:get(pg_home, S) || S <- Sync]),
+     #{shoal => Cpu(shoal), pg => Cpu(pg), pg_home => Cpu(pg_home), cores => Cores}}.
 
 %% One side's round of synchronous spawns: registrations per second.
 spawns(shoal, Nodes, N, R, Per) ->
     start_pools(Nodes),
-    T = timed(fun() -> par([{Nd, ?MODULE, sync_spawns, [?POOL, {s, R, I}, N div 3, Per]}
-                            || {I, Nd} <- idx(Nodes)]) end),
+    Res = timed_cpu(Nodes, N, fun() -> par([{Nd, ?MODULE, sync_spawns, [?POOL, {s, R, I}, N div 3, Per]}
+                                            || {I, Nd} <- idx(Nodes)]) end),
     stop_pools(Nodes),
-    N / T;
+    Res;
 spawns(Side, Nodes, N, {Per, R}, Per) ->
     Scope = list_to_atom(lists:concat(["bench_member_", Side, "_", Per, "_", R])),
     [{ok, _} = erpc:call(Nd, pg, start, [Scope]) || Nd <- Nodes],
@@ -172,11 +183,28 @@ spawns(Side, Nodes, N, {Per, R}, Per) ->
                pg_home -> [erpc:call(Nd, ?MODULE, start_echo, []) || Nd <- Nodes],
                           lists:sort(Nodes)
            end,
-    T = timed(fun() -> par([{Nd, ?MODULE, pg_spawns, [Scope, {p, Per, R, I}, N div 3, Per, Home]}
-                            || {I, Nd} <- idx(Nodes)]) end),
+    Res = timed_cpu(Nodes, N, fun() -> par([{Nd, ?MODULE, pg_spawns, [Scope, {p, Per, R, I}, N div 3, Per, Home]}
+                                            || {I, Nd} <- idx(Nodes)]) end),
     [erpc:call(Nd, ?MODULE, pg_stop, [Scope]) || Nd <- Nodes],
     Home =/= none andalso [erpc:call(Nd, ?MODULE, stop_echo, []) || Nd <- Nodes],
-    N / T.
+    Res.
+
+%% Run F, which makes N registrations: {per second, microseconds of CPU (user + system, the
+%% three peers together) per registration, cores the peers kept busy meanwhile}.
+timed_cpu(Nodes, N, F) ->
+    C0 = lists:sum([erpc:call(Nd, ?MODULE, cpu_ticks, []) || Nd <- Nodes]),
+    T = timed(F),
+    C1 = lists:sum([erpc:call(Nd, ?MODULE, cpu_ticks, []) || Nd <- Nodes]),
+    CpuSecs = (C1 - C0) / 100,
+    {N / T, CpuSecs * 1.0e6 / N, CpuSecs / T}.
+
+%% utime + stime of this OS process, in clock ticks (/proc/self/stat fields 14 and 15).
+-spec cpu_ticks() -> non_neg_integer().
+cpu_ticks() ->
+    {ok, Stat} = file:read_file("/proc/" ++ os:getpid() ++ "/stat"),
+    [_, Rest] = binary:split(Stat, <<") ">>),
+    Fields = binary:split(Rest, <<" ">>, [global]),
+    binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)).
 
 %%% On the peers ---------------------------------------------------------------------------
 
@@ -378,6 +406,7 @@ rate(#{med := M, min := Lo, max := Hi}) ->
     io_lib:format("~.1f k (~.1f–~.1f k)", [M / 1000, Lo / 1000, Hi / 1000]).
 us(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~b (~b–~b)", [round(M), round(Lo), round(Hi)]).
 ns(S) -> us(S).
+cores(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~.2f (~.2f–~.2f)", [M, Lo, Hi]).
 x(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~.2fx (~.2f–~.2f)", [M, Lo, Hi]).
 
 env_int(Name, Default) ->
