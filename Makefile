@@ -152,7 +152,7 @@ bench-nif: all
 .PHONY: bench-member
 bench-member: all
 	@mkdir -p build/bench
-	erlc -o build/bench +debug_info bench/shoal_member_bench.erl
+	erlc -o build/bench +debug_info bench/shoal_bench_cpu.erl bench/shoal_member_bench.erl
 	@epmd -daemon >/dev/null 2>&1 || true
 	erl -noshell -sname "shoal_member_bench_$$$$" +P 2000000 -pa _build/default/lib/shoal/ebin -pa build/bench \
 	    -eval "try shoal_member_bench:main() of ok -> halt(0) \
@@ -166,7 +166,7 @@ bench-member: all
 bench-drain-ab: all
 	@test -n "$(BASE)" || { echo "usage: make bench-drain-ab BASE=/path/to/another/built/checkout" >&2; exit 2; }
 	@mkdir -p build/bench
-	erlc -o build/bench +debug_info bench/shoal_drain_ab_bench.erl
+	erlc -o build/bench +debug_info bench/shoal_bench_cpu.erl bench/shoal_drain_ab_bench.erl
 	@epmd -daemon >/dev/null 2>&1 || true
 	SHOAL_DRAIN_AB_BASE="$(BASE)" erl -noshell -sname "shoal_drain_ab_$$$$" -pa build/bench \
 	    -eval "try shoal_drain_ab_bench:main() of ok -> halt(0) \

@@ -23,7 +23,7 @@
 
 -export([main/0]).
 %% run on the peers
--export([spawn_keys/3, caller/3, cpu_ticks/0]).
+-export([spawn_keys/3, caller/3]).
 %% the worker (shoal_worker callbacks)
 -export([init/2, handle_call/3, handle_cast/2]).
 
@@ -96,11 +96,11 @@ drain_round(Name, SideDir, N, Grace, Load, Round) ->
                    || Load, {I, Nd} <- lists:zip([1, 2], [A, B])],
         timer:sleep(500),
         C0 = calls(Callers),
-        T0s = [erpc:call(Nd, ?MODULE, cpu_ticks, []) || Nd <- Nodes],
+        T0s = [erpc:call(Nd, shoal_bench_cpu, ticks, []) || Nd <- Nodes],
         T0 = erlang:monotonic_time(microsecond),
         Res = erpc:call(A, shoal, drain, [?POOL, C], infinity),
         Secs = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
-        T1s = [erpc:call(Nd, ?MODULE, cpu_ticks, []) || Nd <- Nodes],
+        T1s = [erpc:call(Nd, shoal_bench_cpu, ticks, []) || Nd <- Nodes],
         {Ok, Failed, Lats} = sub(calls(Callers), C0),
         [exit(P, kill) || P <- Callers],
         Left = erpc:call(A, shoal, count, [?POOL, C]),
@@ -162,13 +162,6 @@ caller_loop(Pool, N, Ok, Failed, Lats) ->
         _ -> caller_loop(Pool, N, Ok, Failed + 1, Lats)
     end.
 
-%% utime + stime of this OS process, in clock ticks (/proc/self/stat fields 14 and 15).
--spec cpu_ticks() -> non_neg_integer().
-cpu_ticks() ->
-    {ok, Stat} = file:read_file("/proc/" ++ os:getpid() ++ "/stat"),
-    [_, Rest] = binary:split(Stat, <<") ">>),
-    Fields = binary:split(Rest, <<" ">>, [global]),
-    binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)).
 
 %%% Report ---------------------------------------------------------------------------------
 

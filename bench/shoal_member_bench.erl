@@ -25,8 +25,7 @@
 %% shoal_worker, run on the peers
 -export([init/2, handle_call/3, handle_cast/2]).
 %% run on the peers
--export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0,
-         cpu_ticks/0]).
+-export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0]).
 
 -define(POOL, bench_member).
 -define(ECHO, bench_member_echo).
@@ -192,19 +191,11 @@ spawns(Side, Nodes, N, {Per, R}, Per) ->
 %% Run F, which makes N registrations: {per second, microseconds of CPU (user + system, the
 %% three peers together) per registration, cores the peers kept busy meanwhile}.
 timed_cpu(Nodes, N, F) ->
-    C0 = lists:sum([erpc:call(Nd, ?MODULE, cpu_ticks, []) || Nd <- Nodes]),
+    C0 = lists:sum([erpc:call(Nd, shoal_bench_cpu, ticks, []) || Nd <- Nodes]),
     T = timed(F),
-    C1 = lists:sum([erpc:call(Nd, ?MODULE, cpu_ticks, []) || Nd <- Nodes]),
+    C1 = lists:sum([erpc:call(Nd, shoal_bench_cpu, ticks, []) || Nd <- Nodes]),
     CpuSecs = (C1 - C0) / 100,
     {N / T, CpuSecs * 1.0e6 / N, CpuSecs / T}.
-
-%% utime + stime of this OS process, in clock ticks (/proc/self/stat fields 14 and 15).
--spec cpu_ticks() -> non_neg_integer().
-cpu_ticks() ->
-    {ok, Stat} = file:read_file("/proc/" ++ os:getpid() ++ "/stat"),
-    [_, Rest] = binary:split(Stat, <<") ">>),
-    Fields = binary:split(Rest, <<" ">>, [global]),
-    binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)).
 
 %%% On the peers ---------------------------------------------------------------------------
 
