@@ -344,10 +344,23 @@ spawn_async(Cfg, Key) ->
         _ -> ok
     end.
 
-to_member(#shoal_cfg{pool = Pool, server = Name}, Key) ->
+%% Leave Key in the member's intake and wake the member unless it has been woken already
+%% (it takes the intake in batches: one message per batch, not per key). A member that is
+%% gone took its intake with it: the key is dropped, as a message to it would have been.
+to_member(#shoal_cfg{intake = Q, intake_flag = F, server = Name}, Key) ->
+    try ets:insert(Q, {Key}) of
+        true ->
+            case atomics:get(F, 1) =:= 0 andalso atomics:compare_exchange(F, 1, 0, 1) =:= ok of
+                true -> wake(Name);
+                false -> ok
+            end
+    catch error:badarg -> ok
+    end.
+
+wake(Name) ->
     case whereis(Name) of
         undefined -> ok;
-        Member -> shoal_proto:send(Member, Pool, {place_async, Key})
+        Member -> Member ! shoal_intake, ok
     end.
 
 %% @doc A call to Dead, Key's worker in this node's table, exited `noproc': ask the member

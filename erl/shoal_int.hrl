@@ -19,6 +19,8 @@
     table_bits   :: 0..16,                   %% log2 of the table's lock segments
     ctab         :: ets:tid() | undefined,   %% cluster view: members, peers, windows, drains
     asks         :: ets:tid() | undefined,   %% requests waiting on a peer (shoal_view:ask/3)
+    intake       :: ets:tid() | undefined,   %% ensure_started_async keys for the member
+    intake_flag  :: atomics:atomics_ref() | undefined, %% 1: the member has been woken for them
     gate         :: atomics:atomics_ref() | undefined, %% the view gate (shoal_view)
     server       :: atom(),                  %% registered name of the pool's member
     grace        :: non_neg_integer(),       %% ms a migrated worker forwards to its successor

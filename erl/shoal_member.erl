@@ -89,9 +89,10 @@ start_link(#shoal_cfg{pool = Pool} = Cfg) ->
 -spec init(#shoal_cfg{}) -> {ok, #ms{}}.
 init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
     process_flag(trap_exit, true),
-    %% Every key of a burst of ensure_started_async/2 and every local register or unregister
-    %% is a message to us: queued on our heap, a burst of 100 k keys grew it to 2.4 M words
-    %% (19 MB) that each collection copied; off the heap, 53 k words.
+    %% Every local register or unregister is a message to us (and each key of a burst of
+    %% ensure_started_async/2 was one before the intake): queued on our heap, a burst of
+    %% 100 k keys grew it to 2.4 M words (19 MB) that each collection copied; off the heap,
+    %% 53 k words.
     process_flag(message_queue_data, off_heap),
     %% We hold the member's registered name, so a pool configuration left here is that of a
     %% member that died without its terminate/2 (killed): its supervisor restarted the
@@ -99,11 +100,14 @@ init(#shoal_cfg{pool = Pool, table_bits = Bits} = Cfg0) ->
     _ = persistent_term:erase(?PT_KEY(Pool)),
     CTab = ets:new(shoal_view, [set, protected, {read_concurrency, true}]),
     Asks = ets:new(shoal_asks, [set, public, {write_concurrency, true}]),
+    Intake = ets:new(shoal_intake, [set, public, {write_concurrency, true}]),
     Cfg = Cfg0#shoal_cfg{table = shoal_registry:new(Bits),
                          counters = counters:new(?C_COUNT, [write_concurrency]),
                          meter = shoal_nif:meter_new(),
                          ctab = CTab,
                          asks = Asks,
+                         intake = Intake,
+                         intake_flag = atomics:new(1, []),
                          gate = shoal_view:new_gate(),
                          server = shoal_proto:member_name(Pool)},
     %% From now on the table stores replicas of admitted peers only.
@@ -166,6 +170,7 @@ handle_info({probe_timeout, Mref}, #ms{probes = Pr} = S) when is_map_key(Mref, P
     noreply(propose(S#ms{probes = maps:remove(Mref, Pr)}));
 handle_info(timeout, S) -> noreply(flush_async(S));
 handle_info(flush_repl, S) -> noreply(flush(S));
+handle_info(shoal_intake, S) -> noreply(take_intake(S));
 handle_info({nodeup, Node, Info}, S) ->
     noreply(probe(Node, proplists:get_value(node_type, Info, visible), S));
 handle_info({probe_timeout, Mref}, #ms{checks = Ch} = S) when is_map_key(Mref, Ch) ->
@@ -224,8 +229,6 @@ body({spawn, Key, View, Callers, Home, Min, Clock}, S) ->
     shoal_registry:observe(Clock),
     on_spawn(Key, View, Callers, Home, Min, S);
 body({spawned, Key, Result}, S) -> on_spawned(Key, Result, S);
-body({place_async, Key}, #ms{async = A, async_len = N} = S) ->
-    S#ms{async = [Key | A], async_len = N + 1};
 body({claim_async, Keys, View, From}, S) -> on_claim_async(Keys, View, From, S);
 body({claim_async_retry, Keys}, #ms{async = A, async_len = N} = S) ->
     S#ms{async = Keys ++ A, async_len = N + length(Keys)};
@@ -875,6 +878,21 @@ on_spawn(Key, _View, Callers, Home, _Min, #ms{cfg = Cfg} = S) ->
     S.
 
 %%% ensure_started_async --------------------------------------------------------------------
+
+%% Take up to ?BATCH of the keys callers left in the intake (shoal_arbiter:spawn_async/2).
+%% The flag goes down first, so a key put in after it is either in this take or comes with
+%% a new `shoal_intake'. With more left, we come back after the messages queued meanwhile
+%% (our peers' replication among them), not before.
+take_intake(#ms{cfg = #shoal_cfg{intake = Q, intake_flag = F}, async = A, async_len = N} = S) ->
+    atomics:put(F, 1, 0),
+    case ets:select(Q, [{{'$1'}, [], ['$1']}], ?BATCH) of
+        '$end_of_table' ->
+            S;
+        {Keys, _} ->
+            _ = [ets:delete(Q, K) || K <- Keys],
+            length(Keys) =:= ?BATCH andalso (self() ! shoal_intake),
+            S#ms{async = Keys ++ A, async_len = N + length(Keys)}
+    end.
 
 %% Route queued keys to their homes, once we are active.
 flush_async(#ms{active = none} = S) -> S;

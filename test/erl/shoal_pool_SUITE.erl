@@ -23,6 +23,7 @@ all() ->
      failed_load_reaches_the_caller_and_stops_the_worker, load_runs_once_before_the_first_message,
      start_and_stop_pool, cast_spawns_and_delivers, existing_variants_never_spawn,
      ensure_started_reports_init_failure, ensure_started_async_spawns,
+     a_burst_of_async_spawns_from_racing_callers_starts_every_key_once,
      stop_worker_runs_terminate_and_removes_the_entry,
      stop_worker_hands_queued_messages_to_the_next_incarnation,
      a_call_queued_behind_a_stop_runs_once,
@@ -327,6 +328,32 @@ ensure_started_async_spawns(_) ->
     ?assert(wait_until(fun() -> shoal:whereis(?P, k) =:= W end)),
     ?assertEqual(ok, shoal:ensure_started_async(?P, k)),
     ?assertEqual(1, shoal:count(?P)).
+
+%% The member takes async keys from its intake in batches and is woken once per batch
+%% (shoal_arbiter:to_member/2): a key left while it was taking a batch must not be
+%% stranded. 8 callers race over 20000 keys, each key asked for by two of them, in 3
+%% rounds on fresh pools; every key ends with exactly one worker.
+a_burst_of_async_spawns_from_racing_callers_starts_every_key_once(_) ->
+    Keys = 20000,
+    lists:foreach(
+      fun(Round) ->
+              {ok, _} = shoal:start_pool(?P, #{worker => shoal_test_plain_worker}),
+              Self = self(),
+              Callers = [spawn_link(fun() ->
+                                            Mine = [{Round, K} || K <- lists:seq(1, Keys),
+                                                                  K rem 4 =:= C rem 4],
+                                            [ok = shoal:ensure_started_async(?P, K) || K <- Mine],
+                                            Self ! {done, self()}
+                                    end) || C <- lists:seq(1, 8)],
+              [receive {done, C} -> ok end || C <- Callers],
+              ?assert(wait_until(fun() -> shoal:count(?P) =:= Keys end)),
+              Pids = [shoal:whereis(?P, {Round, K}) || K <- lists:seq(1, Keys)],
+              ?assertEqual(Keys, length(lists:usort(Pids))),
+              ?assertNot(lists:member(undefined, Pids)),
+              timer:sleep(50),
+              ?assertEqual(Keys, shoal:count(?P)),
+              ok = shoal:stop_pool(?P)
+      end, lists:seq(1, 3)).
 
 stop_worker_runs_terminate_and_removes_the_entry(_) ->
     start(#{}),
