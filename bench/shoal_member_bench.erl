@@ -5,9 +5,12 @@
 %%   1. synchronous cluster-wide spawns: ensure_started/2 of fresh keys from 12 callers (4 on
 %%      each node), until every one returned; beside it, in the same rounds, pg:join of a fresh
 %%      process per key from the same 12 callers (what a user would pick for a cluster-wide
-%%      group of processes; it does not arbitrate anything), and the same pg:join made after
-%%      one gen_server:call round trip to the key's home (what asking a home costs alone);
-%%      then all three again with 48 callers (16 on each node), since a caller that waits for
+%%      group of processes; it does not arbitrate anything), the same pg:join made after
+%%      one gen_server:call round trip to the key's home (what asking a home costs alone),
+%%      and a process spawned and joined on the key's home by a server there, asked in one
+%%      gen_server:call (what asking a home that also places the process costs: Shoal's
+%%      default placement puts a key's worker on its home);
+%%      then all four again with 48 callers (16 on each node), since a caller that waits for
 %%      its spawn makes the rate follow the number of callers;
 %%   2. the latency of one spawn whose home is another node, one caller at a time, against a
 %%      gen_server:call round trip from the same node to a server on that node;
@@ -25,7 +28,7 @@
 %% shoal_worker, run on the peers
 -export([init/2, handle_call/3, handle_cast/2]).
 %% run on the peers
--export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0]).
+-export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, pg_spawns/6, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0]).
 
 -define(POOL, bench_member).
 -define(ECHO, bench_member_echo).
@@ -54,8 +57,10 @@ main() ->
     %% 1. synchronous spawns against pg:join, alternating
     %% (each caller waits for its spawn, so the rate follows the number of callers: the
     %% same with 16 callers a node shows how far)
-    {ShoalRate, PgRate, SyncRatio, HomeRate, HomeRatio, Cpu} = sync_rounds(Nodes, N, Rounds, 4),
-    {ShoalRate16, PgRate16, SyncRatio16, HomeRate16, HomeRatio16, Cpu16} = sync_rounds(Nodes, N, Rounds, 16),
+    {ShoalRate, PgRate, SyncRatio, HomeRate, HomeRatio, PlacedRate, PlacedRatio, Cpu} =
+        sync_rounds(Nodes, N, Rounds, 4),
+    {ShoalRate16, PgRate16, SyncRatio16, HomeRate16, HomeRatio16, PlacedRate16, PlacedRatio16,
+     Cpu16} = sync_rounds(Nodes, N, Rounds, 16),
 
     %% 2. latency of a spawn whose home is another node, against a call round trip
     start_pools(Nodes),
@@ -86,19 +91,24 @@ main() ->
           "### Synchronous cluster-wide spawns\n\n",
           io_lib:format("`ensure_started/2` of ~b fresh keys a round from 12 callers (4 on each "
                         "node), until all returned, against `pg:join/3` of a fresh process per "
-                        "key from the same 12 callers, and against the same `pg:join/3` made "
+                        "key from the same 12 callers, against the same `pg:join/3` made "
                         "after one `gen_server:call/2` round trip to an echo server on the "
                         "key's home (Shoal's home for the key, another node for two keys in "
                         "three): what any registry that asks a key's home before it answers "
-                        "pays, and nothing more.~n~n"
+                        "pays, and nothing more; and against a process that the server on the "
+                        "key's home spawns there and joins, in the same call: what a registry "
+                        "that also places the process on the key's home pays (Shoal's default "
+                        "placement puts a key's worker on its home).~n~n"
                         "| what | per second | CPU µs per key (three nodes) |~n|---|---:|---:|~n"
                         "| shoal:ensure_started/2 | ~ts | ~ts |~n| pg:join/3 (spawn + join) | ~ts | ~ts |~n"
-                        "| pg:join/3 after a round trip to the key's home | ~ts | ~ts |~n~n"
+                        "| pg:join/3 after a round trip to the key's home | ~ts | ~ts |~n"
+                        "| spawned and pg:join/3ed on the key's home, in a round trip | ~ts | ~ts |~n~n"
                         "shoal / pg: **~ts** (target: 0.5x syn); shoal / (pg after a round trip "
-                        "to the home): **~ts**. Every side kept ~ts of the machine's two cores "
+                        "to the home): **~ts**; shoal / (placed on the home in a round trip): "
+                        "**~ts**. Every side kept ~ts of the machine's two cores "
                         "busy, so a rate here is the inverse of its CPU per key: the round trip "
-                        "to the home is what costs (the third row against the second), and "
-                        "Shoal's key costs about what that round trip and a pg:join cost.~n~n"
+                        "to the home is what costs (the third row against the second), more so "
+                        "when the process is spawned at the far end (the fourth row).~n~n"
                         "pg arbitrates nothing (every node may join "
                         "any number of processes to a group) and replicates asynchronously; "
                         "syn 3.4, the registry the issue measured (39.2 k/s), is not packaged "
@@ -112,15 +122,18 @@ main() ->
                         "The same with 48 callers (16 on each node):~n~n"
                         "| what | per second | CPU µs per key (three nodes) |~n|---|---:|---:|~n"
                         "| shoal:ensure_started/2 | ~ts | ~ts |~n| pg:join/3 (spawn + join) | ~ts | ~ts |~n"
-                        "| pg:join/3 after a round trip to the key's home | ~ts | ~ts |~n~n"
+                        "| pg:join/3 after a round trip to the key's home | ~ts | ~ts |~n"
+                        "| spawned and pg:join/3ed on the key's home, in a round trip | ~ts | ~ts |~n~n"
                         "shoal / pg: **~ts**; shoal / (pg after a round trip to the home): "
-                        "**~ts**.~n~n",
+                        "**~ts**; shoal / (placed on the home in a round trip): **~ts**.~n~n",
                         [N, rate(ShoalRate), us(maps:get(shoal, Cpu)), rate(PgRate),
                          us(maps:get(pg, Cpu)), rate(HomeRate), us(maps:get(pg_home, Cpu)),
-                         x(SyncRatio), x(HomeRatio), cores(maps:get(cores, Cpu)),
+                         rate(PlacedRate), us(maps:get(pg_placed, Cpu)),
+                         x(SyncRatio), x(HomeRatio), x(PlacedRatio), cores(maps:get(cores, Cpu)),
                          rate(ShoalRate16), us(maps:get(shoal, Cpu16)), rate(PgRate16),
                          us(maps:get(pg, Cpu16)), rate(HomeRate16), us(maps:get(pg_home, Cpu16)),
-                         x(SyncRatio16), x(HomeRatio16)]),
+                         rate(PlacedRate16), us(maps:get(pg_placed, Cpu16)),
+                         x(SyncRatio16), x(HomeRatio16), x(PlacedRatio16)]),
           "### One spawn whose home is another node\n\n",
           io_lib:format("A single caller on the first node, 300 fresh keys a round whose home "
                         "is another member, one at a time; against `gen_server:call/2` from the "
@@ -149,13 +162,14 @@ main() ->
     ok.
 
 %% Rounds of synchronous spawns from Per callers on each node, the sides in rotating order:
-%% {Shoal, Pg, Shoal / Pg, Pg after a round trip to the home, Shoal / that}, each a spread
-%% over the rounds.
+%% {Shoal, Pg, Shoal / Pg, Pg after a round trip to the home, Shoal / that, Pg placed on the
+%% home in a round trip, Shoal / that, CPU per key of each side}, each a spread over the
+%% rounds.
 sync_rounds(Nodes, N, Rounds, Per) ->
-    Sides = [shoal, pg, pg_home],
+    Sides = [shoal, pg, pg_home, pg_placed],
     Runs = [begin
                 %% rotate the order of the sides from round to round
-                Order = lists:sublist(Sides ++ Sides, R rem 3 + 1, 3),
+                Order = lists:sublist(Sides ++ Sides, R rem 4 + 1, 4),
                 maps:from_list([{Side, spawns(Side, Nodes, N, {Per, R}, Per)} || Side <- Order])
             end || R <- lists:seq(1, Rounds)],
     Sync = [maps:map(fun(_, {Rate, _Cpu, _Cores}) -> Rate end, Run) || Run <- Runs],
@@ -165,7 +179,10 @@ sync_rounds(Nodes, N, Rounds, Per) ->
      spread([maps:get(shoal, S) / maps:get(pg, S) || S <- Sync]),
      spread([maps:get(pg_home, S) || S <- Sync]),
      spread([maps:get(shoal, S) / maps:get(pg_home, S) || S <- Sync]),
-     #{shoal => Cpu(shoal), pg => Cpu(pg), pg_home => Cpu(pg_home), cores => Cores}}.
+     spread([maps:get(pg_placed, S) || S <- Sync]),
+     spread([maps:get(shoal, S) / maps:get(pg_placed, S) || S <- Sync]),
+     #{shoal => Cpu(shoal), pg => Cpu(pg), pg_home => Cpu(pg_home), pg_placed => Cpu(pg_placed),
+       cores => Cores}}.
 
 %% One side's round of synchronous spawns: registrations per second.
 spawns(shoal, Nodes, N, R, Per) ->
@@ -177,12 +194,12 @@ spawns(shoal, Nodes, N, R, Per) ->
 spawns(Side, Nodes, N, {Per, R}, Per) ->
     Scope = list_to_atom(lists:concat(["bench_member_", Side, "_", Per, "_", R])),
     [{ok, _} = erpc:call(Nd, pg, start, [Scope]) || Nd <- Nodes],
-    Home = case Side of
-               pg -> none;
-               pg_home -> [erpc:call(Nd, ?MODULE, start_echo, []) || Nd <- Nodes],
-                          lists:sort(Nodes)
-           end,
-    Res = timed_cpu(Nodes, N, fun() -> par([{Nd, ?MODULE, pg_spawns, [Scope, {p, Per, R, I}, N div 3, Per, Home]}
+    {Home, Where} = case Side of
+                        pg -> {none, here};
+                        _ -> [erpc:call(Nd, ?MODULE, start_echo, []) || Nd <- Nodes],
+                             {lists:sort(Nodes), case Side of pg_home -> here; pg_placed -> home end}
+                    end,
+    Res = timed_cpu(Nodes, N, fun() -> par([{Nd, ?MODULE, pg_spawns, [Scope, {p, Per, R, I}, N div 3, Per, Home, Where]}
                                             || {I, Nd} <- idx(Nodes)]) end),
     [erpc:call(Nd, ?MODULE, pg_stop, [Scope]) || Nd <- Nodes],
     Home =/= none andalso [erpc:call(Nd, ?MODULE, stop_echo, []) || Nd <- Nodes],
@@ -209,21 +226,29 @@ sync_spawns(Pool, Tag, N, Per) ->
 %% once the local scope has it; the other nodes learn it asynchronously. With Members (the
 %% `pg_home' side), a key whose home among them (shoal_placement:home/2, as Shoal's) is
 %% another node first costs a gen_server:call round trip to an echo server there: what any
-%% registry that asks a key's home before it answers pays, and nothing else.
+%% registry that asks a key's home before it answers pays, and nothing else. With Where
+%% `home' (the `pg_placed' side), the echo server on such a key's home spawns the process
+%% there and joins it in the same call: what a registry that also places the process on the
+%% key's home pays (Shoal's default placement).
 pg_spawns(Scope, Tag, N, Per) -> pg_spawns(Scope, Tag, N, Per, none).
 
-pg_spawns(Scope, Tag, N, Per, Members) ->
+pg_spawns(Scope, Tag, N, Per, Members) -> pg_spawns(Scope, Tag, N, Per, Members, here).
+
+pg_spawns(Scope, Tag, N, Per, Members, Where) ->
     par_local(Per, N, fun(J) ->
                               K = {Tag, J},
-                              ask_home(K, Members),
-                              ok = pg:join(Scope, K, spawn(?MODULE, idle, []))
+                              case ask_home(K, Members, Scope, Where) of
+                                  here -> ok = pg:join(Scope, K, spawn(?MODULE, idle, []));
+                                  placed -> ok
+                              end
                       end).
 
-ask_home(_K, none) -> ok;
-ask_home(K, Members) ->
+ask_home(_K, none, _Scope, _Where) -> here;
+ask_home(K, Members, Scope, Where) ->
     case shoal_placement:home(K, Members) of
-        Home when Home =:= node() -> ok;
-        Home -> pong = gen_server:call({?ECHO, Home}, ping)
+        Home when Home =:= node() -> here;
+        Home when Where =:= here -> pong = gen_server:call({?ECHO, Home}, ping), here;
+        Home -> ok = gen_server:call({?ECHO, Home}, {place, Scope, K}), placed
     end.
 
 %% The echo server pg_home's callers ask, registered on each node.
@@ -268,9 +293,13 @@ remote_home_keys(Members, Tag, Count, J, Acc) ->
         false -> remote_home_keys(Members, Tag, Count - 1, J + 1, [K | Acc])
     end.
 
-%% A gen_server-compatible echo: answers every call `pong'.
+%% A gen_server-compatible echo: answers every call `pong', but `{place, Scope, Key}' with
+%% `ok' once it has spawned a process here and joined it to group Key of Scope.
 echo() ->
     receive
+        {'$gen_call', From, {place, Scope, K}} ->
+            gen_server:reply(From, pg:join(Scope, K, spawn(?MODULE, idle, []))),
+            echo();
         {'$gen_call', From, _} -> gen_server:reply(From, pong), echo()
     end.
 
