@@ -219,8 +219,11 @@ whereis(Pool, Key) ->
 count(Pool) -> shoal_registry:count(cfg(Pool, count, [Pool])).
 
 %% @doc Stop the worker for `Key' gracefully: it leaves the table, runs terminate/2, and
-%% anything still queued for it goes to the key's next incarnation.
--spec stop_worker(pool(), key()) -> ok | {error, not_found}.
+%% anything still queued for it goes to the key's next incarnation. `{error, not_found}' if
+%% there is no worker (or it was gone before it had the request); `{error, {nodedown,
+%% Node}}' if the connection to the worker's node was lost before it answered (the node
+%% died, with the worker, or was cut off: then the worker may still run over there).
+-spec stop_worker(pool(), key()) -> ok | {error, not_found | {nodedown, node()}}.
 stop_worker(Pool, Key) ->
     Cfg = cfg(Pool, stop_worker, [Pool, Key]),
     case shoal_registry:whereis(Cfg, Key) of
@@ -240,7 +243,9 @@ stop_pid(Pool, Key, Pid) ->
           exit:{{shutdown, {shoal_moved, _}}, _} ->
             %% It moved before it had our request (a worker that forwards answers with
             %% where it went instead): ask where the key is now.
-            stop_worker(Pool, Key)
+            stop_worker(Pool, Key);
+          exit:{{nodedown, Node}, _} ->
+            {error, {nodedown, Node}}
     end.
 
 %% @doc Counters of the pool on this node: live workers (cluster-wide), spawns, normal

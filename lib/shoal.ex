@@ -117,7 +117,7 @@ defmodule Shoal do
   def lookup(pool, key), do: :shoal.lookup(pool, key)
 
   @doc "Stops the worker for `key` gracefully; what is queued for it goes to its next worker."
-  @spec stop_worker(pool, key) :: :ok | {:error, :not_found}
+  @spec stop_worker(pool, key) :: :ok | {:error, :not_found | {:nodedown, node()}}
   def stop_worker(pool, key), do: :shoal.stop_worker(pool, key)
 
   @doc """

@@ -40,11 +40,13 @@
          idle_offload_in_a_cluster_clears_every_replica/1,
          spawns_racing_a_joining_node_end_with_one_worker_per_key/1,
          move_to_a_dying_target_keeps_the_worker/1,
+         stop_worker_whose_node_dies_meanwhile_answers_nodedown/1,
          member_death_drops_replicas_and_respawns_from_store/1,
          dead_member_rejoins_under_its_name/1,
          partition_sides_keep_serving_and_heal_to_one_worker/1]).
 %% Run on the peers.
--export([p_start_pool/2, p_start_pool/3, p_async/3, p_migrate_and_watch/3,
+-export([p_block_and_stop/2,
+         p_start_pool/2, p_start_pool/3, p_async/3, p_migrate_and_watch/3,
          p_spawn_and_watch_idle/4, p_live_workers/1, p_local_keys/1, p_whereis_all/2, p_move_batch/3,
          p_race/4, p_converge/3, p_spawn_keys/3,
          p_cluster_view/2, p_hammer/3, p_caster/3, p_incr_each/4, p_states/3,
@@ -80,7 +82,8 @@ groups() ->
       [member_death_drops_replicas_and_respawns_from_store,
        dead_member_rejoins_under_its_name,
        partition_sides_keep_serving_and_heal_to_one_worker,
-       move_to_a_dying_target_keeps_the_worker]}].
+       move_to_a_dying_target_keeps_the_worker,
+       stop_worker_whose_node_dies_meanwhile_answers_nodedown]}].
 
 %%% Setup ---------------------------------------------------------------------------------
 
@@ -861,6 +864,27 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
 %% the same pid in A's and B's tables, its state intact, answering calls, and no second
 %% incarnation anywhere. Then a single-key migrate/3 to B while B halts mid-takeover, and
 %% one to C (gone): both return {error, _} and the worker answers on A with its state.
+%% stop_worker/2 from one node of a worker on another: the worker is busy, the stop request
+%% waits in its queue, and the worker's node halts. The caller gets `{error, {nodedown,
+%% Node}}' (it used to exit), and the key gets a fresh worker on its next call.
+stop_worker_whose_node_dies_meanwhile_answers_nodedown(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {_PB, B}, {PC, C}] = peers(Config),
+    [K | _] = [K || I <- lists:seq(1, 300), K <- [{d, I}],
+                    {ok, _} <- [pcall(PA, shoal, ensure_started, [Pool, K])],
+                    {ok, N, _} <- [pcall(PA, shoal, lookup, [Pool, K])], N =:= C],
+    {Stopper, W} = pcall(PA, ?MODULE, p_block_and_stop, [Pool, K]),
+    ?assertEqual(C, node(W)),
+    %% The stop request is queued behind the blocking call.
+    wait_until(fun() -> {message_queue_len, N} = pcall(PC, erlang, process_info,
+                                                         [W, message_queue_len]),
+                        N >= 1 end, 5000, stop_queued),
+    peer:cast(PC, erlang, halt, []),
+    ?assertEqual({error, {nodedown, C}}, watch_result(PA, Stopper)),
+    wait_until(fun() -> pcall(PA, shoal, nodes, [Pool]) =:= [A, B] end, 10000, c_gone),
+    ?assertEqual(1, pcall(PA, shoal, call, [Pool, K, incr])),
+    ok.
+
 move_to_a_dying_target_keeps_the_worker(Config) ->
     Pool = ?config(pool, Config),
     [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
@@ -1115,6 +1139,22 @@ p_states(Pool, Keys, Msg) ->
 
 %% @private A watcher for the moment Node's workers are gone from this node's table and
 %% Node left the member list: os:system_time(microsecond) then, or `timeout'.
+%% @private Block Key's worker in a call, then ask stop_worker/2 of it from another
+%% process (it waits behind the call): {that process, the worker}; p_stop/1 of the process
+%% answers stop_worker/2's result.
+p_block_and_stop(Pool, Key) ->
+    Parent = self(),
+    H = spawn(fun() ->
+                      Self = self(),
+                      _ = spawn(fun() -> catch shoal:call(Pool, Key, {block, Self}, infinity) end),
+                      W = receive {blocked, Wp} -> Wp end,
+                      _ = spawn(fun() -> Self ! {stop_result, shoal:stop_worker(Pool, Key)} end),
+                      Parent ! {worker, self(), W},
+                      R = receive {stop_result, X} -> X after 30000 -> no_answer end,
+                      receive {stop, From} -> From ! {stopped, self(), R} end
+              end),
+    receive {worker, H, W} -> {H, W} end.
+
 p_watch_node_gone(Pool, Node, Max) ->
     spawn(fun() ->
                   Deadline = erlang:monotonic_time(millisecond) + Max,
