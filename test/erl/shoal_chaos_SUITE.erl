@@ -1,7 +1,10 @@
 %% shoal_chaos_SUITE: five real OTP peer nodes under continuous call/cast load while nodes
 %% join late, leave (drained, then stopped), are killed and restarted, are cut apart and
 %% healed, and workers are migrated, drained and rebalanced — one fault at a time, chosen
-%% by a seeded random schedule — and workers are stopped with stop_worker/2.
+%% by a seeded random schedule — and workers are stopped with stop_worker/2. Beside the
+%% call/cast clients, two spawners race over their own keys: ensure_started/2,
+%% ensure_started_async/2 and stop_worker/2 of random keys, so keys are started, stopped
+%% and started again, synchronously and through the members' intakes, during every fault.
 %%
 %% Checked, at the end and by sampling during the run:
 %%   * no key ever had two live workers outside a partition: sampled every 500 ms on the
@@ -13,8 +16,9 @@
 %%   * every acknowledged call, and every cast sent outside a partition, is in its worker's
 %%     state exactly once (for keys whose state no kill, stop or lost conflict destroyed),
 %%     and no id is ever applied twice;
-%%   * no call timed out (explicit errors — a node that went away, a view not agreed yet —
-%%     are counted and printed);
+%%   * no call and no ensure_started/2 timed out (explicit errors — a node that went away, a
+%%     view not agreed yet — are counted and printed), and every `{ok, Pid}' of
+%%     ensure_started/2 names a worker whose init/2 had run;
 %%   * how long the cluster took to converge after the last fault (every member's table
 %%     equal to the union of the owners' tables), asserted under 30 s.
 %%
@@ -27,12 +31,13 @@
 
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
 -export([chaos/1]).
--export([p_client/4, p_stop/1, p_local_keys/1, p_snapshot/1, p_dump/1, p_final_ids/2,
+-export([p_client/4, p_spawner/3, p_stop/1, p_local_keys/1, p_snapshot/1, p_dump/1, p_final_ids/2,
          p_migrate_some/3, p_stop_workers/2, p_local_workers/1]).
 
 -define(POOL, chaos).
 -define(WORKER, shoal_chaos_worker).
 -define(KEYS, 300).
+-define(SPAWN_KEYS, 200).
 -define(STABLE_MS, 1500).
 
 suite() -> [{timetrap, {minutes, 60}}].
@@ -76,6 +81,9 @@ chaos(Config) ->
         publish(Tab, St2),
         Clients = [{N, pcall(St2, N, ?MODULE, p_client, [?POOL, Keys, {N, I}, Seed + I])}
                    || N <- [A, B], I <- [1, 2]],
+        SKeys = [{s, I} || I <- lists:seq(1, ?SPAWN_KEYS)],
+        Spawners = [{N, pcall(St2, N, ?MODULE, p_spawner, [?POOL, SKeys, Seed + 10 + I])}
+                    || {I, N} <- [{1, A}, {2, B}]],
         Sampler = spawn_link(fun() -> sampler(Tab, []) end),
         Deadline = erlang:monotonic_time(millisecond) + ?config(seconds, Config) * 1000,
         St3 = fault_loop(St2#{tab => Tab}, Tab, Deadline, [C, D, E]),
@@ -83,11 +91,12 @@ chaos(Config) ->
         St4 = settle(St3, Tab),
         LastFault = now_us(),
         Results = [{N, pcall(St4, N, ?MODULE, p_stop, [W])} || {N, W} <- Clients],
+        Spawned = [{N, pcall(St4, N, ?MODULE, p_stop, [W])} || {N, W} <- Spawners],
         Stopped = now_us(),
         Sampler ! {stop, self()},
         Samples = receive {sampled, Sa} -> Sa end,
         Converged = converge(St4, 30000),
-        report_and_check(St4, Keys, Results, Samples, Converged, LastFault, Stopped)
+        report_and_check(St4, Keys, Results, Spawned, Samples, Converged, LastFault, Stopped)
     after
         shoal_test_cluster:stop_peers(Peers)
     end.
@@ -345,11 +354,12 @@ converge_loop(St, Pool, T0, Deadline) ->
 %%% Checks -------------------------------------------------------------------------------------
 
 report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history := History,
-                   faults := Faults} = St, Keys, Results, Samples, Converged, LastFault, Stopped) ->
+                   faults := Faults} = St, Keys, Results, Spawned, Samples, Converged, LastFault,
+                 Stopped) ->
     Events = Saved ++ lists:append([element(2, pcall(St, N, ?MODULE, p_snapshot, [?POOL]))
                                     || N <- maps:get(alive, St)]),
     Final = pcall(St, hd(Pool), ?MODULE, p_final_ids, [?POOL, Keys]),
-    Conflicted = lists:usort([K || {conflict, K, _, _} <- Events]),
+    Conflicted = lists:usort([K || {conflict, K, _, _} <- Events, lists:member(K, Keys)]),
     Overlaps = overlaps(Events, History, maps:get(kills, St, [])),
     %% A conflict's loser merges its ids into the winner (shoal_chaos_worker:conflict/3):
     %% conflicts destroy no state; kills and stops do.
@@ -371,6 +381,20 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
                                not lists:member(Id, maps:get(K, FinalMap, []))],
     ErrorKinds = lists:foldl(fun({_, _, R, _}, M) -> maps:update_with(kind(R), fun(X) -> X + 1 end, 1, M) end,
                              #{}, Errors),
+    SpawnErrors = lists:append([maps:get(errors, R) || {_, R} <- Spawned]),
+    SpawnTimeouts = [E || {_, _, timeout, _} = E <- SpawnErrors],
+    SpawnErrorKinds = lists:foldl(fun({_, Op, R, _}, M) -> maps:update_with({Op, kind(R)}, fun(X) -> X + 1 end, 1, M) end,
+                                  #{}, SpawnErrors),
+    %% Every worker ensure_started/2 answered with had recorded its start (init/2 ran); a
+    %% node's events are read just before it is killed, so a worker that started on it
+    %% after that read is not judged.
+    LivePids = maps:from_list([{P, true} || {live, _, P, _, _} <- Events]),
+    KilledNodes = [N || {N, _} <- maps:get(kills, St, [])],
+    NotStarted = [{K, P} || {_, R} <- Spawned, {K, P} <- maps:get(oks, R),
+                            not maps:is_key(P, LivePids),
+                            not lists:member(node(P), KilledNodes)],
+    SpawnCounts = lists:foldl(fun({_, R}, M) -> maps:merge_with(fun(_, X, Y) -> X + Y end, M, maps:get(counts, R)) end,
+                              #{}, Spawned),
     ct:pal("chaos report~n"
            "  faults: ~p~n"
            "  calls acknowledged ~b, casts sent ~b (~b outside partitions checked), errors ~p~n"
@@ -379,12 +403,15 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
            "  duplicates outside a partition: sampled ~b, from worker events ~b~n"
            "  acknowledged calls missing from their worker's state: ~b; casts missing: ~b; "
            "ids applied twice: ~b; calls timed out: ~b~n"
+           "  spawners: ~p, errors ~p; ensure_started/2 answers whose worker never ran init/2: ~b~n"
            "  convergence after the last fault: ~p ms (clients stopped ~b ms after it)",
            [Faults, length(Calls), length(Casts), length(CastsChecked), ErrorKinds,
             length(Keys), map_size(Affected), length(Conflicted), length(Checked),
             length(Samples), length(Overlaps), length(MissingCalls), length(MissingCasts),
-            length(Twice), length(Timeouts), Converged, (Stopped - LastFault) div 1000]),
+            length(Twice), length(Timeouts), SpawnCounts, SpawnErrorKinds, length(NotStarted),
+            Converged, (Stopped - LastFault) div 1000]),
     ct:pal("history (time, links, pools): ~p", [lists:reverse(History)]),
+    [ct:pal("spawner error ~p", [E]) || E <- lists:sublist(SpawnErrors, 10)],
     [ct:pal("overlap ~p: events ~p~nnow ~p", [O, lists:sort([{element(tuple_size(E), E), E} || E <- Events,
                                                                         element(2, E) =:= element(1, O) orelse
                                                                         (element(1, E) =:= down_at andalso
@@ -415,6 +442,10 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
     ?assertEqual([], lists:sublist(MissingCalls, 10)),
     ?assertEqual([], lists:sublist(MissingCasts, 10)),
     ?assertEqual([], Timeouts),
+    ?assertEqual([], SpawnTimeouts),
+    ?assertEqual([], lists:sublist(NotStarted, 10)),
+    ?assert(maps:get(ensure_started, SpawnCounts, 0) > 0),
+    ?assert(maps:get(ensure_started_async, SpawnCounts, 0) > 0),
     ?assertMatch({ok, _}, Converged),
     ok.
 
@@ -490,6 +521,35 @@ client(Pool, Keys, Tag, Seq, Acked, Casts, Errors) ->
                 false ->
                     ok = shoal:cast(Pool, K, {mark, Id}),
                     client(Pool, Keys, Tag, Seq + 1, Acked, [{K, Id, now_us()} | Casts], Errors)
+            end
+    end.
+
+%% @private A spawner: ~200 operations a second on random keys of its own set, 45%
+%% ensure_started/2, 40% ensure_started_async/2, 15% stop_worker/2; p_stop/1 answers
+%% #{counts => #{Op => N}, oks => [{Key, Pid}] (ensure_started/2's answers),
+%% errors => [{Key, Op, Reason, T}]} (stop_worker/2's `{error, not_found}' is no error).
+p_spawner(Pool, Keys, Seed) ->
+    spawn(fun() ->
+                  rand:seed(exsss, {Seed, Seed + 1, Seed + 2}),
+                  spawner(Pool, list_to_tuple(Keys), #{}, [], [])
+          end).
+
+spawner(Pool, Keys, Counts, Oks, Errors) ->
+    receive
+        {stop, From} ->
+            From ! {stopped, self(), #{counts => Counts, oks => Oks, errors => Errors}}
+    after 5 ->
+            K = element(rand:uniform(tuple_size(Keys)), Keys),
+            R = rand:uniform(100),
+            Op = if R =< 45 -> ensure_started; R =< 85 -> ensure_started_async; true -> stop_worker end,
+            Counts1 = maps:update_with(Op, fun(X) -> X + 1 end, 1, Counts),
+            case {Op, try shoal:Op(Pool, K) catch exit:X -> {error, {exit, X}} end} of
+                {ensure_started, {ok, P}} -> spawner(Pool, Keys, Counts1, [{K, P} | Oks], Errors);
+                {ensure_started_async, ok} -> spawner(Pool, Keys, Counts1, Oks, Errors);
+                {stop_worker, ok} -> spawner(Pool, Keys, Counts1, Oks, Errors);
+                {stop_worker, {error, not_found}} -> spawner(Pool, Keys, Counts1, Oks, Errors);
+                {_, {error, Reason}} ->
+                    spawner(Pool, Keys, Counts1, Oks, [{K, Op, Reason, now_us()} | Errors])
             end
     end.
 
