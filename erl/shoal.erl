@@ -218,8 +218,9 @@ whereis(Pool, Key) ->
 -spec count(pool()) -> non_neg_integer().
 count(Pool) -> shoal_registry:count(cfg(Pool, count, [Pool])).
 
-%% @doc Stop the worker for `Key' gracefully: it leaves the table, runs terminate/2, and
-%% anything still queued for it goes to the key's next incarnation. `{error, not_found}' if
+%% @doc Stop the worker for `Key' gracefully: it runs terminate/2, then leaves the table
+%% (so the key's next incarnation starts only once the state is saved), and anything still
+%% queued for it goes to that next incarnation. Returns once terminate/2 has run. `{error, not_found}' if
 %% there is no worker (or it was gone before it had the request); `{error, {nodedown,
 %% Node}}' if the connection to the worker's node was lost before it answered (the node
 %% died, with the worker, or was cut off: then the worker may still run over there).

@@ -40,7 +40,10 @@
             %% is known (newest first).
             frozen = false :: boolean(),
             vsn = 0 :: shoal_nif:version(),     %% our version when the move began
-            held = [] :: [{call, gen_server:from(), term()} | {cast, term()} | {info, term()}]}).
+            held = [] :: [{call, gen_server:from(), term()} | {cast, term()} | {info, term()}],
+            %% stop_worker/2's caller, answered once terminate/2 has run and we have left
+            %% the table.
+            stopper = undefined :: undefined | gen_server:from()}).
 
 -type extra() :: timeout() | hibernate | {continue, term()}.
 -type ack() :: {pid(), reference()} | {claimed, shoal_proto:caller()}.
@@ -287,9 +290,10 @@ w_call('$shoal_ready', _From, W) ->
     {reply, ok, W, idle_of(W)};
 w_call('$shoal_freeze', _From, W) ->
     freeze(W);
-w_call('$shoal_stop', _From, W) ->
-    unregister_self(W),
-    {stop, {shutdown, shoal_stopped}, ok, W};
+w_call('$shoal_stop', From, W) ->
+    %% We stay in the table until terminate/2 has run (terminate_/2), so the key's next
+    %% incarnation cannot start (and load/2 a state) before ours is saved.
+    {stop, {shutdown, shoal_stopped}, W#w{stopper = From}};
 w_call({'$shoal_migrate', Node}, _From, W) when Node =:= node() ->
     %% Reached through a stale replica that still named our predecessor: already there.
     {reply, {ok, self()}, W, idle_of(W)};
@@ -378,14 +382,22 @@ terminate_(_Reason, #w{forward = To}) when is_pid(To) ->
     %% The state lives on in the newer incarnation: saving it here would overwrite it.
     ok;
 terminate_(Reason, #w{cfg = #shoal_cfg{worker = Mod}, st = St, loaded = Loaded} = W) ->
-    case erlang:function_exported(Mod, terminate, 2) andalso Loaded of
-        true -> _ = Mod:terminate(Reason, St), ok;
-        false -> ok
-    end,
-    case Reason of
-        {shutdown, shoal_stopped} -> reroute_mailbox(W);
-        {shutdown, shoal_offloaded} -> reroute_mailbox(W);
-        _ -> ok
+    try
+        case erlang:function_exported(Mod, terminate, 2) andalso Loaded of
+            true -> _ = Mod:terminate(Reason, St), ok;
+            false -> ok
+        end
+    after
+        %% A stop or an offload leaves the table only now, with the state saved: whoever
+        %% found us meanwhile queued here, and what is queued goes to the key's next
+        %% incarnation (even if terminate/2 crashed: the stop's caller still gets `ok').
+        case Reason of
+            {shutdown, R} when R =:= shoal_stopped; R =:= shoal_offloaded ->
+                unregister_self(W),
+                W#w.stopper =:= undefined orelse gen_server:reply(W#w.stopper, ok),
+                reroute_mailbox(W);
+            _ -> ok
+        end
     end.
 
 %% @private A release upgrade that changes the worker module: its code_change/3, when it
@@ -704,10 +716,10 @@ idle(#w{cfg = #shoal_cfg{has_idle = HasIdle, worker = Mod, idle_timeout = I}, st
             offload(W)
     end.
 
-%% Leave the table first, so nobody new finds us; whatever reached us meanwhile goes to
-%% the key's next incarnation after terminate/2 (reroute_mailbox/1).
+%% We leave the table once terminate/2 has run (terminate_/2), so the key's next
+%% incarnation cannot load/2 a state before ours is saved; whatever reaches us meanwhile
+%% goes to it after (reroute_mailbox/1).
 offload(#w{cfg = #shoal_cfg{counters = C, pool = Pool}, key = Key} = W) ->
-    unregister_self(W),
     counters:add(C, ?C_IDLE_OFFLOADS, 1),
     shoal_telemetry:execute([shoal, worker, offload], #{system_time => erlang:system_time()},
                             #{pool => Pool, key => Key, node => node(), pid => self()}),
@@ -717,8 +729,8 @@ unregister_self(#w{cfg = Cfg, key = Key}) ->
     _ = shoal_registry:unregister(Cfg, Key, self()),
     ok.
 
-%% After terminate/2 ran (the state is saved), what is still queued goes to the key's next
-%% incarnation, spawned if need be: our member resolves the key and forwards, and calls
+%% After terminate/2 ran (the state is saved) and we left the table, what is still queued
+%% goes to the key's next incarnation, spawned if need be: our member resolves the key and forwards, and calls
 %% keep their From, so their callers get the reply. Not the calls of Shoal's own callers:
 %% those see us exit with `shoal_stopped' or `shoal_offloaded' and send them again
 %% (handed on as well, they would run twice).

@@ -116,7 +116,7 @@ defmodule Shoal do
   @spec lookup(pool, key) :: {:ok, node, pid} | {:error, :not_found}
   def lookup(pool, key), do: :shoal.lookup(pool, key)
 
-  @doc "Stops the worker for `key` gracefully; what is queued for it goes to its next worker."
+  @doc "Stops the worker for `key` gracefully, once its `terminate/2` has run; what is queued for it goes to its next worker."
   @spec stop_worker(pool, key) :: :ok | {:error, :not_found | {:nodedown, node()}}
   def stop_worker(pool, key), do: :shoal.stop_worker(pool, key)
 

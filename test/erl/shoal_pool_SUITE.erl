@@ -25,6 +25,8 @@ all() ->
      ensure_started_reports_init_failure, ensure_started_async_spawns,
      a_burst_of_async_spawns_from_racing_callers_starts_every_key_once,
      stop_worker_runs_terminate_and_removes_the_entry,
+     the_next_incarnation_after_a_stop_loads_what_terminate_saved,
+     the_next_incarnation_after_an_offload_loads_what_terminate_saved,
      stop_worker_hands_queued_messages_to_the_next_incarnation,
      a_call_queued_behind_a_stop_runs_once,
      ensure_started_queued_behind_a_stop_gets_the_next_worker,
@@ -363,6 +365,29 @@ stop_worker_runs_terminate_and_removes_the_entry(_) ->
     ?assertEqual(undefined, shoal:whereis(?P, k)),
     ?assert(wait_until(fun() -> not is_process_alive(W) end)),
     ?assertEqual({error, not_found}, shoal:stop_worker(?P, k)).
+
+%% A worker that saves its state in terminate/2 (slowly) and a call that reaches its key
+%% meanwhile: the key's next incarnation starts only once the state is saved, so its load/2
+%% reads it; stop_worker/2 returns once terminate/2 has run.
+the_next_incarnation_after_a_stop_loads_what_terminate_saved(_) ->
+    Tab = ets:new(store, [public, set]),
+    start(#{args => #{notify => self(), store => Tab, slow_terminate => 300}}),
+    ?assertEqual(5, shoal:call(?P, k, {add, 5})),
+    Self = self(),
+    spawn_link(fun() -> Self ! {stopped, shoal:stop_worker(?P, k), ets:lookup(Tab, k)} end),
+    ?assertEqual({shutdown, shoal_stopped}, event_terminate(k)),
+    ?assertEqual(5, shoal:call(?P, k, get)),
+    receive {stopped, R, Saved} -> ?assertEqual({ok, [{k, 5}]}, {R, Saved})
+    after ?DEADLINE_MS -> ct:fail(no_stop)
+    end.
+
+%% The same with an idle offload.
+the_next_incarnation_after_an_offload_loads_what_terminate_saved(_) ->
+    Tab = ets:new(store, [public, set]),
+    start(#{idle_timeout => 50, args => #{notify => self(), store => Tab, slow_terminate => 300}}),
+    ?assertEqual(5, shoal:call(?P, k, {add, 5})),
+    ?assertEqual({shutdown, shoal_offloaded}, event_terminate(k)),
+    ?assertEqual(5, shoal:call(?P, k, get)).
 
 stop_worker_hands_queued_messages_to_the_next_incarnation(_) ->
     start(#{}),

@@ -5,6 +5,9 @@
 %%   fail_init => [Key]   init/2 returns {stop, init_failed} for these keys
 %%   fail_load => [Key]   load/2 returns {error, no_such_record} for these keys
 %%   idle => keep | offload (default offload)
+%%   store => Tab         load/2 takes the sum saved for the key in ETS table Tab (if any),
+%%                        terminate/2 saves it there
+%%   slow_terminate => Ms terminate/2 waits Ms (after its notify, before it saves)
 %% The state counts what `{add, N}' casts and calls added (a call answers the new sum); `get'
 %% returns it.
 -module(shoal_test_worker).
@@ -24,7 +27,12 @@ load(Key, #{args := Args} = St) ->
     notify(Args, load, Key),
     case lists:member(Key, opt(fail_load, Args, [])) of
         true -> {error, no_such_record};
-        false -> {ok, St#{loaded => true}}
+        false ->
+            N = case opt(store, Args, undefined) of
+                    undefined -> 0;
+                    Tab -> case ets:lookup(Tab, Key) of [{_, V}] -> V; [] -> 0 end
+                end,
+            {ok, St#{loaded => true, n => N}}
     end.
 
 idle(#{key := Key, args := Args} = St) ->
@@ -55,8 +63,13 @@ handle_cast({stop, Reason}, St) -> {stop, Reason, St}.
 
 handle_info(_Info, St) -> {noreply, St}.
 
-terminate(Reason, #{key := Key, args := Args}) ->
-    notify(Args, {terminate, Reason}, Key).
+terminate(Reason, #{key := Key, args := Args} = St) ->
+    notify(Args, {terminate, Reason}, Key),
+    timer:sleep(opt(slow_terminate, Args, 0)),
+    case opt(store, Args, undefined) of
+        undefined -> ok;
+        Tab -> ets:insert(Tab, {Key, maps:get(n, St)}), ok
+    end.
 
 notify(Args, Event, Key) ->
     case opt(notify, Args, undefined) of
