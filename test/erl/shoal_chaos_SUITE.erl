@@ -31,7 +31,7 @@
 
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
 -export([chaos/1]).
--export([p_client/4, p_spawner/3, p_stop/1, p_local_keys/1, p_snapshot/1, p_dump/1, p_final_ids/2,
+-export([p_client/4, p_spawner/3, p_key_state/2, p_stop/1, p_local_keys/1, p_snapshot/1, p_dump/1, p_final_ids/2,
          p_migrate_some/3, p_stop_workers/2, p_local_workers/1]).
 
 -define(POOL, chaos).
@@ -382,9 +382,11 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
     ErrorKinds = lists:foldl(fun({_, _, R, _}, M) -> maps:update_with(kind(R), fun(X) -> X + 1 end, 1, M) end,
                              #{}, Errors),
     SpawnErrors = lists:append([maps:get(errors, R) || {_, R} <- Spawned]),
-    SpawnTimeouts = [E || {_, _, timeout, _} = E <- SpawnErrors],
-    SpawnErrorKinds = lists:foldl(fun({_, Op, R, _}, M) -> maps:update_with({Op, kind(R)}, fun(X) -> X + 1 end, 1, M) end,
-                                  #{}, SpawnErrors),
+    SpawnTimeouts = [E || {_, _, timeout, _, _} = E <- SpawnErrors],
+    SpawnErrorKinds = lists:foldl(fun(Err, M) ->
+                                          Kind = {element(2, Err), kind(element(3, Err))},
+                                          maps:update_with(Kind, fun(X) -> X + 1 end, 1, M)
+                                  end, #{}, SpawnErrors),
     %% Every worker ensure_started/2 answered with had recorded its start (init/2 ran); a
     %% node's events are read just before it is killed, so a worker that started on it
     %% after that read is not judged.
@@ -406,18 +408,23 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
            "  spawners: ~p, errors ~p; ensure_started/2 answers whose worker never ran init/2: ~b~n"
            "  convergence after the last fault: ~p ms (clients stopped ~b ms after it)",
            [Faults, length(Calls), length(Casts), length(CastsChecked), ErrorKinds,
-            length(Keys), map_size(Affected), length(Conflicted), length(Checked),
+            length(Keys), length([K || K <- Keys, maps:is_key(K, Affected)]), length(Conflicted),
+            length(Checked),
             length(Samples), length(Overlaps), length(MissingCalls), length(MissingCasts),
             length(Twice), length(Timeouts), SpawnCounts, SpawnErrorKinds, length(NotStarted),
             Converged, (Stopped - LastFault) div 1000]),
     ct:pal("history (time, links, pools): ~p", [lists:reverse(History)]),
     [ct:pal("spawner error ~p", [E]) || E <- lists:sublist(SpawnErrors, 10)],
-    [ct:pal("overlap ~p: events ~p~nnow ~p", [O, lists:sort([{element(tuple_size(E), E), E} || E <- Events,
-                                                                        element(2, E) =:= element(1, O) orelse
-                                                                        (element(1, E) =:= down_at andalso
-                                                                         lists:keymember(element(2, E), 3, [X || X <- Events, element(1, X) =:= live, element(2, X) =:= element(1, O)]))]),
-                                        [{N, pcall(St, N, shoal_registry, lookup, [persistent_term_cfg(St, N), element(1, O)])} || N <- Pool]])
-     || O <- lists:sublist(Overlaps, 3)],
+    [begin
+         K = element(1, O),
+         Pids = [P || {live, K1, P, _, _} <- Events, K1 =:= K],
+         KeyEvents = [{element(tuple_size(E), E), E}
+                      || E <- Events, element(2, E) =:= K orelse
+                             (element(1, E) =:= down_at andalso lists:member(element(2, E), Pids))],
+         ct:pal("overlap ~p: events ~p~nnow ~p",
+                [O, lists:sort(KeyEvents),
+                 [{N, pcall(St, N, shoal_registry, lookup, [persistent_term_cfg(St, N), K])} || N <- Pool]])
+     end || O <- lists:sublist(Overlaps, 3)],
     [ct:pal("sampled duplicate ~p: events ~p~nnow ~p",
             [Sample, lists:sort([{element(tuple_size(E), E), E} || E <- Events, element(2, E) =:= K]),
              [{N, pcall(St, N, shoal_registry, lookup, [persistent_term_cfg(St, N), K])} || N <- Pool]])
@@ -548,9 +555,35 @@ spawner(Pool, Keys, Counts, Oks, Errors) ->
                 {ensure_started_async, ok} -> spawner(Pool, Keys, Counts1, Oks, Errors);
                 {stop_worker, ok} -> spawner(Pool, Keys, Counts1, Oks, Errors);
                 {stop_worker, {error, not_found}} -> spawner(Pool, Keys, Counts1, Oks, Errors);
+                {_, {error, timeout}} ->
+                    %% What each member's table holds for the key, and what the processes
+                    %% it names are doing: printed with the errors.
+                    Diag = [{N, catch erpc:call(N, ?MODULE, p_key_state, [Pool, K], 2000)}
+                            || N <- [node() | nodes()]],
+                    spawner(Pool, Keys, Counts1, Oks,
+                            [{K, Op, timeout, now_us(), Diag} | Errors]);
                 {_, {error, Reason}} ->
                     spawner(Pool, Keys, Counts1, Oks, [{K, Op, Reason, now_us()} | Errors])
             end
+    end.
+
+%% @private Key's entry in this node's table, with what a local process it names is doing.
+p_key_state(Pool, Key) ->
+    case persistent_term:get({shoal_pool, Pool}, undefined) of
+        undefined -> no_pool;
+        Cfg ->
+            E = shoal_registry:lookup(Cfg, Key),
+            P = case E of
+                    {local, Pid, _, _} -> Pid;
+                    {claimed, Pid} -> Pid;
+                    _ -> none
+                end,
+            Info = case is_pid(P) andalso node(P) =:= node() of
+                       true -> erlang:process_info(P, [current_stacktrace, message_queue_len,
+                                                       status, registered_name]);
+                       false -> none
+                   end,
+            {E, Info}
     end.
 
 %% @private Stop a client and return its record.
