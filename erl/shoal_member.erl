@@ -593,21 +593,11 @@ apply_each(Cfg, Node, [Op | Ops], Mark, S) ->
     apply_each(Cfg, Node, Ops, Mark, S).
 
 apply_op(Cfg, _From, {up, Key, Node, Pid, Vsn}, Mark, S) ->
-    case known_node(Node, S) of
-        true ->
-            case shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, Mark) of
-                {conflict, Mine, _MyVsn} ->
-                    %% The loser stores the winner's replica itself, with the mark of the
-                    %% sync (if any) this came in, so the sync's sweep keeps it.
-                    Mine ! {'$shoal_yield', Node, Pid, Vsn, Mark},
-                    ok;
-                _ -> ok
-            end;
-        false ->
-            %% A relay about a node that is not (or no longer) our peer: not stored, but
-            %% our clock passes it (a take-back must be above a lost successor's version).
-            shoal_registry:observe(Vsn)
-    end;
+    put_up(Cfg, Key, Node, Pid, Vsn, Mark, none, S);
+%% An entry of Node's sync, whose walk began at T0 (on_sync/5): an `up' that a tomb of
+%% another node from before T0 does not refuse (shoal_nif:put_synced/7).
+apply_op(Cfg, _From, {synced, Key, Node, Pid, Vsn, T0}, Mark, S) ->
+    put_up(Cfg, Key, Node, Pid, Vsn, Mark, T0, S);
 apply_op(Cfg, From, {moved, Key, Node, Pid, Vsn, NewNode, NewPid, NewVsn}, Mark, S) ->
     case NewNode =/= node() andalso known_node(NewNode, S) of
         true -> apply_op(Cfg, From, {up, Key, NewNode, NewPid, NewVsn}, Mark, S);
@@ -631,6 +621,27 @@ apply_op(Cfg, From, {moved, Key, Vsn, NewNode, NewPid, NewVsn}, Mark, S) ->
         false ->
             NewNode =:= node() orelse shoal_registry:observe(NewVsn),
             apply_op(Cfg, From, {down, Key, Vsn}, Mark, S)
+    end.
+
+put_up(Cfg, Key, Node, Pid, Vsn, Mark, T0, S) ->
+    case known_node(Node, S) of
+        true ->
+            Put = case T0 of
+                      none -> shoal_registry:put_remote(Cfg, Key, Node, Pid, Vsn, Mark);
+                      _ -> shoal_registry:put_synced(Cfg, Key, Node, Pid, Vsn, Mark, T0)
+                  end,
+            case Put of
+                {conflict, Mine, _MyVsn} ->
+                    %% The loser stores the winner's replica itself, with the mark of the
+                    %% sync (if any) this came in, so the sync's sweep keeps it.
+                    Mine ! {'$shoal_yield', Node, Pid, Vsn, Mark},
+                    ok;
+                _ -> ok
+            end;
+        false ->
+            %% A relay about a node that is not (or no longer) our peer: not stored, but
+            %% our clock passes it (a take-back must be above a lost successor's version).
+            shoal_registry:observe(Vsn)
     end.
 
 known_node(Node, #ms{peers = Peers}) -> maps:is_key(Node, Peers).
@@ -665,7 +676,7 @@ on_sync(Node, T0, Entries, Part, #ms{cfg = Cfg, sync_in = In, mark = M0} = S) ->
                      _ ->
                          {maps:get(Node, In, 0), S}
                  end,
-    _ = apply_ops(Node, [{up, K, Node, Pid, V} || {K, Pid, V} <- Entries], Mark, S1),
+    _ = apply_ops(Node, [{synced, K, Node, Pid, V, T0} || {K, Pid, V} <- Entries], Mark, S1),
     case Part of
         P2 when P2 =:= last; P2 =:= only ->
             _ = shoal_registry:sweep_node(Cfg, Node, Mark, T0),

@@ -52,7 +52,7 @@
 -export([new/1, delete/1,
          whereis/2, lookup/2, route/3,
          claim/3, release_claim/3, register/4, unregister/3, set_moving/4,
-         put_remote/6, put_successor/6, remove_remote/4,
+         put_remote/6, put_successor/6, put_synced/7, remove_remote/4,
          set_listener/2, admit/3, count/1, count/2, info/1, fold/3,
          hlc/0, observe/1, canonical/1, hash/1, meter_new/0, meter_add/2, meter_sum/2, load_info/0]).
 -export_type([table/0, meter/0, version/0, entry/0]).
@@ -168,6 +168,15 @@ put_remote(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
 -spec put_successor(table(), term(), node(), pid(), version(), non_neg_integer()) ->
           stored | stale | {conflict, pid(), version()}.
 put_successor(_T, _Key, _Node, _Pid, _Vsn, _Mark) -> ?NOT_LOADED.
+
+%% @doc put_remote/6 for an entry of Node's sync, whose walk of its table began when its
+%% clock read Before (a positive integer): the same, except that a tomb of another node
+%% whose version is below Before (a tomb entry, or the tomb a claim keeps) does not refuse
+%% it. That tomb is of an incarnation that died while this one, which Node still holds,
+%% lived: its twin across a partition.
+-spec put_synced(table(), term(), node(), pid(), version(), non_neg_integer(), pos_integer()) ->
+          stored | stale | {conflict, pid(), version()}.
+put_synced(_T, _Key, _Node, _Pid, _Vsn, _Mark, _Before) -> ?NOT_LOADED.
 
 %% @doc Node says its worker for Key, at version Vsn, is gone: a replica that is not newer
 %% than `{Vsn, Node}' becomes a tomb at Vsn (`removed'); an absent entry or an older tomb

@@ -11,7 +11,7 @@
 -include("shoal_int.hrl").
 
 -export([new/1, delete/1, whereis/2, lookup/2, route/3, claim/3, release_claim/3,
-         register/4, unregister/3, set_moving/4, put_remote/6, put_successor/6,
+         register/4, unregister/3, set_moving/4, put_remote/6, put_successor/6, put_synced/7,
          remove_remote/4,
          set_listener/2, admit/3, count/1, count/2, info/1, owned/1, dump/1, keys_on/2,
          purge_node/2, sweep_node/4, sweep_tombs/2, worker/2, hlc/0, observe/1]).
@@ -73,6 +73,14 @@ put_remote(#shoal_cfg{table = T}, Key, Node, Pid, Vsn, Mark) ->
 put_successor(_Cfg, _Key, Node, _Pid, _Vsn, _Mark) when Node =:= node() -> stale;
 put_successor(#shoal_cfg{table = T}, Key, Node, Pid, Vsn, Mark) ->
     shoal_nif:put_successor(T, Key, Node, Pid, Vsn, Mark).
+
+%% @doc Store a replica from Node's sync, whose walk began at Before (see
+%% shoal_nif:put_synced/7).
+-spec put_synced(#shoal_cfg{}, term(), node(), pid(), shoal_nif:version(), non_neg_integer(),
+                 pos_integer()) -> stored | stale | {conflict, pid(), shoal_nif:version()}.
+put_synced(_Cfg, _Key, Node, _Pid, _Vsn, _Mark, _Before) when Node =:= node() -> stale;
+put_synced(#shoal_cfg{table = T}, Key, Node, Pid, Vsn, Mark, Before) ->
+    shoal_nif:put_synced(T, Key, Node, Pid, Vsn, Mark, Before).
 
 %% @doc Node says its worker for Key at Vsn is gone.
 -spec remove_remote(#shoal_cfg{}, term(), node(), shoal_nif:version()) ->

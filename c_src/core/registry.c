@@ -402,6 +402,7 @@ struct op_ctx {
     uint32_t mark;
     int64_t now_ms;
     int flag;
+    uint64_t before;  /* put_synced: tombs of other nodes below this do not refuse */
     const registry_mode *mode;
 };
 
@@ -635,6 +636,14 @@ int registry_set_moving(registry *r, const registry_key *k, uint64_t word, int o
 
 /* put_remote ------------------------------------------------------------------------------- */
 
+/* put_synced: the tomb {cur->vsn, cur->node} (a TOMB's, or the one a claim keeps) is of an
+ * incarnation on another node than the synced replica's, registered before the owner's
+ * walk began: it does not refuse the replica (registry_put_synced). */
+static int overridden(const struct op_ctx *c, const registry_entry *cur)
+{
+    return c->before != 0 && cur->node != c->node && cur->vsn < c->before;
+}
+
 static table_action put_remote_fn(void *vc, table_entry *te, table_entry **repl)
 {
     struct op_ctx *c = vc;
@@ -646,10 +655,12 @@ static table_action put_remote_fn(void *vc, table_entry *te, table_entry **repl)
     if (cur != NULL) {
         switch (registry_state_of(cur)) {
         case REGISTRY_TOMB:
-            if (!newer(c->vsn, c->node, cur->vsn, cur->node)) return TABLE_KEEP;
+            if (!newer(c->vsn, c->node, cur->vsn, cur->node) && !overridden(c, cur))
+                return TABLE_KEEP;
             break;
         case REGISTRY_CLAIMED:
-            if (cur->node != NULL && !newer(c->vsn, c->node, cur->vsn, cur->node))
+            if (cur->node != NULL && !newer(c->vsn, c->node, cur->vsn, cur->node) &&
+                !overridden(c, cur))
                 return TABLE_KEEP;
             ending(c, cur);
             break;
@@ -689,12 +700,12 @@ static table_action put_remote_fn(void *vc, table_entry *te, table_entry **repl)
 }
 
 static int put_replica(registry *r, const registry_key *k, registry_node *node, uint64_t vsn,
-                       uint32_t mark, int successor, registry_entry *mine,
+                       uint32_t mark, int successor, uint64_t before, registry_entry *mine,
                        const registry_op *op, registry_out *out)
 {
     registry_clock_observe(r->clock, vsn);
     struct op_ctx c = {.r = r, .op = op, .out = out, .mine = mine, .node = node, .vsn = vsn,
-                       .mark = mark, .flag = successor};
+                       .mark = mark, .flag = successor, .before = before};
     return update(&c, k, put_remote_fn);
 }
 
@@ -702,14 +713,21 @@ int registry_put_remote(registry *r, const registry_key *k, registry_node *node,
                         uint32_t mark, registry_entry *mine, const registry_op *op,
                         registry_out *out)
 {
-    return put_replica(r, k, node, vsn, mark, 0, mine, op, out);
+    return put_replica(r, k, node, vsn, mark, 0, 0, mine, op, out);
 }
 
 int registry_put_successor(registry *r, const registry_key *k, registry_node *node,
                            uint64_t vsn, uint32_t mark, registry_entry *mine,
                            const registry_op *op, registry_out *out)
 {
-    return put_replica(r, k, node, vsn, mark, 1, mine, op, out);
+    return put_replica(r, k, node, vsn, mark, 1, 0, mine, op, out);
+}
+
+int registry_put_synced(registry *r, const registry_key *k, registry_node *node, uint64_t vsn,
+                        uint32_t mark, uint64_t before, registry_entry *mine,
+                        const registry_op *op, registry_out *out)
+{
+    return put_replica(r, k, node, vsn, mark, 0, before, mine, op, out);
 }
 
 /* remove_remote ---------------------------------------------------------------------------- */

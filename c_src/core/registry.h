@@ -332,6 +332,16 @@ int registry_put_successor(registry *r, const registry_key *k, registry_node *no
                            uint64_t vsn, uint32_t mark, registry_entry *mine,
                            const registry_op *op, registry_out *out);
 
+/* registry_put_synced - registry_put_remote for an entry of the owner's sync, whose walk
+ * began when the owner's clock read `before` (non-zero): the same, except that a tomb of
+ * another node than `node` whose version is below `before` (a TOMB, or the tomb a claim
+ * keeps) does not refuse it. Such a tomb is of an incarnation that died while this one,
+ * which the owner still holds, lived: its twin on the other side of a partition, which the
+ * newer-wins order alone would leave in this table's way for good. */
+int registry_put_synced(registry *r, const registry_key *k, registry_node *node, uint64_t vsn,
+                        uint32_t mark, uint64_t before, registry_entry *mine,
+                        const registry_op *op, registry_out *out);
+
 /* registry_remove_remote - node says its worker of the key at version vsn is gone (vsn is
  * observed first). A replica not newer than {vsn, node} is replaced by `mine`, a TOMB entry
  * the caller prepared (REGISTRY_REMOVED); an absent key gets `mine` (REGISTRY_TOMBSTONED); an

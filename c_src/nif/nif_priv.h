@@ -233,6 +233,7 @@ ERL_NIF_TERM nif_unregister(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_set_moving(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_put_remote(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_put_successor(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+ERL_NIF_TERM nif_put_synced(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 ERL_NIF_TERM nif_remove_remote(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 void local_dtor(ErlNifEnv *env, void *obj);
 void local_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon);

@@ -428,17 +428,20 @@ static int replica_args(ErlNifEnv *env, const ERL_NIF_TERM argv[], ErlNifUInt64 
            enif_get_uint64(env, argv[4], vsn);
 }
 
-/* put_remote(Table, Key, Node, Pid, Vsn, Mark) and put_successor(...) (successor != 0)
- * -> stored | stale | {conflict, Pid, Vsn} */
-static ERL_NIF_TERM put_replica(ErlNifEnv *env, const ERL_NIF_TERM argv[], int successor)
+/* put_remote(Table, Key, Node, Pid, Vsn, Mark), put_successor(...) (successor != 0) and
+ * put_synced(..., Mark, Before) (synced != 0) -> stored | stale | {conflict, Pid, Vsn} */
+static ERL_NIF_TERM put_replica(ErlNifEnv *env, const ERL_NIF_TERM argv[], int successor,
+                                int synced)
 {
     struct seen s;
     seen_init(&s, env);
     nif_atoms *a = &s.P->a;
     GET_TABLE(nt, argv[0]);
     ErlNifUInt64 vsn;
+    ErlNifUInt64 before = 0;
     unsigned mark;
-    if (!replica_args(env, argv, &vsn) || !enif_get_uint(env, argv[5], &mark))
+    if (!replica_args(env, argv, &vsn) || !enif_get_uint(env, argv[5], &mark) ||
+        (synced && (!enif_get_uint64(env, argv[6], &before) || before == 0)))
         return enif_make_badarg(env);
     GET_KEY(kb, k, argv[1]);
     int rc;
@@ -455,6 +458,8 @@ static ERL_NIF_TERM put_replica(ErlNifEnv *env, const ERL_NIF_TERM argv[], int s
                       .self_name = hook_self_name, .admitted = hook_admitted, .ctx = &s};
     registry_out out;
     rc = successor ? registry_put_successor(nt->r, &k, node, vsn, mark, &mine->re, &op, &out)
+         : synced  ? registry_put_synced(nt->r, &k, node, vsn, mark, before, &mine->re, &op,
+                                         &out)
                    : registry_put_remote(nt->r, &k, node, vsn, mark, &mine->re, &op, &out);
     kbuf_free(&kb);
     if (s.have_name) kbuf_free(&s.self_name);
@@ -480,13 +485,19 @@ static ERL_NIF_TERM put_replica(ErlNifEnv *env, const ERL_NIF_TERM argv[], int s
 ERL_NIF_TERM nif_put_remote(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    return put_replica(env, argv, 0);
+    return put_replica(env, argv, 0, 0);
 }
 
 ERL_NIF_TERM nif_put_successor(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    return put_replica(env, argv, 1);
+    return put_replica(env, argv, 1, 0);
+}
+
+ERL_NIF_TERM nif_put_synced(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    return put_replica(env, argv, 0, 1);
 }
 
 /* remove_remote(Table, Key, Node, Vsn) -> removed | tombstoned | stale */

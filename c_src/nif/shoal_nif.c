@@ -130,6 +130,7 @@ static ErlNifFunc funcs[] = {
     {"set_moving", 4, nif_set_moving, 0},
     {"put_remote", 6, nif_put_remote, 0},
     {"put_successor", 6, nif_put_successor, 0},
+    {"put_synced", 7, nif_put_synced, 0},
     {"remove_remote", 4, nif_remove_remote, 0},
     {"set_listener", 2, nif_set_listener, 0},
     {"count", 1, nif_count, 0},

@@ -159,6 +159,20 @@ static int put(fixture *f, uint64_t id, registry_node *n, uint64_t vsn, uint32_t
     return rc;
 }
 
+/* put() through registry_put_synced (an entry of a sync whose walk began at `before`) */
+static int put_sync(fixture *f, uint64_t id, registry_node *n, uint64_t vsn, uint32_t mark,
+                    uint64_t before, registry_out *out)
+{
+    unsigned char b[16];
+    registry_key k = key_of(b, id);
+    tentry *e = entry(id, 0);
+    registry_out o;
+    if (out == NULL) out = &o;
+    int rc = registry_put_synced(f->r, &k, n, vsn, mark, before, &e->re, NULL, out);
+    if (!out->stored) free(e);
+    return rc;
+}
+
 /* put() through registry_put_successor (a move's outcome) */
 static int put_succ(fixture *f, uint64_t id, registry_node *n, uint64_t vsn,
                     const registry_op *op, registry_out *out)
@@ -690,6 +704,44 @@ static void test_remove_remote_rules(void)
     fx_done(&f);
 }
 
+/* A sync's entry is not refused by another node's tomb from before the walk (the twin of a
+ * partition that died): only by its own node's tombs, newer tombs, and newer replicas. */
+static void test_put_synced_passes_older_tombs_of_other_nodes(void)
+{
+    fixture f;
+    fx_init(&f, 1, 0);
+    registry_node *b = node(&f, "b@h"), *e = node(&f, "e@h");
+    /* e's twin (version 70) died: its tomb; b's worker at 60 lives, its walk began at 80 */
+    CU_ASSERT_EQUAL(rm(&f, 1, e, 70, 1), REGISTRY_TOMBSTONED);
+    CU_ASSERT_EQUAL(put(&f, 1, b, 60, 0, 1, NULL, NULL), REGISTRY_STALE);
+    CU_ASSERT_EQUAL(put_sync(&f, 1, b, 60, 5, 70, NULL), REGISTRY_STALE); /* not before */
+    registry_out out;
+    CU_ASSERT_EQUAL(put_sync(&f, 1, b, 60, 5, 80, &out), REGISTRY_STORED);
+    CU_ASSERT_EQUAL(out.prev, REGISTRY_TOMB);
+    seen_t s = look(&f, 1);
+    CU_ASSERT(s.state == REGISTRY_REMOTE && s.node == b && s.vsn == 60 && s.mark == 5);
+    CU_ASSERT_EQUAL(counts(&f).tombs, 0);
+    /* its own node's tomb still refuses it, however old */
+    CU_ASSERT_EQUAL(rm(&f, 2, b, 70, 2), REGISTRY_TOMBSTONED);
+    CU_ASSERT_EQUAL(put_sync(&f, 2, b, 60, 5, 80, NULL), REGISTRY_STALE);
+    /* a newer replica of another node is not a tomb: it stays (a conflict to settle) */
+    CU_ASSERT_EQUAL(put(&f, 3, e, 70, 0, 1, NULL, NULL), REGISTRY_STORED);
+    CU_ASSERT_EQUAL(put_sync(&f, 3, b, 60, 5, 80, NULL), REGISTRY_STALE);
+    CU_ASSERT_EQUAL(look(&f, 3).node, e);
+    /* a claim that keeps such a tomb ends, its waiters told, like over an absent key */
+    CU_ASSERT_EQUAL(rm(&f, 4, e, 70, 3), REGISTRY_TOMBSTONED);
+    CU_ASSERT_EQUAL(claim(&f, 4, 11, NULL), REGISTRY_OK);
+    CU_ASSERT_EQUAL(put(&f, 4, b, 60, 0, 1, NULL, NULL), REGISTRY_STALE);
+    CU_ASSERT_EQUAL(put_sync(&f, 4, b, 60, 5, 80, &out), REGISTRY_STORED);
+    CU_ASSERT_EQUAL(out.prev, REGISTRY_CLAIMED);
+    CU_ASSERT_EQUAL(look(&f, 4).state, REGISTRY_REMOTE);
+    registry_counts c = counts(&f);
+    CU_ASSERT(c.tombs == 1 && c.claims == 0 && c.remote == 3);
+    registry_node_put(f.r, b);
+    registry_node_put(f.r, e);
+    fx_done(&f);
+}
+
 /* ---- walks ------------------------------------------------------------------------------ */
 
 typedef struct walk_t {
@@ -922,6 +974,7 @@ CU_ErrorCode test_core_register_registry(void)
         {"a dead worker is never stored; drop removes only itself", test_a_dead_worker_is_never_stored_and_drop_removes_only_itself},
         {"put_remote: newer wins, ties by name, marks, conflicts, moving", test_put_remote_rules},
         {"remove_remote: tombs, raised tombs, local left alone", test_remove_remote_rules},
+        {"put_synced passes older tombs of other nodes only", test_put_synced_passes_older_tombs_of_other_nodes},
         {"sweeps by node and mark, tombs by age, purge, rewrite", test_sweeps_and_rewrites},
         {"out of memory changes nothing", test_enomem_changes_nothing},
         {"4 threads of every operation keep counts and nodes exact", test_concurrent_operations_keep_counts_and_nodes_exact},

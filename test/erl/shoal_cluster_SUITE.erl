@@ -43,7 +43,8 @@
          stop_worker_whose_node_dies_meanwhile_answers_nodedown/1,
          member_death_drops_replicas_and_respawns_from_store/1,
          dead_member_rejoins_under_its_name/1,
-         partition_sides_keep_serving_and_heal_to_one_worker/1]).
+         partition_sides_keep_serving_and_heal_to_one_worker/1,
+         a_partition_twin_that_died_does_not_hide_the_survivor/1]).
 %% Run on the peers.
 -export([p_block_and_stop/2,
          p_start_pool/2, p_start_pool/3, p_async/3, p_migrate_and_watch/3,
@@ -82,6 +83,7 @@ groups() ->
       [member_death_drops_replicas_and_respawns_from_store,
        dead_member_rejoins_under_its_name,
        partition_sides_keep_serving_and_heal_to_one_worker,
+       a_partition_twin_that_died_does_not_hide_the_survivor,
        move_to_a_dying_target_keeps_the_worker,
        stop_worker_whose_node_dies_meanwhile_answers_nodedown]}].
 
@@ -855,6 +857,50 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
                     5000, {loser_exit, K})
      end || K <- Keys],
     wait_counts_agree(Config, Pool, 40),
+    ok.
+
+%% While C is cut off, each side starts its own worker for 20 keys, C's first; A's side
+%% then stops its (newer) twins, so A and B hold tombs newer than C's workers. After the
+%% heal, C's workers are the only ones: every member must find them, at once (C's sync),
+%% and every call from A reaches them. On the code before put_synced/7, the tombs refused
+%% C's sync entries for good (the chaos suite's convergence failure): A and B had no entry
+%% for those keys, and a call from A started a second worker.
+a_partition_twin_that_died_does_not_hide_the_survivor(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
+    Keys = [{twin, I} || I <- lists:seq(1, 20)],
+    true = pcall(PA, erlang, disconnect_node, [C]),
+    true = pcall(PB, erlang, disconnect_node, [C]),
+    wait_until(fun() -> pcall(PC, erlang, nodes, []) =:= [] end, 5000, split_c),
+    wait_until(fun() -> pcall(PA, shoal, nodes, [Pool]) =:= [A, B] andalso
+                            pcall(PB, shoal, nodes, [Pool]) =:= [A, B] andalso
+                            pcall(PC, shoal, nodes, [Pool]) =:= [C] end, 5000, split_pool),
+    OnC = [{K, P} || K <- Keys, {ok, P} <- [pcall(PC, shoal, ensure_started, [Pool, K])]],
+    ?assertEqual(20, length(OnC)),
+    timer:sleep(5),
+    OnAB = [{K, P} || K <- Keys, {ok, P} <- [pcall(PA, shoal, ensure_started, [Pool, K])]],
+    ?assertEqual(20, length(OnAB)),
+    [ok = pcall(PA, shoal, stop_worker, [Pool, K]) || K <- Keys],
+    %% Both sides' tables now say: A and B a tomb newer than C's worker, C its worker.
+    wait_until(fun() -> [pcall(P, shoal, whereis, [Pool, K]) || P <- [PA, PB], K <- Keys]
+                            =:= lists:duplicate(40, undefined) end, 5000, tombs_on_ab),
+    true = pcall(PA, net_kernel, connect_node, [C]),
+    true = pcall(PB, net_kernel, connect_node, [C]),
+    Found = fun() ->
+                    [pcall(P, shoal, whereis, [Pool, K]) || P <- [PA, PB, PC], K <- Keys]
+                        =:= [P || _ <- [PA, PB, PC], {_, P} <- OnC]
+            end,
+    Res = poll(Found, 5000),
+    Res =:= ok orelse
+        ct:pal("after the heal, per member {Key, lookup}: ~p",
+               [[{N, [{K, pcall(P, shoal_registry, lookup,
+                                [pcall(P, persistent_term, get, [{shoal_pool, Pool}]), K])}
+                      || K <- lists:sublist(Keys, 3)]} || {P, N} <- peers(Config)]]),
+    ?assertEqual(ok, Res),
+    %% Calls from A reach C's workers: no second worker starts.
+    [?assertEqual({K, {P, C}}, {K, pcall(PA, shoal, call, [Pool, K, whoami, 5000])}) || {K, P} <- OnC],
+    ?assertEqual(20, pcall(PC, shoal, count, [Pool, C])),
+    ?assertEqual(0, pcall(PA, shoal, count, [Pool, A]) + pcall(PB, shoal, count, [Pool, B])),
     ok.
 
 %% 40 counters live on A. A batched move of all of them to C (shoal_cluster:move_batch/3,

@@ -245,10 +245,27 @@ bad_replica_arguments_are_badarg_test() ->
     ?assertError(badarg, shoal_nif:put_remote(T, k, n@h, R, 1, 1 bsl 32)),
     ?assertError(badarg, shoal_nif:remove_remote(T, k, 1, 1)),
     ?assertError(badarg, shoal_nif:remove_remote(T, k, n@h, -5)),
+    [?assertError(badarg, shoal_nif:put_synced(T, k, n@h, R, 1, 0, Before))
+     || Before <- [0, -1, 1 bsl 64, t0, undefined]],
     ?assertError(badarg, shoal_nif:count(T, "node")),
     ?assertEqual(stored, shoal_nif:put_remote(T, k, n@h, R, 1, (1 bsl 32) - 1)),
     ?assertEqual(#{entries => 1, nodes => 1},
                  maps:with([entries, nodes], shoal_nif:info(T))).
+
+%% A sync's entry passes a tomb of another node from before the sync's walk began (the
+%% partition twin that died), not its own node's tomb nor a newer one.
+put_synced_passes_older_tombs_of_other_nodes_test() ->
+    T = shoal_nif:new(2),
+    B = remote_pid('b@h', 7),
+    tombstoned = shoal_nif:remove_remote(T, k, 'e@h', 70),
+    ?assertEqual(stale, shoal_nif:put_remote(T, k, 'b@h', B, 60, 0)),
+    ?assertEqual(stale, shoal_nif:put_synced(T, k, 'b@h', B, 60, 3, 70)),
+    ?assertEqual(stored, shoal_nif:put_synced(T, k, 'b@h', B, 60, 3, 80)),
+    ?assertEqual({remote, 'b@h', B, 60}, shoal_nif:lookup(T, k)),
+    ?assertEqual(B, shoal_nif:whereis(T, k)),
+    tombstoned = shoal_nif:remove_remote(T, j, 'b@h', 70),
+    ?assertEqual(stale, shoal_nif:put_synced(T, j, 'b@h', B, 60, 3, 80)),
+    ?assertEqual({tomb, 70}, shoal_nif:lookup(T, j)).
 
 bad_fold_arguments_are_badarg_test() ->
     T = shoal_nif:new(2),
