@@ -241,6 +241,7 @@ settle(#{alive := Alive, pool := Pool} = St0, Tab) ->
     St2.
 
 start_pool(#{pool := Pool} = St, N) ->
+    spawners() andalso pcall(St, N, shoal_chaos_trace, start, []),
     {ok, _} = pcall(St, N, shoal, start_pool, [?POOL, #{worker => ?WORKER, handoff_grace => 2000}]),
     changed(St#{pool := lists:usort([N | Pool])}).
 
@@ -347,10 +348,27 @@ converge_loop(St, Pool, T0, Deadline) ->
                     [ct:pal("~p: ~p", [K, [{N, pcall(St, N, shoal_registry, lookup,
                                                      [persistent_term_cfg(St, N), K])} || N <- Pool]])
                      || {_, _, Missing} <- Examples, {K, _, _} <- lists:sublist(Missing, 2)],
+                    print_traces(St, lists:usort([K || {_, Extra, Missing} <- Examples,
+                                                       {K, _, _} <- lists:sublist(Extra, 2) ++ lists:sublist(Missing, 2)])),
                     {timeout, Diff};
                 false -> timer:sleep(20), converge_loop(St, Pool, T0, Deadline)
             end
     end.
+
+%% What each living node's recorder (shoal_chaos_trace) holds about Keys, merged in time.
+print_traces(_St, []) -> ok;
+print_traces(#{alive := Alive} = St, Keys) ->
+    Recs = lists:sort(lists:append([pcall(St, N, shoal_chaos_trace, read, [Keys]) || N <- Alive])),
+    Lines = [io_lib:format("~b ~s ~w ~s ~w~n", [T, short(N), P, Kind, MFA]) || {T, N, P, Kind, MFA} <- Recs],
+    Dir = filename:join(os:getenv("SHOAL_CHAOS_TRACE_DIR", "/tmp"), "shoal_chaos_trace"),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    File = filename:join(Dir, io_lib:format("~b-~b.txt", [erlang:system_time(second), erlang:unique_integer([positive])])),
+    ok = file:write_file(File, [io_lib:format("keys ~p~n", [Keys]) | Lines]),
+    ct:pal("trace of ~p (~b records) in ~ts; the last 150:~n~ts",
+           [Keys, length(Lines), File, lists:nthtail(max(0, length(Lines) - 150), Lines)]),
+    ok.
+
+short(Node) -> lists:last(string:split(hd(string:split(atom_to_list(Node), "@")), "_", trailing)).
 
 %%% Checks -------------------------------------------------------------------------------------
 
@@ -444,6 +462,10 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
              lists:sort([{element(tuple_size(E), E), E} || E <- Events, element(2, E) =:= K]),
              maps:get(K, FinalMap, [])])
      || {K, Id} <- lists:sublist(Twice, 3)],
+    spawners() andalso
+        print_traces(St, lists:usort([element(1, E) || E <- lists:sublist(SpawnTimeouts, 3)]
+                                     ++ [element(1, O) || O <- lists:sublist(Overlaps, 3)]
+                                     ++ [K || {K, _} <- lists:sublist(NotStarted, 3)])),
     ?assertEqual([], lists:sublist(Samples, 10)),
     ?assertEqual([], lists:sublist(Overlaps, 10)),
     ?assertEqual([], lists:sublist(Twice, 10)),
