@@ -364,9 +364,10 @@ wake(Name) ->
     end.
 
 %% @doc A call to Dead, Key's worker in this node's table, exited `noproc': ask the member
-%% of Dead's node where Key is now and store a newer answer over Dead's replica; only if
-%% there is none (the node knows nothing newer, or cannot answer) drop the replica (a tomb
-%% at its version). Returns the worker it learnt of, if any.
+%% of Dead's node where Key is now and store a newer answer over Dead's replica; an answer
+%% naming Dead at the replica's version keeps the replica (its owner still holds it); only
+%% if there is neither (the node knows nothing newer, or cannot answer) drop the replica (a
+%% tomb at its version). Returns the worker it learnt of, if any.
 %%
 %% Asked first, because the node of a worker that moved points its table at the successor
 %% before the worker exits, while the relay of that to this node may still be on its way:
@@ -381,6 +382,14 @@ relearn(Cfg, Key, Dead) ->
                 {ok, N, Pid, V} when V > Vsn ->
                     _ = shoal_registry:put_remote(Cfg, Key, N, Pid, V, 0),
                     {ok, Pid};
+                {ok, Node, Dead, Vsn} ->
+                    %% Its owner still holds that very incarnation: it was not dead but
+                    %% in between (a conflict's loser that took its key back answers
+                    %% `never_ran' meanwhile), or its death has not reached the owner's
+                    %% table yet, whose `down' will then follow. Removing the replica
+                    %% here left a tomb at the live worker's version, which refused its
+                    %% `up' for good (the chaos suite, seed 5 for 60 s).
+                    {ok, Dead};
                 _ ->
                     _ = shoal_registry:remove_remote(Cfg, Key, Node, Vsn),
                     none

@@ -44,7 +44,8 @@
          member_death_drops_replicas_and_respawns_from_store/1,
          dead_member_rejoins_under_its_name/1,
          partition_sides_keep_serving_and_heal_to_one_worker/1,
-         a_partition_twin_that_died_does_not_hide_the_survivor/1]).
+         a_partition_twin_that_died_does_not_hide_the_survivor/1,
+         relearn_keeps_a_replica_its_owner_still_holds/1]).
 %% Run on the peers.
 -export([p_block_and_stop/2,
          p_start_pool/2, p_start_pool/3, p_async/3, p_migrate_and_watch/3,
@@ -68,6 +69,7 @@ groups() ->
        equal_windows_spread_keys_evenly,
        node_with_high_zero_takes_no_new_workers,
        any_member_reaches_any_key,
+       relearn_keeps_a_replica_its_owner_still_holds,
        migrate_three_times_under_load_loses_nothing,
        drain_to_zero_keeps_every_state,
        a_drain_moves_to_every_target_at_once,
@@ -256,6 +258,35 @@ node_with_high_zero_takes_no_new_workers(Config) ->
 
 %% call/cast/*_existing/ensure_started/stop_worker/lookup from every member, for keys
 %% living on every member.
+%% shoal_arbiter:relearn/3 runs when a worker a caller found looked gone (a call or an
+%% ensure_started/2 got `noproc' or another never-ran exit). If the worker's own node still
+%% holds that incarnation, the replica stays: a conflict's loser that took its key back
+%% answers like that while it switches, and a replica removed then became a tomb at the
+%% live worker's version, which refused every later announcement of it (the chaos suite,
+%% seed 5 for 60 s: one member without the key 30 s after the last fault). Relearning a
+%% worker that is really gone still removes the replica.
+relearn_keeps_a_replica_its_owner_still_holds(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, _B} | _] = peers(Config),
+    Keys = [{relearn, I} || I <- lists:seq(1, 60)],
+    Started = [{K, P} || K <- Keys, {ok, P} <- [pcall(PA, shoal, ensure_started, [Pool, K])],
+                         node(P) =:= A],
+    ?assert(length(Started) > 5),
+    [wait_until(fun() -> pcall(PB, shoal, whereis, [Pool, K]) =:= P end, 2000, {replica, K})
+     || {K, P} <- Started],
+    CfgB = pcall(PB, persistent_term, get, [{shoal_pool, Pool}]),
+    [begin
+         ?assertEqual({ok, P}, pcall(PB, shoal_arbiter, relearn, [CfgB, K, P])),
+         ?assertEqual(P, pcall(PB, shoal, whereis, [Pool, K])),
+         ?assertEqual({P, A}, pcall(PB, shoal, call, [Pool, K, whoami]))
+     end || {K, P} <- Started],
+    %% A worker that is gone: its node answers nothing newer, the replica goes.
+    {K1, P1} = hd(Started),
+    ok = pcall(PA, shoal, stop_worker, [Pool, K1]),
+    ?assertEqual(none, pcall(PB, shoal_arbiter, relearn, [CfgB, K1, P1])),
+    ?assertEqual(undefined, pcall(PB, shoal, whereis, [Pool, K1])),
+    ok.
+
 any_member_reaches_any_key(Config) ->
     Pool = ?config(pool, Config),
     Peers = peers(Config),
