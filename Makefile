@@ -112,7 +112,7 @@ erl-test: all
 # The chaos suite for longer (default 10 minutes), with a seed to replay a run:
 #   make chaos SHOAL_CHAOS_SECONDS=1800 SHOAL_CHAOS_SEED=123456
 chaos: all
-	SHOAL_CHAOS_SECONDS=$${SHOAL_CHAOS_SECONDS:-600} SHOAL_CHAOS_SPAWNERS=$${SHOAL_CHAOS_SPAWNERS:-1} bash scripts/ct_suite.sh shoal_chaos_SUITE
+	SHOAL_CHAOS_SECONDS=$${SHOAL_CHAOS_SECONDS:-600} bash scripts/ct_suite.sh shoal_chaos_SUITE
 
 elixir-test: all
 	bash scripts/elixir_test.sh

@@ -622,13 +622,29 @@ inline apply_down() {
   fi
 }
 
+/* shoal_nif:put_synced/7 (an entry of j's sync whose walk began at T0): put_remote, except
+ * that a tomb (or the tomb a claim keeps) of another node than j, below T0, does not
+ * refuse it: the tomb of a partition twin that died (a version's low bits are its node). */
+inline put_synced(ps_n, ps_rn, ps_rp, ps_rv, ps_t0) {
+  if
+  :: (tst[ps_n] == TOMB || tst[ps_n] == CLAIMED) && tvsn[ps_n] != 0 &&
+     tvsn[ps_n] % 4 != ps_rn && tvsn[ps_n] / 4 < ps_t0 && tvsn[ps_n] >= ps_rv &&
+     ps_rn != ps_n && !NOT_PEER(ps_n, ps_rn) ->
+     seen(ps_n, ps_rv);
+     printf("EV node %d: sync entry %d v%d passes the tomb v%d\n", ps_n, ps_rp, ps_rv, tvsn[ps_n]);
+     set_entry(ps_n, REMOTE, ps_rn, ps_rp, ps_rv)
+  :: else -> put_remote(ps_n, ps_rn, ps_rp, ps_rv)
+  fi
+}
+
 /* on_sync (from j: a = T0, b = has entry, c = pid, d = vsn): apply the entry like an
- * `up'; then drop j's replica unless the sync confirmed it or it is not older than T0 */
+ * `up' (put_synced); then drop j's replica unless the sync confirmed it or it is not older
+ * than T0 */
 inline on_sync() {
   if
   :: peers[n] & BIT(j) ->
      if
-     :: b -> put_remote(n, j, c, d)
+     :: b -> put_synced(n, j, c, d, a)
      :: else -> skip
      fi;
      if
