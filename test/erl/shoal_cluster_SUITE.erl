@@ -819,12 +819,7 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
     _ = pcall(PA, ?MODULE, p_incr_each, [Pool, Before, fun(_) -> 1 end, [A, B, C]]),
     wait_counts_agree(Config, Pool, 20),
     %% Split.
-    true = pcall(PA, erlang, disconnect_node, [C]),
-    true = pcall(PB, erlang, disconnect_node, [C]),
-    wait_until(fun() -> pcall(PC, erlang, nodes, []) =:= [] end, 5000, split_c),
-    wait_until(fun() -> pcall(PA, shoal, nodes, [Pool]) =:= [A, B] andalso
-                            pcall(PB, shoal, nodes, [Pool]) =:= [A, B] andalso
-                            pcall(PC, shoal, nodes, [Pool]) =:= [C] end, 5000, split_pool),
+    ok = cut_off_third(Config, Pool),
     %% Both sides serve every key, spawning where they lack a worker.
     SideAB = pcall(PA, ?MODULE, p_incr_each, [Pool, Keys, fun(_) -> 2 end, [A, B]]),
     SideC = pcall(PC, ?MODULE, p_incr_each, [Pool, Keys, fun(_) -> 3 end, [C]]),
@@ -890,22 +885,28 @@ partition_sides_keep_serving_and_heal_to_one_worker(Config) ->
     wait_counts_agree(Config, Pool, 40),
     ok.
 
-%% While C is cut off, each side starts its own worker for 20 keys, C's first; A's side
-%% then stops its (newer) twins, so A and B hold tombs newer than C's workers. After the
-%% heal, C's workers are the only ones: every member must find them, at once (C's sync),
-%% and every call from A reaches them. On the code before put_synced/7, the tombs refused
-%% C's sync entries for good (the chaos suite's convergence failure): A and B had no entry
-%% for those keys, and a call from A started a second worker.
-a_partition_twin_that_died_does_not_hide_the_survivor(Config) ->
-    Pool = ?config(pool, Config),
+%% Cut the third peer off from the other two and wait until the pool's members on both
+%% sides see the split.
+cut_off_third(Config, Pool) ->
     [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
-    Keys = [{twin, I} || I <- lists:seq(1, 20)],
     true = pcall(PA, erlang, disconnect_node, [C]),
     true = pcall(PB, erlang, disconnect_node, [C]),
     wait_until(fun() -> pcall(PC, erlang, nodes, []) =:= [] end, 5000, split_c),
     wait_until(fun() -> pcall(PA, shoal, nodes, [Pool]) =:= [A, B] andalso
                             pcall(PB, shoal, nodes, [Pool]) =:= [A, B] andalso
-                            pcall(PC, shoal, nodes, [Pool]) =:= [C] end, 5000, split_pool),
+                            pcall(PC, shoal, nodes, [Pool]) =:= [C] end, 5000, split_pool).
+
+%% While C is cut off, each side starts its own worker for 20 keys, C's first; A's side
+%% then stops its (newer) twins, so A and B hold tombs newer than C's workers. After the
+%% heal, C's workers are the only ones: every member must find them, at once (C's sync),
+%% and every call from A reaches them. On the code before put_synced/7, the tombs refused
+%% C's sync entries for good (the chaos suite's convergence failure): A and B had no entry
+%% for those keys (so a call on a key's home would have started a second worker).
+a_partition_twin_that_died_does_not_hide_the_survivor(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
+    Keys = [{twin, I} || I <- lists:seq(1, 20)],
+    ok = cut_off_third(Config, Pool),
     OnC = [{K, P} || K <- Keys, {ok, P} <- [pcall(PC, shoal, ensure_started, [Pool, K])]],
     ?assertEqual(20, length(OnC)),
     timer:sleep(5),
