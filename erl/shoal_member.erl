@@ -32,6 +32,7 @@
 -define(BATCH, 2000).           %% replication ops and sync entries per message
 -define(TOMB_TTL, 10000).       %% ms a tomb blocks stale replicas
 -define(SWEEP_EVERY, 5000).     %% ms between tomb sweeps
+-define(SHADOW_TTL, 60000).     %% ms a twin met in a sync is remembered (see shadow/7)
 -define(MAX_DELAY_US, 1000).    %% us a replication op may wait for its batch
 -define(EVENTS, 256).           %% table events taken in one pass (see events/2)
 -define(PROBE_TIMEOUT, 2000).   %% ms we wait for a connected node to say whether it is a member
@@ -71,6 +72,10 @@
              %% Incoming syncs in progress: Node => Mark.
              sync_in = #{} :: #{node() => pos_integer()},
              mark = 0 :: non_neg_integer(),
+             %% Twins a sync showed us that our table does not name: another node's live
+             %% worker for the key, older than the replica we hold of a third node's
+             %% (see shadow/7): Key => {Node, Pid, Vsn, Since (ms)}.
+             shadows = #{} :: #{term() => {node(), pid(), shoal_nif:version(), integer()}},
              %% Replication ops not sent yet (newest first), how many, and since when (us).
              buf = [] :: [tuple()],
              buf_len = 0 :: non_neg_integer(),
@@ -178,8 +183,10 @@ handle_info({probe_timeout, Mref}, #ms{checks = Ch} = S) when is_map_key(Mref, C
     noreply(S#ms{checks = maps:remove(Mref, Ch)});
 handle_info({nodedown, _Node, _Info}, S) -> noreply(S);  %% the monitors say it
 handle_info({'DOWN', Ref, process, _, Reason}, S) -> noreply(down(Ref, Reason, S));
-handle_info(sweep_tombs, #ms{cfg = Cfg} = S) ->
+handle_info(sweep_tombs, #ms{cfg = Cfg, shadows = Sh} = S0) ->
     _ = shoal_registry:sweep_tombs(Cfg, ?TOMB_TTL),
+    Old = now_ms() - ?SHADOW_TTL,
+    S = S0#ms{shadows = maps:filter(fun(_, {_, _, _, T}) -> T > Old end, Sh)},
     erlang:send_after(?SWEEP_EVERY, self(), sweep_tombs),
     noreply(S);
 handle_info(_Info, S) ->
@@ -365,7 +372,9 @@ peer_left(Node, Reason, #ms{cfg = #shoal_cfg{pool = Pool, ctab = CTab} = Cfg} = 
     %% After the peer's row is gone (see shoal_view:ask/3).
     ok = shoal_view:fail_asks(Cfg, Node),
     S1 = abandon_spawns(Node, S#ms{peers = maps:remove(Node, Peers),
-                                   sync_in = maps:remove(Node, S#ms.sync_in)}),
+                                   sync_in = maps:remove(Node, S#ms.sync_in),
+                                   shadows = maps:filter(fun(_, {N, _, _, _}) -> N =/= Node end,
+                                                         S#ms.shadows)}),
     map_size(S1#ms.peers) =:= 0 andalso shoal_registry:set_listener(Cfg, undefined),
     ask_refresh(Lost, S1),
     propose(S1).
@@ -583,9 +592,12 @@ op(_Cfg, {'$shoal_down', Key, Pid, Vsn}) -> {down, Key, node(), Pid, Vsn};
 op(_Cfg, {'$shoal_replaced', Key, Pid, Vsn, Node, NewPid, NewVsn}) ->
     {moved, Key, node(), Pid, Vsn, Node, NewPid, NewVsn}.
 
-apply_ops(Node, Ops, Mark, #ms{cfg = Cfg} = S) ->
+apply_ops(Node, Ops, Mark, #ms{cfg = Cfg, shadows = Sh} = S) ->
     apply_each(Cfg, Node, Ops, Mark, S),
-    S.
+    case map_size(Sh) of
+        0 -> S;
+        _ -> S#ms{shadows = after_ops(Cfg, Node, Ops, Sh)}
+    end.
 
 apply_each(_Cfg, _Node, [], _Mark, _S) -> ok;
 apply_each(Cfg, Node, [Op | Ops], Mark, S) ->
@@ -594,10 +606,6 @@ apply_each(Cfg, Node, [Op | Ops], Mark, S) ->
 
 apply_op(Cfg, _From, {up, Key, Node, Pid, Vsn}, Mark, S) ->
     put_up(Cfg, Key, Node, Pid, Vsn, Mark, none, S);
-%% An entry of Node's sync, whose walk began at T0 (on_sync/5): an `up' that a tomb of
-%% another node from before T0 does not refuse (shoal_nif:put_synced/7).
-apply_op(Cfg, _From, {synced, Key, Node, Pid, Vsn, T0}, Mark, S) ->
-    put_up(Cfg, Key, Node, Pid, Vsn, Mark, T0, S);
 apply_op(Cfg, From, {moved, Key, Node, Pid, Vsn, NewNode, NewPid, NewVsn}, Mark, S) ->
     case NewNode =/= node() andalso known_node(NewNode, S) of
         true -> apply_op(Cfg, From, {up, Key, NewNode, NewPid, NewVsn}, Mark, S);
@@ -635,14 +643,70 @@ put_up(Cfg, Key, Node, Pid, Vsn, Mark, T0, S) ->
                     %% The loser stores the winner's replica itself, with the mark of the
                     %% sync (if any) this came in, so the sync's sweep keeps it.
                     Mine ! {'$shoal_yield', Node, Pid, Vsn, Mark},
-                    ok;
-                _ -> ok
+                    Put;
+                _ -> Put
             end;
         false ->
             %% A relay about a node that is not (or no longer) our peer: not stored, but
             %% our clock passes it (a take-back must be above a lost successor's version).
-            shoal_registry:observe(Vsn)
+            shoal_registry:observe(Vsn),
+            stale
     end.
+
+%%% Twins met in a sync (shadows) -------------------------------------------------------------
+%%
+%% Two live workers of one key on two other nodes (twins of a partition; they settle as a
+%% conflict once their nodes meet) leave one replica here: the newer. Should the newer die
+%% before the twins met (a stop, an offload), its `down' leaves a tomb, and the older, still
+%% alive, is announced to us by nobody again: our table would miss a live worker for good
+%% (the chaos suite, seed 14 for 60 s). So a sync entry that our table refuses for a third
+%% node's newer replica, or that replaces a third node's replica, leaves a shadow of the
+%% older twin; a `down' that then removes the newer one stores the shadow again (over that
+%% tomb), and anything its own node says of it (its `down', its `moved' to the winner) or
+%% its node leaving drops the shadow. Shadows older than ?SHADOW_TTL go.
+
+%% Key's entry before a sync's entry {Node, Pid, Vsn} was put (Before) and the put's
+%% result: the shadow it leaves, if any.
+shadow(Key, Node, Pid, Vsn, {remote, N0, P0, V0}, Put, Sh) when N0 =/= Node ->
+    case Put of
+        stored -> Sh#{Key => {N0, P0, V0, now_ms()}};
+        stale when V0 > Vsn -> Sh#{Key => {Node, Pid, Vsn, now_ms()}};
+        _ -> Sh
+    end;
+shadow(_Key, _Node, _Pid, _Vsn, _Before, _Put, Sh) -> Sh.
+
+%% After a batch of ops from From: drop the shadows their own node spoke of; store again
+%% those whose newer twin a `down' removed.
+after_ops(_Cfg, _From, [], Sh) -> Sh;
+after_ops(Cfg, From, [Op | Ops], Sh) ->
+    after_ops(Cfg, From, Ops, after_op(Cfg, From, removal(From, Op), Sh)).
+
+%% The removal an op makes: {Key, Node, Vsn} (a `moved' removes the old incarnation), or none.
+removal(_From, {down, K, N, _P, V}) -> {K, N, V};
+removal(From, {down, K, V}) -> {K, From, V};
+removal(_From, {moved, K, N, _P, V, _NN, _NP, _NV}) -> {K, N, V};
+removal(From, {moved, K, V, _NN, _NP, _NV}) -> {K, From, V};
+removal(_From, _Op) -> none.
+
+after_op(_Cfg, _From, none, Sh) -> Sh;
+after_op(Cfg, _From, {K, N, V}, Sh) ->
+    case maps:find(K, Sh) of
+        {ok, {N, _, SV, _}} when SV =< V -> maps:remove(K, Sh);     %% the twin itself went
+        {ok, {SN, SP, SV, _}} when SN =/= N ->
+            case shoal_registry:lookup(Cfg, K) of
+                {tomb, TV} when TV =:= V ->
+                    %% The newer twin is gone: the older is the key's worker again.
+                    _ = shoal_registry:put_synced(Cfg, K, SN, SP, SV, 0, V + 1),
+                    maps:remove(K, Sh);
+                undefined ->
+                    _ = shoal_registry:put_synced(Cfg, K, SN, SP, SV, 0, V + 1),
+                    maps:remove(K, Sh);
+                _ -> Sh
+            end;
+        _ -> Sh
+    end.
+
+now_ms() -> erlang:monotonic_time(millisecond).
 
 known_node(Node, #ms{peers = Peers}) -> maps:is_key(Node, Peers).
 
@@ -676,14 +740,23 @@ on_sync(Node, T0, Entries, Part, #ms{cfg = Cfg, sync_in = In, mark = M0} = S) ->
                      _ ->
                          {maps:get(Node, In, 0), S}
                  end,
-    _ = apply_ops(Node, [{synced, K, Node, Pid, V, T0} || {K, Pid, V} <- Entries], Mark, S1),
+    Sh = sync_entries(Cfg, Node, T0, Entries, Mark, S1, S1#ms.shadows),
+    S2 = S1#ms{shadows = Sh},
     case Part of
         P2 when P2 =:= last; P2 =:= only ->
             _ = shoal_registry:sweep_node(Cfg, Node, Mark, T0),
-            S1#ms{sync_in = maps:remove(Node, S1#ms.sync_in)};
+            S2#ms{sync_in = maps:remove(Node, S2#ms.sync_in)};
         _ ->
-            S1
+            S2
     end.
+
+%% A sync's entries, applied like `up's that tombs of other nodes from before T0 do not
+%% refuse (shoal_nif:put_synced/7), each noting the twin it meets (shadow/7).
+sync_entries(_Cfg, _Node, _T0, [], _Mark, _S, Sh) -> Sh;
+sync_entries(Cfg, Node, T0, [{K, Pid, V} | Entries], Mark, S, Sh) ->
+    Before = shoal_registry:lookup(Cfg, K),
+    Put = put_up(Cfg, K, Node, Pid, V, Mark, T0, S),
+    sync_entries(Cfg, Node, T0, Entries, Mark, S, shadow(K, Node, Pid, V, Before, Put, Sh)).
 
 %%% Arbitration: the home's side -------------------------------------------------------------
 

@@ -45,7 +45,8 @@
          dead_member_rejoins_under_its_name/1,
          partition_sides_keep_serving_and_heal_to_one_worker/1,
          a_partition_twin_that_died_does_not_hide_the_survivor/1,
-         relearn_keeps_a_replica_its_owner_still_holds/1]).
+         relearn_keeps_a_replica_its_owner_still_holds/1,
+         a_twin_that_dies_after_the_heal_does_not_hide_the_survivor/1]).
 %% Run on the peers.
 -export([p_block_and_stop/2,
          p_start_pool/2, p_start_pool/3, p_async/3, p_migrate_and_watch/3,
@@ -86,6 +87,7 @@ groups() ->
        dead_member_rejoins_under_its_name,
        partition_sides_keep_serving_and_heal_to_one_worker,
        a_partition_twin_that_died_does_not_hide_the_survivor,
+       a_twin_that_dies_after_the_heal_does_not_hide_the_survivor,
        move_to_a_dying_target_keeps_the_worker,
        stop_worker_whose_node_dies_meanwhile_answers_nodedown]}].
 
@@ -933,6 +935,47 @@ a_partition_twin_that_died_does_not_hide_the_survivor(Config) ->
     [?assertEqual({K, {P, C}}, {K, pcall(PA, shoal, call, [Pool, K, whoami, 5000])}) || {K, P} <- OnC],
     ?assertEqual(20, pcall(PC, shoal, count, [Pool, C])),
     ?assertEqual(0, pcall(PA, shoal, count, [Pool, A]) + pcall(PB, shoal, count, [Pool, B])),
+    ok.
+
+%% Twins again, but the newer one dies only after the heal reached A: C is cut off, each
+%% side starts a worker for the same keys (C's first; on A's side those hosted on B), then
+%% only the link A-C is healed. A gets C's sync and keeps B's newer replica (C's worker is
+%% its older twin). Then B's worker stops, before B and C ever meet: A must fall back to
+%% C's worker (the shadow the sync left), not keep a tomb while C's worker lives (found by
+%% the chaos suite, seed 14 for 60 s). Then B and C meet, and everyone has C's worker.
+a_twin_that_dies_after_the_heal_does_not_hide_the_survivor(Config) ->
+    Pool = ?config(pool, Config),
+    [{PA, A}, {PB, B}, {PC, C}] = peers(Config),
+    ok = cut_off_third(Config, Pool),
+    Keys0 = [{late_twin, I} || I <- lists:seq(1, 40)],
+    OnC = maps:from_list([{K, P} || K <- Keys0,
+                                    {ok, P} <- [pcall(PC, shoal, ensure_started, [Pool, K])]]),
+    timer:sleep(5),
+    OnB = [{K, P} || K <- Keys0, {ok, P} <- [pcall(PA, shoal, ensure_started, [Pool, K])],
+                     node(P) =:= B],
+    ?assert(length(OnB) >= 5),
+    Keys = [K || {K, _} <- OnB],
+    [wait_until(fun() -> pcall(PA, shoal, whereis, [Pool, K]) =:= P end, 2000, {replica, K})
+     || {K, P} <- OnB],
+    %% Only A and C meet.
+    true = pcall(PA, net_kernel, connect_node, [C]),
+    wait_until(fun() -> lists:member(C, pcall(PA, shoal, nodes, [Pool])) end, 5000, a_meets_c),
+    timer:sleep(300),
+    ?assertEqual([], pcall(PB, erlang, nodes, []) -- [A]),
+    [?assertEqual(P, pcall(PA, shoal, whereis, [Pool, K])) || {K, P} <- OnB],
+    [ok = pcall(PB, shoal, stop_worker, [Pool, K]) || K <- Keys],
+    Res = poll(fun() -> [pcall(PA, shoal, whereis, [Pool, K]) || K <- Keys]
+                            =:= [maps:get(K, OnC) || K <- Keys] end, 5000),
+    Res =:= ok orelse
+        ct:pal("on A: ~p", [[{K, pcall(PA, shoal_registry, lookup,
+                                       [pcall(PA, persistent_term, get, [{shoal_pool, Pool}]), K])}
+                             || K <- lists:sublist(Keys, 3)]]),
+    ?assertEqual(ok, Res),
+    true = pcall(PB, net_kernel, connect_node, [C]),
+    ?assertEqual(ok, poll(fun() -> [pcall(P, shoal, whereis, [Pool, K]) || P <- [PA, PB, PC], K <- Keys]
+                                       =:= [maps:get(K, OnC) || _ <- [PA, PB, PC], K <- Keys] end, 5000)),
+    [?assertEqual({K, {maps:get(K, OnC), C}}, {K, pcall(PA, shoal, call, [Pool, K, whoami, 5000])})
+     || K <- Keys],
     ok.
 
 %% 40 counters live on A. A batched move of all of them to C (shoal_cluster:move_batch/3,
