@@ -148,7 +148,8 @@ bench-nif: all
 # The member protocol on three local nodes (bench/results/member.md): synchronous spawns
 # against pg (12 and 48 callers), a remote-home spawn against a call round trip, remote
 # against local whereis.
-# SHOAL_MEMBER_N (default 60000 spawns a round), SHOAL_MEMBER_ROUNDS (default 5).
+# SHOAL_MEMBER_N (default 60000 spawns a round), SHOAL_MEMBER_ROUNDS (default 5);
+# SHOAL_SYN_EBIN=/path/to/syn/ebin adds syn (not packaged for Debian) as a side.
 .PHONY: bench-member
 bench-member: all
 	@mkdir -p build/bench

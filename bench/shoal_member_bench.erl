@@ -28,7 +28,8 @@
 %% shoal_worker, run on the peers
 -export([init/2, handle_call/3, handle_cast/2]).
 %% run on the peers
--export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, pg_spawns/6, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, echo/0, idle/0]).
+-export([sync_spawns/3, sync_spawns/4, pg_spawns/4, pg_spawns/5, pg_spawns/6, start_echo/0, stop_echo/0, pg_stop/1, spawn_latency/4, lookups/3, lookups/4, echo/0, idle/0]).
+-export([syn_spawns/4, syn_stop/0, syn_register_local/3, idle_syn/0]).
 
 -define(POOL, bench_member).
 -define(ECHO, bench_member_echo).
@@ -48,8 +49,13 @@ main() ->
               {false, true} -> "build/bench/scratch";
               {D, _} -> D
           end,
-    Nodes = start_peers(),
+    Syn = syn_ebin(),
+    Nodes = start_peers(Syn),
     [A | _] = Nodes,
+    SynVsn = case Syn of
+                 false -> none;
+                 _ -> {ok, SV} = erpc:call(A, application, get_key, [syn, vsn]), SV
+             end,
     Vsn = erpc:call(A, application, get_key, [shoal, vsn]),
     Commit = string:trim(os:cmd("git rev-parse --short HEAD 2>/dev/null")),
     io:format("~n## The member protocol: three local nodes~n~n"),
@@ -57,10 +63,10 @@ main() ->
     %% 1. synchronous spawns against pg:join, alternating
     %% (each caller waits for its spawn, so the rate follows the number of callers: the
     %% same with 16 callers a node shows how far)
-    {ShoalRate, PgRate, SyncRatio, HomeRate, HomeRatio, PlacedRate, PlacedRatio, Cpu} =
-        sync_rounds(Nodes, N, Rounds, 4),
+    {ShoalRate, PgRate, SyncRatio, HomeRate, HomeRatio, PlacedRate, PlacedRatio, Cpu, SynRes} =
+        sync_rounds(Nodes, N, Rounds, 4, Syn =/= false),
     {ShoalRate16, PgRate16, SyncRatio16, HomeRate16, HomeRatio16, PlacedRate16, PlacedRatio16,
-     Cpu16} = sync_rounds(Nodes, N, Rounds, 16),
+     Cpu16, SynRes16} = sync_rounds(Nodes, N, Rounds, 16, Syn =/= false),
 
     %% 2. latency of a spawn whose home is another node, against a call round trip
     start_pools(Nodes),
@@ -79,11 +85,19 @@ main() ->
     Keys = 100000,
     ok = erpc:call(A, ?MODULE, sync_spawns, [?POOL, {w, 0}, Keys], infinity),
     ok = wait_counts(Nodes, Keys),
-    Look = [erpc:call(A, ?MODULE, lookups, [?POOL, Keys, R], infinity) || R <- lists:seq(1, Rounds)],
-    Local = spread([L || {L, _, _} <- Look]),
-    Remote = spread([Rm || {_, Rm, _} <- Look]),
-    Ets = spread([E || {_, _, E} <- Look]),
-    LookRatio = spread([Rm / L || {L, Rm, _} <- Look]),
+    SynScope = case Syn of
+                   false -> none;
+                   _ -> Sc = bench_member_syn_lookups,
+                        [ok = erpc:call(Nd, syn, add_node_to_scopes, [[Sc]]) || Nd <- Nodes],
+                        _ = par([{Nd, ?MODULE, syn_register_local, [?POOL, Sc, Keys]} || Nd <- Nodes]),
+                        ok = wait_until(fun() -> erpc:call(A, syn, registry_count, [Sc]) >= Keys end, 120000),
+                        Sc
+               end,
+    Look = [erpc:call(A, ?MODULE, lookups, [?POOL, Keys, R, SynScope], infinity) || R <- lists:seq(1, Rounds)],
+    Local = spread([maps:get(local, L) || L <- Look]),
+    Remote = spread([maps:get(remote, L) || L <- Look]),
+    Ets = spread([maps:get(ets, L) || L <- Look]),
+    LookRatio = spread([maps:get(remote, L) / maps:get(local, L) || L <- Look]),
     stop_pools(Nodes),
 
     Md = [io_lib:format("Shoal ~ts (commit ~ts), ~b rounds, sides in alternating order: median "
@@ -102,8 +116,8 @@ main() ->
                         "| what | per second | CPU µs per key (three nodes) |~n|---|---:|---:|~n"
                         "| shoal:ensure_started/2 | ~ts | ~ts |~n| pg:join/3 (spawn + join) | ~ts | ~ts |~n"
                         "| pg:join/3 after a round trip to the key's home | ~ts | ~ts |~n"
-                        "| spawned and pg:join/3ed on the key's home, in a round trip | ~ts | ~ts |~n~n"
-                        "shoal / pg: **~ts** (target: 0.5x syn); shoal / (pg after a round trip "
+                        "| spawned and pg:join/3ed on the key's home, in a round trip | ~ts | ~ts |~n~ts~n"
+                        "~tsshoal / pg: **~ts**~ts; shoal / (pg after a round trip "
                         "to the home): **~ts**; shoal / (placed on the home in a round trip): "
                         "**~ts**. Every side kept ~ts of the machine's two cores "
                         "busy, so a rate here is the inverse of its CPU per key: the round trip "
@@ -111,9 +125,8 @@ main() ->
                         "when the process is spawned at the far end (the fourth row).~n~n"
                         "pg arbitrates nothing (every node may join "
                         "any number of processes to a group) and replicates asynchronously; "
-                        "syn 3.4, the registry the issue measured (39.2 k/s), is not packaged "
-                        "for Debian, so pg stands in for it: its rate here is of the same "
-                        "order. Shoal's strict arbitration asks the key's home before it "
+                        "~ts"
+                        "Shoal's strict arbitration asks the key's home before it "
                         "answers; the third row shows what that round trip alone costs on "
                         "this machine, where three nodes share two cores and a caller that "
                         "waits for another node leaves its schedulers spinning and waking.~n~n"
@@ -123,16 +136,20 @@ main() ->
                         "| what | per second | CPU µs per key (three nodes) |~n|---|---:|---:|~n"
                         "| shoal:ensure_started/2 | ~ts | ~ts |~n| pg:join/3 (spawn + join) | ~ts | ~ts |~n"
                         "| pg:join/3 after a round trip to the key's home | ~ts | ~ts |~n"
-                        "| spawned and pg:join/3ed on the key's home, in a round trip | ~ts | ~ts |~n~n"
-                        "shoal / pg: **~ts**; shoal / (pg after a round trip to the home): "
+                        "| spawned and pg:join/3ed on the key's home, in a round trip | ~ts | ~ts |~n~ts~n"
+                        "~tsshoal / pg: **~ts**; shoal / (pg after a round trip to the home): "
                         "**~ts**; shoal / (placed on the home in a round trip): **~ts**.~n~n",
                         [N, rate(ShoalRate), us(maps:get(shoal, Cpu)), rate(PgRate),
                          us(maps:get(pg, Cpu)), rate(HomeRate), us(maps:get(pg_home, Cpu)),
                          rate(PlacedRate), us(maps:get(pg_placed, Cpu)),
-                         x(SyncRatio), x(HomeRatio), x(PlacedRatio), cores(maps:get(cores, Cpu)),
+                         syn_row(SynRes, Cpu), syn_ratio(SynRes, " (target: 0.5x)"), x(SyncRatio),
+                         case SynRes of none -> " (target: 0.5x syn)"; _ -> "" end,
+                         x(HomeRatio), x(PlacedRatio), cores(maps:get(cores, Cpu)),
+                         syn_para(SynVsn),
                          rate(ShoalRate16), us(maps:get(shoal, Cpu16)), rate(PgRate16),
                          us(maps:get(pg, Cpu16)), rate(HomeRate16), us(maps:get(pg_home, Cpu16)),
                          rate(PlacedRate16), us(maps:get(pg_placed, Cpu16)),
+                         syn_row(SynRes16, Cpu16), syn_ratio(SynRes16, ""),
                          x(SyncRatio16), x(HomeRatio16), x(PlacedRatio16)]),
           "### One spawn whose home is another node\n\n",
           io_lib:format("A single caller on the first node, 300 fresh keys a round whose home "
@@ -147,12 +164,13 @@ main() ->
                         "distinct keys whose worker is on another node, and `ets:lookup/2` of "
                         "the remote keys in a table of `{Key, Pid}`.~n~n"
                         "| what | ns per lookup |~n|---|---:|~n| whereis, local worker | ~ts |~n"
-                        "| whereis, remote worker | ~ts |~n| ets:lookup, the same keys | ~ts |~n~n"
+                        "| whereis, remote worker | ~ts |~n| ets:lookup, the same keys | ~ts |~n~ts~n"
                         "remote / local: **~ts** (target: within 1.2x). A local pid is an "
                         "immediate term; a remote one is built on the caller's heap and "
                         "references its node's entry, whoever returns it: compare the remote "
-                        "row with ets:lookup/2 of the same pids.~n~n",
-                        [Keys, ns(Local), ns(Remote), ns(Ets), x(LookRatio)])],
+                        "row with ets:lookup/2 of the same pids.~ts~n~n",
+                        [Keys, ns(Local), ns(Remote), ns(Ets), syn_look_rows(Look),
+                         x(LookRatio), syn_look_ratio(Look)])],
     io:format("~ts", [Md]),
     ok = filelib:ensure_dir(filename:join(Dir, "x")),
     ok = file:write_file(filename:join(Dir, "member.md"),
@@ -163,13 +181,14 @@ main() ->
 
 %% Rounds of synchronous spawns from Per callers on each node, the sides in rotating order:
 %% {Shoal, Pg, Shoal / Pg, Pg after a round trip to the home, Shoal / that, Pg placed on the
-%% home in a round trip, Shoal / that, CPU per key of each side}, each a spread over the
-%% rounds.
-sync_rounds(Nodes, N, Rounds, Per) ->
-    Sides = [shoal, pg, pg_home, pg_placed],
+%% home in a round trip, Shoal / that, CPU per key of each side, and with syn on the path
+%% {syn's rate, Shoal / syn} (else `none')}, each a spread over the rounds.
+sync_rounds(Nodes, N, Rounds, Per, WithSyn) ->
+    Sides = [shoal, pg, pg_home, pg_placed] ++ [syn || WithSyn],
+    Len = length(Sides),
     Runs = [begin
                 %% rotate the order of the sides from round to round
-                Order = lists:sublist(Sides ++ Sides, R rem 4 + 1, 4),
+                Order = lists:sublist(Sides ++ Sides, R rem Len + 1, Len),
                 maps:from_list([{Side, spawns(Side, Nodes, N, {Per, R}, Per)} || Side <- Order])
             end || R <- lists:seq(1, Rounds)],
     Sync = [maps:map(fun(_, {Rate, _Cpu, _Cores}) -> Rate end, Run) || Run <- Runs],
@@ -182,7 +201,12 @@ sync_rounds(Nodes, N, Rounds, Per) ->
      spread([maps:get(pg_placed, S) || S <- Sync]),
      spread([maps:get(shoal, S) / maps:get(pg_placed, S) || S <- Sync]),
      #{shoal => Cpu(shoal), pg => Cpu(pg), pg_home => Cpu(pg_home), pg_placed => Cpu(pg_placed),
-       cores => Cores}}.
+       cores => Cores},
+     case WithSyn of
+         false -> none;
+         true -> {spread([maps:get(syn, S) || S <- Sync]),
+                  spread([maps:get(shoal, S) / maps:get(syn, S) || S <- Sync]), Cpu(syn)}
+     end}.
 
 %% One side's round of synchronous spawns: registrations per second.
 spawns(shoal, Nodes, N, R, Per) ->
@@ -190,6 +214,16 @@ spawns(shoal, Nodes, N, R, Per) ->
     Res = timed_cpu(Nodes, N, fun() -> par([{Nd, ?MODULE, sync_spawns, [?POOL, {s, R, I}, N div 3, Per]}
                                             || {I, Nd} <- idx(Nodes)]) end),
     stop_pools(Nodes),
+    Res;
+spawns(syn, Nodes, N, {Per, R}, Per) ->
+    Scope = list_to_atom(lists:concat(["bench_member_syn_", Per, "_", R])),
+    [ok = erpc:call(Nd, syn, add_node_to_scopes, [[Scope]]) || Nd <- Nodes],
+    Res = timed_cpu(Nodes, N, fun() -> par([{Nd, ?MODULE, syn_spawns, [Scope, {y, Per, R, I}, N div 3, Per]}
+                                            || {I, Nd} <- idx(Nodes)]) end),
+    [erpc:call(Nd, ?MODULE, syn_stop, []) || Nd <- Nodes],
+    %% syn drops the names of the dead asynchronously: the next side starts after that
+    ok = wait_until(fun() -> lists:all(fun(Nd) -> erpc:call(Nd, syn, registry_count, [Scope]) =:= 0 end,
+                                       Nodes) end, 120000),
     Res;
 spawns(Side, Nodes, N, {Per, R}, Per) ->
     Scope = list_to_atom(lists:concat(["bench_member_", Side, "_", Per, "_", R])),
@@ -250,6 +284,27 @@ ask_home(K, Members, Scope, Where) ->
         Home when Where =:= here -> pong = gen_server:call({?ECHO, Home}, ping), here;
         Home -> ok = gen_server:call({?ECHO, Home}, {place, Scope, K}), placed
     end.
+
+%% A fresh process per key, registered under the key in syn's Scope from Per local
+%% processes (this node's share). syn:register/3 returns once the local scope process has
+%% it; the other nodes learn it asynchronously, as with pg.
+syn_spawns(Scope, Tag, N, Per) ->
+    par_local(Per, N, fun(J) -> ok = syn:register(Scope, {Tag, J}, spawn(?MODULE, idle_syn, [])) end).
+
+idle_syn() -> receive stop -> ok end.
+
+%% This node's processes of syn_spawns/4, gone (syn drops their names when they die).
+syn_stop() ->
+    [exit(P, kill) || P <- processes(),
+                      erlang:process_info(P, initial_call) =:= {initial_call, {?MODULE, idle_syn, 0}}],
+    ok.
+
+%% Registers in syn's Scope this node's workers among keys {{w, 0}, 1..Keys} of Pool.
+syn_register_local(Pool, Scope, Keys) ->
+    Me = node(),
+    _ = [ok = syn:register(Scope, K, P) || J <- lists:seq(1, Keys), K <- [{{w, 0}, J}],
+                                           P <- [shoal:whereis(Pool, K)], node(P) =:= Me],
+    ok.
 
 %% The echo server pg_home's callers ask, registered on each node.
 start_echo() ->
@@ -313,6 +368,12 @@ pg_stop(Scope) ->
 
 %% ns per lookup: {local whereis, remote whereis, ets:lookup of the same keys}.
 lookups(Pool, Keys, Round) ->
+    #{local := L, remote := Rm, ets := E} = lookups(Pool, Keys, Round, none),
+    {L, Rm, E}.
+
+%% ns per lookup, a map: local and remote whereis, ets:lookup of the remote keys, and with a
+%% syn scope holding the same keys (else `none'), syn:lookup/2 of the local and remote keys.
+lookups(Pool, Keys, Round, SynScope) ->
     All = [{{w, 0}, J} || J <- lists:seq(1, Keys)],
     Pairs = [{K, shoal:whereis(Pool, K)} || K <- All],
     Tab = ets:new(bench_member_ets, [set, public]),
@@ -328,20 +389,26 @@ lookups(Pool, Keys, Round) ->
     Samples = 200000,
     L = take_cycle(LocalKs, Samples),
     Rm = take_cycle(RemoteKs, Samples),
+    Sides0 = [local, remote, ets] ++ [S || SynScope =/= none, S <- [syn_local, syn_remote]],
     Sides = case Round rem 2 of
-                0 -> [local, remote, ets];
-                1 -> [ets, remote, local]
+                0 -> Sides0;
+                1 -> lists:reverse(Sides0)
             end,
-    R = maps:from_list([{S, time_lookups(S, Pool, Tab, case S of local -> L; _ -> Rm end)}
+    R = maps:from_list([{S, time_lookups(S, {Pool, SynScope}, Tab,
+                                         case S of local -> L; syn_local -> L; _ -> Rm end)}
                         || S <- Sides]),
     ets:delete(Tab),
-    {maps:get(local, R), maps:get(remote, R), maps:get(ets, R)}.
+    R.
 
-time_lookups(ets, _Pool, Tab, Ks) ->
+time_lookups(ets, _, Tab, Ks) ->
     T0 = erlang:monotonic_time(nanosecond),
     lists:foreach(fun(K) -> [_] = ets:lookup(Tab, K) end, Ks),
     (erlang:monotonic_time(nanosecond) - T0) / length(Ks);
-time_lookups(_, Pool, _Tab, Ks) ->
+time_lookups(S, {_, Scope}, _Tab, Ks) when S =:= syn_local; S =:= syn_remote ->
+    T0 = erlang:monotonic_time(nanosecond),
+    lists:foreach(fun(K) -> {P, _} = syn:lookup(Scope, K), true = is_pid(P) end, Ks),
+    (erlang:monotonic_time(nanosecond) - T0) / length(Ks);
+time_lookups(_, {Pool, _}, _Tab, Ks) ->
     T0 = erlang:monotonic_time(nanosecond),
     lists:foreach(fun(K) -> true = is_pid(shoal:whereis(Pool, K)) end, Ks),
     (erlang:monotonic_time(nanosecond) - T0) / length(Ks).
@@ -362,8 +429,8 @@ par_local(Procs, N, F) ->
 
 %%% Controller ------------------------------------------------------------------------------
 
-start_peers() ->
-    Paths = [filename:dirname(code:which(M)) || M <- [shoal, ?MODULE]],
+start_peers(Syn) ->
+    Paths = [filename:dirname(code:which(M)) || M <- [shoal, ?MODULE]] ++ [Syn || Syn =/= false],
     Nodes = [begin
                  Name = peer:random_name(list_to_atom("bench_member_" ++ integer_to_list(I))),
                  {ok, _P, Node} = peer:start_link(#{name => Name,
@@ -371,6 +438,9 @@ start_peers() ->
                  Node
              end || I <- [1, 2, 3]],
     [erpc:call(Nd, application, ensure_all_started, [shoal]) || Nd <- Nodes],
+    [{ok, _} = erpc:call(Nd, application, ensure_all_started, [syn]) || Syn =/= false, Nd <- Nodes],
+    %% (syn reports every scope's discovery and sync as a notice)
+    [ok = erpc:call(Nd, logger, set_application_level, [syn, warning]) || Syn =/= false, Nd <- Nodes],
     [true = erpc:call(X, net_kernel, connect_node, [Y]) || X <- Nodes, Y <- Nodes, X < Y],
     Nodes.
 
@@ -428,6 +498,47 @@ us(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~b (~b–~b)", [round(M)
 ns(S) -> us(S).
 cores(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~.2f (~.2f–~.2f)", [M, Lo, Hi]).
 x(#{med := M, min := Lo, max := Hi}) -> io_lib:format("~.2fx (~.2f–~.2f)", [M, Lo, Hi]).
+
+%% syn's ebin directory, from SHOAL_SYN_EBIN (syn is not packaged for Debian: a user who
+%% has a build of it points the bench at it), or false.
+syn_ebin() ->
+    case os:getenv("SHOAL_SYN_EBIN", "") of
+        "" -> false;
+        Dir ->
+            filelib:is_regular(filename:join(Dir, "syn.app")) orelse
+                error({no_syn_app_in, Dir}),
+            filename:absname(Dir)
+    end.
+
+syn_row(none, _Cpu) -> "";
+syn_row({Rate, _Ratio, SynCpu}, _Cpu) ->
+    io_lib:format("| syn:register/3 (spawn + register) | ~ts | ~ts |~n", [rate(Rate), us(SynCpu)]).
+
+syn_ratio(none, _Target) -> "";
+syn_ratio({_Rate, Ratio, _}, Target) -> io_lib:format("shoal / syn: **~ts**~ts; ", [x(Ratio), Target]).
+
+syn_para(none) ->
+    "syn 3.4, the registry the issue measured (39.2 k/s), is not packaged for Debian, so pg "
+    "stands in for it (`SHOAL_SYN_EBIN=/path/to/syn/ebin` adds it as a side). ";
+syn_para(Vsn) ->
+    io_lib:format("syn ~ts (from `SHOAL_SYN_EBIN`) registers a fresh process per key from "
+                  "the same callers in a fresh scope a round; like pg it returns once the "
+                  "local scope process has the name, and tells the other nodes "
+                  "asynchronously; a name taken on two nodes at once is resolved after the "
+                  "fact. ", [Vsn]).
+
+syn_look_rows([#{syn_local := _} | _] = Look) ->
+    io_lib:format("| syn:lookup/2, local worker | ~ts |~n| syn:lookup/2, remote worker | ~ts |~n",
+                  [ns(spread([maps:get(syn_local, L) || L <- Look])),
+                   ns(spread([maps:get(syn_remote, L) || L <- Look]))]);
+syn_look_rows(_) -> "".
+
+syn_look_ratio([#{syn_local := _} | _] = Look) ->
+    io_lib:format(" Shoal / syn: local **~ts**, remote **~ts** (time per lookup; below 1 is "
+                  "faster).",
+                  [x(spread([maps:get(local, L) / maps:get(syn_local, L) || L <- Look])),
+                   x(spread([maps:get(remote, L) / maps:get(syn_remote, L) || L <- Look]))]);
+syn_look_ratio(_) -> "".
 
 env_int(Name, Default) ->
     case os:getenv(Name) of
