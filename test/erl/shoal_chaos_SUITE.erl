@@ -19,6 +19,10 @@
 %%   * every acknowledged call, and every cast sent outside a partition, is in its worker's
 %%     state exactly once (for keys whose state no kill, stop or lost conflict destroyed),
 %%     and no id is ever applied twice;
+%%   * for every key, for as long as each of its states lived (kills and stops included):
+%%     no two calls were answered with the same count by one lineage of state (the state
+%%     an init/2 started, carried along by moves), which a state that forked (applied on two
+%%     copies) or went back (a move that lost what was applied) would do;
 %%   * no call and no ensure_started/2 timed out (explicit errors — a node that went away, a
 %%     view not agreed yet — are counted and printed), and every `{ok, Pid}' of
 %%     ensure_started/2 names a worker whose init/2 had run;
@@ -392,6 +396,11 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
     Partitions = maps:get(cuts, St, []),
     FinalMap = maps:from_list(Final),
     Twice = [{K, Id} || {K, Ids} <- Final, Id <- Ids -- lists:usort(Ids)],
+    %% Every call's answer, for every key and for as long as its state lived: two calls
+    %% answered with one lineage and one count had their state forked or sent back.
+    Counts = lists:append([maps:get(counts, R, []) || {_, R} <- Results]),
+    Forked = forked(lists:sort(Counts)),
+    Lineages = length(lists:usort([L || {{L, _}, _, _} <- Counts])),
     Checked = [K || K <- Keys, not maps:is_key(K, Affected)],
     CheckedSet = maps:from_list([{K, true} || K <- Checked]),
     MissingCalls = [{K, Id} || {K, Id} <- Calls, maps:is_key(K, CheckedSet),
@@ -426,13 +435,15 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
            "  duplicates outside a partition: sampled ~b, from worker events ~b~n"
            "  acknowledged calls missing from their worker's state: ~b; casts missing: ~b; "
            "ids applied twice: ~b; calls timed out: ~b~n"
+           "  calls answered with a count another call of their state's lineage also got "
+           "(state forked or gone back): ~b, of ~b answers from ~b lineages~n"
            "  spawners: ~p, errors ~p; ensure_started/2 answers whose worker never ran init/2: ~b~n"
            "  convergence after the last fault: ~p ms (clients stopped ~b ms after it)",
            [Faults, length(Calls), length(Casts), length(CastsChecked), ErrorKinds,
             length(Keys), length([K || K <- Keys, maps:is_key(K, Affected)]), length(Conflicted),
             length(Checked),
             length(Samples), length(Overlaps), length(MissingCalls), length(MissingCasts),
-            length(Twice), length(Timeouts), SpawnCounts, SpawnErrorKinds, length(NotStarted),
+            length(Twice), length(Timeouts), length(Forked), length(Counts), Lineages, SpawnCounts, SpawnErrorKinds, length(NotStarted),
             Converged, (Stopped - LastFault) div 1000]),
     ct:pal("history (time, links, pools): ~p", [lists:reverse(History)]),
     [ct:pal("spawner error ~p", [E]) || E <- lists:sublist(SpawnErrors, 10)],
@@ -471,6 +482,7 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
     ?assertEqual([], lists:sublist(Samples, 10)),
     ?assertEqual([], lists:sublist(Overlaps, 10)),
     ?assertEqual([], lists:sublist(Twice, 10)),
+    ?assertEqual([], lists:sublist(Forked, 10)),
     ?assertEqual([], lists:sublist(MissingCalls, 10)),
     ?assertEqual([], lists:sublist(MissingCasts, 10)),
     ?assertEqual([], Timeouts),
@@ -480,6 +492,11 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
     ?assert(not spawners() orelse maps:get(ensure_started_async, SpawnCounts, 0) > 0),
     ?assertMatch({ok, _}, Converged),
     ok.
+
+%% Calls (sorted {{Lineage, Count}, Key, Id}) that got the answer of an earlier one.
+forked([{LN, K, Id1}, {LN, _, Id2} = Next | Rest]) -> [{K, LN, Id1, Id2} | forked([Next | Rest])];
+forked([_ | Rest]) -> forked(Rest);
+forked([]) -> [].
 
 %% The spawners run unless SHOAL_CHAOS_SPAWNERS=0.
 spawners() -> os:getenv("SHOAL_CHAOS_SPAWNERS", "1") =/= "0".
@@ -529,33 +546,37 @@ p_stop_workers(Pool, Keys) ->
 
 %% @private A client: ~500 operations a second on random keys, 85% calls `{incr, Id}', 15%
 %% casts `{mark, Id}'; p_stop/1 answers #{acked => [{Key, Id}], casts => [{Key, Id, T}],
-%% errors => [{Key, Id, Reason, T}]}.
+%% errors => [{Key, Id, Reason, T}], counts => [{{Lineage, Count}, Key, Id}]} (the calls'
+%% answers, see shoal_chaos_worker).
 p_client(Pool, Keys, Tag, Seed) ->
     spawn(fun() ->
                   rand:seed(exsss, {Seed, Seed + 1, Seed + 2}),
-                  client(Pool, list_to_tuple(Keys), Tag, 0, [], [], [])
+                  client(Pool, list_to_tuple(Keys), Tag, 0, [], [], [], [])
           end).
 
-client(Pool, Keys, Tag, Seq, Acked, Casts, Errors) ->
+client(Pool, Keys, Tag, Seq, Acked, Casts, Errors, Counts) ->
     receive
         {stop, From} ->
-            From ! {stopped, self(), #{acked => Acked, casts => Casts, errors => Errors}}
+            From ! {stopped, self(), #{acked => Acked, casts => Casts, errors => Errors,
+                                       counts => Counts}}
     after 2 ->
             K = element(rand:uniform(tuple_size(Keys)), Keys),
             Id = {Tag, Seq},
             case rand:uniform(100) =< 85 of
                 true ->
                     try shoal:call(Pool, K, {incr, Id}, 5000) of
-                        N when is_integer(N) ->
-                            client(Pool, Keys, Tag, Seq + 1, [{K, Id} | Acked], Casts, Errors)
+                        {L, N} = LN when is_reference(L), is_integer(N) ->
+                            client(Pool, Keys, Tag, Seq + 1, [{K, Id} | Acked], Casts, Errors,
+                                   [{LN, K, Id} | Counts])
                     catch
                         exit:{Reason, _} ->
                             client(Pool, Keys, Tag, Seq + 1, Acked, Casts,
-                                   [{K, Id, Reason, now_us()} | Errors])
+                                   [{K, Id, Reason, now_us()} | Errors], Counts)
                     end;
                 false ->
                     ok = shoal:cast(Pool, K, {mark, Id}),
-                    client(Pool, Keys, Tag, Seq + 1, Acked, [{K, Id, now_us()} | Casts], Errors)
+                    client(Pool, Keys, Tag, Seq + 1, Acked, [{K, Id, now_us()} | Casts], Errors,
+                           Counts)
             end
     end.
 

@@ -2,8 +2,12 @@
 %% applied, in order, so the suite can check at the end that each acknowledged call and
 %% each cast was applied exactly once by the incarnation that holds the state.
 %%
-%% Calls: `{incr, Id}' appends Id and answers how many ids the state holds; `ids' answers
-%% them (oldest first). Casts: `{mark, Id}' appends Id; `{merge, Ids}' appends the ids a
+%% Calls: `{incr, Id}' appends Id and answers `{Lineage, Count}': the lineage of the state
+%% (a reference made by the init/2 that started it afresh, which migrations and takeovers
+%% carry along) and how many ids the state holds, so two answers of one lineage with the
+%% same count say the state forked or went back (applied on two copies, or lost and
+%% resumed), whether or not the state survives the run; `ids' answers the ids (oldest
+%% first). Casts: `{mark, Id}' appends Id; `{merge, Ids}' appends the ids a
 %% conflict's loser applied (its conflict/3 sends them). The state moves with the worker
 %% (the default handoff/takeover). Every incarnation records, in the collector's
 %% `shoal_test_events' table, `{live, Key, Pid, node(), Microseconds}' when it starts (init
@@ -17,11 +21,11 @@
 
 init(Key, _Args) ->
     live(Key),
-    {ok, #{key => Key, ids => []}}.
+    {ok, #{key => Key, ids => [], lineage => make_ref()}}.
 
-handle_call({incr, Id}, _From, #{ids := Ids} = St) ->
+handle_call({incr, Id}, _From, #{ids := Ids, lineage := L} = St) ->
     Ids1 = [Id | Ids],
-    {reply, length(Ids1), St#{ids := Ids1}};
+    {reply, {L, length(Ids1)}, St#{ids := Ids1}};
 handle_call(ids, _From, #{ids := Ids} = St) ->
     {reply, lists:reverse(Ids), St}.
 
