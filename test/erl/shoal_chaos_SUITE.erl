@@ -97,8 +97,8 @@ chaos(Config) ->
         %% Quiet: every living node back in, every link up, then stop the clients.
         St4 = settle(St3, Tab),
         LastFault = now_us(),
-        Results = [{N, pcall(St4, N, ?MODULE, p_stop, [W])} || {N, W} <- Clients],
-        Spawned = [{N, pcall(St4, N, ?MODULE, p_stop, [W])} || {N, W} <- Spawners],
+        Results = [{N, binary_to_term(pcall(St4, N, ?MODULE, p_stop, [W]))} || {N, W} <- Clients],
+        Spawned = [{N, binary_to_term(pcall(St4, N, ?MODULE, p_stop, [W]))} || {N, W} <- Spawners],
         Stopped = now_us(),
         Sampler ! {stop, self()},
         Samples = receive {sampled, Sa} -> Sa end,
@@ -398,9 +398,13 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
     Twice = [{K, Id} || {K, Ids} <- Final, Id <- Ids -- lists:usort(Ids)],
     %% Every call's answer, for every key and for as long as its state lived: two calls
     %% answered with one lineage and one count had their state forked or sent back.
-    Counts = lists:append([maps:get(counts, R, []) || {_, R} <- Results]),
-    Forked = forked(lists:sort(Counts)),
-    Lineages = length(lists:usort([L || {{L, _}, _, _} <- Counts])),
+    Counts = lists:foldl(fun({_, R}, Acc) ->
+                                 maps:merge_with(fun(_, {K, A}, {_, B}) -> {K, A ++ B} end,
+                                                 Acc, maps:get(counts, R))
+                         end, #{}, Results),
+    Forked = [{K, L, N} || {L, {K, Ns}} <- maps:to_list(Counts), N <- repeated(lists:sort(Ns))],
+    Answers = lists:sum([length(Ns) || {_, Ns} <- maps:values(Counts)]),
+    Lineages = map_size(Counts),
     Checked = [K || K <- Keys, not maps:is_key(K, Affected)],
     CheckedSet = maps:from_list([{K, true} || K <- Checked]),
     MissingCalls = [{K, Id} || {K, Id} <- Calls, maps:is_key(K, CheckedSet),
@@ -443,7 +447,7 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
             length(Keys), length([K || K <- Keys, maps:is_key(K, Affected)]), length(Conflicted),
             length(Checked),
             length(Samples), length(Overlaps), length(MissingCalls), length(MissingCasts),
-            length(Twice), length(Timeouts), length(Forked), length(Counts), Lineages, SpawnCounts, SpawnErrorKinds, length(NotStarted),
+            length(Twice), length(Timeouts), length(Forked), Answers, Lineages, SpawnCounts, SpawnErrorKinds, length(NotStarted),
             Converged, (Stopped - LastFault) div 1000]),
     ct:pal("history (time, links, pools): ~p", [lists:reverse(History)]),
     [ct:pal("spawner error ~p", [E]) || E <- lists:sublist(SpawnErrors, 10)],
@@ -493,10 +497,10 @@ report_and_check(#{pool := Pool, saved := Saved, affected := Affected0, history 
     ?assertMatch({ok, _}, Converged),
     ok.
 
-%% Calls (sorted {{Lineage, Count}, Key, Id}) that got the answer of an earlier one.
-forked([{LN, K, Id1}, {LN, _, Id2} = Next | Rest]) -> [{K, LN, Id1, Id2} | forked([Next | Rest])];
-forked([_ | Rest]) -> forked(Rest);
-forked([]) -> [].
+%% The counts of a sorted list that occur more than once (once for each repeat).
+repeated([N, N | Rest]) -> [N | repeated([N | Rest])];
+repeated([_ | Rest]) -> repeated(Rest);
+repeated([]) -> [].
 
 %% The spawners run unless SHOAL_CHAOS_SPAWNERS=0.
 spawners() -> os:getenv("SHOAL_CHAOS_SPAWNERS", "1") =/= "0".
@@ -545,13 +549,13 @@ p_stop_workers(Pool, Keys) ->
     [receive {P, K, R} -> {K, R} end || P <- Ps].
 
 %% @private A client: ~500 operations a second on random keys, 85% calls `{incr, Id}', 15%
-%% casts `{mark, Id}'; p_stop/1 answers #{acked => [{Key, Id}], casts => [{Key, Id, T}],
-%% errors => [{Key, Id, Reason, T}], counts => [{{Lineage, Count}, Key, Id}]} (the calls'
+%% casts `{mark, Id}'; p_stop/1 answers (term_to_binary) #{acked => [{Key, Id}], casts => [{Key, Id, T}],
+%% errors => [{Key, Id, Reason, T}], counts => #{Lineage => {Key, [Count]}}} (the calls'
 %% answers, see shoal_chaos_worker).
 p_client(Pool, Keys, Tag, Seed) ->
     spawn(fun() ->
                   rand:seed(exsss, {Seed, Seed + 1, Seed + 2}),
-                  client(Pool, list_to_tuple(Keys), Tag, 0, [], [], [], [])
+                  client(Pool, list_to_tuple(Keys), Tag, 0, [], [], [], #{})
           end).
 
 client(Pool, Keys, Tag, Seq, Acked, Casts, Errors, Counts) ->
@@ -565,9 +569,13 @@ client(Pool, Keys, Tag, Seq, Acked, Casts, Errors, Counts) ->
             case rand:uniform(100) =< 85 of
                 true ->
                     try shoal:call(Pool, K, {incr, Id}, 5000) of
-                        {L, N} = LN when is_reference(L), is_integer(N) ->
+                        {L, N} when is_reference(L), is_integer(N) ->
+                            Counts1 = case Counts of
+                                          #{L := {_, Ns}} -> Counts#{L := {K, [N | Ns]}};
+                                          #{} -> Counts#{L => {K, [N]}}
+                                      end,
                             client(Pool, Keys, Tag, Seq + 1, [{K, Id} | Acked], Casts, Errors,
-                                   [{LN, K, Id} | Counts])
+                                   Counts1)
                     catch
                         exit:{Reason, _} ->
                             client(Pool, Keys, Tag, Seq + 1, Acked, Casts,
@@ -581,7 +589,7 @@ client(Pool, Keys, Tag, Seq, Acked, Casts, Errors, Counts) ->
     end.
 
 %% @private A spawner: ~200 operations a second on random keys of its own set, 45%
-%% ensure_started/2, 40% ensure_started_async/2, 15% stop_worker/2; p_stop/1 answers
+%% ensure_started/2, 40% ensure_started_async/2, 15% stop_worker/2; p_stop/1 answers (term_to_binary)
 %% #{counts => #{Op => N}, oks => [{Key, Pid}] (ensure_started/2's answers),
 %% errors => [{Key, Op, Reason, T}]} (stop_worker/2's `{error, not_found}' is no error).
 p_spawner(Pool, Keys, Seed) ->
@@ -638,7 +646,10 @@ p_key_state(Pool, Key) ->
 %% @private Stop a client and return its record.
 p_stop(Pid) ->
     Pid ! {stop, self()},
-    receive {stopped, Pid, R} -> R after 60000 -> {no_answer, Pid} end.
+    %% Compressed: a long run's results are hundreds of megabytes as terms, and they come
+    %% back over the peer's standard I/O.
+    term_to_binary(receive {stopped, Pid, R} -> R after 60000 -> {no_answer, Pid} end,
+                   [{compressed, 6}]).
 
 %% @private This node's own live (not moving) workers: [{Key, Pid}].
 p_local_workers(Pool) ->
