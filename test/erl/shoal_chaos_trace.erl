@@ -5,7 +5,11 @@
 %% Recorded, with call and return: shoal_registry's register/4, unregister/3, put_remote/6, put_synced/7,
 %% put_successor/6 and remove_remote/4 of an `{s, _}' key; purge_node/2 and sweep_node/4;
 %% the member's replication ops of those keys (shoal_member:op/2), and its add_peer/5,
-%% peer_left/3 and on_sync/5 (the sync's entries reduced to its `{s, _}' keys).
+%% peer_left/3 and on_sync/5 (the sync's entries reduced to its `{s, _}' keys); and the
+%% moves: shoal_registry:set_moving/4 (by the worker that hands its state off) and
+%% shoal_view:register_over/5 (a successor's registration, a take-back) of an `{s, _}' key,
+%% and every batched move's shoal_mover:move_batch/4, takeover_on/6 (the source's request
+%% and its answer) and takeover/2 (the target's side), their keys reduced to `{s, _}' ones.
 -module(shoal_chaos_trace).
 
 -export([start/0, read/1]).
@@ -26,7 +30,7 @@ start() ->
                               loop(0)
                       end),
             receive {ready, T} -> ok end,
-            _ = [code:ensure_loaded(M) || M <- [shoal_registry, shoal_member]],
+            _ = [code:ensure_loaded(M) || M <- [shoal_registry, shoal_member, shoal_mover, shoal_view]],
             Ret = [{return_trace}],
             All = [{'_', [], Ret}],
             KeyAt2 = fun(Arity) ->
@@ -40,6 +44,11 @@ start() ->
             1 = erlang:trace_pattern({shoal_registry, put_successor, 6}, KeyAt2(6), [global]),
             1 = erlang:trace_pattern({shoal_registry, put_synced, 7}, KeyAt2(7), [global]),
             1 = erlang:trace_pattern({shoal_registry, remove_remote, 4}, KeyAt2(4), [global]),
+            1 = erlang:trace_pattern({shoal_registry, set_moving, 4}, KeyAt2(4), [global]),
+            1 = erlang:trace_pattern({shoal_view, register_over, 5}, KeyAt2(5), [global]),
+            1 = erlang:trace_pattern({shoal_mover, move_batch, 4}, All, [global]),
+            1 = erlang:trace_pattern({shoal_mover, takeover, 2}, All, [global]),
+            1 = erlang:trace_pattern({shoal_mover, takeover_on, 6}, All, [local]),
             1 = erlang:trace_pattern({shoal_registry, purge_node, 2}, All, [global]),
             1 = erlang:trace_pattern({shoal_registry, sweep_node, 4}, All, [global]),
             1 = erlang:trace_pattern({shoal_member, op, 2},
@@ -78,7 +87,13 @@ trim(peer_left, [Node, Reason, _S]) -> [Node, Reason];
 trim(on_sync, [Node, T0, Entries, Part, _S]) ->
     [Node, T0, [{K, P, V} || {{s, _} = K, P, V} <- Entries], Part, length(Entries)];
 trim(op, [_Cfg, Ev]) -> [Ev];
+trim(move_batch, [_Cfg, Keys, Node, Cause]) -> [s_keys(Keys), Node, Cause];
+trim(takeover, [_Cfg, Items]) -> [s_keys([K || {K, _, _} <- Items])];
+trim(takeover_on, [_Cfg, _Name, _Pool, Node, _Member, Items]) ->
+    [Node, s_keys([K || {K, _, _} <- Items])];
 trim(_, [_Cfg | Rest]) -> Rest.
+
+s_keys(Keys) -> [K || {s, _} = K <- Keys].
 
 record(N, Rec) ->
     ets:insert(?TAB, {N, Rec}),
