@@ -15,7 +15,8 @@
 %%     counted only if the worker seen on the member read first is still there after the
 %%     others were read, so a key moving between two reads is not one), and from the workers' own
 %%     start/stop events (a worker that started while another live worker of its key ran on
-%%     a node it had been connected to for a second is a violation);
+%%     a node it had been connected to for a second is a violation; a worker's life ends at
+%%     its exit, a conflict it lost, or its first hand-off that a successor followed);
 %%   * every acknowledged call, and every cast sent outside a partition, is in its worker's
 %%     state exactly once (for keys whose state no kill, stop or lost conflict destroyed),
 %%     and no id is ever applied twice;
@@ -518,9 +519,23 @@ in_partition(T, Partitions) ->
 %% Incarnations of one key that were live at once on two nodes linked (with pools up) for
 %% the second before the younger one started.
 overlaps(Events, History, Kills) ->
-    Ends = maps:from_list([{P, T} || {down_at, P, T} <- Events]
-                          ++ [{P, T} || {handoff, _, P, T} <- Events]
-                          ++ [{P, T} || {conflict, _, P, T} <- Events]),
+    %% A worker ends at its exit, at a conflict it lost, or at its first hand-off that a
+    %% successor followed (another worker of its key started within 30 s, the time a target
+    %% has to start one): a move that failed and is tried again hands off more than once,
+    %% and a worker whose move never had a successor is where it was.
+    Started = lists:foldl(fun({live, K, P, _, T}, M) ->
+                                  maps:update_with(K, fun(L) -> [{T, P} | L] end, [{T, P}], M);
+                             (_, M) -> M
+                          end, #{}, Events),
+    Followed = fun(K, P, H) ->
+                       lists:any(fun({T, P1}) -> P1 =/= P andalso T >= H andalso T =< H + 30000000 end,
+                                 maps:get(K, Started, []))
+               end,
+    Ends = lists:foldl(fun({P, T}, M) -> maps:update_with(P, fun(E) -> min(E, T) end, T, M) end,
+                       #{},
+                       [{P, T} || {down_at, P, T} <- Events]
+                       ++ [{P, T} || {handoff, K, P, T} <- Events, Followed(K, P, T)]
+                       ++ [{P, T} || {conflict, _, P, T} <- Events]),
     %% A worker on a node that was killed ended with it (its exit was never recorded).
     Killed = fun(N, T) ->
                      case lists:sort([KT || {KN, KT} <- Kills, KN =:= N, KT >= T]) of
