@@ -39,6 +39,9 @@
             %% During a batched move: state handed off, messages held until the successor
             %% is known (newest first).
             frozen = false :: boolean(),
+            %% The freeze's own thaw timer (see freeze/1): a timer left from an earlier
+            %% freeze must not thaw a later one.
+            thaw_timer = undefined :: undefined | reference(),
             vsn = 0 :: shoal_nif:version(),     %% our version when the move began
             held = [] :: [{call, gen_server:from(), term()} | {cast, term()} | {info, term()}],
             %% stop_worker/2's caller, answered once terminate/2 has run and we have left
@@ -337,8 +340,12 @@ w_info({'$shoal_yield', _, _, _, _}, #w{forward = To} = W) when is_pid(To) ->
     %% same replica itself.
     {noreply, W};
 w_info(Info, #w{forward = To} = W) when is_pid(To) ->
-    To ! Info,
-    {noreply, watch(W)};
+    %% A move's or a merge's answer meant for us (a late thaw, a mover's second word)
+    %% would be taken by the successor as its own: it stays here.
+    case control(Info) of
+        true -> {noreply, W};
+        false -> To ! Info, {noreply, watch(W)}
+    end;
 w_info({'$shoal_moved', Node, NewPid, Vsn}, #w{frozen = true} = W) ->
     moved(Node, NewPid, Vsn, W);
 w_info({'$shoal_moved', _Node, NewPid, _Vsn, stored}, #w{frozen = true} = W) ->
@@ -346,13 +353,17 @@ w_info({'$shoal_moved', _Node, NewPid, _Vsn, stored}, #w{frozen = true} = W) ->
     forward_to(NewPid, W);
 w_info({'$shoal_thaw', Failed}, #w{frozen = true} = W) ->
     thaw(Failed, W);
-w_info('$shoal_thaw', #w{frozen = true} = W) ->
+w_info({'$shoal_thaw_after', T}, #w{frozen = true, thaw_timer = T} = W) ->
     thaw(none, W);
+w_info({'$shoal_thaw_after', _}, #w{frozen = true} = W) ->
+    %% An earlier freeze's timer: this freeze has its own.
+    {noreply, W};
 w_info(Info, #w{frozen = true, held = H} = W) ->
     {noreply, W#w{held = [{info, Info} | H]}};
-w_info(Stale, W) when Stale =:= '$shoal_thaw'; Stale =:= '$shoal_retire';
-                            element(1, Stale) =:= '$shoal_thaw';
-                            element(1, Stale) =:= '$shoal_merged_ack' ->
+w_info(Stale, W) when Stale =:= '$shoal_retire';
+                      element(1, Stale) =:= '$shoal_thaw';
+                      element(1, Stale) =:= '$shoal_thaw_after';
+                      element(1, Stale) =:= '$shoal_merged_ack' ->
     %% A timer or an answer that outlived the state it was for.
     {noreply, W, idle_of(W)};
 w_info({'$shoal_yield', Node, Winner, Vsn, Mark}, W) ->
@@ -524,8 +535,10 @@ idle_of(#w{cfg = #shoal_cfg{idle_timeout = I}}) -> I.
 freeze(W0) ->
     case hand_off(W0) of
         {ok, Transfer, Vsn, W} ->
-            erlang:send_after(?THAW_AFTER, self(), '$shoal_thaw'),
-            {reply, {ok, Transfer, Vsn}, W#w{frozen = true, held = [], vsn = Vsn}};
+            T = make_ref(),
+            _ = erlang:send_after(?THAW_AFTER, self(), {'$shoal_thaw_after', T}),
+            {reply, {ok, Transfer, Vsn},
+             W#w{frozen = true, held = [], vsn = Vsn, thaw_timer = T}};
         Stop ->
             Stop
     end.
@@ -542,7 +555,8 @@ forward_to(NewPid, #w{cfg = #shoal_cfg{grace = Grace}, held = H0} = W) ->
     H = [E || E <- H0, not is_yield(E)],
     send_held(NewPid, H),
     erlang:send_after(Grace, self(), '$shoal_retire'),
-    W1 = W#w{frozen = false, held = [], forward = NewPid, fwd_mon = undefined, merge = acked},
+    W1 = W#w{frozen = false, held = [], thaw_timer = undefined, forward = NewPid,
+             fwd_mon = undefined, merge = acked},
     {noreply, case H of [] -> W1; _ -> watch(W1) end}.
 
 %% We forward to a successor: watch it from the first message we forward (so that should
@@ -562,12 +576,24 @@ is_yield(_) -> false.
 %% forwards to instead of forwarding them: their callers ask there. Forwarded, such a
 %% request could run in the successor and have its caller see us exit before the
 %% successor's reply came, and send it again (it would run twice); answered so, a request
-%% whose caller sees us exit never ran, and is sent again safely.
+%% whose caller sees us exit never ran, and is sent again safely. A mover's freeze is
+%% meant for the incarnation it found in its table: handed on (forwarded, or rerouted to a
+%% new incarnation after a stop), it would freeze a worker whose thaw goes to us.
 redirected(?SHOAL_CALL(_)) -> true;
 redirected('$shoal_stop') -> true;
+redirected('$shoal_freeze') -> true;
 redirected('$shoal_ready') -> true;
 redirected({'$shoal_migrate', _}) -> true;
 redirected(_) -> false.
+
+%% The messages of a move or a merge that are answers to us: a worker that forwards keeps
+%% them (see w_info/2).
+control({'$shoal_thaw', _}) -> true;
+control({'$shoal_thaw_after', _}) -> true;
+control({'$shoal_moved', _, _, _}) -> true;
+control({'$shoal_moved', _, _, _, _}) -> true;
+control({'$shoal_merged_ack', _}) -> true;
+control(_) -> false.
 
 %% A call we hand to To: forwarded, or answered with To for those of Shoal's callers.
 hand_call(To, From, Msg) ->
@@ -592,7 +618,7 @@ thaw(Failed, #w{held = H, vsn = Vsn} = W0) ->
                   {cast, M} -> {'$gen_cast', M};
                   {info, M} -> M
               end || E <- lists:reverse(H)],
-    {noreply, W#w{frozen = false, held = []}, idle_of(W)}.
+    {noreply, W#w{frozen = false, held = [], thaw_timer = undefined}, idle_of(W)}.
 
 %% A move that failed, or a winner that went down before it acknowledged our hand-off,
 %% leaves us the worker for our key: take the entry back (over the replica of a successor
