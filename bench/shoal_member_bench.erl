@@ -71,13 +71,16 @@ main() ->
     %% 2. latency of a spawn whose home is another node, against a call round trip
     start_pools(Nodes),
     Lat = [begin
-               Order = case R rem 2 of 0 -> [spawn, call]; 1 -> [call, spawn] end,
+               Sides = [spawn, call, spawned],
+               Order = lists:sublist(Sides ++ Sides, R rem 3 + 1, 3),
                maps:from_list([{Side, erpc:call(A, ?MODULE, spawn_latency, [Side, ?POOL, R, 300], infinity)}
                                || Side <- Order])
            end || R <- lists:seq(1, Rounds)],
     SpawnUs = spread([maps:get(spawn, L) || L <- Lat]),
     CallUs = spread([maps:get(call, L) || L <- Lat]),
+    SpawnedUs = spread([maps:get(spawned, L) || L <- Lat]),
     LatRatio = spread([maps:get(spawn, L) / maps:get(call, L) || L <- Lat]),
+    SpawnedRatio = spread([maps:get(spawn, L) / maps:get(spawned, L) || L <- Lat]),
     stop_pools(Nodes),
 
     %% 3. whereis of remote and local keys, with ets:lookup beside them
@@ -101,7 +104,13 @@ main() ->
     stop_pools(Nodes),
 
     Md = [io_lib:format("Shoal ~ts (commit ~ts), ~b rounds, sides in alternating order: median "
-                        "(min–max).~n~n", [element(2, Vsn), Commit, Rounds]),
+                        "(min–max).~ts~n~n",
+                        [element(2, Vsn), Commit, Rounds,
+                         case peer_args() of
+                             [] -> "";
+                             Args -> [" The three nodes ran with `", lists:join(" ", Args),
+                                      "` (`SHOAL_BENCH_PEER_ARGS`)."]
+                         end]),
           "### Synchronous cluster-wide spawns\n\n",
           io_lib:format("`ensure_started/2` of ~b fresh keys a round from 12 callers (4 on each "
                         "node), until all returned, against `pg:join/3` of a fresh process per "
@@ -154,10 +163,16 @@ main() ->
           "### One spawn whose home is another node\n\n",
           io_lib:format("A single caller on the first node, 300 fresh keys a round whose home "
                         "is another member, one at a time; against `gen_server:call/2` from the "
-                        "same node to a server on the other node.~n~n"
+                        "same node to a server on the other node, and against the same call "
+                        "answered by a process that the server spawns for it: what a registry "
+                        "that starts the process on the key's home and answers from it pays, "
+                        "and nothing more.~n~n"
                         "| what | µs |~n|---|---:|~n| ensure_started/2 | ~ts |~n"
-                        "| gen_server:call/2 round trip | ~ts |~n~nspawn / round trip: **~ts** "
-                        "(target: within 2x)~n~n", [us(SpawnUs), us(CallUs), x(LatRatio)]),
+                        "| gen_server:call/2 round trip | ~ts |~n"
+                        "| the same, answered by a process spawned for it | ~ts |~n~n"
+                        "spawn / round trip: **~ts** (target: within 2x); spawn / (answered by "
+                        "a process spawned for it): **~ts**~n~n",
+                        [us(SpawnUs), us(CallUs), us(SpawnedUs), x(LatRatio), x(SpawnedRatio)]),
           "### whereis/2 of a remote key and of a local one\n\n",
           io_lib:format("~b workers spread over the three nodes; on the first node, 200 000 "
                         "lookups in random order of keys whose worker is local, then of as many "
@@ -326,12 +341,13 @@ spawn_latency(spawn, Pool, R, Count) ->
                 {ok, _} = shoal:ensure_started(Pool, K),
                 (erlang:monotonic_time(nanosecond) - T0) / 1000
             end || K <- Keys]);
-spawn_latency(call, Pool, _R, Count) ->
+spawn_latency(Side, Pool, _R, Count) when Side =:= call; Side =:= spawned ->
     [Other | _] = shoal:nodes(Pool) -- [node()],
     Echo = erpc:call(Other, erlang, spawn, [?MODULE, echo, []]),
+    Req = case Side of call -> ping; spawned -> spawn_reply end,
     Us = [begin
               T0 = erlang:monotonic_time(nanosecond),
-              pong = gen_server:call(Echo, ping),
+              pong = gen_server:call(Echo, Req),
               (erlang:monotonic_time(nanosecond) - T0) / 1000
           end || _ <- lists:seq(1, Count)],
     exit(Echo, kill),
@@ -354,6 +370,9 @@ echo() ->
     receive
         {'$gen_call', From, {place, Scope, K}} ->
             gen_server:reply(From, pg:join(Scope, K, spawn(?MODULE, idle, []))),
+            echo();
+        {'$gen_call', From, spawn_reply} ->
+            _ = spawn(fun() -> gen_server:reply(From, pong) end),
             echo();
         {'$gen_call', From, _} -> gen_server:reply(From, pong), echo()
     end.
@@ -434,7 +453,8 @@ start_peers(Syn) ->
     Nodes = [begin
                  Name = peer:random_name(list_to_atom("bench_member_" ++ integer_to_list(I))),
                  {ok, _P, Node} = peer:start_link(#{name => Name,
-                                                    args => ["+P", "2000000" | lists:append([["-pa", D] || D <- Paths])]}),
+                                                    args => ["+P", "2000000" | peer_args()] ++
+                                                        lists:append([["-pa", D] || D <- Paths])}),
                  Node
              end || I <- [1, 2, 3]],
     [erpc:call(Nd, application, ensure_all_started, [shoal]) || Nd <- Nodes],
@@ -443,6 +463,13 @@ start_peers(Syn) ->
     [ok = erpc:call(Nd, logger, set_application_level, [syn, warning]) || Syn =/= false, Nd <- Nodes],
     [true = erpc:call(X, net_kernel, connect_node, [Y]) || X <- Nodes, Y <- Nodes, X < Y],
     Nodes.
+
+%% Emulator flags for the three peers, from SHOAL_BENCH_PEER_ARGS (space-separated), e.g.
+%% "+sbwt none +sbwtdcpu none +sbwtdio none": three nodes on one small machine share its
+%% cores, so a scheduler that spins waiting for work takes CPU its neighbours need, which
+%% separate machines would not.
+peer_args() ->
+    string:lexemes(os:getenv("SHOAL_BENCH_PEER_ARGS", ""), " ").
 
 start_pools(Nodes) ->
     [{ok, _} = erpc:call(Nd, shoal, start_pool, [?POOL, #{worker => ?MODULE}]) || Nd <- Nodes],
