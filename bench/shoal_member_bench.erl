@@ -71,14 +71,16 @@ main() ->
     %% 2. latency of a spawn whose home is another node, against a call round trip
     start_pools(Nodes),
     Lat = [begin
-               Sides = [spawn, call, spawned],
-               Order = lists:sublist(Sides ++ Sides, R rem 3 + 1, 3),
+               Sides = [spawn, call, spawned, call_one],
+               Order = lists:sublist(Sides ++ Sides, R rem 4 + 1, 4),
                maps:from_list([{Side, erpc:call(A, ?MODULE, spawn_latency, [Side, ?POOL, R, 300], infinity)}
                                || Side <- Order])
            end || R <- lists:seq(1, Rounds)],
     SpawnUs = spread([maps:get(spawn, L) || L <- Lat]),
     CallUs = spread([maps:get(call, L) || L <- Lat]),
     SpawnedUs = spread([maps:get(spawned, L) || L <- Lat]),
+    OneUs = spread([maps:get(call_one, L) || L <- Lat]),
+    OneRatio = spread([maps:get(spawn, L) / maps:get(call_one, L) || L <- Lat]),
     LatRatio = spread([maps:get(spawn, L) / maps:get(call, L) || L <- Lat]),
     SpawnedRatio = spread([maps:get(spawn, L) / maps:get(spawned, L) || L <- Lat]),
     stop_pools(Nodes),
@@ -162,17 +164,24 @@ main() ->
                          x(SyncRatio16), x(HomeRatio16), x(PlacedRatio16)]),
           "### One spawn whose home is another node\n\n",
           io_lib:format("A single caller on the first node, 300 fresh keys a round whose home "
-                        "is another member, one at a time; against `gen_server:call/2` from the "
-                        "same node to a server on the other node, and against the same call "
-                        "answered by a process that the server spawns for it: what a registry "
-                        "that starts the process on the key's home and answers from it pays, "
-                        "and nothing more.~n~n"
+                        "is another member, one at a time (their homes alternate between the "
+                        "two other nodes at random); against `gen_server:call/2` from the same "
+                        "node to an echo server on the home of each of the same keys, in the "
+                        "same order (the round trip to the key's home the spawn is held to), and "
+                        "against the same calls answered by a process that the server spawns "
+                        "for each: what a registry that starts the process on the key's home "
+                        "and answers from it pays, and nothing more. The last row calls a "
+                        "server on one other node every time, as this bench did before: a node "
+                        "that was just used answers faster than one that has been idle.~n~n"
                         "| what | µs |~n|---|---:|~n| ensure_started/2 | ~ts |~n"
-                        "| gen_server:call/2 round trip | ~ts |~n"
-                        "| the same, answered by a process spawned for it | ~ts |~n~n"
-                        "spawn / round trip: **~ts** (target: within 2x); spawn / (answered by "
-                        "a process spawned for it): **~ts**~n~n",
-                        [us(SpawnUs), us(CallUs), us(SpawnedUs), x(LatRatio), x(SpawnedRatio)]),
+                        "| gen_server:call/2 round trip to the key's home | ~ts |~n"
+                        "| the same, answered by a process spawned for it | ~ts |~n"
+                        "| gen_server:call/2 round trip to one other node, every time | ~ts |~n~n"
+                        "spawn / round trip to the key's home: **~ts** (target: within 2x); "
+                        "spawn / (answered by a process spawned for it): **~ts**; spawn / "
+                        "(round trip to one other node): **~ts**~n~n",
+                        [us(SpawnUs), us(CallUs), us(SpawnedUs), us(OneUs), x(LatRatio),
+                         x(SpawnedRatio), x(OneRatio)]),
           "### whereis/2 of a remote key and of a local one\n\n",
           io_lib:format("~b workers spread over the three nodes; on the first node, 200 000 "
                         "lookups in random order of keys whose worker is local, then of as many "
@@ -332,7 +341,11 @@ stop_echo() ->
     ok.
 
 %% Microseconds, median over Count: one ensure_started/2 of a fresh key whose home is
-%% another member (`spawn'), or one gen_server:call/2 to an echo server there (`call').
+%% another member (`spawn'); one gen_server:call/2 to an echo server on the home of each of
+%% the same keys, in the same order (`call'), or answered by a process that server spawns
+%% (`spawned'); or one gen_server:call/2 to an echo server on one other member (`call_one').
+%% The keys' homes alternate between the other members at random, and a round trip to a
+%% node that was idle since the one before last costs more than one to the node just used.
 spawn_latency(spawn, Pool, R, Count) ->
     Members = shoal:nodes(Pool),
     Keys = remote_home_keys(Members, {l, R}, Count),
@@ -341,16 +354,25 @@ spawn_latency(spawn, Pool, R, Count) ->
                 {ok, _} = shoal:ensure_started(Pool, K),
                 (erlang:monotonic_time(nanosecond) - T0) / 1000
             end || K <- Keys]);
-spawn_latency(Side, Pool, _R, Count) when Side =:= call; Side =:= spawned ->
+spawn_latency(call_one, Pool, _R, Count) ->
     [Other | _] = shoal:nodes(Pool) -- [node()],
-    Echo = erpc:call(Other, erlang, spawn, [?MODULE, echo, []]),
-    Req = case Side of call -> ping; spawned -> spawn_reply end,
+    round_trips([Other || _ <- lists:seq(1, Count)], ping);
+spawn_latency(Side, Pool, R, Count) when Side =:= call; Side =:= spawned ->
+    Members = shoal:nodes(Pool),
+    Homes = [shoal_placement:home(K, Members) || K <- remote_home_keys(Members, {l, R}, Count)],
+    round_trips(Homes, case Side of call -> ping; spawned -> spawn_reply end).
+
+%% The median of one gen_server:call/2 with Req to an echo server on each of Nodes in turn.
+round_trips(Nodes, Req) ->
+    Echoes = maps:from_list([{N, erpc:call(N, erlang, spawn, [?MODULE, echo, []])}
+                             || N <- lists:usort(Nodes)]),
     Us = [begin
+              Echo = maps:get(N, Echoes),
               T0 = erlang:monotonic_time(nanosecond),
               pong = gen_server:call(Echo, Req),
               (erlang:monotonic_time(nanosecond) - T0) / 1000
-          end || _ <- lists:seq(1, Count)],
-    exit(Echo, kill),
+          end || N <- Nodes],
+    _ = [exit(E, kill) || E <- maps:values(Echoes)],
     median(Us).
 
 remote_home_keys(Members, Tag, Count) ->
